@@ -1,0 +1,49 @@
+"""Backends: where a run's processes and gradients live.
+
+A backend gives the training engine its device, the :class:`~sampa.optim.base.Executor` that methods
+use for their gradients, and the few collective operations the engine needs (all no-ops on a single
+device). ``single`` is the reference; ``pair`` (two processes, torch.distributed) comes on top.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from sampa.optim import Executor
+
+
+class Backend(Protocol):
+    """What the training engine needs from a backend."""
+
+    device: torch.device
+    executor: Executor
+    rank: int
+    world_size: int
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes the run's files (exactly one process does)."""
+        ...
+
+    def shard(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """This process's part of a global batch (data parallel) or the whole batch."""
+        ...
+
+    def before_eval(self, model: nn.Module) -> None:
+        """Make the evaluated model identical on every process (e.g. BatchNorm running statistics)."""
+        ...
+
+    def check_replicas(self, model: nn.Module) -> None:
+        """Raise if the replicas' parameters differ."""
+        ...
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Objects from every process, in rank order."""
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Backend measurements since the last call (e.g. communication seconds)."""
+        ...

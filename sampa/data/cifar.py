@@ -1,0 +1,199 @@
+"""Locate, verify, extract and read the official CIFAR-10 / CIFAR-100 python archives."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets.utils import download_and_extract_archive
+
+ENV_VAR = "SAMPA_DATA"
+DEFAULT_ROOT = "data"
+OFFLINE_HINT = "snakemake --cores all --configfile configs/smoke.yaml"
+
+
+class DataUnavailableError(RuntimeError):
+    """The requested dataset is not on disk and could not be downloaded."""
+
+
+class ChecksumError(DataUnavailableError):
+    """A dataset file on disk does not have the expected MD5 checksum."""
+
+
+@dataclass(frozen=True)
+class CifarSource:
+    """Where an official CIFAR archive comes from and what it must contain."""
+
+    url: str
+    archive: str
+    archive_md5: str
+    folder: str
+    train_files: tuple[tuple[str, str], ...]  # (file name inside folder, MD5)
+    test_files: tuple[tuple[str, str], ...]
+    label_key: bytes
+    num_classes: int
+
+
+# Official checksums (the same as torchvision's CIFAR10/CIFAR100 tables); tests monkeypatch this table.
+CIFAR_SOURCES: dict[str, CifarSource] = {
+    "cifar10": CifarSource(
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        archive="cifar-10-python.tar.gz",
+        archive_md5="c58f30108f718f92721af3b95e74349a",
+        folder="cifar-10-batches-py",
+        train_files=(
+            ("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+            ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+            ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+            ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+            ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+        ),
+        test_files=(("test_batch", "40351d587109b95175f43aff81a1287e"),),
+        label_key=b"labels",
+        num_classes=10,
+    ),
+    "cifar100": CifarSource(
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        archive="cifar-100-python.tar.gz",
+        archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
+        folder="cifar-100-python",
+        train_files=(("train", "16019d7e3df5f24257cddd939b257f8d"),),
+        test_files=(("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
+        label_key=b"fine_labels",
+        num_classes=100,
+    ),
+}
+
+Arrays = tuple[torch.Tensor, torch.Tensor]
+
+
+def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """Data root: explicit ``root`` > environment variable ``SAMPA_DATA`` > ``./data``."""
+    if root is None:
+        root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
+    return Path(root).expanduser().absolute()
+
+
+def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex MD5 of a file, read in chunks."""
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_md5(path: Path, expected: str, fix: str) -> None:
+    """Raise ``ChecksumError`` (one line) unless ``path`` has MD5 ``expected``."""
+    actual = file_md5(path)
+    if actual != expected:
+        raise ChecksumError(f"MD5 mismatch for {path}: expected {expected}, got {actual}; {fix}")
+
+
+def _folder_complete(folder: Path, src: CifarSource) -> bool:
+    return all((folder / name).is_file() for name, _ in src.train_files + src.test_files)
+
+
+def _verify_folder(folder: Path, src: CifarSource) -> None:
+    fix = f"delete {folder} and put a fresh {src.archive} ({src.url}) next to it"
+    for name, md5 in src.train_files + src.test_files:
+        verify_md5(folder / name, md5, fix)
+
+
+def _check_member(member: tarfile.TarInfo, folder: str, archive: Path) -> None:
+    """Reject archive members outside ``folder/`` or that are not plain files/directories."""
+    parts = Path(member.name).parts
+    inside = bool(parts) and parts[0] == folder and ".." not in parts
+    if not inside or not (member.isfile() or member.isdir()):
+        raise ChecksumError(f"unsafe member {member.name!r} in {archive}; only files under {folder}/ allowed")
+
+
+def safe_extract(archive: Path, root: Path, folder: str) -> None:
+    """Extract a verified tar.gz into ``root``, refusing path traversal, links and devices."""
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        for member in members:
+            _check_member(member, folder, archive)
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(root, members=members, filter="data")
+        else:  # Python < 3.10.12 / 3.11.4: members were checked above
+            tar.extractall(root, members=members)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _unavailable(src: CifarSource, root: Path, reason: str) -> DataUnavailableError:
+    return DataUnavailableError(
+        f"{src.folder}/ or {src.archive} not found in {root} ({reason}); put {src.archive} from {src.url} "
+        f"into {root} or set {ENV_VAR} to a folder holding it, or run offline on synthetic data: "
+        f"{OFFLINE_HINT}"
+    )
+
+
+def _download(src: CifarSource, root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        download_and_extract_archive(src.url, str(root), md5=src.archive_md5)
+    except (OSError, RuntimeError) as exc:
+        raise _unavailable(src, root, f"download failed: {_one_line(exc)}") from exc
+
+
+def ensure_extracted(name: str, root: Path, download: bool) -> Path:
+    """The verified extracted folder of ``name`` under ``root``, extracting or downloading it if needed."""
+    src = CIFAR_SOURCES[name]
+    folder, archive = root / src.folder, root / src.archive
+    if not _folder_complete(folder, src):
+        if archive.is_file():
+            verify_md5(archive, src.archive_md5, f"delete it and download it again from {src.url}")
+            safe_extract(archive, root, src.folder)
+        elif download:
+            _download(src, root)
+        else:
+            raise _unavailable(src, root, "download=False")
+        if not _folder_complete(folder, src):
+            raise ChecksumError(f"{archive} does not contain the expected files of {src.folder}/; replace it")
+    _verify_folder(folder, src)
+    return folder
+
+
+def _read_batch(path: Path, label_key: bytes) -> Arrays:
+    """Read one pickled CIFAR batch: b"data" [N, 3072] uint8 (R, G, B planes, row-major) and labels."""
+    with path.open("rb") as fh:
+        batch = pickle.load(fh, encoding="bytes")  # only called after the MD5 check
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    labels = torch.as_tensor(np.asarray(batch[label_key], dtype=np.int64))
+    return images, labels
+
+
+def _read_files(folder: Path, files: tuple[tuple[str, str], ...], src: CifarSource) -> Arrays:
+    parts = [_read_batch(folder / name, src.label_key) for name, _ in files]
+    images = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[1] for p in parts])
+    if labels.numel() != images.shape[0] or labels.numel() == 0:
+        raise ChecksumError(f"{folder} has {images.shape[0]} images but {labels.numel()} labels; replace it")
+    if labels.min() < 0 or labels.max() >= src.num_classes:
+        raise ChecksumError(f"{folder} has labels outside [0, {src.num_classes}); replace it")
+    return images, labels
+
+
+def read_cifar(
+    name: str, root: str | os.PathLike | None = None, download: bool = True
+) -> tuple[Arrays, Arrays]:
+    """Load ``(train_images, train_labels), (test_images, test_labels)`` of ``cifar10``/``cifar100`` on CPU.
+
+    Images are uint8 [N, 3, 32, 32]; labels int64 [N] (fine labels for CIFAR-100).
+    """
+    if name not in CIFAR_SOURCES:
+        raise ValueError(f"unknown CIFAR dataset {name!r}; choose one of {sorted(CIFAR_SOURCES)}")
+    src = CIFAR_SOURCES[name]
+    folder = ensure_extracted(name, resolve_root(root), download)
+    return _read_files(folder, src.train_files, src), _read_files(folder, src.test_files, src)

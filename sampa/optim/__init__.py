@@ -1,0 +1,83 @@
+"""Optimizer methods behind one contract (see :mod:`sampa.optim.base`).
+
+>>> base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+>>> method = build_method("sampa", model, loss_fn, base, rho=0.1, lam=0.2)
+>>> record = method.step(inputs, targets)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sampa.optim.base import (
+    Executor,
+    GradJob,
+    GradResult,
+    HyperparameterError,
+    Hyperparameters,
+    LossFn,
+    Method,
+    SequentialExecutor,
+    StepRecord,
+    make_hparams,
+)
+from sampa.optim.naive import OptSAM, RandSAM
+from sampa.optim.sam import SAM
+from sampa.optim.sampa import SAMPa
+from sampa.optim.sgd import SGD
+
+METHOD_CLASSES: tuple[type[Method], ...] = (SGD, SAM, SAMPa, RandSAM, OptSAM)
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in METHOD_CLASSES}
+METHOD_NAMES: tuple[str, ...] = tuple(sorted(METHODS))
+
+
+def method_class(name: str) -> type[Method]:
+    """The class registered under ``name``; one-line error listing the valid names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(METHOD_NAMES)}") from None
+
+
+def check_method(name: str, hparams: dict[str, Any]) -> Hyperparameters:
+    """Validate a method name and its hyperparameters without building anything."""
+    return make_hparams(method_class(name), hparams)
+
+
+def build_method(
+    name: str,
+    model: nn.Module,
+    loss_fn: LossFn,
+    base_optimizer: torch.optim.Optimizer,
+    *,
+    executor: Executor | None = None,
+    seed: int = 0,
+    **hparams: Any,
+) -> Method:
+    """Build the method registered under ``name``."""
+    return method_class(name)(model, loss_fn, base_optimizer, executor=executor, seed=seed, **hparams)
+
+
+__all__ = [
+    "METHODS",
+    "METHOD_NAMES",
+    "SAM",
+    "SGD",
+    "Executor",
+    "GradJob",
+    "GradResult",
+    "HyperparameterError",
+    "Hyperparameters",
+    "Method",
+    "OptSAM",
+    "RandSAM",
+    "SAMPa",
+    "SequentialExecutor",
+    "StepRecord",
+    "build_method",
+    "check_method",
+    "method_class",
+]

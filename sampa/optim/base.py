@@ -1,0 +1,402 @@
+r"""The method contract: one class per optimizer method, one call per update.
+
+A *method* wraps a model, a per-sample loss and a base optimizer (``torch.optim.SGD`` or ``AdamW``).
+``method.step(inputs, targets)`` performs one complete update on one batch and returns a
+:class:`StepRecord`. The method decides which gradients it needs; it asks for them through
+:meth:`Method.gradients`, which hands *independent* gradient evaluations (:class:`GradJob`) to an
+:class:`Executor`. The executor is the only thing a method knows about where gradients run:
+
+* :class:`SequentialExecutor` (here, the default) evaluates the jobs one after the other on the
+  model's device; this is the reference implementation.
+* ``sampa.backends`` provides executors that evaluate independent jobs at the same time (two
+  processes, or one fused pass) or average the update over data-parallel replicas.
+
+What a method may mutate: the model's parameters (only through the base optimizer's ``step``),
+``p.grad`` (set to the update direction right before the base step), the base optimizer's state,
+BatchNorm running statistics (only in the job marked ``update_bn=True``, see below) and its own state.
+Evaluating a gradient never changes the parameters: a job at another point (x + e, y, ...) is
+evaluated with ``torch.func.functional_call``, so the point x_t is never perturbed in place and never
+needs restoring.
+
+BatchNorm policy (one for all methods): running statistics are updated only by the job a method
+marks ``update_bn=True``: its clean pass at x_t where it has one (SGD, SAM and most variants), its
+only pass where it has a single pass (RandSAM, OptSAM), and SAMPa's unperturbed extrapolated pass at
+y_{t+1}. Every other pass (perturbed points) normalises with batch statistics but leaves the running
+statistics untouched (``track_running_stats`` is switched off for that pass).
+
+Loss convention: ``loss_fn(logits, targets)`` returns per-sample losses (``reduction="none"``); a
+scalar is accepted too (methods that need per-sample losses say so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from sampa.optim.lookahead import lookahead
+from sampa.optim.tensors import TensorList
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass
+class StepRecord:
+    """What one update did. Tensors stay on the device (no host synchronisation inside a step).
+
+    ``loss``/``correct``/``count`` describe the method's *reporting pass*: its clean pass at x_t
+    where it has one, otherwise the pass documented by the method (SAMPa: the extrapolated pass on
+    the newest batch). ``sequential`` counts gradient computations that ran one after the other on
+    this executor; ``ideal_sequential`` is the paper's "temporal cost" (independent gradients count
+    once, as if run in parallel).
+    """
+
+    loss: Tensor
+    correct: Tensor
+    count: int
+    forward: int
+    backward: int
+    sequential: int
+    ideal_sequential: int
+    stats: dict[str, Tensor | float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        """Training accuracy of the reporting pass (synchronises with the device)."""
+        return float(self.correct) / max(self.count, 1)
+
+
+@dataclass
+class GradJob:
+    """One gradient evaluation: grad of the mean loss on (inputs, targets) at ``point``.
+
+    ``point`` is a list of tensors aligned with the method's parameters; ``None`` means the current
+    parameters x_t. ``wrt`` optionally restricts the gradient to a subset of parameter indices
+    (the other entries of the result are zero tensors).
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    point: TensorList | None = None
+    update_bn: bool = False
+    wrt: Sequence[int] | None = None
+
+
+@dataclass
+class GradResult:
+    """Gradient (aligned with the method's parameters) and reporting values of one job."""
+
+    grads: TensorList
+    loss: Tensor
+    correct: Tensor
+    count: int
+    per_sample_loss: Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Executors
+
+
+class Executor(Protocol):
+    """Where gradient jobs run. Methods use only these members."""
+
+    def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
+        """Evaluate independent jobs; results in job order, identical on every replica."""
+        ...
+
+    def sequential_depth(self, num_jobs: int) -> int:
+        """How many of ``num_jobs`` independent evaluations run one after the other."""
+        ...
+
+    def reduce_update(self, direction: TensorList) -> None:
+        """Average the update direction in place over data-parallel replicas (no-op otherwise)."""
+        ...
+
+
+class SequentialExecutor:
+    """Reference executor: evaluates jobs one after the other on the model's own device."""
+
+    def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
+        return [evaluate_job(method, job) for job in jobs]
+
+    def sequential_depth(self, num_jobs: int) -> int:
+        return num_jobs
+
+    def reduce_update(self, direction: TensorList) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module, freeze: bool = True) -> Iterator[None]:
+    """Normalise with batch statistics but do not update BatchNorm running statistics."""
+    modules = [
+        m
+        for m in model.modules()
+        if freeze and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    for m in modules:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.track_running_stats = True
+
+
+def evaluate_job(method: Method, job: GradJob) -> GradResult:
+    """Forward and backward of one job on the local device (shared by every executor)."""
+    params = method.params
+    wrt = range(len(params)) if job.wrt is None else job.wrt
+    if job.point is None:
+        leaves = [params[i] for i in wrt]
+        overrides: dict[str, Tensor] = {}
+    else:
+        leaves = [job.point[i].detach().requires_grad_(True) for i in wrt]
+        overrides = {method.param_names[i]: job.point[i].detach() for i in range(len(params))}
+        for i, leaf in zip(wrt, leaves, strict=True):
+            overrides[method.param_names[i]] = leaf
+    with frozen_bn_stats(method.model, freeze=not job.update_bn):
+        if overrides:
+            logits = torch.func.functional_call(method.model, overrides, (job.inputs,), strict=False)
+        else:
+            logits = method.model(job.inputs)
+    per_sample = method.loss_fn(logits, job.targets)
+    loss = per_sample.mean()
+    grads_wrt = torch.autograd.grad(loss, leaves)
+    grads = _scatter(params, wrt, grads_wrt)
+    correct = (logits.detach().argmax(dim=1) == job.targets).sum()
+    return GradResult(
+        grads=grads,
+        loss=loss.detach(),
+        correct=correct,
+        count=job.targets.shape[0],
+        per_sample_loss=per_sample.detach() if per_sample.dim() > 0 else None,
+    )
+
+
+def _scatter(params: Sequence[Tensor], wrt: Sequence[int], grads: Sequence[Tensor]) -> TensorList:
+    if len(wrt) == len(params):
+        return list(grads)
+    out = [torch.zeros_like(p) for p in params]
+    for i, g in zip(wrt, grads, strict=True):
+        out[i] = g
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Method base class
+
+
+class HyperparameterError(ValueError):
+    """A method hyperparameter is invalid (one-line message naming the value and the valid range)."""
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Base for a method's hyperparameters; subclasses add fields and ``check`` ranges."""
+
+    def check(self) -> None:
+        """Raise :class:`HyperparameterError` for an invalid value."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+
+class Method:
+    """Base class. A subclass sets ``name``, ``Hparams`` and implements :meth:`direction`.
+
+    Subclasses read like their paper's algorithm box: they compute gradients with
+    :meth:`gradient`/:meth:`gradients`, combine them into the update direction G and return it;
+    :meth:`step` averages G over data-parallel replicas (if any), writes it to ``p.grad`` and lets
+    the base optimizer take the step from x_t.
+    """
+
+    name: ClassVar[str] = ""
+    Hparams: ClassVar[type[Hyperparameters]] = Hyperparameters
+    #: stats keys recorded per step (not only averaged per epoch) by the training engine
+    trace_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        base_optimizer: torch.optim.Optimizer,
+        *,
+        executor: Executor | None = None,
+        seed: int = 0,
+        **hparams: Any,
+    ) -> None:
+        self.hp = make_hparams(type(self), hparams)
+        self.rng = torch.Generator().manual_seed(seed)  # CPU generator: same draws on every device
+        self.model = model
+        self.loss_fn = loss_fn
+        self.base_optimizer = base_optimizer
+        self.executor: Executor = executor if executor is not None else SequentialExecutor()
+        self.params, self.param_names = _optimized_parameters(model, base_optimizer)
+        self._passes = _PassCounter()
+        self.step_count = 0
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def step(self, inputs: Tensor, targets: Tensor) -> StepRecord:
+        """Perform one complete update on the batch (inputs, targets)."""
+        self._passes = _PassCounter()
+        direction, report, stats = self.direction(inputs, targets)
+        self.executor.reduce_update(direction)
+        self.apply_update(direction)
+        self.step_count += 1
+        return self._passes.record(report, stats)
+
+    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+        """Return (update direction G aligned with ``self.params``, reporting pass, per-step stats)."""
+        raise NotImplementedError
+
+    def apply_update(self, direction: TensorList) -> None:
+        """x_{t+1} = BaseOpt(x_t, G): write G into ``p.grad`` and take the base optimizer's step."""
+        for p, g in zip(self.params, direction, strict=True):
+            p.grad = g
+        self.base_optimizer.step()
+        for p in self.params:
+            p.grad = None
+
+    # -- shared mechanics ---------------------------------------------------------------------
+
+    def gradient(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        point: TensorList | None = None,
+        update_bn: bool = False,
+        wrt: Sequence[int] | None = None,
+    ) -> GradResult:
+        """One gradient evaluation (a sequential step of its own)."""
+        return self.gradients([GradJob(inputs, targets, point, update_bn, wrt)])[0]
+
+    def gradients(self, jobs: Sequence[GradJob]) -> list[GradResult]:
+        """Independent gradient evaluations; an executor may run them at the same time."""
+        self._passes.add_gradients(len(jobs), self.executor.sequential_depth(len(jobs)))
+        return self.executor.evaluate(self, jobs)
+
+    def forward_only(
+        self,
+        inputs: Tensor,
+        *,
+        point: TensorList | None = None,
+        update_bn: bool = False,
+        model: nn.Module | None = None,
+    ) -> Tensor:
+        """A forward pass without gradient (counted as one forward pass)."""
+        self._passes.forward += 1
+        target = self.model if model is None else model
+        with torch.no_grad(), frozen_bn_stats(target, freeze=not update_bn):
+            if point is None:
+                return target(inputs)
+            return torch.func.functional_call(
+                target, dict(zip(self.param_names, point, strict=True)), (inputs,), strict=False
+            )
+
+    def current_point(self) -> TensorList:
+        """x_t as detached views of the parameters (no copy)."""
+        return [p.detach() for p in self.params]
+
+    def learning_rates(self) -> list[float]:
+        """The base optimizer's current learning rate for each parameter (eta_t)."""
+        return [group["lr"] for group in self.base_optimizer.param_groups for _ in group["params"]]
+
+    def lookahead(self, grads: TensorList) -> TensorList:
+        """Point the base optimizer would reach from x_t with gradient ``grads``; its state is unchanged."""
+        return lookahead(self.base_optimizer, self.params, grads)
+
+    # -- state (checkpointing) ----------------------------------------------------------------
+
+    def method_state(self) -> dict[str, Any]:
+        """Method-specific state (tensors, numbers, lists, dicts only); override to add more."""
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`method_state`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Base optimizer state + method state; loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "base_optimizer": self.base_optimizer.state_dict(),
+            "method": self.method_state(),
+            "step_count": self.step_count,
+            "rng": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base_optimizer.load_state_dict(state["base_optimizer"])
+        self.load_method_state(state["method"])
+        self.step_count = int(state["step_count"])
+        self.rng.set_state(state["rng"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def make_hparams(cls: type[Method], hparams: dict[str, Any]) -> Hyperparameters:
+    """Build ``cls.Hparams`` from keyword arguments with one-line errors for unknown names."""
+    valid = [f.name for f in dataclasses.fields(cls.Hparams)]
+    unknown = sorted(set(hparams) - set(valid))
+    if unknown:
+        raise HyperparameterError(
+            f"unknown hyperparameter {unknown[0]!r} for method {cls.name!r}; "
+            f"valid: {', '.join(valid) if valid else '(none)'}"
+        )
+    return cls.Hparams(**hparams)
+
+
+def _optimized_parameters(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[list[Tensor], list[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    params: list[Tensor] = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in names:
+                raise ValueError("the base optimizer holds a tensor that is not a parameter of the model")
+            if p.requires_grad:
+                params.append(p)
+    if not params:
+        raise ValueError("the base optimizer holds no trainable parameter of the model")
+    return params, [names[id(p)] for p in params]
+
+
+class _PassCounter:
+    """Counts the passes of one step (shared by every method)."""
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+        self.sequential = 0
+        self.ideal_sequential = 0
+
+    def add_gradients(self, num_jobs: int, depth: int) -> None:
+        self.forward += num_jobs
+        self.backward += num_jobs
+        self.sequential += depth
+        self.ideal_sequential += 1 if num_jobs else 0
+
+    def record(self, report: GradResult, stats: dict[str, Any]) -> StepRecord:
+        return StepRecord(
+            loss=report.loss,
+            correct=report.correct,
+            count=report.count,
+            forward=self.forward,
+            backward=self.backward,
+            sequential=self.sequential,
+            ideal_sequential=self.ideal_sequential,
+            stats=stats,
+        )

@@ -1,0 +1,55 @@
+r"""Sharpness-Aware Minimization (Foret et al., ICLR 2021), global-norm form.
+
+Algorithm:
+    input: radius \rho, stabiliser \xi, base optimizer BaseOpt
+    g       <- \nabla f(x_t; B_t)                 # pass 1, clean, updates BN running statistics
+    e       <- \rho g / (||g||_2 + \xi)           # global L2 norm over all parameters
+    g_sam   <- \nabla f(x_t + e; B_t)             # pass 2, same batch, BN running statistics frozen
+    x_{t+1} <- BaseOpt(x_t, g_sam)                # the step is taken from x_t, not from x_t + e
+Passes per step: 2 forward, 2 backward, sequential; temporal cost 2.
+
+\xi = 1e-12 as in davda54/sam and the official SAMPa code (it only matters when ||g|| is ~0, where it
+makes e = 0 instead of NaN). Weight decay enters only the base step (PyTorch convention), not the
+ascent direction (official JAX SAM puts L2 in the loss; optimizers.md §1.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from sampa.optim.base import GradResult, Hyperparameters, Method
+from sampa.optim.checks import check_range
+from sampa.optim.tensors import TensorList, add, normalized
+
+
+@dataclass(frozen=True)
+class SAMHparams(Hyperparameters):
+    """rho: perturbation radius (paper: 0.05 on CIFAR-10, 0.1 on CIFAR-100); eps: norm stabiliser."""
+
+    rho: float = 0.05
+    eps: float = 1e-12
+
+    def check(self) -> None:
+        check_range("rho", self.rho, 0.0)
+        check_range("eps", self.eps, 0.0)
+
+
+class SAM(Method):
+    """SAM; subclasses change only :meth:`ascent` (the perturbation e computed from a gradient)."""
+
+    name = "sam"
+    Hparams = SAMHparams
+
+    def ascent(self, g: TensorList) -> TensorList:
+        """e = rho g / (||g|| + xi)."""
+        return normalized(g, self.hp.rho, self.hp.eps)
+
+    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+        clean = self.gradient(inputs, targets, update_bn=True)  # g = grad f(x_t; B_t)
+        e = self.ascent(clean.grads)  # e = rho g / ||g||
+        x_adv = add(self.current_point(), e)  # x_t + e
+        perturbed = self.gradient(inputs, targets, point=x_adv)  # g_sam = grad f(x_t + e; B_t)
+        return perturbed.grads, clean, {}

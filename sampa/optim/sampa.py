@@ -1,0 +1,125 @@
+r"""SAMPa-\lambda: SAM Parallelized (Xie, Pethick, Cevher, NeurIPS 2024), Algorithms 1 and 2.
+
+Algorithm (call t receives batch B_{t+1}; the method keeps B_t and g_t = \nabla f(y_t; B_t)):
+    input: radius \rho, interpolation \lambda in [0, 1], stabiliser \xi, base optimizer with state m_t
+    x~_t    <- x_t + \rho g_t / (||g_t|| + \xi)          # Alg. 2 line 3 (global norm)
+    y_{t+1} <- ModelUpdate_{m_t}(x_t, g_t)               # Alg. 2 line 6: base rule, state m_t NOT advanced
+    g~_t    <- \nabla f(x~_t; B_t)                       # \ these two are independent: a parallel
+    g_{t+1} <- \nabla f(y_{t+1}; B_{t+1})                # / executor computes them at the same time
+    G_t     <- (1 - \lambda) g~_t + \lambda g_{t+1}      # Alg. 2 line 9
+    x_{t+1} <- BaseOpt(x_t, G_t)                         # Alg. 2 line 10 (advances m_t)
+    keep g_{t+1} and B_{t+1}
+Passes per step: 2 forward, 2 backward; temporal cost 1 (the two gradients are independent).
+
+Batch indexing follows the official code (optimizers.md §2.3): the perturbation direction and the
+perturbed gradient share a batch (the previous one), the extrapolated gradient uses the new batch.
+
+Initialisation: Algorithm 1 needs g_0 = \nabla f(y_0; B_0) with y_0 = x_0. The first call computes
+exactly that gradient on its batch and, as the official code does, also takes the base step with it
+(with g_0 unknown, the perturbation is 0 and y_1 = x_0, so both gradients coincide); it then keeps
+g_0 and B_0. So the first update is a base-optimizer step and costs one gradient.
+
+Deviations from the official code, on purpose:
+* \lambda = 0 is real SAMPa-0. The official code recovers \nabla f(y) on rank 0 by dividing by \lambda,
+  which silently turns \lambda = 0 into SGD; here both gradients are kept (and exchanged whole by the
+  two-device backend).
+* BatchNorm running statistics come from the extrapolated pass at y_{t+1} (the unperturbed pass, on the
+  newest batch); the perturbed pass leaves them untouched. The official code keeps the statistics of
+  the perturbed passes on rank 0 (optimizers.md §2.3, an inference from DDP's source).
+* y_{t+1} includes momentum and weight decay (Algorithm 2 line 6 and the official code); for AdamW it
+  is the AdamW step from the current moments (see ``sampa.optim.lookahead``).
+
+Reporting pass (loss/accuracy in the step record): the extrapolated pass on the newest batch.
+Diagnostics (``diagnostics_every = n > 0``): every n-th step also computes \nabla f(x_t; B_t) and
+records cos(\nabla f(y_t), \nabla f(x_t)) and ||\nabla f(y_t) - \nabla f(x_t)|| (paper Figure 4);
+this adds one forward/backward to those steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from sampa.optim.base import GradJob, GradResult, Hyperparameters, Method
+from sampa.optim.checks import check_int, check_range
+from sampa.optim.tensors import TensorList, add, clone, combine, cosine, distance, normalized
+
+
+@dataclass(frozen=True)
+class SAMPaHparams(Hyperparameters):
+    """rho: radius (paper: SAMPa-0 uses SAM's rho, SAMPa-0.2 twice SAM's: 0.1 on CIFAR-10);
+    lam: interpolation lambda in [0, 1]; eps: norm stabiliser; diagnostics_every: Figure 4 probe period."""
+
+    rho: float = 0.1
+    lam: float = 0.2
+    eps: float = 1e-12
+    diagnostics_every: int = 0
+
+    def check(self) -> None:
+        check_range("rho", self.rho, 0.0)
+        check_range("lam", self.lam, 0.0, 1.0)
+        check_range("eps", self.eps, 0.0)
+        check_int("diagnostics_every", self.diagnostics_every, 0)
+
+
+class SAMPa(Method):
+    """SAMPa-lambda; subclasses combining it with other SAM variants change only :meth:`ascent`."""
+
+    name = "sampa"
+    Hparams = SAMPaHparams
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.g_y: TensorList | None = None  # g_t = grad f(y_t; B_t)
+        self.prev_batch: tuple[Tensor, Tensor] | None = None  # B_t
+
+    def ascent(self, g_y: TensorList) -> TensorList:
+        """e = rho g_t / (||g_t|| + xi)."""
+        return normalized(g_y, self.hp.rho, self.hp.eps)
+
+    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+        if self.g_y is None or self.prev_batch is None:
+            return self._initial_direction(inputs, targets)
+        x = self.current_point()
+        x_tilde = add(x, self.ascent(self.g_y))  # x~_t = x_t + rho g_t/||g_t||
+        y_next = self.lookahead(self.g_y)  # y_{t+1} = ModelUpdate_{m_t}(x_t, g_t)
+        prev_inputs, prev_targets = self.prev_batch
+        jobs = [
+            GradJob(prev_inputs, prev_targets, point=x_tilde),  # g~_t on B_t
+            GradJob(inputs, targets, point=y_next, update_bn=True),  # g_{t+1} on B_{t+1}
+        ]
+        probe = self._probe_due()
+        if probe:
+            jobs.append(GradJob(prev_inputs, prev_targets))  # grad f(x_t; B_t), Figure 4 only
+        results = self.gradients(jobs)
+        perturbed, extrapolated = results[0], results[1]
+        stats = _probe_stats(self.g_y, results[2].grads) if probe else {}
+        direction = combine(perturbed.grads, extrapolated.grads, 1 - self.hp.lam, self.hp.lam)  # G_t
+        self.g_y, self.prev_batch = extrapolated.grads, (inputs, targets)
+        return direction, extrapolated, stats
+
+    def _initial_direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict]:
+        first = self.gradient(inputs, targets, update_bn=True)  # g_0 = grad f(y_0 = x_0; B_0)
+        self.g_y, self.prev_batch = clone(first.grads), (inputs, targets)
+        return first.grads, first, {}
+
+    def _probe_due(self) -> bool:
+        every = self.hp.diagnostics_every
+        return every > 0 and self.step_count % every == 0
+
+    def method_state(self) -> dict[str, Any]:
+        batch = None if self.prev_batch is None else list(self.prev_batch)
+        return {"g_y": self.g_y, "prev_batch": batch}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        device = self.params[0].device
+        self.g_y = None if state["g_y"] is None else [g.to(device) for g in state["g_y"]]
+        batch = state["prev_batch"]
+        self.prev_batch = None if batch is None else (batch[0].to(device), batch[1].to(device))
+
+
+def _probe_stats(g_y: TensorList, g_x: TensorList) -> dict[str, Tensor]:
+    """cos and distance between grad f(y_t; B_t) and grad f(x_t; B_t) (paper Figure 4)."""
+    return {"grad_cosine": cosine(g_y, g_x), "grad_distance": distance(g_y, g_x)}

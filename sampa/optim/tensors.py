@@ -1,0 +1,63 @@
+"""Vector arithmetic on parameter-aligned lists of tensors (foreach kernels, no host synchronisation).
+
+Every method treats "all trainable parameters" as one vector; norms are the **global** L2 norm over
+the concatenation of all tensors (not per tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+TensorList = list[Tensor]
+
+
+def global_norm(xs: Sequence[Tensor]) -> Tensor:
+    """||x||_2 over the concatenation of all tensors (0-d tensor, stays on the device)."""
+    norms = torch._foreach_norm(list(xs), 2)
+    return torch.linalg.vector_norm(torch.stack(norms), 2)
+
+
+def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """<x, y> over the concatenation of all tensors."""
+    return torch.stack([torch.sum(x * y) for x, y in zip(xs, ys, strict=True)]).sum()
+
+
+def scaled(xs: Sequence[Tensor], scale: Tensor | float) -> TensorList:
+    """scale * x (new tensors)."""
+    return torch._foreach_mul(list(xs), scale)
+
+
+def add(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: Tensor | float = 1.0) -> TensorList:
+    """x + alpha * y (new tensors)."""
+    if isinstance(alpha, Tensor):
+        return torch._foreach_add(list(xs), torch._foreach_mul(list(ys), alpha))
+    return torch._foreach_add(list(xs), list(ys), alpha=alpha)
+
+
+def combine(xs: Sequence[Tensor], ys: Sequence[Tensor], a: float, b: float) -> TensorList:
+    """a * x + b * y (new tensors)."""
+    return torch._foreach_add(torch._foreach_mul(list(xs), a), list(ys), alpha=b)
+
+
+def normalized(xs: Sequence[Tensor], radius: float, eps: float) -> TensorList:
+    """radius * x / (||x|| + eps) with the global norm; eps keeps x = 0 finite (gives 0)."""
+    scale = radius / (global_norm(xs) + eps)
+    return scaled(xs, scale)
+
+
+def clone(xs: Sequence[Tensor]) -> TensorList:
+    """Detached copies."""
+    return [x.detach().clone() for x in xs]
+
+
+def cosine(xs: Sequence[Tensor], ys: Sequence[Tensor], eps: float = 1e-12) -> Tensor:
+    """Cosine similarity of the two concatenated vectors."""
+    return dot(xs, ys) / (global_norm(xs) * global_norm(ys) + eps)
+
+
+def distance(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """||x - y||_2 over the concatenation."""
+    return global_norm(torch._foreach_sub(list(xs), list(ys)))

@@ -1,0 +1,139 @@
+"""Command line: every bad input is a one-line error with exit status 2, before any data is loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sampa.cli import main
+
+BASE = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "resnet57"], "unknown model 'resnet57'; choose one of: .*resnet56"),
+        (["--dataset", "cifar11"], "unknown dataset 'cifar11'; choose one of: cifar10, cifar100"),
+        (["--optimizer", "adam"], "unknown optimizer 'adam'; choose one of: .*sampa"),
+        (["--optimizer", "sam", "--rho", "-0.1"], r"rho must be in \[0, inf\] \(got -0.1\)"),
+        (["--optimizer", "sampa", "--lam", "1.2"], r"lam must be in \[0, 1\] \(got 1.2\)"),
+        (["--optimizer", "sampa", "--lam", "-0.2"], r"lam must be in \[0, 1\]"),
+        (["--lr", "0"], r"lr must be in \(0, inf\] \(got 0.0\)"),
+        (["--lr", "-1"], r"lr must be in \(0, inf\]"),
+        (["--epochs", "0"], r"epochs must be an integer >= 1 \(got 0\)"),
+        (["--label-noise", "1.0"], "label_noise must be in \\[0, 1\\)"),
+        (["--label-noise", "-0.1"], "label_noise must be in \\[0, 1\\)"),
+        (["--batch-size", "0"], r"batch_size must be an integer >= 1 \(got 0\)"),
+        (
+            ["--batch-size", "4501", "--synthetic-train-size", "5000"],
+            "batch_size 4501 is larger than the training set",
+        ),
+        (
+            ["--optimizer", "sam", "--hp", "k=5"],
+            "unknown hyperparameter 'k' for method 'sam'; valid: rho, eps",
+        ),
+        (["--hp", "oops"], "--hp expects KEY=VALUE"),
+        (["--devices", "3"], "unknown devices 3; choose one of: 1, 2"),
+        (["--device", "gpu"], "device must be one of auto, cpu, cuda, cuda:N"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(flags, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main([*BASE, "--out", str(out), "--data-root", str(tmp_path / "no-data"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith("sampa train: error: ")
+    import re
+
+    assert re.search(message, err), err
+    assert not out.exists()  # nothing was started
+
+
+def test_config_file_errors(tmp_path, capsys):
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("model: tinycnn\nlearning_rate: 0.1\n")
+    assert main(["train", "--config", str(bad_key), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown config key 'learning_rate'; valid keys: model" in capsys.readouterr().err
+    bad_yaml = tmp_path / "broken.yaml"
+    bad_yaml.write_text("model: [tinycnn\n")
+    assert main(["train", "--config", str(bad_yaml), "--out", str(tmp_path / "r")]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_missing_cifar_offline_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import sampa.data.cifar as cifar
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "cifar10",
+            "--model",
+            "tinycnn",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "configs/smoke.yaml" in err and str(tmp_path / "data") in err
+
+
+def test_config_file_with_flag_overrides_trains(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "model: tinycnn\ndataset: synthetic\noptimizer: sampa\nhparams: {rho: 0.05, lam: 0.5}\n"
+        "epochs: 5\nbatch_size: 32\nsynthetic_train_size: 200\nsynthetic_test_size: 50\n"
+        "device: cpu\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--epochs", "1", "--lam", "0.3", "--out", str(out)]) == 0
+    import json
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 1 and config["hparams"] == {"rho": 0.05, "lam": 0.3}
+    assert '"status": "complete"' in capsys.readouterr().out
+
+
+def test_module_entry_point_exit_status(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sampa", *BASE, "--out", str(tmp_path / "r"), "--lr", "-1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "sampa train: error: lr must be in (0, inf] (got -1.0)"
+
+
+def test_toy_command_writes_trajectories(tmp_path, capsys):
+    out, summary = tmp_path / "toy" / "traj.csv", tmp_path / "toy" / "summary.csv"
+    assert (
+        main(["toy", "--out", str(out), "--summary", str(summary), "--steps", "50", "--lams", "0,0.2"]) == 0
+    )
+    lines = out.read_text().splitlines()
+    assert lines[0] == "method,step,x0,x1,distance,f,lr"
+    assert len(lines) == 1 + 5 * 51  # SAM, RandSAM, OptSAM, SAMPa-0, SAMPa-0.2; steps 0..50
+    assert "SAMPa-0.2" in summary.read_text()
+    assert main(["toy", "--out", str(out), "--lams", "0,1.5"]) == 2
+    assert "--lams values must be in [0, 1]" in capsys.readouterr().err

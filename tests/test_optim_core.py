@@ -1,0 +1,446 @@
+"""SGD, SAM, SAMPa, RandSAM, OptSAM against hand computations on small problems."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from sampa import io
+from sampa.optim import HyperparameterError, SequentialExecutor, build_method, check_method
+from sampa.optim.lookahead import lookahead
+from sampa.optim.tensors import global_norm
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons: run every test of this module in float64, then restore the default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small problems
+
+
+class LeastSquares(nn.Module):
+    """Linear model without bias: output = X w (one output)."""
+
+    def __init__(self, dim: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(dim, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.w)[:, None]
+
+
+def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (out[:, 0] - y) ** 2
+
+
+def ls_grad(w: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Hand gradient of mean (x.w - y)^2: 2/n X^T (X w - y)."""
+    x, y = batch
+    return 2.0 / x.shape[0] * x.T @ (x @ w - y)
+
+
+def batches(n: int, size: int = 8, dim: int = 3, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, dim, generator=gen), torch.randn(size, generator=gen)) for _ in range(n)]
+
+
+class BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, y, reduction="none")
+
+
+def class_batches(n: int, seed: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(n)]
+
+
+class RecordingExecutor(SequentialExecutor):
+    """Sequential executor that remembers every job it evaluated."""
+
+    def __init__(self) -> None:
+        self.calls: list[list] = []
+
+    def evaluate(self, method, jobs):
+        self.calls.append(list(jobs))
+        return super().evaluate(method, jobs)
+
+
+def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 5e-4) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+
+
+# ----------------------------------------------------------------------------------------------
+# SAM
+
+
+def test_sam_perturbation_is_rho_times_normalised_global_gradient():
+    model = BNNet()
+    rec = RecordingExecutor()
+    method = build_method("sam", model, ce, sgd(model), executor=rec, rho=0.05)
+    x, y = class_batches(1)[0]
+    reference = copy.deepcopy(model)
+    grads = torch.autograd.grad(ce(reference(x), y).mean(), list(reference.parameters()))
+    method.step(x, y)
+    clean_job, perturbed_job = rec.calls[0][0], rec.calls[1][0]
+    assert clean_job.point is None and clean_job.update_bn
+    assert not perturbed_job.update_bn
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))  # global norm over all tensors
+    for p0, g, pt in zip(reference.parameters(), grads, perturbed_job.point, strict=True):
+        torch.testing.assert_close(pt, p0.detach() + 0.05 * g / norm)
+    e_norm = global_norm(
+        [pt - p0.detach() for pt, p0 in zip(perturbed_job.point, reference.parameters(), strict=True)]
+    )
+    torch.testing.assert_close(e_norm, torch.tensor(0.05))
+
+
+def test_sam_update_matches_hand_computation():
+    model = LeastSquares()
+    w0 = model.w.detach().clone()
+    lr, rho, wd = 0.1, 0.05, 1e-2
+    method = build_method(
+        "sam", model, squared_error, torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd), rho=rho
+    )
+    batch = batches(1)[0]
+    method.step(*batch)
+    g = ls_grad(w0, batch)
+    g_sam = ls_grad(w0 + rho * g / g.norm(), batch)
+    torch.testing.assert_close(model.w.detach(), w0 - lr * (g_sam + wd * w0))
+
+
+def test_sam_perturbed_pass_leaves_bn_running_stats_alone():
+    model = BNNet()
+    x, y = class_batches(1)[0]
+    expected = copy.deepcopy(model).train()
+    expected(x)  # one clean forward at x_t on the same batch
+    method = build_method("sam", model, ce, sgd(model), rho=0.5)
+    method.step(x, y)
+    torch.testing.assert_close(model.bn.running_mean, expected.bn.running_mean)
+    torch.testing.assert_close(model.bn.running_var, expected.bn.running_var)
+    assert int(model.bn.num_batches_tracked) == 1
+
+
+def test_sam_with_zero_gradient_gives_zero_perturbation():
+    model = LeastSquares()
+    rec = RecordingExecutor()
+    method = build_method(
+        "sam", model, squared_error, torch.optim.SGD(model.parameters(), lr=0.1), executor=rec, rho=0.05
+    )
+    x = torch.randn(4, 3)
+    method.step(x, x @ model.w.detach())  # residual 0 -> gradient 0
+    torch.testing.assert_close(rec.calls[1][0].point[0], model.w.detach())
+
+
+# ----------------------------------------------------------------------------------------------
+# SAMPa
+
+
+def reference_sampa(w0, data, lr, momentum, wd, rho, lam, eps=1e-12):
+    """Algorithm 1/2 written out by hand for least squares with SGD (momentum, coupled wd)."""
+    w, buf, g_y, prev, out = w0.clone(), None, None, None, []
+    for batch in data:
+        if g_y is None:  # first call: g_0 = grad f(x_0; B_0), base step with it
+            G = ls_grad(w, batch)
+            g_y = G
+        else:
+            x_tilde = w + rho * g_y / (g_y.norm() + eps)
+            d_y = g_y + wd * w
+            y = w - lr * (d_y if buf is None else momentum * buf + d_y)  # ModelUpdate_{m_t}, m_t kept
+            a, b = ls_grad(x_tilde, prev), ls_grad(y, batch)
+            G = (1 - lam) * a + lam * b
+            g_y = b
+        prev = batch
+        d = G + wd * w
+        buf = d if buf is None else momentum * buf + d
+        w = w - lr * buf
+        out.append(w.clone())
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.2, 1.0])
+def test_sampa_matches_hand_computed_trajectory(lam):
+    model = LeastSquares()
+    w0 = model.w.detach().clone()
+    lr, mu, wd, rho = 0.05, 0.9, 5e-3, 0.1
+    data = batches(4)
+    method = build_method("sampa", model, squared_error, sgd(model, lr, mu, wd), rho=rho, lam=lam)
+    expected = reference_sampa(w0, data, lr, mu, wd, rho, lam)
+    for batch, w_ref in zip(data, expected, strict=True):
+        method.step(*batch)
+        torch.testing.assert_close(model.w.detach(), w_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_sampa_zero_is_not_sgd():
+    data = batches(4)
+    runs = {}
+    for name, hp in [("sampa", {"lam": 0.0, "rho": 0.1}), ("sgd", {})]:
+        model = LeastSquares()
+        method = build_method(name, model, squared_error, sgd(model, 0.05), **hp)
+        for batch in data:
+            method.step(*batch)
+        runs[name] = model.w.detach()
+    assert not torch.allclose(runs["sampa"], runs["sgd"], atol=1e-6)
+
+
+def test_sampa_one_is_optimistic_gradient_descent():
+    """SAMPa-1, plain GD, fixed batch: y_{t+1} = x_t - eta g(y_t), x_{t+1} = x_t - eta g(y_{t+1})."""
+    model = LeastSquares()
+    batch = batches(1)[0]
+    lr = 0.05
+    method = build_method(
+        "sampa", model, squared_error, torch.optim.SGD(model.parameters(), lr=lr), rho=0.3, lam=1.0
+    )
+    y = model.w.detach().clone()  # y_0 = x_0
+    method.step(*batch)  # initialisation step: x_1 = x_0 - eta grad(y_0), g_0 kept
+    x = model.w.detach().clone()
+    for _ in range(5):
+        y = x - lr * ls_grad(y, batch)
+        x = x - lr * ls_grad(y, batch)
+        method.step(*batch)
+        torch.testing.assert_close(model.w.detach(), x, rtol=1e-12, atol=1e-12)
+
+
+def test_sampa_batch_indexing_and_bn_policy():
+    model = BNNet()
+    rec = RecordingExecutor()
+    method = build_method("sampa", model, ce, sgd(model), executor=rec, rho=0.1, lam=0.2)
+    b0, b1 = class_batches(2)
+    method.step(*b0)
+    before = copy.deepcopy(model)
+    y_point = method.lookahead(method.g_y)
+    method.step(*b1)
+    perturbed, extrapolated = rec.calls[1]
+    assert perturbed.inputs is b0[0] and not perturbed.update_bn  # x~_t on the previous batch
+    assert extrapolated.inputs is b1[0] and extrapolated.update_bn  # y_{t+1} on the new batch
+    for pt, y in zip(extrapolated.point, y_point, strict=True):
+        torch.testing.assert_close(pt, y)
+    # running statistics: exactly one forward at y_{t+1} on B_{t+1} was added
+    expected = copy.deepcopy(before).train()
+    names = [n for n, _ in before.named_parameters()]
+    torch.func.functional_call(expected, dict(zip(names, y_point, strict=True)), (b1[0],))
+    torch.testing.assert_close(model.bn.running_mean, expected.bn.running_mean)
+    torch.testing.assert_close(model.bn.running_var, expected.bn.running_var)
+
+
+def test_sampa_lookahead_does_not_change_base_optimizer_state():
+    model = BNNet()
+    opt = sgd(model)
+    method = build_method("sampa", model, ce, opt, rho=0.1)
+    for batch in class_batches(3):
+        method.step(*batch)
+        buffers = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+        method.lookahead(method.g_y)
+        for p, b in zip(model.parameters(), buffers, strict=True):
+            assert torch.equal(opt.state[p]["momentum_buffer"], b)
+
+
+def test_sampa_diagnostics_record_gradient_similarity():
+    model = BNNet()
+    method = build_method("sampa", model, ce, sgd(model, lr=0.01), rho=0.05, diagnostics_every=1)
+    data = class_batches(3)
+    records = [method.step(*b) for b in data]
+    assert records[0].stats == {}
+    cos = float(records[2].stats["grad_cosine"])
+    assert -1.0 <= cos <= 1.0 and cos > 0.5  # small lr: y_t is close to x_t
+    assert records[2].forward == 3 and records[2].ideal_sequential == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Pass counting
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "later"),
+    [
+        ("sgd", (1, 1, 1, 1), (1, 1, 1, 1)),
+        ("sam", (2, 2, 2, 2), (2, 2, 2, 2)),
+        ("sampa", (1, 1, 1, 1), (2, 2, 2, 1)),
+        ("randsam", (1, 1, 1, 1), (1, 1, 1, 1)),
+        ("optsam", (1, 1, 1, 1), (1, 1, 1, 1)),
+    ],
+)
+def test_pass_counts(name, first, later):
+    model = BNNet()
+    method = build_method(name, model, ce, sgd(model))
+    counts = []
+    for batch in class_batches(3):
+        r = method.step(*batch)
+        counts.append((r.forward, r.backward, r.sequential, r.ideal_sequential))
+    assert counts[0] == first
+    assert counts[1] == counts[2] == later
+
+
+# ----------------------------------------------------------------------------------------------
+# RandSAM, OptSAM
+
+
+def test_randsam_perturbation_has_norm_rho_and_follows_the_seed():
+    points = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(0)
+        model = BNNet()
+        rec = RecordingExecutor()
+        method = build_method("randsam", model, ce, sgd(model), executor=rec, seed=seed, rho=0.2)
+        x0 = [p.detach().clone() for p in model.parameters()]
+        method.step(*class_batches(1)[0])
+        job = rec.calls[0][0]
+        assert job.update_bn
+        e = [pt - p for pt, p in zip(job.point, x0, strict=True)]
+        torch.testing.assert_close(global_norm(e), torch.tensor(0.2))
+        points.append(torch.cat([t.flatten() for t in e]))
+    assert torch.equal(points[0], points[1])
+    assert not torch.allclose(points[0], points[2])
+
+
+def test_optsam_ascends_along_previous_perturbed_gradient():
+    model = LeastSquares()
+    lr, rho = 0.1, 0.2
+    method = build_method("optsam", model, squared_error, torch.optim.SGD(model.parameters(), lr=lr), rho=rho)
+    w = model.w.detach().clone()
+    g_prev = None
+    for batch in batches(3):
+        x_tilde = w if g_prev is None else w + rho * g_prev / g_prev.norm()
+        g_prev = ls_grad(x_tilde, batch)
+        w = w - lr * g_prev
+        method.step(*batch)
+        torch.testing.assert_close(model.w.detach(), w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Base-optimizer look-ahead
+
+
+def _optimizers():
+    return [
+        ("sgd", lambda ps: torch.optim.SGD(ps, lr=0.1)),
+        ("sgd-momentum-wd", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4)),
+        ("sgd-nesterov-dampening", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True)),
+        ("sgd-dampening", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.3)),
+        ("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.05)),
+        ("adamw-amsgrad", lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.05, amsgrad=True)),
+        ("adam-l2", lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=0.05)),
+        ("rmsprop-generic", lambda ps: torch.optim.RMSprop(ps, lr=1e-2, momentum=0.5)),
+    ]
+
+
+@pytest.mark.parametrize(("label", "make"), _optimizers())
+def test_lookahead_equals_a_real_step_and_keeps_state(label, make):
+    model = BNNet()
+    opt = make(model.parameters())
+    params = list(model.parameters())
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        before = copy.deepcopy(opt.state_dict())
+        predicted = lookahead(opt, params, grads)
+        assert _same_state(opt.state_dict(), before), f"{label}: state changed at step {step}"
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+        for p, y in zip(params, predicted, strict=True):
+            torch.testing.assert_close(p.detach(), y, rtol=1e-12, atol=1e-12)
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        if isinstance(a[k], dict):
+            if not _same_state(a[k], b[k]):
+                return False
+        elif isinstance(a[k], torch.Tensor):
+            if not torch.equal(a[k], b[k]):
+                return False
+        elif a[k] != b[k]:
+            return False
+    return True
+
+
+def test_sampa_with_adamw_extrapolates_with_the_adamw_step():
+    model = BNNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    rec = RecordingExecutor()
+    method = build_method("sampa", model, ce, opt, executor=rec, rho=0.05)
+    b0, b1 = class_batches(2)
+    method.step(*b0)
+    clone = copy.deepcopy(model)
+    clone_opt = torch.optim.AdamW(clone.parameters(), lr=1e-3, weight_decay=0.01)
+    clone_opt.load_state_dict(opt.state_dict())
+    for p, g in zip(clone.parameters(), method.g_y, strict=True):
+        p.grad = g.clone()
+    clone_opt.step()
+    method.step(*b1)
+    for pt, p in zip(rec.calls[1][1].point, clone.parameters(), strict=True):
+        torch.testing.assert_close(pt, p.detach())
+
+
+# ----------------------------------------------------------------------------------------------
+# Hyperparameters and state
+
+
+@pytest.mark.parametrize(
+    ("name", "hp", "match"),
+    [
+        ("sam", {"rho": -0.1}, r"rho must be in \[0, inf\] \(got -0.1\)"),
+        ("sampa", {"lam": 1.5}, r"lam must be in \[0, 1\] \(got 1.5\)"),
+        ("sampa", {"lam": -0.01}, r"lam must be in \[0, 1\]"),
+        ("sampa", {"rho": float("nan")}, "rho must be a number"),
+        ("sampa", {"diagnostics_every": -1}, "diagnostics_every must be an integer >= 0"),
+        ("sam", {"lam": 0.2}, "unknown hyperparameter 'lam' for method 'sam'; valid: rho, eps"),
+    ],
+)
+def test_bad_hyperparameters_are_one_line_errors(name, hp, match):
+    with pytest.raises(HyperparameterError, match=match) as info:
+        check_method(name, hp)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_method_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown optimizer 'samp'; choose one of: .*sampa.*sgd"):
+        check_method("samp", {})
+
+
+@pytest.mark.parametrize("name", ["sampa", "optsam", "randsam"])
+def test_state_dict_round_trip_continues_identically(name, tmp_path):
+    data = class_batches(6)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = BNNet()
+        return model, build_method(name, model, ce, sgd(model), seed=3)
+
+    model_a, method_a = fresh()
+    for batch in data:
+        method_a.step(*batch)
+
+    model_b, method_b = fresh()
+    for batch in data[:3]:
+        method_b.step(*batch)
+    io.save_torch(tmp_path / "ckpt.pt", {"model": model_b.state_dict(), "method": method_b.state_dict()})
+    ckpt = io.load_torch(tmp_path / "ckpt.pt")
+    model_c, method_c = fresh()
+    model_c.load_state_dict(ckpt["model"])
+    method_c.load_state_dict(ckpt["method"])
+    for batch in data[3:]:
+        method_c.step(*batch)
+    for pa, pc in zip(model_a.parameters(), model_c.parameters(), strict=True):
+        assert torch.equal(pa, pc)
