@@ -218,12 +218,18 @@ class _Run:
         self.backend.stats()  # reset backend counters
         watch = Stopwatch(self.device)
         with watch:
+            self.method.start_epoch(epoch, self.cfg.epochs, self.steps_per_epoch)
             batches = train_batches(
-                self.data, self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch, augment=self.augment
+                self.data,
+                self.cfg.batch_size,
+                seed=self.cfg.seed,
+                epoch=epoch,
+                augment=self.augment,
+                with_indices=True,
             )
-            for step, (inputs, targets) in enumerate(batches):
+            for step, (inputs, targets, indices) in enumerate(batches):
                 self._set_lr(epoch, step)
-                totals.add(self.method.step(*self.backend.shard(inputs, targets)))
+                totals.add(self.method.step(*self.backend.shard(inputs, targets, indices)))
         row = {
             "epoch": epoch + 1,
             "lr": self._lr(epoch, 0),

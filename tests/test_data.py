@@ -498,3 +498,14 @@ def test_augment_and_split_validation() -> None:
         D.ImageSplit(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match="int64"):
         D.ImageSplit(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
+
+
+def test_train_batches_with_indices_point_at_the_batch_samples():
+    ds = D.load_dataset("synthetic", seed=0, synthetic_train_size=300, synthetic_test_size=10)
+    seen = []
+    for x, y, idx in D.train_batches(ds, 64, seed=0, epoch=2, augment=D.Augment(), with_indices=True):
+        assert torch.equal(ds.train.labels[idx], y) and x.shape[0] == idx.shape[0]
+        seen.append(idx)
+    assert torch.equal(torch.cat(seen).sort().values, torch.arange(len(ds.train)))
+    plain = [y for _, y in D.train_batches(ds, 64, seed=0, epoch=2, augment=D.Augment())]
+    assert torch.equal(torch.cat(plain), ds.train.labels[torch.cat(seen)])

@@ -14,7 +14,6 @@ from sampa.optim.lookahead import lookahead
 from sampa.optim.tensors import global_norm
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Exact comparisons: run every test of this module in float64, then restore the default."""
@@ -444,3 +443,21 @@ def test_state_dict_round_trip_continues_identically(name, tmp_path):
         method_c.step(*batch)
     for pa, pc in zip(model_a.parameters(), model_c.parameters(), strict=True):
         assert torch.equal(pa, pc)
+
+
+def test_methods_that_need_sample_indices_say_so():
+    from sampa.optim import SGD
+
+    class NeedsIndices(SGD):
+        name = "needs-indices"
+        needs_indices = True
+
+    model = BNNet()
+    method = NeedsIndices(model, ce, sgd(model))
+    x, y = class_batches(1)[0]
+    with pytest.raises(ValueError, match="needs the samples' dataset indices"):
+        method.step(x, y)
+    method.step(x, y, indices=torch.arange(16))
+    assert torch.equal(method.batch_indices, torch.arange(16))
+    method.start_epoch(3, 10, 7)
+    assert (method.epoch, method.epochs, method.steps_per_epoch) == (3, 10, 7)

@@ -28,7 +28,7 @@ class Backend(Protocol):
         """Whether this process writes the run's files (exactly one process does)."""
         ...
 
-    def shard(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def shard(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """This process's part of a global batch (data parallel) or the whole batch."""
         ...
 

@@ -24,8 +24,8 @@ class SingleDevice:
     def is_writer(self) -> bool:
         return True
 
-    def shard(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        return inputs, targets
+    def shard(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return inputs, targets, indices
 
     def before_eval(self, model: nn.Module) -> None:
         return None

@@ -121,11 +121,13 @@ def cutout(x: torch.Tensor, centre: torch.Tensor, on: torch.Tensor, size: int) -
 
 
 def train_batches(
-    ds: Dataset, batch_size: int, *, seed: int, epoch: int, augment: Augment
-) -> Iterator[Batch]:
+    ds: Dataset, batch_size: int, *, seed: int, epoch: int, augment: Augment, with_indices: bool = False
+) -> Iterator[Batch] | Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield the augmented, normalised training batches of one epoch (float32 images, int64 labels).
 
     Deterministic in (seed, epoch): every train sample appears exactly once; the last partial batch is kept.
+    With ``with_indices`` each batch also carries the samples' indices into the train split (int64), for
+    methods that keep per-sample state (SAF).
     """
     n = len(ds.train)
     steps = num_batches(n, batch_size)
@@ -140,7 +142,7 @@ def train_batches(
         x = normalise(crop_flip(images[idx], draws.shift[sl], draws.flip[sl], augment.crop_padding), consts)
         if augment.cutout > 0:
             x = cutout(x, draws.cutout_centre[sl], draws.cutout_on[sl], augment.cutout)
-        yield x, labels[idx]
+        yield (x, labels[idx], idx) if with_indices else (x, labels[idx])
 
 
 def eval_batches(ds: Dataset, split: str, batch_size: int = 1000) -> Iterator[Batch]:

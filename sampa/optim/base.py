@@ -244,11 +244,34 @@ class Method:
         self.params, self.param_names = _optimized_parameters(model, base_optimizer)
         self._passes = _PassCounter()
         self.step_count = 0
+        self.batch_indices: Tensor | None = (
+            None  # sample indices of the current batch, if the engine gives them
+        )
+        self.epoch, self.epochs, self.steps_per_epoch = 0, 0, 0
+
+    #: whether ``step`` needs the samples' dataset indices (``indices=``), e.g. for per-sample state
+    needs_indices: ClassVar[bool] = False
 
     # -- the contract -------------------------------------------------------------------------
 
-    def step(self, inputs: Tensor, targets: Tensor) -> StepRecord:
-        """Perform one complete update on the batch (inputs, targets)."""
+    def start_epoch(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        """Called by a training loop before each epoch (0-based ``epoch`` of ``epochs``).
+
+        Methods with epoch-dependent behaviour (warm-ups, schedules) read ``self.epoch``; a loop that never
+        calls this leaves them at epoch 0.
+        """
+        self.epoch, self.epochs, self.steps_per_epoch = epoch, epochs, steps_per_epoch
+
+    def step(self, inputs: Tensor, targets: Tensor, indices: Tensor | None = None) -> StepRecord:
+        """Perform one complete update on the batch (inputs, targets).
+
+        ``indices`` are the samples' dataset indices (only methods with ``needs_indices`` use them).
+        """
+        if self.needs_indices and indices is None:
+            raise ValueError(
+                f"method {self.name!r} needs the samples' dataset indices: call step(x, y, indices)"
+            )
+        self.batch_indices = indices
         self._passes = _PassCounter()
         direction, report, stats = self.direction(inputs, targets)
         self.executor.reduce_update(direction)
