@@ -9,7 +9,7 @@ A *method* wraps a model, a per-sample loss and a base optimizer (``torch.optim.
 * :class:`SequentialExecutor` (here, the default) evaluates the jobs one after the other on the
   model's device; this is the reference implementation.
 * ``sampa.backends`` provides executors that evaluate independent jobs at the same time (two
-  processes, or one fused pass) or average the update over data-parallel replicas.
+  processes, or one fused pass) or average gradients over data-parallel replicas (see ``GradJob.local``).
 
 What a method may mutate: the model's parameters (only through the base optimizer's ``step``),
 ``p.grad`` (set to the update direction right before the base step), the base optimizer's state,
@@ -81,7 +81,9 @@ class GradJob:
 
     ``point`` is a list of tensors aligned with the method's parameters; ``None`` means the current
     parameters x_t. ``wrt`` optionally restricts the gradient to a subset of parameter indices
-    (the other entries of the result are zero tensors).
+    (the other entries of the result are zero tensors). A data-parallel executor averages every
+    gradient over its replicas (as DDP does) except jobs marked ``local``: those stay the replica's own
+    gradient of its own shard (e.g. mSAM's per-shard ascent direction).
     """
 
     inputs: Tensor
@@ -89,6 +91,7 @@ class GradJob:
     point: TensorList | None = None
     update_bn: bool = False
     wrt: Sequence[int] | None = None
+    local: bool = False
 
 
 @dataclass
@@ -117,10 +120,6 @@ class Executor(Protocol):
         """How many of ``num_jobs`` independent evaluations run one after the other."""
         ...
 
-    def reduce_update(self, direction: TensorList) -> None:
-        """Average the update direction in place over data-parallel replicas (no-op otherwise)."""
-        ...
-
 
 class SequentialExecutor:
     """Reference executor: evaluates jobs one after the other on the model's own device."""
@@ -130,9 +129,6 @@ class SequentialExecutor:
 
     def sequential_depth(self, num_jobs: int) -> int:
         return num_jobs
-
-    def reduce_update(self, direction: TensorList) -> None:
-        return None
 
 
 @contextlib.contextmanager
@@ -216,8 +212,7 @@ class Method:
 
     Subclasses read like their paper's algorithm box: they compute gradients with
     :meth:`gradient`/:meth:`gradients`, combine them into the update direction G and return it;
-    :meth:`step` averages G over data-parallel replicas (if any), writes it to ``p.grad`` and lets
-    the base optimizer take the step from x_t.
+    :meth:`step` writes G to ``p.grad`` and lets the base optimizer take the step from x_t.
     """
 
     name: ClassVar[str] = ""
@@ -274,7 +269,6 @@ class Method:
         self.batch_indices = indices
         self._passes = _PassCounter()
         direction, report, stats = self.direction(inputs, targets)
-        self.executor.reduce_update(direction)
         self.apply_update(direction)
         self.step_count += 1
         return self._passes.record(report, stats)
