@@ -215,7 +215,8 @@ class Method:
     :meth:`step` writes G to ``p.grad`` and lets the base optimizer take the step from x_t.
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # registry key (lower case, e.g. "sampa", "sampa-asam")
+    display_name: ClassVar[str] = ""  # the paper's name for tables (e.g. "SAMPa", "ASAM+SAMPa")
     Hparams: ClassVar[type[Hyperparameters]] = Hyperparameters
     #: stats keys recorded per step (not only averaged per epoch) by the training engine
     trace_keys: ClassVar[tuple[str, ...]] = ()

@@ -30,6 +30,7 @@ class RandSAM(Method):
     """SAM with a random direction of length rho."""
 
     name = "randsam"
+    display_name = "RandSAM"
     Hparams = SAMHparams
 
     def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
@@ -43,6 +44,7 @@ class OptSAM(Method):
     """SAM whose ascent direction is the previous step's perturbed gradient."""
 
     name = "optsam"
+    display_name = "OptSAM"
     Hparams = SAMHparams
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -41,6 +41,7 @@ class SAM(Method):
     """SAM; subclasses change only :meth:`ascent` (the perturbation e computed from a gradient)."""
 
     name = "sam"
+    display_name = "SAM"
     Hparams = SAMHparams
 
     def ascent(self, g: TensorList) -> TensorList:

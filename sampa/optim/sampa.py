@@ -68,6 +68,7 @@ class SAMPa(Method):
     """SAMPa-lambda; subclasses combining it with other SAM variants change only :meth:`ascent`."""
 
     name = "sampa"
+    display_name = "SAMPa"
     Hparams = SAMPaHparams
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

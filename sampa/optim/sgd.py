@@ -26,6 +26,7 @@ class SGD(Method):
     """The base optimizer alone."""
 
     name = "sgd"
+    display_name = "SGD"
     Hparams = SGDHparams
 
     def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
