@@ -1,4 +1,5 @@
-"""Command line: ``python -m sampa train ...`` (one run) and ``python -m sampa toy ...`` (Figure 1).
+"""Command line: ``python -m sampa train ...`` (one run), ``python -m sampa toy ...`` (Figure 1) and the
+presentation commands ``plan|aggregate|table|figure`` (:mod:`sampa.report.commands`).
 
 Bad input exits with status 2 and one line on stderr, before any data is loaded.
 """
@@ -24,6 +25,7 @@ from sampa.config import (
     load_config_file,
     validate,
 )
+from sampa.report.commands import add_parsers as add_report_parsers
 
 #: command-line flag -> RunConfig field, for the flags that map one to one
 _FIELD_FLAGS = {
@@ -73,7 +75,16 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         description="Train one run. Flags override values from --config.",
     )
     p.add_argument("--config", help="YAML file with run settings (keys as in sampa.config.RunConfig)")
+    p.add_argument(
+        "--settings", help="run settings as a JSON mapping, applied over --config (the workflow's way)"
+    )
     p.add_argument("--out", required=True, help="run directory (created; an interrupted run resumes there)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        help="claim this many free GPUs (lock files, CUDA_VISIBLE_DEVICES; 0 hides every GPU): sampa.gpus",
+    )
+    p.add_argument("--gpu-lock-dir", help="lock directory for --gpus (default $SAMPA_GPU_LOCK_DIR or /tmp)")
     for name, kind in _FIELD_FLAGS.items():
         extra: dict[str, Any] = {}
         if name == "base_optimizer":
@@ -104,6 +115,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Config file values, overridden by flags, validated."""
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    values |= _parse_settings(args.settings)
     for name in [*_FIELD_FLAGS, "download", "test_every_epoch"]:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -114,6 +126,30 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             hparams[key] = getattr(args, key)
     values["hparams"] = hparams
     return validate(config_from_dict(values))
+
+
+def _parse_settings(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--settings is not valid JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(settings, dict):
+        raise ConfigError("--settings must be a JSON mapping of run settings")
+    return settings
+
+
+def _claim_gpus(args: argparse.Namespace) -> None:
+    """Give this process its GPUs before anything touches CUDA (see sampa.gpus)."""
+    if args.gpus is None:
+        return
+    from sampa.gpus import GpuError, claim
+
+    try:
+        claim(args.gpus, directory=args.gpu_lock_dir)
+    except GpuError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _parse_hparams(items: Sequence[str]) -> dict[str, Any]:
@@ -131,6 +167,7 @@ def _train(args: argparse.Namespace) -> int:
     from sampa.train import RunError, train
 
     cfg = config_from_args(args)
+    _claim_gpus(args)
     try:
         metrics = _train_pair(cfg, args.out) if cfg.devices == 2 else train(cfg, args.out)
     except DataUnavailableError as err:
@@ -216,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_toy_parser(sub)
+    add_report_parsers(sub)  # plan, aggregate, table, figure
     return parser
 
 

@@ -38,6 +38,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     _atomic(Path(path), lambda h: h.write(text), "w")
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    _atomic(Path(path), lambda h: h.write(data), "wb")
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented, key-sorted JSON (byte-stable for equal input)."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")

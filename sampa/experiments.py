@@ -1,0 +1,518 @@
+"""Experiments as data: expand a workflow config (``configs/*.yaml``) into planned training runs.
+
+A config lists *experiments* (the paper's tables and figures). A table or figure experiment is a grid
+``arms x grid points x seeds``; an *arm* is one optimizer with its hyperparameters and run settings
+(a column of the paper's tables). Settings are merged in this order, later winning:
+
+    config ``run`` < experiment ``run`` < arm < grid point < matching ``overrides`` < seed
+
+Every planned run has a deterministic directory (no timestamps) made of its settings, e.g.
+``cifar10/resnet56/sam/rho=0.05/epochs=200/seed0``. Values equal to the defaults of
+:class:`sampa.config.RunConfig` or of the method's hyperparameters are left out, and numbers are
+written canonically (0.05, 5e-2 and "5e-2" give one path), so identical runs planned by several
+experiments are trained once and shared. Each run's config is checked by
+:func:`sampa.config.validate` when it is planned; a bad value is one line naming the experiment and
+the arm (:class:`PlanError`).
+
+Machine settings (device, threads, data location) are not part of a run's identity and never
+appear in a config: the workflow gives each job its GPUs (``use_gpus``), its threads (Snakemake's
+``threads``) and the data location (``$SAMPA_DATA``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sampa.config import ConfigError, RunConfig, config_from_dict, validate
+from sampa.models import DISPLAY_NAMES
+from sampa.optim import HyperparameterError, method_class
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+KINDS = ("table", "figure", "unsupported")
+#: set per machine by the workflow, never by an experiment (they do not change results)
+MACHINE_KEYS = ("device", "threads", "data_root", "download")
+#: given by arms and seeds, not by ``run`` mappings
+RESERVED_KEYS = ("optimizer", "hparams", "seed")
+#: the first path levels of a run directory (the remaining settings form the last levels)
+PATH_KEYS = ("dataset", "model")
+DATASET_DISPLAY = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "synthetic": "Synthetic-10",
+    "synthetic100": "Synthetic-100",
+}
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class PlanError(ValueError):
+    """The workflow config cannot be planned (message: one line)."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of one experiment.
+
+    ``cell`` maps each axis of the experiment (``arm`` and every grid axis) to the label shown in
+    tables and figures; ``values`` holds the raw value behind each label (for numeric plot axes).
+    ``settings`` is the run's configuration as given to ``python -m sampa train --settings``.
+    """
+
+    experiment: str
+    cell: dict[str, str]
+    values: dict[str, Any]
+    seed: int
+    settings: dict[str, Any]
+    path: str
+    reference: bool = False
+
+    def gpus(self, use_gpus: bool) -> int:
+        """GPUs this run occupies: its device count on a GPU workflow, none otherwise."""
+        return int(self.settings.get("devices", 1)) if use_gpus else 0
+
+
+@dataclass
+class Plan:
+    """All experiments of a config, expanded."""
+
+    name: str
+    use_gpus: bool
+    specs: dict[str, dict[str, Any]]
+    runs: dict[str, list[PlannedRun]] = field(default_factory=dict)
+
+    def unique_runs(self) -> dict[str, PlannedRun]:
+        """One planned run per run directory (shared runs counted once), in plan order."""
+        out: dict[str, PlannedRun] = {}
+        for runs in self.runs.values():
+            for run in runs:
+                out.setdefault(run.path, run)
+        return out
+
+    def of_kind(self, kind: str) -> list[str]:
+        return [name for name, spec in self.specs.items() if spec["kind"] == kind]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and structural validation
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a workflow config file (YAML mapping)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise PlanError(f"cannot read workflow config {str(path)!r}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise PlanError(
+            f"workflow config {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(data, dict):
+        raise PlanError(f"workflow config {str(path)!r} must hold a mapping")
+    return data
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def schema_error(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> str | None:
+    """One line describing the most relevant JSON-schema violation of ``config``, or None."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema or load_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return None
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    return f"{where}: {error.message}"
+
+
+def check_schema(config: Mapping[str, Any]) -> None:
+    message = schema_error(config)
+    if message:
+        raise PlanError(message)
+
+
+# ----------------------------------------------------------------------------------------------
+# Canonical values and run paths
+
+
+def normalize(value: Any) -> Any:
+    """Numbers written as strings ("5e-2": YAML 1.1 reads it as text) become numbers; recursive."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        return int(text) if _INTEGER.fullmatch(text) else float(text)
+    if isinstance(value, Mapping):
+        return {str(k): normalize(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [normalize(v) for v in value]
+    return value
+
+
+def canonical(value: Any) -> str:
+    """The one spelling of a value in run paths: 0.05, 5e-2 -> '0.05'; 1, 1.0 -> '1'; [a, b] -> 'a+b'."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return "+".join(canonical(v) for v in value)
+    if isinstance(value, str):
+        if not value or "/" in value or any(c.isspace() for c in value):
+            raise PlanError(f"setting value {value!r} cannot be part of a run path (empty, '/' or space)")
+        return value
+    raise PlanError(f"setting value {value!r} must be a number, string, boolean or list")
+
+
+def _slug(settings: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={canonical(v)}" for k, v in sorted(settings.items())) or "default"
+
+
+def run_path(settings: Mapping[str, Any]) -> str:
+    """``dataset/model/optimizer/<hparams>/<other settings>/seed<k>`` (explicit non-default values only)."""
+    defaults = RunConfig()
+    rest = {k: v for k, v in settings.items() if k not in (*PATH_KEYS, *RESERVED_KEYS)}
+    parts = [str(settings.get(k, getattr(defaults, k))) for k in PATH_KEYS]
+    parts += [settings["optimizer"], _slug(settings.get("hparams", {})), _slug(rest)]
+    parts.append(f"seed{settings.get('seed', defaults.seed)}")
+    return "/".join(parts)
+
+
+def _without_defaults(values: Mapping[str, Any], defaults: Any) -> dict[str, Any]:
+    """Drop entries equal (canonically) to the attribute of the same name on ``defaults``."""
+    out = {}
+    for key, value in values.items():
+        if hasattr(defaults, key) and _same(value, getattr(defaults, key)):
+            continue
+        out[key] = value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return canonical(a) == canonical(b)
+    except PlanError:
+        return a == b
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolving an experiment into a self-contained spec
+
+
+def resolve(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Experiment ``name`` with everything it inherits from the config (JSON-serialisable).
+
+    Table and figure commands receive this spec, so a change to one experiment re-makes only its
+    own outputs.
+    """
+    exp = normalize(config["experiments"][name])
+    spec: dict[str, Any] = {
+        "id": name,
+        "kind": exp["kind"],
+        "title": exp.get("title", name),
+        "paper": exp.get("paper", ""),
+        "caption": exp.get("caption", ""),
+        "note": config.get("note", ""),
+        "profile": config["name"],
+    }
+    if exp["kind"] == "unsupported":
+        spec["unsupported"] = exp["unsupported"]
+        return spec
+    spec["seeds"] = list(exp.get("seeds", config["seeds"]))
+    spec["run"] = {**normalize(config.get("run", {})), **exp.get("run", {})}
+    spec["arms"] = _resolve_arms(exp.get("arms", []), normalize(config), name)
+    spec["grid"] = exp.get("grid", {})
+    spec["overrides"] = [*normalize(config.get("overrides", [])), *exp.get("overrides", [])]
+    for part in ("table", "figure"):
+        if part in exp:
+            spec[part] = exp[part]
+    return spec
+
+
+def _resolve_arms(arms: Any, config: dict[str, Any], experiment: str) -> list[dict[str, Any]]:
+    if arms == "all":
+        return all_arms(config.get("method_hparams", {}))
+    library = config.get("arms", {})
+    out = []
+    for arm in arms:
+        if isinstance(arm, str):
+            if arm not in library:
+                known = ", ".join(library) or "(none)"
+                raise PlanError(f"experiment {experiment!r}: unknown arm {arm!r}; arms defined: {known}")
+            arm = library[arm]
+        out.append(
+            {
+                "label": arm["label"],
+                "optimizer": arm["optimizer"],
+                "hparams": dict(arm.get("hparams", {})),
+                "run": dict(arm.get("run", {})),
+                "reference": bool(arm.get("reference", False)),
+            }
+        )
+    return out
+
+
+def all_arms(method_hparams: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One arm per registered optimizer (``arms: all``), labelled as in the paper's tables."""
+    from sampa.optim import METHOD_NAMES
+
+    unknown = sorted(set(method_hparams) - set(METHOD_NAMES))
+    if unknown:
+        raise PlanError(
+            f"method_hparams: unknown optimizer {unknown[0]!r}; choose one of: {', '.join(METHOD_NAMES)}"
+        )
+    arms = []
+    for name in METHOD_NAMES:
+        hparams = dict(method_hparams.get(name, {}))
+        arms.append(
+            {
+                "label": method_label(name, hparams),
+                "optimizer": name,
+                "hparams": hparams,
+                "run": {},
+                "reference": False,
+            }
+        )
+    return arms
+
+
+def method_label(name: str, hparams: Mapping[str, Any]) -> str:
+    """The paper's name for a method; SAMPa's label carries lambda ("SAMPa-0.2")."""
+    cls = method_class(name)
+    label = getattr(cls, "display_name", name)
+    if name == "sampa":
+        lam = hparams.get("lam", getattr(cls.Hparams(), "lam", None))
+        label = f"{label}-{canonical(lam)}"
+    return label
+
+
+# ----------------------------------------------------------------------------------------------
+# Expanding a spec into planned runs
+
+
+def plan_experiment(spec: Mapping[str, Any]) -> list[PlannedRun]:
+    """Every run of a table or figure experiment, validated (unsupported experiments plan none)."""
+    if spec["kind"] == "unsupported" or not spec.get("arms"):
+        return []
+    axes = [(axis, _points(axis, values, spec["id"])) for axis, values in spec["grid"].items()]
+    runs = []
+    combos = itertools.product(spec["arms"], *(points for _, points in axes))
+    for arm, *points in combos:
+        for seed in spec["seeds"]:
+            runs.append(_planned_run(spec, arm, list(zip([a for a, _ in axes], points, strict=True)), seed))
+    return runs
+
+
+def _points(axis: str, values: Any, experiment: str) -> list[dict[str, Any]]:
+    """Grid values as points ``{label, value, run, hparams}``; scalars set the setting ``axis``."""
+    if not isinstance(values, list) or not values:
+        raise PlanError(f"experiment {experiment!r}: grid axis {axis!r} needs a non-empty list of values")
+    points = []
+    for value in values:
+        if isinstance(value, Mapping):
+            label = str(value.get("label", ""))
+            points.append(
+                {
+                    "label": label,
+                    "value": label,
+                    "run": value.get("run", {}),
+                    "hparams": value.get("hparams", {}),
+                }
+            )
+            continue
+        if axis.startswith("hparams."):
+            setting: dict[str, Any] = {"run": {}, "hparams": {axis.removeprefix("hparams."): value}}
+        else:
+            setting = {"run": {axis: value}, "hparams": {}}
+        points.append({"label": axis_label(axis, value), "value": value, **setting})
+    return points
+
+
+def axis_label(axis: str, value: Any) -> str:
+    """How a grid value reads in a table: model and dataset names as in the paper, noise in %."""
+    if axis == "model":
+        return DISPLAY_NAMES.get(value, str(value))
+    if axis == "dataset":
+        return DATASET_DISPLAY.get(value, str(value))
+    if axis == "label_noise":
+        return f"{canonical(round(100 * float(value), 6))}%"
+    return canonical(value)
+
+
+def _planned_run(
+    spec: Mapping[str, Any], arm: Mapping[str, Any], points: list[tuple[str, dict[str, Any]]], seed: int
+) -> PlannedRun:
+    run = {**spec["run"], **arm["run"]}
+    hparams = dict(arm["hparams"])
+    for _, point in points:
+        run.update(point["run"])
+        hparams.update(point["hparams"])
+    cell = {"arm": arm["label"], **{axis: point["label"] for axis, point in points}}
+    values = {"arm": arm["label"], **{axis: point["value"] for axis, point in points}}
+    context = _context(spec["id"], cell)
+    for override in spec["overrides"]:
+        if _matches(override.get("when", {}), arm, run, hparams, cell, context):
+            run.update(override.get("run", {}))
+            hparams.update(override.get("hparams", {}))
+    settings = _checked_settings(arm["optimizer"], run, hparams, seed, context)
+    return PlannedRun(
+        experiment=spec["id"],
+        cell=cell,
+        values=values,
+        seed=seed,
+        settings=settings,
+        path=run_path(settings),
+        reference=bool(arm.get("reference", False)),
+    )
+
+
+def _context(experiment: str, cell: Mapping[str, str]) -> str:
+    where = ", ".join(f"{k} {v!r}" for k, v in cell.items())
+    return f"experiment {experiment!r} ({where})"
+
+
+def _matches(
+    when: Mapping[str, Any],
+    arm: Mapping[str, Any],
+    run: Mapping[str, Any],
+    hparams: Mapping[str, Any],
+    cell: Mapping[str, str],
+    context: str,
+) -> bool:
+    """Does every ``key: value`` (or ``key: [values]``) of ``when`` hold for this run?"""
+    defaults = RunConfig()
+    for key, wanted in when.items():
+        if key == "arm":
+            actual = arm["label"]
+        elif key == "optimizer":
+            actual = arm["optimizer"]
+        elif key.startswith("hparams."):
+            actual = hparams.get(key.removeprefix("hparams."))
+        elif hasattr(defaults, key):
+            actual = run.get(key, getattr(defaults, key))
+        elif key in cell:  # a grid axis of mappings: its point labels
+            actual = cell[key]
+        else:
+            raise PlanError(f"{context}: override condition on unknown key {key!r}")
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if not any(_same(actual, option) for option in options):
+            return False
+    return True
+
+
+def _checked_settings(
+    optimizer: str, run: Mapping[str, Any], hparams: Mapping[str, Any], seed: int, context: str
+) -> dict[str, Any]:
+    """Validate the run with ``sampa.config.validate``; return its explicit non-default settings.
+
+    The seed is checked by the schema; the rest is validated once per distinct setting (memoised).
+    """
+    key = json.dumps([optimizer, run, hparams], sort_keys=True, default=str)
+    if key not in _VALIDATED:
+        _VALIDATED[key] = _validated(optimizer, run, hparams, context)
+    return {**_VALIDATED[key], "hparams": dict(_VALIDATED[key]["hparams"]), "seed": seed}
+
+
+_VALIDATED: dict[str, dict[str, Any]] = {}
+
+
+def _validated(
+    optimizer: str, run: Mapping[str, Any], hparams: Mapping[str, Any], context: str
+) -> dict[str, Any]:
+    seed = RunConfig().seed
+    bad = sorted(set(run) & {*MACHINE_KEYS, *RESERVED_KEYS})
+    if bad:
+        raise PlanError(
+            f"{context}: {bad[0]!r} cannot be a run setting "
+            "(machine settings come from the workflow; optimizer, hparams and seed from arms and seeds)"
+        )
+    values = {**run, "optimizer": optimizer, "hparams": dict(hparams), "seed": seed}
+    try:
+        cfg = validate(config_from_dict(copy.deepcopy(values)))
+        method_defaults = method_class(optimizer).Hparams()
+    except (ConfigError, HyperparameterError, ValueError, TypeError) as err:
+        raise PlanError(f"{context}: {err}") from None
+    settings = _without_defaults(run, RunConfig())
+    settings["optimizer"] = cfg.optimizer
+    settings["hparams"] = _without_defaults(hparams, method_defaults)
+    for value in [*run.values(), *hparams.values()]:
+        canonical(value)  # every value must be writable in a run path
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole config
+
+
+def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
+    """Check the config's structure (unless done already), resolve and expand every enabled experiment."""
+    if not schema_checked:
+        check_schema(config)
+    include_unsupported = bool(config.get("include_unsupported", True))
+    specs = {}
+    for name, exp in config["experiments"].items():
+        if not exp.get("enabled", True):
+            continue
+        if exp["kind"] == "unsupported" and not include_unsupported:
+            continue
+        specs[name] = resolve(config, name)
+    result = Plan(name=config["name"], use_gpus=bool(config.get("use_gpus", False)), specs=specs)
+    for name, spec in specs.items():
+        result.runs[name] = plan_experiment(spec)
+    return result
+
+
+def spec_json(spec: Mapping[str, Any]) -> str:
+    """Compact, key-sorted JSON of a spec (stable text: Snakemake compares params as text)."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def runs_table(runs: Iterable[PlannedRun]) -> list[dict[str, Any]]:
+    """Planned runs as plain rows (for CSV/JSON output)."""
+    return [asdict(run) for run in runs]
+
+
+def method_of(label: str, arms: Iterable[Mapping[str, Any]]) -> str | None:
+    """The registry name behind an arm label."""
+    for arm in arms:
+        if arm["label"] == label:
+            return arm["optimizer"]
+    return None
+
+
+__all__ = [
+    "KINDS",
+    "MACHINE_KEYS",
+    "Plan",
+    "PlanError",
+    "PlannedRun",
+    "axis_label",
+    "canonical",
+    "load_config",
+    "method_label",
+    "normalize",
+    "plan",
+    "plan_experiment",
+    "resolve",
+    "run_path",
+    "schema_error",
+    "spec_json",
+]

@@ -1,0 +1,202 @@
+"""Command line of the presentation side: ``python -m sampa plan|aggregate|table|figure``.
+
+These commands read configs and run directories and write tables and figures; they never train.
+A spec (``--spec``) is one experiment resolved by the workflow (``sampa.experiments.resolve``);
+by hand, ``--config FILE --experiment ID`` gives the same. Bad input is one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RUNS_ROOT = "results/runs"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_plan(sub)
+    _add_aggregate(sub)
+    _add_table(sub)
+    _add_figure(sub)
+
+
+def _spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", help="resolved experiment as JSON (what the workflow passes)")
+    p.add_argument("--config", help="workflow config (configs/*.yaml), with --experiment")
+    p.add_argument("--experiment", help="experiment id in --config")
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    from sampa.experiments import PlanError, check_schema, load_config, resolve
+
+    if args.spec:
+        try:
+            return json.loads(args.spec)
+        except json.JSONDecodeError as err:
+            raise PlanError(f"--spec is not valid JSON: {err.msg} (column {err.colno})") from None
+    if not (args.config and args.experiment):
+        raise PlanError("give --spec, or --config and --experiment")
+    config = load_config(args.config)
+    check_schema(config)
+    if args.experiment not in config["experiments"]:
+        raise PlanError(
+            f"unknown experiment {args.experiment!r}; choose one of: {', '.join(config['experiments'])}"
+        )
+    return resolve(config, args.experiment)
+
+
+def _run(command: str, handler: Any, args: argparse.Namespace) -> int:
+    from sampa.experiments import PlanError
+    from sampa.report.figures import FigureError
+    from sampa.report.metrics import MetricError
+    from sampa.report.tables import TableError
+
+    try:
+        return handler(args)
+    except (PlanError, TableError, FigureError, MetricError) as err:
+        print(f"sampa {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------------------------
+# plan
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="list the runs a workflow config plans (validates every run)")
+    p.add_argument("--config", required=True, help="workflow config (configs/*.yaml)")
+    p.add_argument("--out", help="CSV file with one row per experiment and run")
+    p.set_defaults(handler=lambda a: _run("plan", _plan, a))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from sampa import io
+    from sampa.experiments import load_config, plan
+
+    result = plan(load_config(args.config))
+    seen: set[str] = set()
+    for name, spec in result.specs.items():
+        runs = result.runs[name]
+        new = [r for r in dict.fromkeys(r.path for r in runs) if r not in seen]
+        seen.update(new)
+        gpus = Counter(r.gpus(result.use_gpus) for r in runs)
+        shown = ", ".join(f"{n} x {g}" for g, n in sorted(gpus.items()))
+        print(f"{name:>14} {spec['kind']:<11} {len(runs):4d} runs, {len(new):4d} new, runs x GPUs: {shown}")
+    print(f"{'total':>14} {'':<11} {len(seen):4d} distinct runs")
+    if args.out:
+        rows = [
+            {
+                "experiment": r.experiment,
+                **{f"cell.{k}": v for k, v in r.cell.items()},
+                "seed": r.seed,
+                "run": r.path,
+            }
+            for runs in result.runs.values()
+            for r in runs
+        ]
+        io.write_text(args.out, pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# aggregate
+
+
+def _add_aggregate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("aggregate", help="tidy table of runs (one row per run directory)")
+    p.add_argument("runs", nargs="*", help="run directories (or files inside them, e.g. metrics.json)")
+    p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="run ids are paths relative to this")
+    p.add_argument("--out", required=True, help="CSV file (one row per run)")
+    p.add_argument("--epochs-out", help="CSV file with one row per run and epoch (from log.jsonl)")
+    p.set_defaults(handler=lambda a: _run("aggregate", _aggregate, a))
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    from sampa.report.runs import collect_epochs, collect_runs, write_csv
+
+    frame = collect_runs(args.runs, args.runs_root)
+    write_csv(frame, args.out)
+    if args.epochs_out:
+        write_csv(collect_epochs(args.runs, args.runs_root), args.epochs_out)
+    counts = Counter(frame["status"]) if len(frame) else Counter()
+    print(f"{len(frame)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# table
+
+
+def _add_table(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("table", help="one paper table as Markdown, LaTeX and CSV")
+    _spec_arguments(p)
+    p.add_argument("--runs", help="runs table (python -m sampa aggregate)")
+    p.add_argument("--md", help="Markdown output")
+    p.add_argument("--tex", help="LaTeX (booktabs) output")
+    p.add_argument("--csv", help="CSV output (one row per cell)")
+    p.add_argument(
+        "--data-root", default=None, help="where datasets/weights live (default $SAMPA_DATA or ./data)"
+    )
+    p.set_defaults(handler=lambda a: _run("table", _table, a))
+
+
+def _table(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from sampa import io
+    from sampa.report.tables import TableError, cell_table, render, unsupported_message
+
+    spec = _spec(args)
+    if spec["kind"] == "unsupported":
+        root = args.data_root or os.environ.get("SAMPA_DATA") or "data"
+        raise TableError(unsupported_message(spec, root))
+    if spec["kind"] != "table":
+        raise TableError(f"experiment {spec['id']!r} is a {spec['kind']}, not a table")
+    if not args.runs:
+        raise TableError("--runs is required (the runs table from python -m sampa aggregate)")
+    text = render(spec, cell_table(spec, pd.read_csv(args.runs)))
+    for path, content in ((args.md, text.markdown), (args.tex, text.latex), (args.csv, text.csv)):
+        if path:
+            io.write_text(path, content)
+    if not (args.md or args.tex or args.csv):
+        print(text.markdown)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# figure
+
+
+def _add_figure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("figure", help="one paper figure as PDF + PNG, with its data as CSV")
+    _spec_arguments(p)
+    p.add_argument("--data", required=True, help="runs table, or the toy trajectories CSV for plot: toy")
+    p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="run directories (per-epoch logs)")
+    p.add_argument("--pdf", required=True)
+    p.add_argument("--png", required=True)
+    p.add_argument("--csv", help="the plotted data")
+    p.set_defaults(handler=lambda a: _run("figure", _figure, a))
+
+
+def _figure(args: argparse.Namespace) -> int:
+    from sampa.report.figures import FigureError, make_figure
+    from sampa.report.runs import write_csv
+
+    spec = _spec(args)
+    if spec["kind"] != "figure":
+        raise FigureError(f"experiment {spec['id']!r} is a {spec['kind']}, not a figure")
+    if not Path(args.data).exists():
+        raise FigureError(f"--data {args.data!r} does not exist")
+    result = make_figure(spec, args.data, args.pdf, args.png, args.runs_root)
+    if args.csv:
+        write_csv(result.frame, args.csv)
+    if result.missing:
+        print(f"{len(result.missing)} runs missing: " + "; ".join(result.missing), file=sys.stderr)
+    return 0

@@ -1,0 +1,202 @@
+"""Paper figures from run results: PDF + PNG (style in :mod:`sampa.report.style`) and the plotted data as CSV.
+
+Plot kinds (``figure.plot`` in the config):
+
+* ``toy``: Figure 1, distance to the minimiser of f(x) = ||x||^2 per step (from ``python -m sampa toy``).
+* ``bars``: one bar per arm and one panel per metric (Figure 2: sequential gradients per update,
+  time per epoch), mean with the standard deviation over seeds, every seed as a dot.
+* ``line``: a metric against a grid axis (Figure 3: test accuracy against lambda), one panel per
+  value of ``facet``, mean with a ± std band over seeds.
+* ``epochs``: per-epoch curves from ``log.jsonl`` (Figure 4: cos and distance between
+  grad f(y_t) and grad f(x_t)), mean with a ± std band over seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from sampa.experiments import PlannedRun, plan_experiment
+from sampa.report import style
+from sampa.report.metrics import metric
+from sampa.report.runs import collect_epochs
+from sampa.report.tables import axis_name, observations, warning_lines
+
+
+class FigureError(ValueError):
+    """A figure cannot be made (message: one line)."""
+
+
+@dataclass(frozen=True)
+class FigureData:
+    """What was plotted (written next to the figure as CSV)."""
+
+    frame: pd.DataFrame
+    missing: list[str]
+
+
+def make_figure(
+    spec: Mapping[str, Any],
+    data: str | os.PathLike,
+    pdf: str | os.PathLike,
+    png: str | os.PathLike,
+    runs_root: str | os.PathLike = "results/runs",
+) -> FigureData:
+    """Draw the experiment's figure from ``data`` (runs.csv, or the toy trajectories CSV) and save it."""
+    style.apply()
+    plot = spec["figure"]["plot"]
+    if plot == "toy":
+        fig, result = _toy(spec, pd.read_csv(data))
+    else:
+        planned = plan_experiment(spec)
+        if plot == "epochs":
+            fig, result = _epochs(spec, planned, runs_root)
+        else:
+            obs = observations(planned, pd.read_csv(data), spec["figure"].get("metrics", ["test_acc"]))
+            fig, result = _bars(spec, planned, obs) if plot == "bars" else _line(spec, planned, obs)
+    style.banner(fig, banner_lines(spec, result.frame))
+    style.save(fig, pdf, png)
+    return result
+
+
+def banner_lines(spec: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
+    """The config's note and, whenever runs used synthetic data, a line saying so."""
+    datasets = [str(d) for d in frame.get("dataset", pd.Series(dtype=str)).dropna().unique()]
+    return warning_lines(spec, datasets)
+
+
+def _palette(planned: list[PlannedRun]) -> dict[str, Any]:
+    return style.palette([(run.cell["arm"], run.settings["optimizer"]) for run in planned])
+
+
+def _complete(obs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    done = obs[obs["value"].notna()]
+    missing = sorted({f"{r.run} ({r.status})" for r in obs[obs["value"].isna()].itertuples()})
+    return done, missing
+
+
+# ----------------------------------------------------------------------------------------------
+# Plot kinds
+
+
+def _toy(spec: Mapping[str, Any], traj: pd.DataFrame) -> tuple[Any, FigureData]:
+    fig, (ax,) = style.figure(1)
+    methods = list(dict.fromkeys(traj["method"]))
+    colors = style.palette([(m, m.split("-")[0].lower()) for m in methods])  # "SAMPa-0.2" -> sampa
+    for i, method in enumerate(methods):
+        rows = traj[traj["method"] == method]
+        dash = ("-", "--", ":", "-.")[i % 4]
+        ax.plot(rows["step"], rows["distance"], label=method, color=colors[method], linestyle=dash)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration t")
+    ax.set_ylabel("‖x_t − x*‖")
+    ax.set_title("f(x) = ‖x‖²")
+    style.legend_below([ax], columns=4)
+    return fig, FigureData(traj, [])
+
+
+def _bars(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame) -> tuple[Any, FigureData]:
+    import seaborn as sns
+
+    metrics = spec["figure"].get("metrics", ["test_acc"])
+    done, missing = _complete(obs)
+    arms = list(dict.fromkeys(run.cell["arm"] for run in planned))
+    height = max(style.PANEL_HEIGHT_IN, 0.16 * len(arms) + 0.8)
+    fig, axes = style.figure(len(metrics), columns=2, sharey=True)
+    fig.set_size_inches(style.COLUMN_WIDTH_IN, height * ((len(metrics) + 1) // 2))
+    colors = _palette(planned)
+    for ax, name in zip(axes, metrics, strict=True):
+        rows = done[done["metric"] == name]
+        common = {"data": rows, "y": "arm", "x": "value", "order": arms}
+        sns.barplot(
+            **common,
+            hue="arm",
+            hue_order=arms,
+            palette=colors,
+            errorbar="sd",
+            legend=False,
+            ax=ax,
+            err_kws={"linewidth": 0.8},
+        )
+        with _fixed_global_rng():  # seaborn jitters the dots with numpy's global RNG
+            sns.stripplot(**common, color="black", size=2, ax=ax)  # every seed
+        ax.set_xlabel(metric(name).label)
+        ax.set_ylabel("")
+    return fig, FigureData(obs, missing)
+
+
+def _line(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame) -> tuple[Any, FigureData]:
+    import seaborn as sns
+
+    layout = spec["figure"]
+    x, facet = layout.get("x"), layout.get("facet")
+    name = layout.get("metrics", ["test_acc"])[0]
+    if x is None or x not in planned[0].values:
+        raise FigureError(f"{spec['id']}: 'x' must name a grid axis ({', '.join(planned[0].values)})")
+    values = {run.path: run.values for run in planned}
+    obs = obs.assign(x=[float(values[r][x]) for r in obs["run"]])
+    done, missing = _complete(obs)
+    panels = list(dict.fromkeys(run.cell[facet] for run in planned)) if facet else [None]
+    fig, axes = style.figure(len(panels), sharey=True)
+    colors = _palette(planned)
+    for ax, panel in zip(axes, panels, strict=True):
+        rows = done if panel is None else done[done[facet] == panel]
+        sns.lineplot(data=rows, x="x", y="value", hue="arm", palette=colors, errorbar="sd", marker="o", ax=ax)
+        ax.set_xlabel(axis_name(x))
+        ax.set_ylabel(metric(name).label)
+        if panel is not None:
+            ax.set_title(panel)
+    style.legend_below(axes)
+    return fig, FigureData(obs, missing)
+
+
+def _epochs(
+    spec: Mapping[str, Any], planned: list[PlannedRun], runs_root: str | os.PathLike
+) -> tuple[Any, FigureData]:
+    import seaborn as sns
+
+    metrics = spec["figure"].get("metrics", ["val_acc"])
+    root = Path(runs_root)
+    epochs = collect_epochs([root / run.path for run in planned], root)
+    cells = pd.DataFrame(
+        [
+            {"run": r.path, "arm": r.cell["arm"], "seed": r.seed, "dataset": r.settings.get("dataset")}
+            for r in planned
+        ]
+    )
+    frame = cells.merge(epochs, on="run", how="left")
+    missing = sorted(set(cells["run"]) - set(epochs["run"]))
+    fig, axes = style.figure(len(metrics), sharex=True)
+    colors = _palette(planned)
+    for ax, name in zip(axes, metrics, strict=True):
+        m = metric(name)
+        if m.column not in frame.columns:
+            raise FigureError(
+                f"{spec['id']}: the runs' logs have no {m.column!r} (is diagnostics_every set?)"
+            )
+        rows = frame.dropna(subset=[m.column]).assign(value=lambda f, m=m: f[m.column] * m.scale)
+        sns.lineplot(data=rows, x="epoch", y="value", hue="arm", palette=colors, errorbar="sd", ax=ax)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(m.label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    style.legend_below(axes)
+    return fig, FigureData(frame, [f"{r} (missing log)" for r in missing])
+
+
+@contextlib.contextmanager
+def _fixed_global_rng(seed: int = 0) -> Iterator[None]:
+    """Seed numpy's global RNG for a plotting call (byte-stable figures), then restore it."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)

@@ -1,0 +1,68 @@
+"""The quantities tables and figures show: where each comes from in the runs table and how it reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A column of ``runs.csv`` (or of the per-epoch table), scaled and labelled for presentation.
+
+    ``best``: ``max``/``min`` marks the best cell in bold; ``None`` never does. ``spread``: show
+    ``mean ± std`` over seeds (otherwise the mean only).
+    """
+
+    label: str
+    column: str
+    scale: float = 1.0
+    decimals: int = 2
+    best: str | None = None
+    spread: bool = True
+    per_epoch: bool = False
+    fallback: str | None = None  # column used where ``column`` is empty (said in the table's notes)
+    fallback_note: str = ""
+
+
+METRICS: dict[str, Metric] = {
+    # accuracy of the best-validation checkpoint on the test set (the paper's protocol, Section 5.1)
+    "test_acc": Metric("Test accuracy (%)", "test_acc", scale=100, best="max"),
+    "final_test_acc": Metric("Final test accuracy (%)", "final_test_acc", scale=100, best="max"),
+    "best_val_acc": Metric("Best validation accuracy (%)", "best_val_acc", scale=100, best="max"),
+    # synchronised training time, evaluation excluded; median over epochs after the first
+    "time_per_epoch_s": Metric("Time/epoch (s)", "time.epoch_median_s", best="min"),
+    "time_per_batch_ms": Metric("Time/batch (ms)", "time.step_median_s", scale=1000, best="min"),
+    # gradient computations per update: one after the other if independent ones ran in parallel
+    # (the paper's "temporal cost"), and as they actually ran on this executor
+    "sequential_grads": Metric("Sequential gradients/update", "passes_per_step.ideal_sequential", best="min"),
+    "measured_sequential_grads": Metric(
+        "Sequential gradients/update (as run)", "passes_per_step.sequential", best="min"
+    ),
+    "forward_passes": Metric("Forward passes/update", "passes_per_step.forward", best="min"),
+    "memory_per_device_mib": Metric(
+        "Memory per device (MiB)",
+        "memory.device_peak_mib",
+        decimals=0,
+        best="min",
+        fallback="memory.cpu_peak_rss_mib",
+        fallback_note="runs on CPU have no device memory: their peak host RSS is shown instead",
+    ),
+    "cpu_peak_rss_mib": Metric("Peak host memory (MiB)", "memory.cpu_peak_rss_mib", decimals=0, best="min"),
+    "devices": Metric("Number of devices", "config.devices", decimals=0, spread=False),
+    # per-epoch series from log.jsonl (SAMPa's diagnostics_every probe, paper Figure 4)
+    "grad_cosine": Metric("cos(∇f(y_t), ∇f(x_t))", "stats.grad_cosine.mean", decimals=4, per_epoch=True),
+    "grad_distance": Metric("‖∇f(y_t) − ∇f(x_t)‖", "stats.grad_distance.mean", decimals=4, per_epoch=True),
+    "val_acc": Metric("Validation accuracy (%)", "val_acc", scale=100, per_epoch=True),
+    "train_loss": Metric("Training loss", "train_loss", decimals=3, per_epoch=True),
+}
+
+
+class MetricError(ValueError):
+    """Unknown metric name (one line listing the valid names)."""
+
+
+def metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise MetricError(f"unknown metric {name!r}; choose one of: {', '.join(METRICS)}") from None

@@ -1,0 +1,182 @@
+"""Read run directories into tidy tables (one row per run, or per run and epoch). Never trains.
+
+A run directory's ``metrics.json`` is written last and atomically, so its presence means the run
+finished (``status`` ``complete`` or ``diverged``). A directory without it is reported as
+``incomplete`` (a checkpoint exists: interrupted or still running) or ``missing``; such runs are
+rows of the table too, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+#: identity columns first, in this order
+ID_COLUMNS = ("run", "status", "dataset", "model", "optimizer", "seed")
+#: metrics.json sections handled separately (not flattened)
+_SECTIONS = ("config", "provenance", "memory", "backend")
+
+
+def run_dir_of(path: str | os.PathLike) -> Path:
+    """A run directory from the directory itself or a file inside it (e.g. its metrics.json)."""
+    path = Path(path)
+    return path.parent if path.suffix else path
+
+
+def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
+    """One flat row: identity, configuration, final metrics, timing, passes, memory, provenance."""
+    row: dict[str, Any] = {"run": _relative(run_dir, runs_root)}
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.exists():
+        row["status"] = "incomplete" if (run_dir / "checkpoint.pt").exists() else "missing"
+        config_file = run_dir / "config.json"
+        if config_file.exists():
+            row |= _config_columns(_read_json(config_file))
+        return row
+    metrics = _read_json(metrics_file)
+    row |= _config_columns(metrics.get("config", {}))
+    row |= flatten({k: v for k, v in metrics.items() if k not in _SECTIONS})
+    row |= memory_columns(metrics.get("memory", {}))
+    row |= _provenance_columns(metrics.get("provenance", {}), metrics.get("backend", {}))
+    return row
+
+
+def collect_runs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:
+    """The tidy runs table, sorted by run path, columns in a fixed order (byte-stable CSV)."""
+    root = Path(runs_root)
+    rows = [read_run(run_dir_of(d), root) for d in run_dirs]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=list(ID_COLUMNS))
+    frame = frame.drop_duplicates("run").sort_values("run", kind="stable").reset_index(drop=True)
+    return frame[_column_order(frame.columns)]
+
+
+def collect_epochs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:
+    """One row per run and finished epoch from ``log.jsonl`` (method statistics as ``stats.<k>.mean``)."""
+    root = Path(runs_root)
+    rows = []
+    for d in run_dirs:
+        run_dir = run_dir_of(d)
+        log = run_dir / "log.jsonl"
+        if not log.exists():
+            continue
+        run = _relative(run_dir, root)
+        for line in log.read_text().splitlines():
+            if line.strip():
+                rows.append({"run": run, **flatten(json.loads(line))})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["run", "epoch"])
+    frame = frame.sort_values(["run", "epoch"], kind="stable").reset_index(drop=True)
+    return frame[["run", "epoch", *sorted(c for c in frame.columns if c not in ("run", "epoch"))]]
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys; only scalars are kept (lists such as traces are skipped)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out |= flatten(value, f"{name}.")
+        elif value is None or isinstance(value, bool | int | float | str):
+            out[name] = value
+    return out
+
+
+def memory_columns(memory: Mapping[str, Any]) -> dict[str, Any]:
+    """Peak memory per device (max over devices and ranks) and where the number comes from.
+
+    GPU: NVML's peak for this process where available, else the allocator's reserved peak. CPU runs
+    have no device memory; their peak resident set size is reported as ``memory.cpu_peak_rss_mib``.
+    """
+    reports = memory.get("per_rank") or [memory]
+    peak, source = None, None
+    for report in reports:
+        for device in report.get("devices", []):
+            value, how = _device_peak(device)
+            if value is not None and (peak is None or value > peak):
+                peak, source = value, how
+    rss = [r.get("cpu_peak_rss_mib") for r in reports if r.get("cpu_peak_rss_mib") is not None]
+    return {
+        "memory.device_peak_mib": peak,
+        "memory.device_source": source,
+        "memory.cpu_peak_rss_mib": max(rss) if rss else None,
+        "memory.ranks": len(reports),
+    }
+
+
+def _device_peak(device: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    if device.get("nvml_peak_mib"):
+        return float(device["nvml_peak_mib"]), f"nvml {device.get('nvml_method', '')}".strip()
+    if device.get("torch_max_reserved_mib") is not None:
+        return float(device["torch_max_reserved_mib"]), "torch max_memory_reserved"
+    return None, None
+
+
+def _config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in config.items() if k != "hparams" and not isinstance(v, list | dict)}
+    for key, value in config.items():
+        if isinstance(value, list):
+            out[key] = "+".join(str(v) for v in value)
+    out |= {f"hparams.{k}": v for k, v in (config.get("hparams") or {}).items()}
+    return {k if k in ID_COLUMNS or k.startswith("hparams.") else f"config.{k}": v for k, v in out.items()}
+
+
+def _provenance_columns(provenance: Mapping[str, Any], backend: Mapping[str, Any]) -> dict[str, Any]:
+    devices = provenance.get("devices") or [{}]
+    git = provenance.get("git") or {}
+    return {
+        "provenance.git_sha": git.get("sha"),
+        "provenance.git_dirty": git.get("dirty"),
+        "provenance.device_name": devices[0].get("name"),
+        "provenance.torch": (provenance.get("packages") or {}).get("torch"),
+        "provenance.resumes": provenance.get("resumes"),
+        **{f"backend.{k}": v for k, v in backend.items() if not isinstance(v, list | dict)},
+    }
+
+
+def _column_order(columns: Iterable[str]) -> list[str]:
+    columns = list(columns)
+    head = [c for c in ID_COLUMNS if c in columns]
+    groups = ("config.", "hparams.")
+    grouped = [sorted(c for c in columns if c.startswith(g)) for g in groups]
+    rest = sorted(c for c in columns if c not in head and not c.startswith(groups))
+    return head + [c for g in grouped for c in g] + rest
+
+
+def _relative(run_dir: Path, root: Path) -> str:
+    try:
+        return run_dir.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return run_dir.as_posix()
+
+
+def _read_json(path: Path) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Atomic, byte-stable CSV (floats with full precision, no index)."""
+    from sampa import io
+
+    io.write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+
+
+def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
+    frame = pd.read_csv(path, keep_default_na=True)
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].isin(["True", "False"]).all():
+            frame[column] = frame[column] == "True"
+    return frame
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

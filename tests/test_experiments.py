@@ -1,0 +1,167 @@
+"""Experiments as data: config -> planned runs (paths, merging, validation with one-line errors)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from sampa import experiments as ex
+from sampa.optim import METHOD_NAMES
+
+BASE = {
+    "name": "t",
+    "seeds": [0, 1],
+    "run": {"dataset": "synthetic", "model": "tinycnn", "epochs": 2},
+    "arms": {
+        "sgd": {"label": "SGD", "optimizer": "sgd", "run": {"epochs": 4}},
+        "sam": {"label": "SAM", "optimizer": "sam", "hparams": {"rho": 0.05}},
+        "sampa": {"label": "SAMPa-0.2", "optimizer": "sampa", "hparams": {"rho": 0.2, "lam": 0.2}},
+    },
+    "experiments": {
+        "t1": {
+            "kind": "table",
+            "title": "T1",
+            "arms": ["sgd", "sam", "sampa"],
+            "grid": {"label_noise": [0.0, 0.4]},
+            "overrides": [
+                {"when": {"label_noise": 0.4, "optimizer": ["sam", "sampa"]}, "hparams": {"rho": 0.01}}
+            ],
+            "table": {"rows": ["label_noise"], "columns": ["arm"], "metrics": ["test_acc"]},
+        }
+    },
+}
+
+
+def config(**changes):
+    cfg = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        node = cfg
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return cfg
+
+
+def test_canonical_numbers_make_one_path():
+    assert ex.canonical(0.05) == ex.canonical(5e-2) == ex.canonical(ex.normalize("5e-2")) == "0.05"
+    assert ex.canonical(1) == ex.canonical(1.0) == "1"
+    assert ex.canonical(1e-12) == "1e-12"
+    assert ex.normalize({"rho": "5e-2", "n": "3", "name": "resnet56"}) == {
+        "rho": 0.05,
+        "n": 3,
+        "name": "resnet56",
+    }
+    a = {"optimizer": "sam", "hparams": {"rho": 0.05}, "seed": 0, "dataset": "cifar10", "model": "resnet56"}
+    b = {**a, "hparams": {"rho": 5e-2}}
+    assert ex.run_path(a) == ex.run_path(b) == "cifar10/resnet56/sam/rho=0.05/default/seed0"
+
+
+def test_plan_expands_arms_grid_seeds_with_overrides():
+    plan = ex.plan(config())
+    runs = plan.runs["t1"]
+    assert len(runs) == 3 * 2 * 2
+    by_cell = {(r.cell["arm"], r.cell["label_noise"], r.seed): r for r in runs}
+    noisy_sam = by_cell[("SAM", "40%", 1)]
+    assert noisy_sam.settings == {
+        "dataset": "synthetic",
+        "model": "tinycnn",
+        "epochs": 2,
+        "label_noise": 0.4,
+        "optimizer": "sam",
+        "hparams": {"rho": 0.01},
+        "seed": 1,
+    }
+    assert noisy_sam.path == "synthetic/tinycnn/sam/rho=0.01/epochs=2,label_noise=0.4/seed1"
+    # SGD has no rho: the override's optimizer condition keeps it out
+    assert by_cell[("SGD", "40%", 0)].settings["hparams"] == {}
+    # defaults are left out of paths: rho=0.05 is SAM's default, label_noise=0 RunConfig's
+    assert by_cell[("SAM", "0%", 0)].path == "synthetic/tinycnn/sam/default/epochs=2/seed0"
+    assert by_cell[("SGD", "0%", 0)].settings["epochs"] == 4  # the arm's run settings win over the config's
+
+
+def test_identical_runs_of_two_experiments_share_a_directory():
+    cfg = config()
+    cfg["experiments"]["t2"] = {
+        "kind": "figure",
+        "title": "T2",
+        "arms": [{"label": "SAM (rho 0.05)", "optimizer": "sam", "hparams": {"rho": "5e-2"}}],
+        "figure": {"plot": "bars", "metrics": ["test_acc"]},
+    }
+    plan = ex.plan(cfg)
+    assert len(plan.runs["t2"]) == 2
+    unique = plan.unique_runs()
+    assert len(unique) == 12  # t2's runs are t1's SAM runs at 0% noise
+    assert {r.path for r in plan.runs["t2"]} <= {r.path for r in plan.runs["t1"]}
+
+
+def test_all_arms_cover_the_registry_and_label_sampa_with_lambda():
+    cfg = config(experiments__t1__arms="all", experiments__t1__overrides=[])
+    cfg["method_hparams"] = {"sampa": {"lam": 0.5}}
+    runs = ex.plan(cfg).runs["t1"]
+    optimizers = {r.settings["optimizer"] for r in runs}
+    assert optimizers == set(METHOD_NAMES)
+    assert "SAMPa-0.5" in {r.cell["arm"] for r in runs}
+
+
+def test_gpus_per_run():
+    cfg = config()
+    cfg["arms"]["sampa"]["run"] = {"devices": 2}
+    plan = ex.plan(cfg)
+    runs = {r.cell["arm"]: r for r in plan.runs["t1"]}
+    assert runs["SAMPa-0.2"].gpus(use_gpus=True) == 2 and runs["SAM"].gpus(use_gpus=True) == 1
+    assert runs["SAMPa-0.2"].gpus(use_gpus=False) == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"arms__sam__optimizer": "adam"},
+            r"experiment 't1' \(arm 'SAM', label_noise '0%'\): unknown optimizer 'adam'",
+        ),
+        ({"run__model": "resnet57"}, "unknown model 'resnet57'; choose one of: .*resnet56"),
+        ({"run__dataset": "cifar11"}, "unknown dataset 'cifar11'"),
+        ({"arms__sam__hparams": {"rho": -0.1}}, r"rho must be in \[0, inf\] \(got -0.1\)"),
+        ({"arms__sampa__hparams": {"lam": 1.5}}, r"lam must be in \[0, 1\] \(got 1.5\)"),
+        ({"arms__sam__hparams": {"k": 5}}, "unknown hyperparameter 'k' for method 'sam'"),
+        ({"seeds": []}, r"seeds: \[\] should be non-empty"),
+        ({"experiments__t1__seeds": [0, 0]}, "has non-unique elements"),
+        ({"run__device": "cuda"}, "run: 'device' should not be valid"),
+        ({"experiments__t1__arms": ["sgd", "nope"]}, "unknown arm 'nope'; arms defined: sgd, sam, sampa"),
+        ({"experiments__t1__kind": "chart"}, "'chart' is not one of"),
+        ({"experiments__t1__grid": {"label_noise": []}}, "should be non-empty"),
+        ({"run__epochs": 0}, r"epochs must be an integer >= 1 \(got 0\)"),
+    ],
+)
+def test_bad_config_is_one_line(changes, message):
+    import re
+
+    with pytest.raises(ex.PlanError) as err:
+        ex.plan(config(**changes))
+    text = str(err.value)
+    assert "\n" not in text
+    assert re.search(message, text), text
+
+
+def test_unsupported_experiments_plan_no_runs():
+    cfg = config()
+    cfg["experiments"]["t3"] = {
+        "kind": "unsupported",
+        "title": "ImageNet",
+        "unsupported": {"reason": "no ImageNet training code", "requires": ["imagenet"]},
+    }
+    plan = ex.plan(cfg)
+    assert plan.runs["t3"] == [] and plan.of_kind("unsupported") == ["t3"]
+    assert "t3" not in ex.plan({**cfg, "include_unsupported": False}).specs
+
+
+def test_resolved_spec_is_self_contained_json():
+    cfg = config()
+    spec = ex.resolve(cfg, "t1")
+    again = ex.resolve(copy.deepcopy(cfg), "t1")
+    assert ex.spec_json(spec) == ex.spec_json(again)
+    assert [a["label"] for a in spec["arms"]] == ["SGD", "SAM", "SAMPa-0.2"]
+    assert spec["seeds"] == [0, 1] and spec["run"]["epochs"] == 2
+    assert [r.path for r in ex.plan_experiment(spec)] == [r.path for r in ex.plan(cfg).runs["t1"]]

@@ -1,0 +1,95 @@
+"""GPU slot allocator: lock files per GPU, CUDA_VISIBLE_DEVICES per job (fake GPU lists, no CUDA)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sampa import gpus
+
+FAKE = ["GPU-aaaa", "GPU-bbbb"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _release():
+    yield
+    gpus.release()
+
+
+def test_two_jobs_get_different_gpus(tmp_path):
+    first, second = {}, {}
+    assert gpus.claim(1, gpus=FAKE, directory=tmp_path, env=first) == ["GPU-aaaa"]
+    assert gpus.claim(1, gpus=FAKE, directory=tmp_path, env=second) == ["GPU-bbbb"]
+    assert first[gpus.ENV] == "GPU-aaaa" and second[gpus.ENV] == "GPU-bbbb"
+    assert gpus.try_lock(FAKE, 1, tmp_path) is None  # both busy: nothing is taken
+
+
+def test_a_two_gpu_job_takes_both_or_none(tmp_path):
+    env = {}
+    assert gpus.claim(2, gpus=FAKE, directory=tmp_path, env=env) == FAKE
+    assert env[gpus.ENV] == "GPU-aaaa,GPU-bbbb"
+    gpus.release()
+    held = gpus.try_lock(FAKE[:1], 1, tmp_path)
+    assert held is not None
+    assert gpus.try_lock(FAKE, 2, tmp_path) is None  # one free GPU is not enough, and is not kept
+    assert gpus.try_lock(FAKE[1:], 1, tmp_path) is not None
+
+
+def test_waits_for_a_gpu_released_by_another_process(tmp_path):
+    holder = textwrap.dedent(
+        f"""
+        import sys, time
+        from sampa import gpus
+        gpus.claim(1, gpus={FAKE[:1]!r}, directory={str(tmp_path)!r}, env={{}})
+        print("held", flush=True)
+        time.sleep(1.0)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout.readline().strip() == "held"
+    log, env = io.StringIO(), {}
+    start = time.monotonic()
+    assert gpus.claim(1, gpus=FAKE[:1], directory=tmp_path, env=env, poll_s=0.05, log=log) == FAKE[:1]
+    assert time.monotonic() - start > 0.3  # it waited until the other process exited
+    assert "waiting for 1 free GPU(s)" in log.getvalue()
+    proc.wait(timeout=30)
+
+
+def test_scheduler_assignment_is_left_alone():
+    env = {gpus.ENV: "0,1"}
+    assert gpus.claim(2, gpus=FAKE, env=env) is None
+    assert env[gpus.ENV] == "0,1"
+    with pytest.raises(gpus.GpuError, match="needs 3 GPUs but CUDA_VISIBLE_DEVICES='0,1' names 2"):
+        gpus.claim(3, gpus=FAKE, env=env)
+
+
+def test_no_gpu_hides_all_and_too_many_is_an_error(tmp_path):
+    env = {gpus.ENV: "0"}
+    assert gpus.claim(0, gpus=FAKE, env=env) == [] and env[gpus.ENV] == ""
+    with pytest.raises(gpus.GpuError, match="needs 3 GPUs but this machine has 2"):
+        gpus.claim(3, gpus=FAKE, directory=tmp_path, env={})
+
+
+def test_train_cli_reports_missing_gpus_in_one_line(tmp_path, capsys, monkeypatch):
+    from sampa.cli import main
+
+    monkeypatch.setattr(gpus, "detect_gpus", lambda: [])
+    monkeypatch.delenv(gpus.ENV, raising=False)
+    args = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--gpus", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == "sampa train: error: this run needs 1 GPUs but this machine has 0\n"
+    assert not (tmp_path / "run").exists()

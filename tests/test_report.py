@@ -1,0 +1,289 @@
+"""Aggregation, tables and figures on hand-written run directories (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sampa import experiments as ex
+from sampa.report import tables
+from sampa.report.runs import collect_runs
+
+CONFIG = {
+    "name": "t",
+    "seeds": [0, 1, 2],
+    "run": {"dataset": "cifar10", "epochs": 200},
+    "arms": {
+        "sgd": {"label": "SGD", "optimizer": "sgd", "run": {"epochs": 400}},
+        "sam": {"label": "SAM", "optimizer": "sam", "hparams": {"rho": 0.05}},
+        "sampa": {"label": "SAMPa-0.2", "optimizer": "sampa", "hparams": {"rho": 0.1, "lam": 0.2}},
+        "ref": {
+            "label": "SAMPa-0.2 (400 ep)",
+            "optimizer": "sampa",
+            "hparams": {"rho": 0.1, "lam": 0.2},
+            "run": {"epochs": 400},
+            "reference": True,
+        },
+    },
+    "experiments": {
+        "t1": {
+            "kind": "table",
+            "title": "Test accuracy on CIFAR-10",
+            "paper": "Table 1",
+            "arms": ["sgd", "sam", "sampa", "ref"],
+            "grid": {"model": ["resnet56", "wrn28-2"]},
+            "table": {
+                "rows": ["model"],
+                "columns": ["arm"],
+                "metrics": ["test_acc"],
+                "average_row": True,
+                "cost_row": True,
+            },
+        },
+        "t4": {
+            "kind": "table",
+            "title": "Efficient variants",
+            "run": {"model": "resnet56"},
+            "arms": ["sam", "sampa"],
+            "table": {"rows": ["metric"], "columns": ["arm"], "metrics": ["test_acc", "time_per_epoch_s"]},
+        },
+    },
+}
+
+# test accuracy per (arm, model) for seeds 0, 1, 2 (None: no metrics.json)
+ACC = {
+    ("SGD", "resnet56"): [0.940, 0.942, 0.944],
+    ("SAM", "resnet56"): [0.941, 0.943, 0.945],
+    ("SAMPa-0.2", "resnet56"): [0.946, 0.948, None],
+    ("SAMPa-0.2 (400 ep)", "resnet56"): [0.960, 0.960, 0.960],
+    ("SGD", "wrn28-2"): [0.950, 0.950, 0.950],
+    ("SAM", "wrn28-2"): [0.960, 0.962, 0.964],
+    ("SAMPa-0.2", "wrn28-2"): [0.958, 0.960, 0.962],
+    ("SAMPa-0.2 (400 ep)", "wrn28-2"): [0.970, 0.970, 0.970],
+}
+SEQUENTIAL = {"sgd": 1.0, "sam": 2.0, "sampa": 1.0}
+
+
+def write_run(
+    root: Path, run: ex.PlannedRun, acc: float | None, *, diverged: bool = False, time_s: float = 10.0
+) -> None:
+    """A run directory as the engine leaves it (only the fields the report reads)."""
+    d = root / run.path
+    d.mkdir(parents=True, exist_ok=True)
+    config = {"model": "resnet56", "epochs": 200, "devices": 1, "hparams": run.settings["hparams"]}
+    config |= {k: v for k, v in run.settings.items() if k != "hparams"}
+    (d / "config.json").write_text(json.dumps(config))
+    if acc is None:
+        (d / "checkpoint.pt").write_bytes(b"")
+        return
+    metrics = {
+        "status": "diverged" if diverged else "complete",
+        "diverged": diverged,
+        "test_acc": None if diverged else acc,
+        "time": {"epoch_median_s": time_s, "step_median_s": time_s / 352},
+        "passes_per_step": {"ideal_sequential": SEQUENTIAL[run.settings["optimizer"]], "sequential": 2.0},
+        "config": config,
+        "memory": {
+            "cpu_peak_rss_mib": 900.0,
+            "per_rank": [
+                {
+                    "cpu_peak_rss_mib": 900.0,
+                    "devices": [{"nvml_peak_mib": 2000.0, "nvml_method": "per-process"}],
+                },
+                {
+                    "cpu_peak_rss_mib": 950.0,
+                    "devices": [{"torch_max_reserved_mib": 2100.0, "nvml_peak_mib": None}],
+                },
+            ],
+        },
+        "provenance": {"git": {"sha": "abc", "dirty": False}, "devices": [{"name": "A100"}], "resumes": 0},
+    }
+    (d / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    plan = ex.plan(CONFIG)
+    root = tmp_path / "runs"
+    for run in plan.runs["t1"]:
+        write_run(root, run, ACC[(run.cell["arm"], run.settings.get("model", "resnet56"))][run.seed])
+    return plan, root, collect_runs([root / p for p in plan.unique_runs()], root)
+
+
+def cell(cells, **keys):
+    mask = pd.Series(True, index=cells.index)
+    for k, v in keys.items():
+        mask &= cells[k] == v
+    (index,) = cells.index[mask]
+    return cells.loc[index]
+
+
+def test_runs_table_has_one_row_per_run_with_status(runs, tmp_path):
+    plan, root, frame = runs
+    assert len(frame) == len(plan.unique_runs()) == 4 * 2 * 3
+    assert frame["run"].tolist() == sorted(frame["run"])
+    incomplete = frame[frame["status"] == "incomplete"]
+    assert len(incomplete) == 1 and incomplete["run"].iloc[0].endswith("seed2")
+    row = frame[frame["status"] == "complete"].iloc[0]
+    assert row["memory.device_peak_mib"] == 2100.0  # max over ranks and devices
+    assert row["memory.device_source"] == "torch max_memory_reserved"
+    assert row["memory.cpu_peak_rss_mib"] == 950.0
+    assert row["provenance.git_sha"] == "abc"
+    # a directory that was never created is reported, not dropped
+    more = collect_runs([*(root / p for p in plan.unique_runs()), root / "nowhere/seed0"], root)
+    assert more.set_index("run").loc["nowhere/seed0", "status"] == "missing"
+
+
+def test_cell_table_mean_std_n_and_missing(runs):
+    plan, _, frame = runs
+    cells = tables.cell_table(plan.specs["t1"], frame)
+    sgd = cell(cells, model="ResNet-56", arm="SGD", metric="test_acc")
+    assert sgd["mean"] == pytest.approx(94.2) and sgd["std"] == pytest.approx(0.2)  # sample std
+    assert sgd["n"] == 3 and sgd["text"] == "94.20 ± 0.20"
+    sampa = cell(cells, model="ResNet-56", arm="SAMPa-0.2", metric="test_acc")
+    assert sampa["n"] == 2 and sampa["n_planned"] == 3
+    assert sampa["text"] == "94.70 ± 0.14 (n=2)"
+    assert sampa["missing"].endswith("seed2 (incomplete)")
+
+
+def test_best_is_bold_per_row_and_reference_columns_do_not_compete(runs):
+    plan, _, frame = runs
+    cells = tables.cell_table(plan.specs["t1"], frame)
+    best = cells[cells["best"]]
+    assert set(zip(best["model"], best["arm"], strict=True)) == {
+        ("ResNet-56", "SAMPa-0.2"),  # 94.70 > 94.30 (SAM); the 400-epoch reference (96.0) is excluded
+        ("WRN-28-2", "SAM"),
+        ("Average", "SAMPa-0.2"),  # 95.30 (seeds 0, 1) > 95.25
+    }
+
+
+def test_average_row_is_paired_over_seeds(runs):
+    plan, _, frame = runs
+    cells = tables.cell_table(plan.specs["t1"], frame)
+    avg = cell(cells, model="Average", arm="SAMPa-0.2", metric="test_acc")
+    # seeds 0 and 1 have both models: (94.6+95.8)/2 = 95.2, (94.8+96.0)/2 = 95.4
+    assert (
+        avg["n"] == 2 and avg["mean"] == pytest.approx(95.3) and avg["std"] == pytest.approx(math.sqrt(0.02))
+    )
+    sam = cell(cells, model="Average", arm="SAM", metric="test_acc")
+    assert sam["n"] == 3 and sam["mean"] == pytest.approx((94.3 + 96.2) / 2)
+
+
+def test_cost_row_is_measured(runs):
+    plan, _, frame = runs
+    cells = tables.cell_table(plan.specs["t1"], frame)
+    assert cell(cells, model=tables.COST, arm="SAM")["text"] == "×2/200"
+    assert cell(cells, model=tables.COST, arm="SGD")["text"] == "×1/400"
+
+
+def test_renderings(runs):
+    plan, _, frame = runs
+    spec = plan.specs["t1"]
+    text = tables.render(spec, tables.cell_table(spec, frame))
+    md = text.markdown
+    assert "**Test accuracy on CIFAR-10 (paper: Table 1)**" in md
+    assert "| ResNet-56 " in md and "**94.70** ± 0.14 (n=2)" in md and "Average" in md
+    assert "Missing runs (1): cifar10/resnet56/sampa/default/" in md
+    assert "Synthetic" not in md
+    tex = text.latex
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"\bfseries 94.70 $\pm$ 0.14 (n=2)" in tex and r"$\times$2/200" in tex
+    csv = pd.read_csv(pd.io.common.StringIO(text.csv))
+    assert {"mean", "std", "n", "n_planned", "best", "missing"} <= set(csv.columns)
+    assert set(csv["arm"]) == {"SGD", "SAM", "SAMPa-0.2", "SAMPa-0.2 (400 ep)"}
+    again = tables.render(spec, tables.cell_table(spec, frame))
+    assert again == text  # byte-stable
+
+
+def test_metrics_as_rows_with_best_direction(runs, tmp_path):
+    plan, root, _ = runs
+    for run in plan.runs["t4"]:
+        write_run(
+            root,
+            run,
+            0.95 if run.cell["arm"] == "SAM" else 0.94,
+            time_s=20.0 if run.cell["arm"] == "SAM" else 11.0,
+        )
+    frame = collect_runs([root / p for p in plan.unique_runs()], root)
+    cells = tables.cell_table(plan.specs["t4"], frame)
+    assert cell(cells, arm="SAM", metric="test_acc")["best"]
+    assert cell(cells, arm="SAMPa-0.2", metric="time_per_epoch_s")["best"]
+    md = tables.render_markdown(plan.specs["t4"], cells)
+    assert "| Test accuracy (%) " in md and "| Time/epoch (s) " in md
+
+
+def test_diverged_runs_are_listed_not_averaged(runs):
+    plan, root, _ = runs
+    victim = next(r for r in plan.runs["t1"] if r.cell["arm"] == "SGD" and r.seed == 0)
+    write_run(root, victim, 0.1, diverged=True)
+    frame = collect_runs([root / p for p in plan.unique_runs()], root)
+    sgd = cell(
+        tables.cell_table(plan.specs["t1"], frame), model=victim.cell["model"], arm="SGD", metric="test_acc"
+    )
+    assert sgd["n"] == 2 and "seed0 (diverged)" in sgd["missing"]
+
+
+def test_synthetic_runs_are_flagged():
+    spec = {"note": "", "title": "x"}
+    assert tables.warning_lines(spec, ["synthetic"]) == [
+        "Synthetic data (synthetic): these numbers are not the paper's results."
+    ]
+    assert tables.warning_lines(spec, ["cifar10"]) == []
+
+
+def test_table_axes_must_cover_varying_axes(runs):
+    plan, _, frame = runs
+    spec = {**plan.specs["t1"], "table": {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]}}
+    with pytest.raises(tables.TableError, match="axis 'model' varies"):
+        tables.cell_table(spec, frame)
+
+
+def test_unsupported_message_names_reason_and_missing_data(tmp_path):
+    spec = {
+        "id": "table3",
+        "paper": "Table 3",
+        "unsupported": {"reason": "sampa-bench has no ImageNet training code", "requires": ["imagenet"]},
+    }
+    message = tables.unsupported_message(spec, tmp_path)
+    assert "\n" not in message
+    assert "table3 (Table 3) cannot be reproduced: sampa-bench has no ImageNet training code" in message
+    assert f"imagenet at {tmp_path / 'imagenet'}: not found" in message
+
+
+def test_figures_are_byte_stable_vector_pdfs(runs, tmp_path):
+    from sampa.report.figures import make_figure
+
+    plan, root, frame = runs
+    data = tmp_path / "runs.csv"
+    frame.to_csv(data, index=False)
+    spec = {**plan.specs["t4"], "kind": "figure", "figure": {"plot": "bars", "metrics": ["test_acc"]}}
+    spec["arms"] = plan.specs["t1"]["arms"]
+    spec["run"] = {**spec["run"], "model": "wrn28-2"}
+    outputs = []
+    for i in range(2):
+        pdf, png = tmp_path / f"f{i}.pdf", tmp_path / f"f{i}.png"
+        result = make_figure(spec, data, pdf, png, root)
+        outputs.append((pdf.read_bytes(), png.read_bytes()))
+    assert outputs[0] == outputs[1]
+    pdf_bytes = outputs[0][0]
+    assert b"/FontFile2" in pdf_bytes and b"/Type3" not in pdf_bytes and b"CreationDate" not in pdf_bytes
+    assert set(result.frame["arm"]) == {"SGD", "SAM", "SAMPa-0.2", "SAMPa-0.2 (400 ep)"}
+
+
+def test_runs_trained_under_other_settings_are_flagged_stale(runs):
+    plan, root, _ = runs
+    victim = next(r for r in plan.runs["t1"] if r.cell["arm"] == "SAM" and r.seed == 1)
+    metrics_file = root / victim.path / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["config"]["label_smoothing"] = 0.0  # e.g. trained before a RunConfig default changed
+    metrics_file.write_text(json.dumps(metrics))
+    frame = collect_runs([root / p for p in plan.unique_runs()], root)
+    sam = cell(
+        tables.cell_table(plan.specs["t1"], frame), model=victim.cell["model"], arm="SAM", metric="test_acc"
+    )
+    assert sam["n"] == 2
+    assert "seed1 (stale: label_smoothing is 0.0 in the run, 0.1 planned)" in sam["missing"]

@@ -1,0 +1,280 @@
+"""The Snakemake workflow: planning, config validation, caching and partial reruns, end to end.
+
+Snakemake runs in a subprocess on a temporary directory (``--directory``), like a user would run it.
+The full smoke profile (every optimizer, every table and figure) is ``slow``; a two-optimizer
+miniature of it runs in the default suite and checks caching, partial reruns and resuming.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sampa import experiments as ex
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+
+
+def snakemake(
+    *args: str, cwd: Path, check: bool = True, timeout: int = 900, snakefile: Path = SNAKEFILE
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(snakefile.parent), "SAMPA_GPU_LOCK_DIR": str(cwd / "gpu-locks")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(cwd), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # Snakemake prints job stats to stdout on dry runs, stderr otherwise
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run: rule -> number of jobs."""
+    stats = output.split("Job stats:", 1)[1].splitlines()
+    counts = {}
+    for line in stats[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning the paper
+
+
+def test_paper_config_plans_the_expected_runs_per_table():
+    plan = ex.plan(ex.load_config(REPO / "configs" / "paper.yaml"))
+    runs = {name: len(r) for name, r in plan.runs.items()}
+    six = 6
+    expected = {
+        "table1": 5 * 5 * six,  # 5 models x (SGD, SAM, SAMPa-0, SAMPa-0.2, SAMPa-0.2 400 ep)
+        "table2": 5 * 5 * six,
+        "table3": 0,  # described, not runnable
+        "table4": 7 * six,  # SAM, SAMPa-0.2 and 5 efficient variants on ResNet-56
+        "table5": 0,
+        "table6": 0,
+        "table7": 5 * 4 * six,  # 5 noise rates x (SGD, SAM, SAMPa-0, SAMPa-0.2)
+        "table8": 10 * six,  # 5 variants and their +SAMPa combinations
+        "table9": 3 * 3 * six,
+        "table10": 3 * 3 * six,
+        "table11": 3 * six,
+        "table12": 7 * 3,  # 7 batch sizes, 3 timing seeds
+        "table13": 2 * 3 * six,
+        "table14": 7 * six,
+        "vsam": 2 * 3 * 3 * 3,  # 2 datasets x 3 models x (SGD, SAM, vSAM) x 3 seeds
+        "figure1": 0,  # the toy problem, not a training run
+        "figure2": 7 * six,
+        "figure3": 2 * 11 * six,  # 2 models x lambda in 0, 0.1, ..., 1
+        "figure4": 3,
+    }
+    assert runs == expected
+    shared = {
+        # runs planned by an earlier experiment as well (one directory, trained once)
+        "table4": 2 * six,  # SAM and SAMPa-0.2 on ResNet-56 are Table 1's
+        "table9": 2 * 3 * six,  # SGD and SAM of the three models are Table 1's
+        "table10": 2 * 3 * six,
+        "table11": 2 * six,  # SAM and SAMPa-0.2 (2 devices)
+        "table13": 2 * six + 2 * six,  # SAM/SAMPa-0.2 on ResNet-56 (Table 1), at 80% noise (Table 7)
+        "table14": 7 * six,  # Table 4's runs
+        "figure2": 7 * six,
+        "figure3": 2 * six,  # lambda = 0.2 is Table 1's SAMPa-0.2 on both models
+    }
+    seen: set[str] = set()
+    for name, planned in plan.runs.items():
+        paths = {r.path for r in planned}
+        assert len(paths & seen) == shared.get(name, 0), name
+        seen |= paths
+    assert len(plan.unique_runs()) == sum(expected.values()) - sum(shared.values())
+
+
+def test_paper_dry_run_job_counts(tmp_path):
+    plan = ex.plan(ex.load_config(REPO / "configs" / "paper.yaml"))
+    out = snakemake("-n", "--configfile", str(REPO / "configs" / "paper.yaml"), cwd=tmp_path).stdout
+    counts = job_counts(out)
+    assert counts["train_run"] == len(plan.unique_runs())
+    assert counts["make_table"] == 11  # Tables 1, 2, 4, 7-14 and the vSAM comparison
+    assert counts["explain_unsupported"] == 3  # Tables 3, 5, 6
+    assert counts["make_figure"] == 4 and counts["run_toy"] == 1 and counts["aggregate_runs"] == 1
+
+
+def test_slurm_profile_plans_the_paper(tmp_path):
+    pytest.importorskip(
+        "snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm"
+    )
+    args = [
+        "-n",
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--configfile",
+        str(REPO / "configs" / "paper.yaml"),
+    ]
+    out = snakemake(*args, cwd=tmp_path).stdout
+    assert job_counts(out)["train_run"] == len(
+        ex.plan(ex.load_config(REPO / "configs" / "paper.yaml")).unique_runs()
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Config validation before any job starts
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["run"].update(model="resnet57"), "unknown model 'resnet57'"),
+        (lambda c: c.update(seeds=[]), r"seeds: \[\] should be non-empty"),
+        (lambda c: c["arms"]["sam"]["hparams"].update(rho=-0.1), r"rho must be in \[0, inf\] \(got -0.1\)"),
+    ],
+)
+def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message):
+    config = ex.load_config(REPO / "configs" / "smoke.yaml")
+    change(config)
+    proc = snakemake(
+        "-n", "--configfile", str(write_config(tmp_path / "bad.yaml", config)), cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("sampa workflow: config error: "), proc.stdout[-2000:]
+    assert re.search(message, last), last
+    assert not (tmp_path / "results").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: a miniature of the smoke profile
+
+
+def mini_config() -> dict:
+    smoke = ex.load_config(REPO / "configs" / "smoke.yaml")
+    config = {k: copy.deepcopy(smoke[k]) for k in ("note", "use_gpus", "seeds", "run")}
+    config["name"] = "mini"
+    config["experiments"] = {
+        "table": {
+            "kind": "table",
+            "title": "mini",
+            "arms": [{"label": "SGD", "optimizer": "sgd"}, {"label": "SAM", "optimizer": "sam"}],
+            "table": {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]},
+        },
+        "bars": {
+            "kind": "figure",
+            "title": "mini",
+            "arms": [{"label": "SGD", "optimizer": "sgd"}, {"label": "SAM", "optimizer": "sam"}],
+            "figure": {"plot": "bars", "metrics": ["time_per_epoch_s"]},
+        },
+    }
+    return config
+
+
+def copy_workflow(dest: Path) -> Path:
+    """This checkout's workflow and package, so a test can edit the figure style."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("sampa", "workflow", "profiles", "configs"):
+        shutil.copytree(REPO / part, dest / part, ignore=ignore)
+    shutil.copy(SNAKEFILE, dest / "Snakefile")
+    return dest / "Snakefile"
+
+
+def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
+    from sampa.config import config_from_dict
+    from sampa.train import train
+
+    snakefile = copy_workflow(tmp_path / "code")
+    work = tmp_path / "work"
+    work.mkdir()
+    config = str(write_config(tmp_path / "mini.yaml", mini_config()))
+    plan = ex.plan(ex.load_config(config))
+    runs = sorted(plan.unique_runs())
+    assert len(runs) == 4
+    # an interrupted run: one of its two epochs done, its checkpoint left behind
+    resumed = plan.unique_runs()[runs[0]]
+    out = work / "results/runs" / resumed.path
+    train(config_from_dict(copy.deepcopy(resumed.settings)), out, stop_after=1, log_progress=False)
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+
+    first = snakemake("--cores", "2", "--configfile", config, cwd=work, snakefile=snakefile).stdout
+    assert job_counts(first)["train_run"] == 4
+    metrics = pd.read_csv(work / "results/mini/runs.csv")
+    assert (metrics["status"] == "complete").all() and len(metrics) == 4
+    assert metrics.set_index("run").loc[resumed.path, "provenance.resumes"] == 1  # resumed, not restarted
+    table = (work / "results/mini/tables/table.md").read_text()
+    assert table.startswith("> **SMOKE PROFILE: synthetic data")
+    assert "| SGD " in table and "| SAM " in table and " ± " in table
+    for ext in ("pdf", "png", "csv"):
+        assert (work / f"figures/mini/bars.{ext}").stat().st_size > 0
+    tables_before = {p.name: p.read_bytes() for p in (work / "results/mini/tables").iterdir()}
+
+    # one run's metrics deleted: only that run is trained again, then the presentation jobs
+    (work / "results/runs" / runs[1] / "metrics.json").unlink()
+    second = snakemake("--cores", "2", "--configfile", config, cwd=work, snakefile=snakefile).stdout
+    assert job_counts(second) == {
+        "train_run": 1,
+        "aggregate_runs": 1,
+        "make_table": 1,
+        "make_figure": 1,
+        "all": 1,
+        "total": 5,
+    }
+    # training is deterministic: the retrained run gives byte-identical tables
+    assert {p.name: p.read_bytes() for p in (work / "results/mini/tables").iterdir()} == tables_before
+    # nothing changed: nothing to do
+    assert (
+        "Nothing to be done" in snakemake("-n", "--configfile", config, cwd=work, snakefile=snakefile).stdout
+    )
+
+    # a figure-style change re-makes the figures only
+    style = tmp_path / "code/sampa/report/style.py"
+    style.write_text(style.read_text().replace("PNG_DPI = 200", "PNG_DPI = 150"))
+    counts = job_counts(snakemake("-n", "--configfile", config, cwd=work, snakefile=snakefile).stdout)
+    assert counts == {"make_figure": 1, "all": 1, "total": 2}
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole smoke profile
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end(tmp_path):
+    smoke = REPO / "configs" / "smoke.yaml"
+    plan = ex.plan(ex.load_config(smoke))
+    snakemake("--cores", "2", "--configfile", str(smoke), cwd=tmp_path, timeout=3600)
+    results, figures = tmp_path / "results/smoke", tmp_path / "figures/smoke"
+    for name in plan.of_kind("table"):
+        for ext in ("md", "tex", "csv"):
+            assert (results / f"tables/{name}.{ext}").stat().st_size > 0
+        md = (results / f"tables/{name}.md").read_text()
+        assert md.startswith("> **SMOKE PROFILE") and "±" in md
+        assert "Missing runs" not in md
+    for name in plan.of_kind("figure"):
+        for ext in ("pdf", "png", "csv"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 0
+    every = (results / "tables/optimizers.md").read_text()
+    from sampa.optim import METHOD_NAMES
+
+    for name in METHOD_NAMES:
+        assert f"| {ex.method_label(name, {})} " in every, name
+    runs = pd.read_csv(results / "runs.csv")
+    assert len(runs) == len(plan.unique_runs()) and (runs["status"] == "complete").all()
+    assert "Nothing to be done" in snakemake("-n", "--configfile", str(smoke), cwd=tmp_path).stdout
+    snakemake("--report", str(tmp_path / "report.html"), "--configfile", str(smoke), cwd=tmp_path)
+    assert (tmp_path / "report.html").stat().st_size > 0

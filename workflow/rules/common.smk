@@ -1,0 +1,149 @@
+# Config loading and validation, the plan (every run of every experiment), and input functions.
+# No method or metric logic here: planning is sampa.experiments, the work is `python -m sampa ...`.
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+REPO = Path(workflow.basedir)
+# Jobs run `python -m sampa ...` from the working directory (which --directory may move): make
+# them, and this Snakefile, use this checkout's package.
+sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+
+from sampa import experiments  # noqa: E402
+from sampa.gpus import detect_gpus  # noqa: E402
+
+DEFAULT_CONFIG = REPO / "configs" / "smoke.yaml"
+
+
+def fail(message):
+    """Stop before any job starts, with one line."""
+    sys.exit(f"sampa workflow: config error: {message}")
+
+
+if not config:  # no --configfile: the offline CPU smoke profile
+    config.update(experiments.load_config(DEFAULT_CONFIG))
+
+config.update(experiments.normalize(config))
+try:
+    validate(config, schema=str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+except WorkflowError:
+    fail(experiments.schema_error(config) or "the config does not match workflow/schemas/config.schema.yaml")
+try:
+    PLAN = experiments.plan(config, schema_checked=True)
+except experiments.PlanError as err:
+    fail(err)
+
+NAME = PLAN.name
+RUNS_ROOT = "results/runs"
+RESULTS = f"results/{NAME}"
+FIGURES = f"figures/{NAME}"
+LOGS = f"logs/{NAME}"
+RUNS = PLAN.unique_runs()
+TABLES = PLAN.of_kind("table")
+FIGURE_IDS = PLAN.of_kind("figure")
+UNSUPPORTED = PLAN.of_kind("unsupported")
+TABLE_CODE = [str(REPO / "sampa/report" / f) for f in ("tables.py", "metrics.py")]
+FIGURE_CODE = [str(REPO / "sampa/report" / f) for f in ("figures.py", "metrics.py", "style.py")]
+
+# GPUs: `--resources gpu=N` bounds concurrent GPU jobs; without it, use the GPUs of this machine
+# (a workflow profile is static YAML and cannot detect them). Which GPU a job gets is decided by
+# the job itself (lock files, see sampa/gpus.py).
+if "gpu" not in workflow.global_resources:
+    _detected = len(detect_gpus())
+    if _detected:
+        workflow.register_resource("gpu", _detected)
+
+
+def _alternatives(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(map(re.escape, names)) if names else "(?!)"
+
+
+wildcard_constraints:
+    table=_alternatives(TABLES),
+    figure=_alternatives(FIGURE_IDS),
+    unsupported=_alternatives(UNSUPPORTED),
+
+
+# ----------------------------------------------------------------------------------------------
+# Input functions and params
+
+
+def get_run(wildcards):
+    try:
+        return RUNS[wildcards.run]
+    except KeyError:
+        raise WorkflowError(f"{wildcards.run!r} is not a run of config {NAME!r}") from None
+
+
+def get_run_settings(wildcards):
+    return json.dumps(get_run(wildcards).settings, sort_keys=True)
+
+
+def get_run_gpus(wildcards):
+    return get_run(wildcards).gpus(PLAN.use_gpus)
+
+
+def get_run_threads(wildcards):
+    return 4 if get_run(wildcards).gpus(PLAN.use_gpus) else 1
+
+
+def run_metrics(paths):
+    return [f"{RUNS_ROOT}/{path}/metrics.json" for path in paths]
+
+
+def get_all_metrics(wildcards):
+    return run_metrics(RUNS)
+
+
+def get_spec(wildcards):
+    experiment = getattr(wildcards, "table", None) or getattr(wildcards, "figure", None)
+    return experiments.spec_json(PLAN.specs[experiment or wildcards.unsupported])
+
+
+def get_figure_data(wildcards):
+    spec = PLAN.specs[wildcards.figure]
+    if spec["figure"]["plot"] == "toy":
+        return f"{RESULTS}/toy/{wildcards.figure}/trajectories.csv"
+    return f"{RESULTS}/runs.csv"
+
+
+def get_figure_logs(wildcards):
+    """Per-epoch figures read log.jsonl of their runs (complete once metrics.json exists)."""
+    spec = PLAN.specs[wildcards.figure]
+    if spec["figure"]["plot"] != "epochs":
+        return []
+    return run_metrics(dict.fromkeys(run.path for run in PLAN.runs[wildcards.figure]))
+
+
+def get_toy_settings(wildcards):
+    toy = PLAN.specs[wildcards.figure]["figure"].get("toy", {})
+    flags = []
+    for key in ("steps", "lr", "decay", "rho", "seed"):
+        if key in toy:
+            flags += [f"--{key}", str(toy[key])]
+    if "lams" in toy:
+        flags += ["--lams", ",".join(experiments.canonical(v) for v in toy["lams"])]
+    return flags
+
+
+def final_outputs():
+    # every run is a target itself: Snakemake does not recreate a missing intermediate file whose
+    # consumers are up to date, so a deleted metrics.json would otherwise go unnoticed
+    outputs = [*run_metrics(RUNS), f"{RESULTS}/runs.csv"]
+    for table in [*TABLES, *UNSUPPORTED]:
+        outputs += [f"{RESULTS}/tables/{table}.{ext}" for ext in ("md", "tex", "csv")]
+    for figure in FIGURE_IDS:
+        outputs += [f"{FIGURES}/{figure}.{ext}" for ext in ("pdf", "png", "csv")]
+    return outputs

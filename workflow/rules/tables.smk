@@ -1,0 +1,49 @@
+# Paper tables: Markdown + LaTeX (booktabs) + CSV, from the runs table. Presentation only: a change
+# to the table code or to one experiment's spec re-makes tables, never trains.
+
+
+rule make_table:
+    input:
+        runs=rules.aggregate_runs.output.runs,
+        code=TABLE_CODE,
+    output:
+        md=report(
+            f"{RESULTS}/tables/{{table}}.md",
+            caption="../report/table.rst",
+            category="Tables",
+            subcategory="{table}",
+            labels={"table": "{table}", "format": "Markdown"},
+        ),
+        tex=f"{RESULTS}/tables/{{table}}.tex",
+        csv=report(
+            f"{RESULTS}/tables/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            subcategory="{table}",
+            labels={"table": "{table}", "format": "CSV"},
+        ),
+    log:
+        f"{LOGS}/tables/{{table}}.log",
+    params:
+        spec=get_spec,
+    message:
+        "table {wildcards.table}"
+    shell:
+        "python -m sampa table --spec {params.spec:q} --runs {input.runs:q} "
+        "--md {output.md:q} --tex {output.tex:q} --csv {output.csv:q} > {log:q} 2>&1"
+
+
+# Tables the package cannot reproduce (ImageNet, ViT, BERT): the job fails and says why.
+rule explain_unsupported:
+    output:
+        md=f"{RESULTS}/tables/{{unsupported}}.md",
+        tex=f"{RESULTS}/tables/{{unsupported}}.tex",
+        csv=f"{RESULTS}/tables/{{unsupported}}.csv",
+    log:
+        f"{LOGS}/tables/{{unsupported}}.log",
+    params:
+        spec=get_spec,
+    message:
+        "table {wildcards.unsupported}: not reproducible with this package (see its log)"
+    shell:
+        "python -m sampa table --spec {params.spec:q} > {log:q} 2>&1"
