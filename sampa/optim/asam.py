@@ -24,12 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from sampa.optim.checks import check_range
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.sampa import SAMPa, SAMPaHparams
-from sampa.optim.tensors import TensorList, global_norm
+from sampa.optim.tensors import TensorList, global_norm, normalized, scaled
 
 
 class ASAMRule:
@@ -39,20 +40,27 @@ class ASAMRule:
     params: list[Tensor]
     param_names: list[str]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scaled_indices = [i for i, n in enumerate(self.param_names) if n.rsplit(".", 1)[-1] != "bias"]
+
     def ascent(self, g: TensorList) -> TensorList:
-        """e = rho T^2 g / (||T g|| + xi), T taken at the current point x_t."""
-        scales = [
-            _scale(name, p.detach(), self.hp.eta)
-            for name, p in zip(self.param_names, self.params, strict=True)
-        ]
-        tg = [gi if t is None else t * gi for t, gi in zip(scales, g, strict=True)]  # T g
-        factor = self.hp.rho / (global_norm(tg) + self.hp.eps)
-        return [(v if t is None else t * v) * factor for t, v in zip(scales, tg, strict=True)]  # T (T g)
+        """e = rho T^2 g / (||T g|| + xi), T taken at the current point x_t (foreach kernels)."""
+        idx = self.scaled_indices
+        if not idx:  # biases only: T = 1, SAM's perturbation
+            return normalized(g, self.hp.rho, self.hp.eps)
+        t = torch._foreach_add(torch._foreach_abs([self.params[i].detach() for i in idx]), self.hp.eta)
+        tg = _replaced(g, idx, torch._foreach_mul([g[i] for i in idx], t))  # T g
+        e = scaled(tg, self.hp.rho / (global_norm(tg) + self.hp.eps))  # rho T g / ||T g||
+        return _replaced(e, idx, torch._foreach_mul([e[i] for i in idx], t))  # rho T^2 g / ||T g||
 
 
-def _scale(name: str, x: Tensor, eta: float) -> Tensor | None:
-    """T for one tensor: |x| + eta, or None (identity) for a bias."""
-    return None if name.rsplit(".", 1)[-1] == "bias" else x.abs().add(eta)
+def _replaced(xs: TensorList, indices: list[int], values: TensorList) -> TensorList:
+    """A copy of the list ``xs`` with ``xs[indices[k]] = values[k]``."""
+    out = list(xs)
+    for i, v in zip(indices, values, strict=True):
+        out[i] = v
+    return out
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ Choices and deviations (optimizers.md §2.16):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -123,8 +124,7 @@ class SAMPaBiSAM(BiSAMRule, SAMPa):
     def extrapolation_job(self, inputs: Tensor, targets: Tensor, point: TensorList | None) -> GradJob:
         """grad f and grad Q at y_{t+1} from one forward (two backwards)."""
         job = super().extrapolation_job(inputs, targets, point)
-        job.losses = (self.loss_fn, self.surrogate)
-        return job
+        return dataclasses.replace(job, losses=(self.loss_fn, self.surrogate))
 
     def remember(self, extrapolated: GradResult, batch: tuple[Tensor, Tensor]) -> None:
         super().remember(extrapolated, batch)

@@ -74,7 +74,8 @@ class SAMONRule:
     def ascent(self, g: TensorList) -> TensorList:
         """e_N = rho g_N / (||g_N|| + xi) on the normalisation tensors, 0 elsewhere."""
         e_norm = normalized([g[i] for i in self.norm_indices], self.hp.rho, self.hp.eps)
-        e = [torch.zeros_like(gi) for gi in g]
+        e = list(torch._foreach_mul(list(g), 0.0))
+        torch._foreach_zero_(e)  # exact zeros (also where g is not finite), in two multi-tensor kernels
         for i, e_i in zip(self.norm_indices, e_norm, strict=True):
             e[i] = e_i
         return e

@@ -65,7 +65,8 @@ class SAMPaHparams(Hyperparameters):
 
 
 class SAMPa(Method):
-    """SAMPa-lambda; subclasses combining it with other SAM variants change only :meth:`ascent`."""
+    """SAMPa-lambda; combinations with other SAM variants change :meth:`ascent`, and where needed
+    :meth:`extrapolation_job` / :meth:`remember` (BiSAM+SAMPa also needs its surrogate's gradient at y)."""
 
     name = "sampa"
     display_name = "SAMPa"
