@@ -7,7 +7,6 @@ naming the bad value and the valid choices (:class:`ConfigError`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 from sampa.data import DATASET_NAMES, check_dataset_args
 from sampa.models import MODEL_NAMES
 from sampa.optim import HyperparameterError, check_method
+from sampa.optim.checks import check_int, check_range
 
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "cosine_iter", "constant")
@@ -145,23 +145,15 @@ def _choice(name: str, value: Any, choices: tuple) -> None:
         raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, choices))}")
 
 
-def _number(
-    name: str,
-    value: Any,
-    *,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigError(f"{name} must be a number (got {value!r})")
-    if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        bounds = f"{lo}{low:g}, {'inf' if math.isinf(high) else f'{high:g}'}{hi}"
-        raise ConfigError(f"{name} must be in {bounds} (got {value!r})")
+def _number(name: str, value: Any, **bounds: Any) -> None:
+    try:
+        check_range(name, value, **bounds)
+    except HyperparameterError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _integer(name: str, value: Any, *, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low} (got {value!r})")
+    try:
+        check_int(name, value, low)
+    except HyperparameterError as err:
+        raise ConfigError(str(err)) from None

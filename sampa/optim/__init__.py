@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sampa.optim.asam import ASAM, SAMPaASAM
 from sampa.optim.base import (
     Executor,
     GradJob,
@@ -24,12 +25,20 @@ from sampa.optim.base import (
     StepRecord,
     make_hparams,
 )
+from sampa.optim.bisam import BiSAM, SAMPaBiSAM
+from sampa.optim.gnp import GNP
 from sampa.optim.naive import OptSAM, RandSAM
 from sampa.optim.sam import SAM
+from sampa.optim.samdb import SAMdb
+from sampa.optim.samon import SAMON, SAMPaSAMON
 from sampa.optim.sampa import SAMPa
 from sampa.optim.sgd import SGD
+from sampa.optim.vasso import SAMPaVaSSO, VaSSO
 
-METHOD_CLASSES: tuple[type[Method], ...] = (SGD, SAM, SAMPa, RandSAM, OptSAM)
+METHOD_CLASSES: tuple[type[Method], ...] = (
+    *(SGD, SAM, SAMPa, RandSAM, OptSAM),
+    *(SAMdb, GNP, ASAM, SAMON, VaSSO, BiSAM, SAMPaASAM, SAMPaSAMON, SAMPaVaSSO, SAMPaBiSAM),
+)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in METHOD_CLASSES}
 METHOD_NAMES: tuple[str, ...] = tuple(sorted(METHODS))
 

@@ -65,7 +65,8 @@ class SAMPaHparams(Hyperparameters):
 
 
 class SAMPa(Method):
-    """SAMPa-lambda; subclasses combining it with other SAM variants change only :meth:`ascent`."""
+    """SAMPa-lambda; combinations with other SAM variants change :meth:`ascent`, and where needed
+    :meth:`extrapolation_job` / :meth:`remember` (BiSAM+SAMPa also needs its surrogate's gradient at y)."""
 
     name = "sampa"
     display_name = "SAMPa"
@@ -89,7 +90,7 @@ class SAMPa(Method):
         prev_inputs, prev_targets = self.prev_batch
         jobs = [
             GradJob(prev_inputs, prev_targets, point=x_tilde),  # g~_t on B_t
-            GradJob(inputs, targets, point=y_next, update_bn=True),  # g_{t+1} on B_{t+1}
+            self.extrapolation_job(inputs, targets, y_next),  # g_{t+1} on B_{t+1}
         ]
         probe = self._probe_due()
         if probe:
@@ -98,13 +99,21 @@ class SAMPa(Method):
         perturbed, extrapolated = results[0], results[1]
         stats = _probe_stats(self.g_y, results[2].grads) if probe else {}
         direction = combine(perturbed.grads, extrapolated.grads, 1 - self.hp.lam, self.hp.lam)  # G_t
-        self.g_y, self.prev_batch = extrapolated.grads, (inputs, targets)
+        self.remember(extrapolated, (inputs, targets))
         return direction, extrapolated, stats
 
+    def extrapolation_job(self, inputs: Tensor, targets: Tensor, point: TensorList | None) -> GradJob:
+        """The pass at y_{t+1} on B_{t+1} (``point=None``: y_0 = x_0); it updates BN statistics."""
+        return GradJob(inputs, targets, point=point, update_bn=True)
+
+    def remember(self, extrapolated: GradResult, batch: tuple[Tensor, Tensor]) -> None:
+        """Keep g_{t+1} = grad f(y_{t+1}; B_{t+1}) and B_{t+1} for the next step."""
+        self.g_y, self.prev_batch = extrapolated.grads, batch
+
     def _initial_direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict]:
-        first = self.gradient(inputs, targets, update_bn=True)  # g_0 = grad f(y_0 = x_0; B_0)
-        self.g_y, self.prev_batch = clone(first.grads), (inputs, targets)
-        return first.grads, first, {}
+        first = self.gradients([self.extrapolation_job(inputs, targets, None)])[0]  # g_0 = grad f(x_0; B_0)
+        self.remember(first, (inputs, targets))
+        return clone(first.grads), first, {}
 
     def _probe_due(self) -> bool:
         every = self.hp.diagnostics_every
