@@ -7,9 +7,10 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _umask() -> int:
@@ -55,11 +56,15 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     """Atomically ``torch.save`` (tensors, numbers, strings, lists and dicts only)."""
+    import torch  # here, not at the top: the presentation commands write files without torch
+
     _atomic(Path(path), lambda h: torch.save(obj, h), "wb")
 
 
 def load_torch(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
     """Load a checkpoint written by :func:`save_torch`; never unpickles arbitrary objects."""
+    import torch
+
     return torch.load(path, map_location=device, weights_only=True)
 
 

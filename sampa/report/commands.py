@@ -18,6 +18,14 @@ from typing import Any
 DEFAULT_RUNS_ROOT = "results/runs"
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The presentation commands alone (``python -m sampa aggregate`` starts here, without torch)."""
+    parser = argparse.ArgumentParser(prog="sampa", description="sampa-bench presentation commands")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_plan(sub)
     _add_aggregate(sub)
@@ -51,16 +59,23 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(command: str, handler: Any, args: argparse.Namespace) -> int:
+    try:
+        return handler(args)
+    except ValueError as err:
+        if not isinstance(err, _input_errors()):
+            raise
+        print(f"sampa {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input (imported only when an error occurs: aggregate runs without torch)."""
     from sampa.experiments import PlanError
     from sampa.report.figures import FigureError
     from sampa.report.metrics import MetricError
     from sampa.report.tables import TableError
 
-    try:
-        return handler(args)
-    except (PlanError, TableError, FigureError, MetricError) as err:
-        print(f"sampa {command}: error: {err}", file=sys.stderr)
-        return 2
+    return (PlanError, TableError, FigureError, MetricError)
 
 
 # ----------------------------------------------------------------------------------------------
