@@ -140,10 +140,12 @@ def _parse_settings(text: str | None) -> dict[str, Any]:
     return settings
 
 
-def _claim_gpus(args: argparse.Namespace) -> None:
+def _claim_gpus(args: argparse.Namespace, cfg: RunConfig) -> None:
     """Give this process its GPUs before anything touches CUDA (see sampa.gpus)."""
     if args.gpus is None:
         return
+    if 0 < args.gpus < cfg.devices:  # e.g. Snakemake capped the job's gpu resource at --resources gpu=1
+        raise ConfigError(f"this run needs {cfg.devices} GPUs but was given {args.gpus} (--gpus)")
     from sampa.gpus import GpuError, claim
 
     try:
@@ -167,7 +169,7 @@ def _train(args: argparse.Namespace) -> int:
     from sampa.train import RunError, train
 
     cfg = config_from_args(args)
-    _claim_gpus(args)
+    _claim_gpus(args, cfg)
     try:
         metrics = _train_pair(cfg, args.out) if cfg.devices == 2 else train(cfg, args.out)
     except DataUnavailableError as err:

@@ -93,3 +93,11 @@ def test_train_cli_reports_missing_gpus_in_one_line(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert err == "sampa train: error: this run needs 1 GPUs but this machine has 0\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_refuses_fewer_gpus_than_devices(tmp_path, capsys):
+    from sampa.cli import main
+
+    args = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--devices", "2", "--gpus", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "sampa train: error: this run needs 2 GPUs but was given 1 (--gpus)\n"
