@@ -27,8 +27,8 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ from sampa.models import DISPLAY_NAMES
 from sampa.optim import HyperparameterError, method_class
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-KINDS = ("table", "figure", "unsupported")
 #: set per machine by the workflow, never by an experiment (they do not change results)
 MACHINE_KEYS = ("device", "threads", "data_root", "download")
 #: given by arms and seeds, not by ``run`` mappings
@@ -485,21 +484,7 @@ def spec_json(spec: Mapping[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
-def runs_table(runs: Iterable[PlannedRun]) -> list[dict[str, Any]]:
-    """Planned runs as plain rows (for CSV/JSON output)."""
-    return [asdict(run) for run in runs]
-
-
-def method_of(label: str, arms: Iterable[Mapping[str, Any]]) -> str | None:
-    """The registry name behind an arm label."""
-    for arm in arms:
-        if arm["label"] == label:
-            return arm["optimizer"]
-    return None
-
-
 __all__ = [
-    "KINDS",
     "MACHINE_KEYS",
     "Plan",
     "PlanError",

@@ -9,7 +9,6 @@ rows of the table too, never silently dropped.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -168,15 +167,3 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     from sampa import io
 
     io.write_text(path, frame.to_csv(index=False, lineterminator="\n"))
-
-
-def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
-    frame = pd.read_csv(path, keep_default_na=True)
-    for column in frame.columns:
-        if frame[column].dtype == object and frame[column].isin(["True", "False"]).all():
-            frame[column] = frame[column] == "True"
-    return frame
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
