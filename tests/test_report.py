@@ -287,3 +287,34 @@ def test_runs_trained_under_other_settings_are_flagged_stale(runs):
     )
     assert sam["n"] == 2
     assert "seed1 (stale: label_smoothing is 0.0 in the run, 0.1 planned)" in sam["missing"]
+
+
+def test_commands_plan_aggregate_table(runs, tmp_path, capsys):
+    import yaml
+
+    from sampa.cli import main
+
+    plan, root, _ = runs
+    config = tmp_path / "config.yaml"
+    unsupported = {"reason": "no ImageNet training code", "requires": ["imagenet"]}
+    t3 = {"kind": "unsupported", "title": "x", "unsupported": unsupported}
+    experiments = {**CONFIG["experiments"], "t3": t3}
+    config.write_text(yaml.safe_dump({**CONFIG, "experiments": experiments}))
+    assert main(["plan", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "t1 table" in out and "24 runs" in out and "total" in out
+
+    runs_csv = tmp_path / "runs.csv"
+    dirs = [str(root / p) for p in plan.unique_runs()]
+    assert main(["aggregate", "--runs-root", str(root), "--out", str(runs_csv), *dirs]) == 0
+    assert "24 runs: 23 complete, 1 incomplete" in capsys.readouterr().err
+    md = tmp_path / "t1.md"
+    args = ["table", "--config", str(config), "--experiment", "t1", "--runs", str(runs_csv), "--md", str(md)]
+    assert main(args) == 0 and md.read_text().startswith("**Test accuracy on CIFAR-10")
+
+    data_root = tmp_path / "data"
+    assert main(["table", "--config", str(config), "--experiment", "t3", "--data-root", str(data_root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "t3 cannot be reproduced: no ImageNet training code" in err
+    assert main(["table", "--config", str(config), "--experiment", "t9"]) == 2
+    assert "unknown experiment 't9'; choose one of: t1, t3, t4" in capsys.readouterr().err

@@ -248,6 +248,12 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     counts = job_counts(snakemake("-n", "--configfile", config, cwd=work, snakefile=snakefile).stdout)
     assert counts == {"make_figure": 1, "all": 1, "total": 2}
 
+    # a third seed: only its two runs are new (then the presentation jobs)
+    more = mini_config() | {"seeds": [0, 1, 2]}
+    config = str(write_config(tmp_path / "more.yaml", more))
+    counts = job_counts(snakemake("-n", "--configfile", config, cwd=work, snakefile=snakefile).stdout)
+    assert counts["train_run"] == 2 and counts["make_table"] == 1
+
 
 # ----------------------------------------------------------------------------------------------
 # The whole smoke profile

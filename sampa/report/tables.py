@@ -266,13 +266,14 @@ def _best_flags(cells: pd.DataFrame, layout: Mapping[str, Any]) -> list[bool]:
         if name == COST_METRIC or metric(name).best is None:
             continue
         candidates = line[(~line["reference"]) & (line["n"] > 0)]
+        shown = candidates["mean"].round(metric(name).decimals)  # ties as printed are all bold
         groups = layout.get("best_groups") or [list(candidates["arm"])]
         for group in groups:
-            members = candidates[candidates["arm"].isin(group)]
+            members = shown[candidates["arm"].isin(group)]
             if len(members) < 2 and len(groups) > 1:
                 continue
-            target = members["mean"].max() if metric(name).best == "max" else members["mean"].min()
-            best[members.index[members["mean"] == target]] = True
+            target = members.max() if metric(name).best == "max" else members.min()
+            best[members.index[members == target]] = True
     return best.tolist()
 
 
@@ -333,7 +334,7 @@ def _metric_label(name: str) -> str:
 def axis_name(axis: str) -> str:
     names = {"arm": "Method", "model": "Model", "dataset": "Dataset", "metric": "", "_row": ""}
     names |= {"label_noise": "Noise rate", "batch_size": "Batch size", "hparams.lam": "λ"}
-    return names.get(axis, axis)
+    return names.get(axis, axis.replace("_", " ").capitalize())
 
 
 def warning_lines(spec: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:

@@ -96,7 +96,8 @@ def get_run_gpus(wildcards):
 
 
 def get_run_threads(wildcards):
-    return 4 if get_run(wildcards).gpus(PLAN.use_gpus) else 1
+    """One CPU thread per process: a two-device run is two processes (the data live on the device)."""
+    return int(get_run(wildcards).settings.get("devices", 1))
 
 
 def run_metrics(paths):

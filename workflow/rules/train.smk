@@ -2,7 +2,8 @@
 # the engine, so an interrupted job leaves no output: the next invocation runs it again and the
 # engine resumes from the run's checkpoint.pt (not an output, so Snakemake never deletes it).
 # params hold exactly the settings spelled in the run's path: they never change for a path, so
-# Snakemake's params trigger cannot discard a finished run.
+# Snakemake's params trigger cannot discard a finished run. Each process of a run uses one torch
+# thread (`threads` counts the processes); GPUs are claimed by the job itself (sampa/gpus.py).
 
 
 rule train_run:
@@ -20,4 +21,4 @@ rule train_run:
         "train {wildcards.run} ({resources.gpu} GPU)"
     shell:
         "python -m sampa train --settings {params.settings:q} --out {params.out:q} "
-        "--gpus {resources.gpu} --threads {threads} >> {log:q} 2>&1"
+        "--gpus {resources.gpu} --threads 1 >> {log:q} 2>&1"
