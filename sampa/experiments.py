@@ -23,20 +23,20 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import itertools
 import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sampa.config import ConfigError, RunConfig, config_from_dict, validate
-from sampa.models import DISPLAY_NAMES
-from sampa.optim import HyperparameterError, method_class
+if TYPE_CHECKING:
+    from sampa.config import RunConfig
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 #: set per machine by the workflow, never by an experiment (they do not change results)
@@ -185,9 +185,17 @@ def _slug(settings: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={canonical(v)}" for k, v in sorted(settings.items())) or "default"
 
 
+@functools.cache
+def run_defaults() -> RunConfig:
+    """RunConfig's defaults (sampa.config is imported on first use: it brings torch along)."""
+    from sampa.config import RunConfig
+
+    return RunConfig()
+
+
 def run_path(settings: Mapping[str, Any]) -> str:
     """``dataset/model/optimizer/<hparams>/<other settings>/seed<k>`` (explicit non-default values only)."""
-    defaults = RunConfig()
+    defaults = run_defaults()
     rest = {k: v for k, v in settings.items() if k not in (*PATH_KEYS, *RESERVED_KEYS)}
     parts = [str(settings.get(k, getattr(defaults, k))) for k in PATH_KEYS]
     parts += [settings["optimizer"], _slug(settings.get("hparams", {})), _slug(rest)]
@@ -295,6 +303,8 @@ def all_arms(method_hparams: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
 
 def method_label(name: str, hparams: Mapping[str, Any]) -> str:
     """The paper's name for a method; SAMPa's label carries lambda ("SAMPa-0.2")."""
+    from sampa.optim import method_class
+
     cls = method_class(name)
     label = getattr(cls, "display_name", name)
     if name == "sampa":
@@ -348,6 +358,8 @@ def _points(axis: str, values: Any, experiment: str) -> list[dict[str, Any]]:
 def axis_label(axis: str, value: Any) -> str:
     """How a grid value reads in a table: model and dataset names as in the paper, noise in %."""
     if axis == "model":
+        from sampa.models import DISPLAY_NAMES
+
         return DISPLAY_NAMES.get(value, str(value))
     if axis == "dataset":
         return DATASET_DISPLAY.get(value, str(value))
@@ -397,7 +409,7 @@ def _matches(
     context: str,
 ) -> bool:
     """Does every ``key: value`` (or ``key: [values]``) of ``when`` hold for this run?"""
-    defaults = RunConfig()
+    defaults = run_defaults()
     for key, wanted in when.items():
         if key == "arm":
             actual = arm["label"]
@@ -436,7 +448,10 @@ _VALIDATED: dict[str, dict[str, Any]] = {}
 def _validated(
     optimizer: str, run: Mapping[str, Any], hparams: Mapping[str, Any], context: str
 ) -> dict[str, Any]:
-    seed = RunConfig().seed
+    from sampa.config import ConfigError, config_from_dict, validate
+    from sampa.optim import HyperparameterError, method_class
+
+    seed = run_defaults().seed
     bad = sorted(set(run) & {*MACHINE_KEYS, *RESERVED_KEYS})
     if bad:
         raise PlanError(
@@ -449,7 +464,7 @@ def _validated(
         method_defaults = method_class(optimizer).Hparams()
     except (ConfigError, HyperparameterError, ValueError, TypeError) as err:
         raise PlanError(f"{context}: {err}") from None
-    settings = _without_defaults(run, RunConfig())
+    settings = _without_defaults(run, run_defaults())
     settings["optimizer"] = cfg.optimizer
     settings["hparams"] = _without_defaults(hparams, method_defaults)
     for value in [*run.values(), *hparams.values()]:
@@ -477,6 +492,38 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
     for name, spec in specs.items():
         result.runs[name] = plan_experiment(spec)
     return result
+
+
+def cached_plan(config: Mapping[str, Any], cache: str | Path) -> Plan:
+    """:func:`plan` (schema already checked), reusing ``cache`` when neither the config nor any source
+    file of the sampa package changed since it was written. A cache hit needs no torch import, which
+    is most of a dry run's time."""
+    from sampa import io
+
+    key = _plan_key(config)
+    try:
+        stored = json.loads(Path(cache).read_text())
+        if stored["key"] == key:
+            return _plan_from_dict(stored["plan"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    result = plan(config, schema_checked=True)
+    io.write_text(cache, json.dumps({"key": key, "plan": asdict(result)}, sort_keys=True))
+    return result
+
+
+def _plan_key(config: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    package = Path(__file__).resolve().parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _plan_from_dict(data: Mapping[str, Any]) -> Plan:
+    runs = {name: [PlannedRun(**run) for run in planned] for name, planned in data["runs"].items()}
+    return Plan(name=data["name"], use_gpus=data["use_gpus"], specs=data["specs"], runs=runs)
 
 
 def spec_json(spec: Mapping[str, Any]) -> str:

@@ -165,3 +165,14 @@ def test_resolved_spec_is_self_contained_json():
     assert [a["label"] for a in spec["arms"]] == ["SGD", "SAM", "SAMPa-0.2"]
     assert spec["seeds"] == [0, 1] and spec["run"]["epochs"] == 2
     assert [r.path for r in ex.plan_experiment(spec)] == [r.path for r in ex.plan(cfg).runs["t1"]]
+
+
+def test_cached_plan_equals_plan_and_follows_changes(tmp_path):
+    cache = tmp_path / "plan.json"
+    fresh = ex.plan(config())
+    first = ex.cached_plan(config(), cache)
+    again = ex.cached_plan(config(), cache)  # read back from the file
+    assert cache.exists()
+    assert again.runs == first.runs == fresh.runs and again.specs == fresh.specs
+    changed = ex.cached_plan(config(seeds=[0, 1, 2]), cache)
+    assert len(changed.runs["t1"]) == 3 * 2 * 3  # a changed config is planned again

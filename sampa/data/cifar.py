@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets.utils import download_and_extract_archive
 
 ENV_VAR = "SAMPA_DATA"
 DEFAULT_ROOT = "data"
@@ -136,6 +135,13 @@ def _unavailable(src: CifarSource, root: Path, reason: str) -> DataUnavailableEr
         f"into {root} or set {ENV_VAR} to a folder holding it, or run offline on synthetic data: "
         f"{OFFLINE_HINT}"
     )
+
+
+def download_and_extract_archive(url: str, root: str, md5: str) -> None:
+    """torchvision's downloader, imported on first use (importing torchvision costs about 2 s)."""
+    from torchvision.datasets.utils import download_and_extract_archive as download
+
+    download(url, root, md5=md5)
 
 
 def _download(src: CifarSource, root: Path) -> None:

@@ -40,7 +40,7 @@ try:
 except WorkflowError:
     fail(experiments.schema_error(config) or "the config does not match workflow/schemas/config.schema.yaml")
 try:
-    PLAN = experiments.plan(config, schema_checked=True)
+    PLAN = experiments.cached_plan(config, f".snakemake/sampa/plan-{config['name']}.json")
 except experiments.PlanError as err:
     fail(err)
 
