@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -318,3 +319,17 @@ def test_commands_plan_aggregate_table(runs, tmp_path, capsys):
     assert err.count("\n") == 1 and "t3 cannot be reproduced: no ImageNet training code" in err
     assert main(["table", "--config", str(config), "--experiment", "t9"]) == 2
     assert "unknown experiment 't9'; choose one of: t1, t3, t4" in capsys.readouterr().err
+
+
+def test_optional_metrics_are_not_applicable_rather_than_missing(runs):
+    plan, root, frame = runs
+    spec = copy.deepcopy(plan.specs["t1"])
+    spec["table"]["metrics"] = ["test_acc", "communication_share"]
+    spec["table"]["columns"] = ["arm", "metric"]
+    spec["table"]["average_row"] = spec["table"]["cost_row"] = False
+    cells = tables.cell_table(spec, frame)
+    comm = cells[cells["metric"] == "communication_share"]
+    assert (comm["text"] == "—").all()  # one-device runs: no exchange to measure
+    assert not comm["missing"].str.contains("no value|not applicable").any()
+    md = tables.render_markdown(spec, cells)
+    assert md.count("Missing runs (1)") == 1  # only the interrupted SAMPa run

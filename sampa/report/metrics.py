@@ -22,6 +22,7 @@ class Metric:
     per_epoch: bool = False
     fallback: str | None = None  # column used where ``column`` is empty (said in the table's notes)
     fallback_note: str = ""
+    optional: bool = False  # runs without a value are "not applicable", not missing (e.g. one device)
 
 
 METRICS: dict[str, Metric] = {
@@ -49,6 +50,14 @@ METRICS: dict[str, Metric] = {
     ),
     "cpu_peak_rss_mib": Metric("Peak host memory (MiB)", "memory.cpu_peak_rss_mib", decimals=0, best="min"),
     "devices": Metric("Number of devices", "config.devices", decimals=0, spread=False),
+    # two-device runs: time blocked at gradient exchanges, as a share of training time
+    "communication_share": Metric(
+        "Communication (% of train time)",
+        "backend.share_of_train_time.comm_s",
+        scale=100,
+        decimals=1,
+        optional=True,
+    ),
     # per-epoch series from log.jsonl (SAMPa's diagnostics_every probe, paper Figure 4)
     "grad_cosine": Metric("cos(∇f(y_t), ∇f(x_t))", "stats.grad_cosine.mean", decimals=4, per_epoch=True),
     "grad_distance": Metric("‖∇f(y_t) − ∇f(x_t)‖", "stats.grad_distance.mean", decimals=4, per_epoch=True),

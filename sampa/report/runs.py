@@ -137,7 +137,7 @@ def _provenance_columns(provenance: Mapping[str, Any], backend: Mapping[str, Any
         "provenance.device_name": devices[0].get("name"),
         "provenance.torch": (provenance.get("packages") or {}).get("torch"),
         "provenance.resumes": provenance.get("resumes"),
-        **{f"backend.{k}": v for k, v in backend.items() if not isinstance(v, list | dict)},
+        **flatten(backend, "backend."),  # two devices: communication and compute seconds, their share
     }
 
 

@@ -28,6 +28,7 @@ from sampa.report.metrics import Metric, metric
 AVERAGE = "Average"
 COST = "Temporal cost/Epochs"
 COST_METRIC = "cost"
+NOT_APPLICABLE = "not applicable"
 
 
 class TableError(ValueError):
@@ -87,13 +88,17 @@ def observations(planned: Sequence[PlannedRun], runs: pd.DataFrame, metrics: Seq
             status = stale_reason(record, run) or status
         for name in metrics:
             value, source = _value(record, metric(name)) if status == "complete" else (math.nan, None)
+            if status == "complete" and math.isnan(value):
+                shown = NOT_APPLICABLE if metric(name).optional else "no value"
+            else:
+                shown = status
             rows.append(
                 {
                     **run.cell,
                     "metric": name,
                     "seed": run.seed,
                     "run": run.path,
-                    "status": status if status != "complete" or not math.isnan(value) else "no value",
+                    "status": shown,
                     "value": value,
                     "source": source,
                     "reference": run.reference,
@@ -172,6 +177,7 @@ def _aggregate(obs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     keys = [*axes, "metric"]
     rows = []
     for key, group in obs.groupby(keys, sort=False, dropna=False):
+        group = group[group["status"] != NOT_APPLICABLE]
         values = group["value"].dropna()
         missing = group[group["value"].isna()]
         rows.append(
@@ -281,7 +287,7 @@ def _cell_text(row: Any) -> str:
     if row.metric == COST_METRIC:
         return row.text
     if row.n == 0:
-        return "—"
+        return "—"  # no value (the footer lists the runs) or not applicable
     m = metric(row.metric)
     text = f"{row.mean:.{m.decimals}f}"
     if m.spread and row.n > 1:
@@ -367,7 +373,7 @@ def footer_lines(spec: Mapping[str, Any], cells: pd.DataFrame) -> list[str]:
         )
     notes = {metric(m).fallback_note for m in spec["table"]["metrics"] if metric(m).fallback_note}
     lines += sorted(notes)
-    missing = [m for text in cells["missing"] for m in str(text).split("; ") if m]
+    missing = list(dict.fromkeys(m for text in cells["missing"] for m in str(text).split("; ") if m))
     if missing:
         lines.append(f"Missing runs ({len(missing)}): " + "; ".join(missing))
     return lines
