@@ -311,8 +311,11 @@ def pivot(spec: Mapping[str, Any], cells: pd.DataFrame, text: pd.Series | None =
     rows, columns = list(layout["rows"]), list(layout["columns"])
     frame = cells.assign(text=cells["text"] if text is None else text)
     frame = frame.assign(metric=[_metric_label(m) for m in frame["metric"]])
-    if not rows:  # a single line: label it with the metric
+    if not rows and "metric" not in columns:  # a single line: label it with the metric
         rows = ["metric"]
+    elif not rows:
+        frame = frame.assign(_row="")
+        rows = ["_row"]
     order = {c: list(dict.fromkeys(frame[c])) for c in [*rows, *columns]}
     table = frame.pivot_table(index=rows, columns=columns, values="text", aggfunc="first", sort=False)
     table = table.reindex(
