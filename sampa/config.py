@@ -156,6 +156,8 @@ def _check_fast_path(cfg: RunConfig) -> None:
         raise ConfigError(f"backend 'fused' runs on one device; devices must be 1 (got {cfg.devices})")
     _choice("amp", cfg.amp, AMP_MODES)
     _choice("compile", cfg.compile, COMPILE_MODES)
+    if cfg.compile == "step" and cfg.devices != 1:
+        raise ConfigError(f"compile 'step' runs on one device; devices must be 1 (got {cfg.devices})")
     _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
     for name in ("channels_last", "cudnn_benchmark"):
         if not isinstance(getattr(cfg, name), bool):

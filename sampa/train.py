@@ -137,7 +137,8 @@ def _check_same_run(paths: RunPaths, cfg: RunConfig) -> None:
     """An existing run directory must describe the same run (settings that change results)."""
     if not paths.config.exists():
         return
-    existing, wanted = io.read_json(paths.config), cfg.to_dict()
+    # keys added since the directory was written mean their defaults (e.g. backend "single")
+    existing, wanted = RunConfig().to_dict() | io.read_json(paths.config), cfg.to_dict()
     diff = sorted(
         k
         for k in set(existing) | set(wanted)

@@ -9,6 +9,7 @@ import torch
 from test_fused import SmallBNNet, image_batches  # tests/ is on sys.path under pytest
 from torch import nn
 
+from sampa import io
 from sampa.backends.fastpath import FastPath, optimizer_kwargs
 from sampa.backends.fused import FusedExecutor
 from sampa.cli import _parser as cli_parser
@@ -17,8 +18,9 @@ from sampa.config import ConfigError, RunConfig, validate
 from sampa.losses import make_loss
 from sampa.optim import Method, build_method
 from sampa.optim.lookahead import lookahead
-from sampa.train import train
+from sampa.train import RunError, train
 
+FAST_PATH_KEYS = ("backend", "amp", "channels_last", "cudnn_benchmark", "optimizer_impl", "compile")
 SIZES = [16, 16, 16, 5, 16, 16]  # a short batch: SAMPa's fused executor falls back around it
 
 
@@ -237,6 +239,7 @@ def test_cudnn_benchmark_is_set_for_the_run_and_restored():
         ({"optimizer_impl": "apex"}, "unknown optimizer_impl 'apex'; choose one of: default, foreach, fused"),
         ({"backend": "pair"}, "unknown backend 'pair'; choose one of: single, fused"),
         ({"backend": "fused", "devices": 2}, "backend 'fused' runs on one device; devices must be 1"),
+        ({"compile": "step", "devices": 2}, "compile 'step' runs on one device; devices must be 1"),
         ({"channels_last": "yes"}, "channels_last must be true or false"),
     ],
 )
@@ -308,3 +311,23 @@ def test_a_step_never_synchronises_with_the_host(name, fused):
             method.step(x, y)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.slow
+def test_compiled_fused_run_matches_the_reference_run(tmp_path):
+    reference_run = train(small_run(), tmp_path / "ref", log_progress=False)
+    compiled = train(small_run(compile="step", backend="fused"), tmp_path / "compiled", log_progress=False)
+    torch._dynamo.reset()
+    for key in ("final_train_loss", "final_val_loss", "final_test_loss"):
+        assert compiled[key] == pytest.approx(reference_run[key], rel=1e-3), key
+
+
+def test_a_run_directory_from_before_the_fast_path_is_still_the_same_run(tmp_path):
+    cfg = small_run(epochs=1)
+    train(cfg, tmp_path / "run", log_progress=False)
+    config_file = tmp_path / "run" / "config.json"
+    old = {k: v for k, v in io.read_json(config_file).items() if k not in FAST_PATH_KEYS}
+    io.write_json(config_file, old)  # as written by a version without these keys
+    assert train(cfg, tmp_path / "run", log_progress=False)["status"] == "complete"
+    with pytest.raises(RunError, match="holds a different run"):
+        train(small_run(epochs=1, backend="fused"), tmp_path / "run", log_progress=False)

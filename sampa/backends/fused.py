@@ -16,10 +16,11 @@ job marked ``update_bn=True`` (SAMPa's extrapolated pass at y_{t+1}) writes its 
 back, and the copies of the other replicas are discarded (the sequential path freezes them instead).
 The method is unchanged: it still asks for ``GradJob``s and gets ``GradResult``s in job order.
 
-Falls back to sequential evaluation (and says so in ``depth`` and the backend's counters) when jobs
-cannot be stacked: a single job (SGD, SAM's dependent passes, ...), unequal batch shapes (SAMPa at
-the end of an epoch: the last partial batch and the kept previous full batch, twice per epoch),
-restricted gradients (``wrt``), or more than one job updating BatchNorm statistics.
+Falls back to sequential evaluation (and says so through ``depth``, hence in every step record's
+``sequential`` count) when jobs cannot be stacked: a single job (SGD, SAM's dependent passes, ...),
+unequal batch shapes (SAMPa at the end of an epoch: the last partial batch and the kept previous full
+batch, twice per epoch), restricted gradients (``wrt``), or more than one job updating BatchNorm
+statistics.
 ``local`` means nothing on one device and is ignored, as in the sequential executor.
 
 On a CPU the fused pass is slower than two sequential ones (grouped convolutions are compute-bound
