@@ -21,7 +21,6 @@ own batching, augmentation and normalisation; ``--epoch-images``, default 45k on
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from sampa import io
 from sampa.backends.fastpath import AMP_MODES, COMPILE_MODES, OPTIMIZER_IMPLS, FastPath, optimizer_kwargs
 from sampa.backends.fused import FusedExecutor
 from sampa.backends.single import resolve_device
@@ -65,6 +65,9 @@ def add_fast_path_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer-impl", default="default", choices=OPTIMIZER_IMPLS)
     p.add_argument("--compile", default="off", choices=COMPILE_MODES)
     p.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)"
+    )
+    p.add_argument(
         "--epoch-images",
         type=int,
         help="images in the timed SGD epoch (default: 45000 on CUDA, 0 = none on CPU)",
@@ -77,6 +80,7 @@ def fast_path(args: argparse.Namespace) -> FastPath:
         channels_last=args.channels_last,
         cudnn_benchmark=args.cudnn_benchmark,
         compile=args.compile,
+        compile_backend=args.compile_backend,
     )
 
 
@@ -131,6 +135,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.compile != "off":  # every column compiles Method.step: room for all their variants
+        torch._dynamo.config.recompile_limit = 64
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     benches = {name: Bench(name, args, device) for name in names}
     benches |= fused_benches(args, device)
@@ -145,8 +151,7 @@ def main() -> None:
     if epoch:
         results.append(epoch)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        io.write_json(args.json, results)
 
 
 def summarise(benches: dict[str, Bench], times: dict[str, list[float]]) -> list[dict[str, Any]]:
