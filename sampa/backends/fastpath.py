@@ -11,13 +11,15 @@ never what it computes; each is tested on CPU against the reference path to tole
 * ``cudnn_benchmark``: ``torch.backends.cudnn.benchmark`` for the run (restored afterwards; no effect on CPU).
 * ``compile="model"``: ``nn.Module.compile()``: the model's forward (and, through AOTAutograd, its
   backward) compiled; parameter names, checkpoints and ``functional_call`` work as before.
-* ``compile="step"``: ``torch.compile`` of the whole ``method.step`` (forward, backward, perturbation,
-  combination and the base optimizer's update) with ``torch.autograd.grad`` traced into the graph
-  (dynamo's ``trace_autograd_ops``). Graphs break only where a method's Python control flow needs it
-  (e.g. inside ``torch.optim``'s step wrapper); dynamo recompiles for a new batch shape (the last
-  partial batch) and for each branch a method takes (SAMPa's first step), not for learning-rate changes.
-  CUDA graphs (``mode="reduce-overhead"``) are not used: methods keep tensors across steps (SAMPa's
-  g_t, its previous batch) that a graph replay would overwrite.
+* ``compile="step"``: ``torch.compile`` of the whole ``method.step`` (forward, backward with
+  ``torch.autograd.grad`` traced into the graph by dynamo's ``trace_autograd_ops``, the fused executor's
+  stacking, perturbation and combination). Two pieces stay eager on purpose, behind graph breaks: the
+  base optimizer's step (one foreach/fused kernel call) and SAMPa's look-ahead, because both read the
+  learning rate and step counts as Python numbers and would recompile at every schedule change.
+  Dynamo recompiles only for a new batch shape (the last partial batch) and for each branch a method
+  takes (SAMPa's first step, the fused executor's fallback). Default compile mode; CUDA graphs
+  (``mode="reduce-overhead"``) are not used: methods keep tensors across steps (SAMPa's g_t, its
+  previous batch) that a graph replay would overwrite.
 
 The base optimizer's implementation (``optimizer_impl``: torch's default, ``foreach`` or ``fused``
 kernels) is chosen where the optimizer is built (``sampa.train.make_base_optimizer``).
