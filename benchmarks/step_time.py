@@ -2,12 +2,17 @@
 
     python benchmarks/step_time.py                       # ResNet-56, batch 128, SGD / SAM / SAMPa
     python benchmarks/step_time.py --methods sgd,sam,sampa --model resnet56 --steps 20 --device cuda
+    python benchmarks/step_time.py --methods all         # every registered method
 
 Each method trains a fresh copy of the same model (same seed) on random CIFAR-shaped batches. Methods
 are timed in interleaved rounds (so drift of the machine hits all of them alike); each round runs
 ``--warmup`` untimed steps, then ``--steps`` timed steps between two device synchronisations. The
 table reports the median over rounds of the mean step time, the ratio to SGD, and the passes per step
-(forward, backward, sequential gradients on this device, ideal sequential gradients).
+(forward, backward, sequential gradients on this device, ideal sequential gradients), averaged over all
+timed steps (LookSAM, AE-SAM and vSAM vary from step to step). Each method starts at epoch 100 of 200
+(``start_epoch``), so epoch-dependent methods run in their steady state (SAF/MESA trajectory term on,
+vSAM past its warm-up; AE-SAM's and vSAM's SAM-step rates then depend on these random batches, not on
+a real training run); methods that need sample indices get them.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ from sampa.backends.single import resolve_device
 from sampa.losses import make_loss
 from sampa.metrics import synchronize
 from sampa.models import build_model
-from sampa.optim import METHOD_NAMES, StepRecord, build_method
+from sampa.optim import METHOD_NAMES, build_method, method_class
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--methods", default="sgd,sam,sampa", help=f"comma-separated, from: {', '.join(METHOD_NAMES)}"
+        "--methods",
+        default="sgd,sam,sampa",
+        help=f"comma-separated, from: {', '.join(METHOD_NAMES)}; or 'all'",
     )
     p.add_argument("--model", default="resnet56")
     p.add_argument("--batch-size", type=int, default=128)
@@ -43,6 +50,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+PASS_KEYS = ("forward", "backward", "sequential", "ideal_sequential")
+STEADY_EPOCH, EPOCHS = 100, 200
+
+
 class Bench:
     """One method on one model, ready to step."""
 
@@ -51,20 +62,30 @@ class Bench:
         self.model = build_model(args.model, 10).to(device).train()
         base = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.method = build_method(name, self.model, make_loss(0.1), base)
+        self.method.start_epoch(STEADY_EPOCH, EPOCHS, steps_per_epoch=352)  # the paper's 45k / 128
         gen = torch.Generator().manual_seed(1)
         self.batches = [
             (
                 torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(device),
                 torch.randint(0, 10, (args.batch_size,), generator=gen).to(device),
+                torch.arange(i * args.batch_size, (i + 1) * args.batch_size),
             )
-            for _ in range(2)
+            for i in range(2)
         ]
         self.i = 0
-        self.last: StepRecord | None = None
+        self.passes = dict.fromkeys(PASS_KEYS, 0)
+        self.steps = 0
 
-    def step(self) -> None:
-        self.last = self.method.step(*self.batches[self.i % 2])
+    def step(self, timed: bool = False) -> None:
+        record = self.method.step(*self.batches[self.i % 2])
         self.i += 1
+        if timed:
+            for key in PASS_KEYS:
+                self.passes[key] += getattr(record, key)
+            self.steps += 1
+
+    def mean_passes(self) -> dict[str, float]:
+        return {key: value / max(self.steps, 1) for key, value in self.passes.items()}
 
 
 def time_round(bench: Bench, args: argparse.Namespace, device: torch.device) -> float:
@@ -73,7 +94,7 @@ def time_round(bench: Bench, args: argparse.Namespace, device: torch.device) -> 
     synchronize(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        bench.step()
+        bench.step(timed=True)
     synchronize(device)
     return (time.perf_counter() - start) / args.steps
 
@@ -83,7 +104,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    names = method_names(args.methods)
     benches = {name: Bench(name, args, device) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.rounds):
@@ -96,22 +117,25 @@ def main() -> None:
             json.dump(results, handle, indent=2)
 
 
+def method_names(spec: str) -> list[str]:
+    """'all' or a comma-separated list of registered names; one-line error for an unknown name."""
+    names = list(METHOD_NAMES) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    for name in names:
+        try:
+            method_class(name)
+        except ValueError as err:
+            raise SystemExit(f"step_time.py: error: {err}") from None
+    return list(dict.fromkeys(names))
+
+
 def summarise(benches: dict[str, Bench], times: dict[str, list[float]]) -> list[dict[str, Any]]:
     reference = statistics.median(times["sgd"]) if "sgd" in times else None
     out = []
     for name, bench in benches.items():
         t = statistics.median(times[name])
-        rec = bench.last
         out.append(
-            {
-                "method": name,
-                "step_ms": 1e3 * t,
-                "ratio_to_sgd": t / reference if reference else None,
-                "forward": rec.forward,
-                "backward": rec.backward,
-                "sequential": rec.sequential,
-                "ideal_sequential": rec.ideal_sequential,
-            }
+            {"method": name, "step_ms": 1e3 * t, "ratio_to_sgd": t / reference if reference else None}
+            | bench.mean_passes()
         )
     return out
 
@@ -126,12 +150,12 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace, device:
         f"{args.model}, batch {args.batch_size}, {name}, torch {torch.__version__}; "
         f"median of {args.rounds} rounds x {args.steps} steps"
     )
-    print(f"{'method':<10} {'ms/step':>9} {'x SGD':>7} {'fwd':>4} {'bwd':>4} {'seq':>4} {'ideal':>6}")
+    print(f"{'method':<10} {'ms/step':>9} {'x SGD':>7} {'fwd':>5} {'bwd':>5} {'seq':>5} {'ideal':>6}")
     for r in results:
         ratio = f"{r['ratio_to_sgd']:.2f}" if r["ratio_to_sgd"] is not None else "-"
         print(
-            f"{r['method']:<10} {r['step_ms']:>9.1f} {ratio:>7} {r['forward']:>4} {r['backward']:>4} "
-            f"{r['sequential']:>4} {r['ideal_sequential']:>6}"
+            f"{r['method']:<10} {r['step_ms']:>9.1f} {ratio:>7} {r['forward']:>5.2f} {r['backward']:>5.2f} "
+            f"{r['sequential']:>5.2f} {r['ideal_sequential']:>6.2f}"
         )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sampa.optim.aesam import AESAM
 from sampa.optim.base import (
     Executor,
     GradJob,
@@ -24,12 +25,18 @@ from sampa.optim.base import (
     StepRecord,
     make_hparams,
 )
+from sampa.optim.esam import ESAM
+from sampa.optim.looksam import LookSAM
+from sampa.optim.msam import MSAM, MSAMPa
 from sampa.optim.naive import OptSAM, RandSAM
 from sampa.optim.sam import SAM
 from sampa.optim.sampa import SAMPa
 from sampa.optim.sgd import SGD
+from sampa.optim.trajectory import MESA, SAF
+from sampa.optim.vsam import VSAM
 
 METHOD_CLASSES: tuple[type[Method], ...] = (SGD, SAM, SAMPa, RandSAM, OptSAM)
+METHOD_CLASSES += (LookSAM, AESAM, SAF, MESA, ESAM, MSAM, VSAM, MSAMPa)  # efficient variants (issue #4)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in METHOD_CLASSES}
 METHOD_NAMES: tuple[str, ...] = tuple(sorted(METHODS))
 
@@ -62,15 +69,23 @@ def build_method(
 
 
 __all__ = [
+    "AESAM",
+    "ESAM",
+    "MESA",
     "METHODS",
     "METHOD_NAMES",
+    "MSAM",
+    "SAF",
     "SAM",
     "SGD",
+    "VSAM",
     "Executor",
     "GradJob",
     "GradResult",
     "HyperparameterError",
     "Hyperparameters",
+    "LookSAM",
+    "MSAMPa",
     "Method",
     "OptSAM",
     "RandSAM",

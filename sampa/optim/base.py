@@ -83,7 +83,8 @@ class GradJob:
     parameters x_t. ``wrt`` optionally restricts the gradient to a subset of parameter indices
     (the other entries of the result are zero tensors). A data-parallel executor averages every
     gradient over its replicas (as DDP does) except jobs marked ``local``: those stay the replica's own
-    gradient of its own shard (e.g. mSAM's per-shard ascent direction).
+    gradient of its own shard (e.g. mSAM's per-shard ascent direction). ``loss_fn`` replaces the
+    method's per-sample loss for this job only (e.g. SAF/MESA add a trajectory term to it).
     """
 
     inputs: Tensor
@@ -92,17 +93,22 @@ class GradJob:
     update_bn: bool = False
     wrt: Sequence[int] | None = None
     local: bool = False
+    loss_fn: LossFn | None = None
 
 
 @dataclass
 class GradResult:
-    """Gradient (aligned with the method's parameters) and reporting values of one job."""
+    """Gradient (aligned with the method's parameters) and reporting values of one job.
+
+    ``logits`` are the job's detached outputs (None where an executor does not return them).
+    """
 
     grads: TensorList
     loss: Tensor
     correct: Tensor
     count: int
     per_sample_loss: Tensor | None = None
+    logits: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +171,8 @@ def evaluate_job(method: Method, job: GradJob) -> GradResult:
             logits = torch.func.functional_call(method.model, overrides, (job.inputs,), strict=False)
         else:
             logits = method.model(job.inputs)
-    per_sample = method.loss_fn(logits, job.targets)
+    loss_fn = method.loss_fn if job.loss_fn is None else job.loss_fn
+    per_sample = loss_fn(logits, job.targets)
     loss = per_sample.mean()
     grads_wrt = torch.autograd.grad(loss, leaves)
     grads = _scatter(params, wrt, grads_wrt)
@@ -176,6 +183,7 @@ def evaluate_job(method: Method, job: GradJob) -> GradResult:
         correct=correct,
         count=job.targets.shape[0],
         per_sample_loss=per_sample.detach() if per_sample.dim() > 0 else None,
+        logits=logits.detach(),
     )
 
 

@@ -48,9 +48,12 @@ class SAM(Method):
         """e = rho g / (||g|| + xi)."""
         return normalized(g, self.hp.rho, self.hp.eps)
 
+    def sam_gradient(self, inputs: Tensor, targets: Tensor, g: TensorList) -> GradResult:
+        """g_sam = grad f(x_t + e(g); B_t), BN running statistics frozen (shared by SAM's variants)."""
+        x_adv = add(self.current_point(), self.ascent(g))  # x_t + e
+        return self.gradient(inputs, targets, point=x_adv)
+
     def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         clean = self.gradient(inputs, targets, update_bn=True)  # g = grad f(x_t; B_t)
-        e = self.ascent(clean.grads)  # e = rho g / ||g||
-        x_adv = add(self.current_point(), e)  # x_t + e
-        perturbed = self.gradient(inputs, targets, point=x_adv)  # g_sam = grad f(x_t + e; B_t)
+        perturbed = self.sam_gradient(inputs, targets, clean.grads)  # g_sam = grad f(x_t + e; B_t)
         return perturbed.grads, clean, {}
