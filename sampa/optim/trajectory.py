@@ -109,6 +109,8 @@ class TrajectoryMethod(Method):
         target = self.trajectory_targets(inputs) if self.epoch >= self.hp.e_start else None
         loss_fn = None if target is None else self.trajectory_loss(*target)
         result = self.gradients([GradJob(inputs, targets, update_bn=True, loss_fn=loss_fn)])[0]
+        if result.logits is None:
+            raise RuntimeError(f"{self.display_name} needs an executor that returns the pass's logits")
         self.record(result.logits)
         if target is None:
             return result.grads, result, {}
