@@ -83,8 +83,7 @@ class GradJob:
     parameters x_t. ``wrt`` optionally restricts the gradient to a subset of parameter indices
     (the other entries of the result are zero tensors). A data-parallel executor averages every
     gradient over its replicas (as DDP does) except jobs marked ``local``: those stay the replica's own
-    gradient of its own shard (e.g. mSAM's per-shard ascent direction). ``loss_fn`` replaces the
-    method's per-sample loss for this job only (e.g. SAF/MESA add a trajectory term to it).
+    gradient of its own shard (e.g. mSAM's per-shard ascent direction).
     """
 
     inputs: Tensor
@@ -93,14 +92,23 @@ class GradJob:
     update_bn: bool = False
     wrt: Sequence[int] | None = None
     local: bool = False
-    loss_fn: LossFn | None = None
+    #: losses to differentiate from this job's one forward, one backward each (default: the method's
+    #: loss alone); e.g. BiSAM's surrogate. ``GradResult.grads`` is the first one's gradient,
+    #: ``extra_grads`` the others'. The reporting values are always those of the method's loss.
+    losses: Sequence[LossFn] | None = None
+
+    @property
+    def num_backward(self) -> int:
+        """Backward passes this job costs."""
+        return 1 if self.losses is None else len(self.losses)
 
 
 @dataclass
 class GradResult:
     """Gradient (aligned with the method's parameters) and reporting values of one job.
 
-    ``logits`` are the job's detached outputs (None where an executor does not return them).
+    ``extra_grads`` holds the gradients of ``GradJob.losses[1:]``; executors treat them like ``grads``.
+    ``logits`` are the job's detached outputs (None where an executor does not return them; SAF keeps them).
     """
 
     grads: TensorList
@@ -108,6 +116,7 @@ class GradResult:
     correct: Tensor
     count: int
     per_sample_loss: Tensor | None = None
+    extra_grads: list[TensorList] = field(default_factory=list)
     logits: Tensor | None = None
 
 
@@ -171,20 +180,30 @@ def evaluate_job(method: Method, job: GradJob) -> GradResult:
             logits = torch.func.functional_call(method.model, overrides, (job.inputs,), strict=False)
         else:
             logits = method.model(job.inputs)
-    loss_fn = method.loss_fn if job.loss_fn is None else job.loss_fn
-    per_sample = loss_fn(logits, job.targets)
+    per_sample = method.loss_fn(logits, job.targets)
     loss = per_sample.mean()
-    grads_wrt = torch.autograd.grad(loss, leaves)
-    grads = _scatter(params, wrt, grads_wrt)
+    losses = [loss] if job.losses is None else _objectives(job, logits, method.loss_fn, loss)
+    grads = [
+        _scatter(params, wrt, torch.autograd.grad(obj, leaves, retain_graph=k + 1 < len(losses)))
+        for k, obj in enumerate(losses)
+    ]
     correct = (logits.detach().argmax(dim=1) == job.targets).sum()
     return GradResult(
-        grads=grads,
+        grads=grads[0],
+        extra_grads=grads[1:],
         loss=loss.detach(),
         correct=correct,
         count=job.targets.shape[0],
         per_sample_loss=per_sample.detach() if per_sample.dim() > 0 else None,
         logits=logits.detach(),
     )
+
+
+def _objectives(job: GradJob, logits: Tensor, loss_fn: LossFn, loss: Tensor) -> list[Tensor]:
+    """Mean of each of the job's losses on the logits (the method's own loss is reused, not recomputed)."""
+    if not job.losses:
+        raise ValueError("GradJob.losses must name at least one loss (or be None for the method's loss)")
+    return [loss if fn is loss_fn else fn(logits, job.targets).mean() for fn in job.losses]
 
 
 def _scatter(params: Sequence[Tensor], wrt: Sequence[int], grads: Sequence[Tensor]) -> TensorList:
@@ -310,7 +329,8 @@ class Method:
 
     def gradients(self, jobs: Sequence[GradJob]) -> list[GradResult]:
         """Independent gradient evaluations; an executor may run them at the same time."""
-        self._passes.add_gradients(len(jobs), self.executor.sequential_depth(len(jobs)))
+        backward = sum(job.num_backward for job in jobs)
+        self._passes.add_gradients(len(jobs), self.executor.sequential_depth(len(jobs)), backward)
         return self.executor.evaluate(self, jobs)
 
     def forward_only(
@@ -409,9 +429,9 @@ class _PassCounter:
         self.sequential = 0
         self.ideal_sequential = 0
 
-    def add_gradients(self, num_jobs: int, depth: int) -> None:
+    def add_gradients(self, num_jobs: int, depth: int, backward: int | None = None) -> None:
         self.forward += num_jobs
-        self.backward += num_jobs
+        self.backward += num_jobs if backward is None else backward
         self.sequential += depth
         self.ideal_sequential += 1 if num_jobs else 0
 

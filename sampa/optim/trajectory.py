@@ -107,8 +107,8 @@ class TrajectoryMethod(Method):
 
     def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         target = self.trajectory_targets(inputs) if self.epoch >= self.hp.e_start else None
-        loss_fn = None if target is None else self.trajectory_loss(*target)
-        result = self.gradients([GradJob(inputs, targets, update_bn=True, loss_fn=loss_fn)])[0]
+        losses = None if target is None else [self.trajectory_loss(*target)]  # G = grad L
+        result = self.gradients([GradJob(inputs, targets, update_bn=True, losses=losses)])[0]
         if result.logits is None:
             raise RuntimeError(f"{self.display_name} needs an executor that returns the pass's logits")
         self.record(result.logits)
@@ -116,9 +116,7 @@ class TrajectoryMethod(Method):
             return result.grads, result, {}
         kl = trajectory_kl(result.logits, target[0], self.hp.temperature)
         kl = kl if target[1] is None else kl * target[1]
-        data_loss = self.loss_fn(result.logits, targets).mean()  # report the data loss, no extra pass
-        report = GradResult(result.grads, data_loss, result.correct, result.count)
-        return result.grads, report, {"trajectory_kl": kl.mean()}
+        return result.grads, result, {"trajectory_kl": kl.mean()}  # result.loss: the data loss
 
     def trajectory_loss(self, target_logits: Tensor, weight: Tensor | None) -> LossFn:
         """Per-sample l(z, y) + lam tau^2 [weight] KL(softmax(target/tau) || softmax(z/tau))."""
