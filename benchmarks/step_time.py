@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py               # ResNet-56, batch 128: SGD, SAM, SAMPa, SAMPa (fused)
     python benchmarks/step_time.py --methods sgd,sam,sampa --model resnet56 --steps 20 --device cuda
+    python benchmarks/step_time.py --methods all         # every registered method
     python benchmarks/step_time.py --device cuda --amp bf16 --channels-last --cudnn-benchmark \
         --optimizer-impl fused --compile step            # the fast path (sampa.backends.fastpath)
 
@@ -9,7 +10,11 @@ Each method trains a fresh copy of the same model (same seed) on random CIFAR-sh
 are timed in interleaved rounds (so drift of the machine hits all of them alike); each round runs
 ``--warmup`` untimed steps, then ``--steps`` timed steps between two device synchronisations. The
 table reports the median over rounds of the mean step time, the ratio to SGD, and the passes per step
-(forward, backward, sequential gradients on this device, ideal sequential gradients).
+(forward, backward, sequential gradients on this device, ideal sequential gradients), averaged over all
+timed steps (LookSAM, AE-SAM and vSAM vary from step to step). Each method starts at epoch 100 of 200
+(``start_epoch``), so epoch-dependent methods run in their steady state (SAF/MESA trajectory term on,
+vSAM past its warm-up; AE-SAM's and vSAM's SAM-step rates then depend on these random batches, not on
+a real training run); methods that need sample indices get them.
 
 ``--fused`` methods are timed a second time with the fused single-device executor (``--backend fused``:
 SAMPa's two gradients in one batched forward/backward). The fast-path flags apply to every column.
@@ -36,13 +41,15 @@ from sampa.data import Augment, Dataset, ImageSplit, train_batches
 from sampa.losses import make_loss
 from sampa.metrics import Stopwatch, synchronize
 from sampa.models import build_model
-from sampa.optim import METHOD_NAMES, StepRecord, build_method
+from sampa.optim import METHOD_NAMES, build_method, method_class
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--methods", default="sgd,sam,sampa", help=f"comma-separated, from: {', '.join(METHOD_NAMES)}"
+        "--methods",
+        default="sgd,sam,sampa",
+        help=f"comma-separated, from: {', '.join(METHOD_NAMES)}; or 'all'",
     )
     p.add_argument("--model", default="resnet56")
     p.add_argument("--batch-size", type=int, default=128)
@@ -84,6 +91,10 @@ def fast_path(args: argparse.Namespace) -> FastPath:
     )
 
 
+PASS_KEYS = ("forward", "backward", "sequential", "ideal_sequential")
+STEADY_EPOCH, EPOCHS = 100, 200
+
+
 class Bench:
     """One method on one model (fast path applied, optionally with the fused executor), ready to step."""
 
@@ -102,21 +113,31 @@ class Bench:
         )
         executor = FusedExecutor() if fused else None
         self.method = build_method(name, self.model, make_loss(0.1), base, executor=executor)
+        self.method.start_epoch(STEADY_EPOCH, EPOCHS, steps_per_epoch=352)  # the paper's 45k / 128
         self.step_fn = fast.prepare_method(self.method)
         gen = torch.Generator().manual_seed(1)
         self.batches = [
             (
                 fast.prepare_batch(torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(device)),
                 torch.randint(0, 10, (args.batch_size,), generator=gen).to(device),
+                torch.arange(i * args.batch_size, (i + 1) * args.batch_size, device=device),
             )
-            for _ in range(2)
+            for i in range(2)
         ]
         self.i = 0
-        self.last: StepRecord | None = None
+        self.passes = dict.fromkeys(PASS_KEYS, 0)
+        self.steps = 0
 
-    def step(self) -> None:
-        self.last = self.step_fn(*self.batches[self.i % 2])
+    def step(self, timed: bool = False) -> None:
+        record = self.step_fn(*self.batches[self.i % 2])
         self.i += 1
+        if timed:
+            for key in PASS_KEYS:
+                self.passes[key] += getattr(record, key)
+            self.steps += 1
+
+    def mean_passes(self) -> dict[str, float]:
+        return {key: value / max(self.steps, 1) for key, value in self.passes.items()}
 
 
 def time_round(bench: Bench, args: argparse.Namespace, device: torch.device) -> float:
@@ -125,7 +146,7 @@ def time_round(bench: Bench, args: argparse.Namespace, device: torch.device) -> 
     synchronize(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        bench.step()
+        bench.step(timed=True)
     synchronize(device)
     return (time.perf_counter() - start) / args.steps
 
@@ -137,7 +158,7 @@ def main() -> None:
     device = resolve_device(args.device)
     if args.compile != "off":  # every column compiles Method.step: room for all their variants
         torch._dynamo.config.recompile_limit = 64
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    names = method_names(args.methods)
     benches = {name: Bench(name, args, device) for name in names}
     benches |= fused_benches(args, device)
     times: dict[str, list[float]] = {name: [] for name in benches}
@@ -154,22 +175,25 @@ def main() -> None:
         io.write_json(args.json, results)
 
 
+def method_names(spec: str) -> list[str]:
+    """'all' or a comma-separated list of registered names; one-line error for an unknown name."""
+    names = list(METHOD_NAMES) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    for name in names:
+        try:
+            method_class(name)
+        except ValueError as err:
+            raise SystemExit(f"step_time.py: error: {err}") from None
+    return list(dict.fromkeys(names))
+
+
 def summarise(benches: dict[str, Bench], times: dict[str, list[float]]) -> list[dict[str, Any]]:
     reference = statistics.median(times["sgd"]) if "sgd" in times else None
     out = []
     for name, bench in benches.items():
         t = statistics.median(times[name])
-        rec = bench.last
         out.append(
-            {
-                "method": name,
-                "step_ms": 1e3 * t,
-                "ratio_to_sgd": t / reference if reference else None,
-                "forward": rec.forward,
-                "backward": rec.backward,
-                "sequential": rec.sequential,
-                "ideal_sequential": rec.ideal_sequential,
-            }
+            {"method": name, "step_ms": 1e3 * t, "ratio_to_sgd": t / reference if reference else None}
+            | bench.mean_passes()
         )
     return out
 
@@ -186,12 +210,12 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace, device:
     )
     flags = ("amp", "channels_last", "cudnn_benchmark", "optimizer_impl", "compile")
     print("fast path: " + ", ".join(f"{flag}={getattr(args, flag)}" for flag in flags))
-    print(f"{'method':<14} {'ms/step':>9} {'x SGD':>7} {'fwd':>4} {'bwd':>4} {'seq':>4} {'ideal':>6}")
+    print(f"{'method':<14} {'ms/step':>9} {'x SGD':>7} {'fwd':>5} {'bwd':>5} {'seq':>5} {'ideal':>6}")
     for r in results:
         ratio = f"{r['ratio_to_sgd']:.2f}" if r["ratio_to_sgd"] is not None else "-"
         print(
-            f"{r['method']:<14} {r['step_ms']:>9.1f} {ratio:>7} {r['forward']:>4} {r['backward']:>4} "
-            f"{r['sequential']:>4} {r['ideal_sequential']:>6}"
+            f"{r['method']:<14} {r['step_ms']:>9.1f} {ratio:>7} {r['forward']:>5.2f} {r['backward']:>5.2f} "
+            f"{r['sequential']:>5.2f} {r['ideal_sequential']:>6.2f}"
         )
 
 

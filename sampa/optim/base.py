@@ -108,6 +108,7 @@ class GradResult:
     """Gradient (aligned with the method's parameters) and reporting values of one job.
 
     ``extra_grads`` holds the gradients of ``GradJob.losses[1:]``; executors treat them like ``grads``.
+    ``logits`` are the job's detached outputs (None where an executor does not return them; SAF keeps them).
     """
 
     grads: TensorList
@@ -116,6 +117,7 @@ class GradResult:
     count: int
     per_sample_loss: Tensor | None = None
     extra_grads: list[TensorList] = field(default_factory=list)
+    logits: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,6 +197,7 @@ def evaluate_job(method: Method, job: GradJob) -> GradResult:
         correct=correct,
         count=job.targets.shape[0],
         per_sample_loss=per_sample.detach() if per_sample.dim() > 0 else None,
+        logits=logits.detach(),
     )
 
 
