@@ -46,12 +46,19 @@ _FIELD_FLAGS = {
     "seed": int,
     "device": str,
     "devices": int,
+    "backend": str,
+    "amp": str,
+    "optimizer_impl": str,
+    "compile": str,
     "data_root": str,
     "synthetic_train_size": int,
     "synthetic_test_size": int,
     "eval_batch_size": int,
     "threads": int,
 }
+
+#: on/off flags that set a RunConfig field to true (fast path)
+_BOOL_FLAGS = ("channels_last", "cudnn_benchmark")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +116,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="never try to download CIFAR",
     )
     p.add_argument("--test-every-epoch", dest="test_every_epoch", action="store_true", default=None)
+    for flag in _BOOL_FLAGS:
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action="store_true", default=None)
     p.set_defaults(handler=_train)
 
 
@@ -116,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Config file values, overridden by flags, validated."""
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
     values |= _parse_settings(args.settings)
-    for name in [*_FIELD_FLAGS, "download", "test_every_epoch"]:
+    for name in [*_FIELD_FLAGS, *_BOOL_FLAGS, "download", "test_every_epoch"]:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     hparams = dict(values.get("hparams") or {})

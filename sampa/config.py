@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sampa.backends.fastpath import AMP_MODES, COMPILE_MODES, OPTIMIZER_IMPLS, FastPath
 from sampa.data import DATASET_NAMES, check_dataset_args
 from sampa.models import MODEL_NAMES
 from sampa.optim import HyperparameterError, check_method
@@ -21,6 +22,7 @@ from sampa.optim.checks import check_int, check_range
 
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "cosine_iter", "constant")
+BACKENDS = ("single", "fused")  # one device: reference, or independent gradients in one fused pass
 CIFAR_TRAIN_SIZE = 50_000
 
 
@@ -52,6 +54,13 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     devices: int = 1  # 1, or 2 for the two-device backend
+    backend: str = "single"  # one device: single (reference) | fused (independent gradients in one pass)
+    # fast path (sampa.backends.fastpath); all off = the fp32 eager reference
+    amp: str = "off"  # off | bf16 (forward passes under bf16 autocast, loss and updates in fp32)
+    channels_last: bool = False  # model and batches in channels_last memory format
+    cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark during the run
+    optimizer_impl: str = "default"  # base optimizer kernels: default (torch's choice) | foreach | fused
+    compile: str = "off"  # torch.compile: off | model (forward/backward) | step (the whole method step)
     data_root: str | None = None  # default: $SAMPA_DATA, then ./data
     download: bool = True
     synthetic_train_size: int = 5000
@@ -129,6 +138,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _integer("eval_batch_size", cfg.eval_batch_size, low=1)
     _integer("threads", cfg.threads, low=0)
     _choice("devices", cfg.devices, (1, 2))
+    _check_fast_path(cfg)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N (got {cfg.device!r})")
     n_train = train_set_size(cfg)
@@ -138,6 +148,24 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"({n_train} samples of {cfg.dataset})"
         )
     return cfg
+
+
+def _check_fast_path(cfg: RunConfig) -> None:
+    _choice("backend", cfg.backend, BACKENDS)
+    if cfg.backend == "fused" and cfg.devices != 1:
+        raise ConfigError(f"backend 'fused' runs on one device; devices must be 1 (got {cfg.devices})")
+    _choice("amp", cfg.amp, AMP_MODES)
+    _choice("compile", cfg.compile, COMPILE_MODES)
+    if cfg.compile == "step" and cfg.devices != 1:
+        raise ConfigError(f"compile 'step' runs on one device; devices must be 1 (got {cfg.devices})")
+    _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
+    for name in ("channels_last", "cudnn_benchmark"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ConfigError(f"{name} must be true or false (got {getattr(cfg, name)!r})")
+    try:
+        FastPath(compile=cfg.compile)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:

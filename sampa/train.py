@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from sampa import io
 from sampa.backends import Backend
+from sampa.backends.fastpath import FastPath, optimizer_kwargs
+from sampa.backends.fused import FusedSingleDevice
 from sampa.backends.single import SingleDevice, resolve_device
 from sampa.config import RunConfig, validate
 from sampa.data import Augment, Dataset, eval_batches, load_dataset, num_batches, train_batches
@@ -96,7 +98,7 @@ def train(
     if paths.metrics.exists():
         return io.read_json(paths.metrics)
     if backend is None:
-        backend = SingleDevice(resolve_device(cfg.device))
+        backend = single_device_backend(cfg)
     with _exclusive(paths, backend.is_writer):
         if backend.is_writer and not paths.config.exists():
             io.write_json(paths.config, cfg.to_dict())
@@ -118,11 +120,25 @@ def _exclusive(paths: RunPaths, is_writer: bool) -> Iterator[None]:
         yield
 
 
+def single_device_backend(cfg: RunConfig) -> Backend:
+    """The one-device backend ``cfg.backend`` names: the reference, or the fused one."""
+    device = resolve_device(cfg.device)
+    return FusedSingleDevice(device) if cfg.backend == "fused" else SingleDevice(device)
+
+
+def fast_path(cfg: RunConfig) -> FastPath:
+    """The run's fast-path settings (all off: the fp32 eager reference)."""
+    return FastPath(
+        amp=cfg.amp, channels_last=cfg.channels_last, cudnn_benchmark=cfg.cudnn_benchmark, compile=cfg.compile
+    )
+
+
 def _check_same_run(paths: RunPaths, cfg: RunConfig) -> None:
     """An existing run directory must describe the same run (settings that change results)."""
     if not paths.config.exists():
         return
-    existing, wanted = io.read_json(paths.config), cfg.to_dict()
+    # keys added since the directory was written mean their defaults (e.g. backend "single")
+    existing, wanted = RunConfig().to_dict() | io.read_json(paths.config), cfg.to_dict()
     diff = sorted(
         k
         for k in set(existing) | set(wanted)
@@ -148,8 +164,10 @@ class _Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = self._load_data()
+        self.fast = fast_path(cfg)
         torch.manual_seed(cfg.seed)  # model initialisation
-        self.model: nn.Module = build_model(cfg.model, self.data.num_classes).to(self.device)
+        model = build_model(cfg.model, self.data.num_classes).to(self.device)
+        self.model: nn.Module = self.fast.prepare_model(model)
         self.method: Method = build_method(
             cfg.optimizer,
             self.model,
@@ -162,6 +180,7 @@ class _Run:
         self.augment = Augment(cutout=cfg.cutout)
         self.steps_per_epoch = num_batches(len(self.data.train), cfg.batch_size)
         self.state = self._resume_or_start()
+        self.step = self.fast.prepare_method(self.method)  # method.step, or its compiled form
         self.memory = MemoryMonitor([self.device])
 
     def _load_data(self) -> Dataset:
@@ -198,18 +217,22 @@ class _Run:
     def execute(self, stop_after: int | None) -> dict[str, Any] | None:
         self.memory.start()
         try:
-            epochs_run = 0
-            while self.state.epoch < self.cfg.epochs:
-                row = self._epoch(self.state.epoch)
-                self._finish_epoch(row)
-                epochs_run += 1
-                if row["diverged"]:
-                    return self._finish_run(diverged_epoch=row["epoch"])
-                if stop_after is not None and epochs_run >= stop_after and self.state.epoch < self.cfg.epochs:
-                    return None
-            return self._finish_run(diverged_epoch=None)
+            with self.fast.session():
+                return self._train_epochs(stop_after)
         finally:
             self.memory.stop()
+
+    def _train_epochs(self, stop_after: int | None) -> dict[str, Any] | None:
+        epochs_run = 0
+        while self.state.epoch < self.cfg.epochs:
+            row = self._epoch(self.state.epoch)
+            self._finish_epoch(row)
+            epochs_run += 1
+            if row["diverged"]:
+                return self._finish_run(diverged_epoch=row["epoch"])
+            if stop_after is not None and epochs_run >= stop_after and self.state.epoch < self.cfg.epochs:
+                return None
+        return self._finish_run(diverged_epoch=None)
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch (timed, synchronised, evaluation excluded), then evaluate."""
@@ -229,7 +252,8 @@ class _Run:
             )
             for step, (inputs, targets, indices) in enumerate(batches):
                 self._set_lr(epoch, step)
-                totals.add(self.method.step(*self.backend.shard(inputs, targets, indices)))
+                inputs = self.fast.prepare_batch(inputs)
+                totals.add(self.step(*self.backend.shard(inputs, targets, indices)))
         row = {
             "epoch": epoch + 1,
             "lr": self._lr(epoch, 0),
@@ -344,10 +368,16 @@ class _Run:
 def make_base_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """torch.optim.SGD (coupled L2 on every tensor, as the official code) or AdamW."""
     params = [p for p in model.parameters() if p.requires_grad]
+    kernels = optimizer_kwargs(cfg.optimizer_impl)  # torch's default, foreach or fused implementation
     if cfg.base_optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **kernels)
     return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
+        **kernels,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sampa.optim.aesam import AESAM
 from sampa.optim.asam import ASAM, SAMPaASAM
 from sampa.optim.base import (
     Executor,
@@ -26,18 +27,24 @@ from sampa.optim.base import (
     make_hparams,
 )
 from sampa.optim.bisam import BiSAM, SAMPaBiSAM
+from sampa.optim.esam import ESAM
 from sampa.optim.gnp import GNP
+from sampa.optim.looksam import LookSAM
+from sampa.optim.msam import MSAM, MSAMPa
 from sampa.optim.naive import OptSAM, RandSAM
 from sampa.optim.sam import SAM
 from sampa.optim.samdb import SAMdb
 from sampa.optim.samon import SAMON, SAMPaSAMON
 from sampa.optim.sampa import SAMPa
 from sampa.optim.sgd import SGD
+from sampa.optim.trajectory import MESA, SAF
 from sampa.optim.vasso import SAMPaVaSSO, VaSSO
+from sampa.optim.vsam import VSAM
 
 METHOD_CLASSES: tuple[type[Method], ...] = (
     *(SGD, SAM, SAMPa, RandSAM, OptSAM),
-    *(SAMdb, GNP, ASAM, SAMON, VaSSO, BiSAM, SAMPaASAM, SAMPaSAMON, SAMPaVaSSO, SAMPaBiSAM),
+    *(LookSAM, AESAM, SAF, MESA, ESAM, MSAM, VSAM, MSAMPa),  # efficient variants
+    *(SAMdb, GNP, ASAM, SAMON, VaSSO, BiSAM, SAMPaASAM, SAMPaSAMON, SAMPaVaSSO, SAMPaBiSAM),  # baselines
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in METHOD_CLASSES}
 METHOD_NAMES: tuple[str, ...] = tuple(sorted(METHODS))
@@ -71,15 +78,23 @@ def build_method(
 
 
 __all__ = [
+    "AESAM",
+    "ESAM",
+    "MESA",
     "METHODS",
     "METHOD_NAMES",
+    "MSAM",
+    "SAF",
     "SAM",
     "SGD",
+    "VSAM",
     "Executor",
     "GradJob",
     "GradResult",
     "HyperparameterError",
     "Hyperparameters",
+    "LookSAM",
+    "MSAMPa",
     "Method",
     "OptSAM",
     "RandSAM",

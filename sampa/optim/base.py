@@ -108,6 +108,7 @@ class GradResult:
     """Gradient (aligned with the method's parameters) and reporting values of one job.
 
     ``extra_grads`` holds the gradients of ``GradJob.losses[1:]``; executors treat them like ``grads``.
+    ``logits`` are the job's detached outputs (None where an executor does not return them; SAF keeps them).
     """
 
     grads: TensorList
@@ -116,6 +117,7 @@ class GradResult:
     count: int
     per_sample_loss: Tensor | None = None
     extra_grads: list[TensorList] = field(default_factory=list)
+    logits: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +132,12 @@ class Executor(Protocol):
         ...
 
     def sequential_depth(self, num_jobs: int) -> int:
-        """How many of ``num_jobs`` independent evaluations run one after the other."""
+        """How many of ``num_jobs`` independent evaluations run one after the other.
+
+        An executor whose depth depends on the jobs themselves (the fused executor falls back to
+        sequential evaluation for unequal batch sizes) also defines ``depth(jobs) -> int``, which
+        :meth:`Method.gradients` then uses instead.
+        """
         ...
 
 
@@ -174,10 +181,7 @@ def evaluate_job(method: Method, job: GradJob) -> GradResult:
         for i, leaf in zip(wrt, leaves, strict=True):
             overrides[method.param_names[i]] = leaf
     with frozen_bn_stats(method.model, freeze=not job.update_bn):
-        if overrides:
-            logits = torch.func.functional_call(method.model, overrides, (job.inputs,), strict=False)
-        else:
-            logits = method.model(job.inputs)
+        logits = model_forward(method, method.model, job.inputs, overrides)
     per_sample = method.loss_fn(logits, job.targets)
     loss = per_sample.mean()
     losses = [loss] if job.losses is None else _objectives(job, logits, method.loss_fn, loss)
@@ -193,6 +197,7 @@ def evaluate_job(method: Method, job: GradJob) -> GradResult:
         correct=correct,
         count=job.targets.shape[0],
         per_sample_loss=per_sample.detach() if per_sample.dim() > 0 else None,
+        logits=logits.detach(),
     )
 
 
@@ -201,6 +206,24 @@ def _objectives(job: GradJob, logits: Tensor, loss_fn: LossFn, loss: Tensor) -> 
     if not job.losses:
         raise ValueError("GradJob.losses must name at least one loss (or be None for the method's loss)")
     return [loss if fn is loss_fn else fn(logits, job.targets).mean() for fn in job.losses]
+
+
+def model_forward(
+    method: Method, model: nn.Module, inputs: Tensor, params: dict[str, Tensor] | None = None
+) -> Tensor:
+    """Logits of ``model`` (at ``params`` if given) as every pass computes them.
+
+    With ``method.autocast`` set (the engine's fast path, e.g. ``torch.bfloat16``) the forward runs
+    under ``torch.autocast`` and the logits are cast back to float32, so the loss and everything after
+    it stay in float32 as in the reference path.
+    """
+    autocast = method.autocast
+    context = torch.autocast(inputs.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+    with context:
+        logits = (
+            torch.func.functional_call(model, params, (inputs,), strict=False) if params else model(inputs)
+        )
+    return logits.float() if autocast else logits
 
 
 def _scatter(params: Sequence[Tensor], wrt: Sequence[int], grads: Sequence[Tensor]) -> TensorList:
@@ -268,6 +291,9 @@ class Method:
             None  # sample indices of the current batch, if the engine gives them
         )
         self.epoch, self.epochs, self.steps_per_epoch = 0, 0, 0
+        #: forward passes run under torch.autocast with this dtype (set by the engine's fast path, never
+        #: by a method)
+        self.autocast: torch.dtype | None = None
 
     #: whether ``step`` needs the samples' dataset indices (``indices=``), e.g. for per-sample state
     needs_indices: ClassVar[bool] = False
@@ -306,7 +332,7 @@ class Method:
         """x_{t+1} = BaseOpt(x_t, G): write G into ``p.grad`` and take the base optimizer's step."""
         for p, g in zip(self.params, direction, strict=True):
             p.grad = g
-        self.base_optimizer.step()
+        _base_step(self.base_optimizer)
         for p in self.params:
             p.grad = None
 
@@ -327,7 +353,9 @@ class Method:
     def gradients(self, jobs: Sequence[GradJob]) -> list[GradResult]:
         """Independent gradient evaluations; an executor may run them at the same time."""
         backward = sum(job.num_backward for job in jobs)
-        self._passes.add_gradients(len(jobs), self.executor.sequential_depth(len(jobs)), backward)
+        depth_of = getattr(self.executor, "depth", None)  # optional, see Executor.sequential_depth
+        depth = depth_of(jobs) if depth_of is not None else self.executor.sequential_depth(len(jobs))
+        self._passes.add_gradients(len(jobs), depth, backward)
         return self.executor.evaluate(self, jobs)
 
     def forward_only(
@@ -341,12 +369,9 @@ class Method:
         """A forward pass without gradient (counted as one forward pass)."""
         self._passes.forward += 1
         target = self.model if model is None else model
+        params = None if point is None else dict(zip(self.param_names, point, strict=True))
         with torch.no_grad(), frozen_bn_stats(target, freeze=not update_bn):
-            if point is None:
-                return target(inputs)
-            return torch.func.functional_call(
-                target, dict(zip(self.param_names, point, strict=True)), (inputs,), strict=False
-            )
+            return model_forward(self, target, inputs, params)
 
     def current_point(self) -> TensorList:
         """x_t as detached views of the parameters (no copy)."""
@@ -399,6 +424,13 @@ def make_hparams(cls: type[Method], hparams: dict[str, Any]) -> Hyperparameters:
             f"valid: {', '.join(valid) if valid else '(none)'}"
         )
     return cls.Hparams(**hparams)
+
+
+@torch.compiler.disable
+def _base_step(optimizer: torch.optim.Optimizer) -> None:
+    """The base optimizer's step, always eager: a compiled step (``torch.compile`` of ``Method.step``)
+    would specialise on the learning rate and recompile at every schedule change."""
+    optimizer.step()
 
 
 def _optimized_parameters(

@@ -58,10 +58,14 @@ class SAM(Method):
     ) -> tuple[GradResult, GradResult]:
         """The two sequential passes: g at x_t on ``ascent_batch``, then the gradient at x_t + e."""
         clean = self.gradients([self.ascent_job(*ascent_batch)])[0]  # g = grad f(x_t; B_t)
-        e = self.ascent(clean.grads)  # e = rho g / ||g||
-        x_adv = add(self.current_point(), e)  # x_t + e
-        perturbed = self.gradient(*update_batch, point=x_adv)  # g_sam = grad f(x_t + e; B_t)
+        perturbed = self.sam_gradient(*update_batch, clean.grads)  # g_sam = grad f(x_t + e; B_t)
         return clean, perturbed
+
+    def sam_gradient(self, inputs: Tensor, targets: Tensor, g: TensorList) -> GradResult:
+        """g_sam = grad f(x_t + e(g); B) with BN running statistics frozen (the second pass alone, for
+        variants that decide after the clean pass whether to take it: LookSAM, AE-SAM, vSAM)."""
+        x_adv = add(self.current_point(), self.ascent(g))  # x_t + e, e = rho g / ||g||
+        return self.gradient(inputs, targets, point=x_adv)
 
     def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         clean, perturbed = self.sam_passes((inputs, targets), (inputs, targets))  # same batch twice

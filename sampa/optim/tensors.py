@@ -61,3 +61,21 @@ def cosine(xs: Sequence[Tensor], ys: Sequence[Tensor], eps: float = 1e-12) -> Te
 def distance(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     """||x - y||_2 over the concatenation."""
     return global_norm(torch._foreach_sub(list(xs), list(ys)))
+
+
+def reject(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> TensorList:
+    """x - (<x, y> / ||y||^2) y: the part of x orthogonal to y (x itself where y = 0).
+
+    The projection is exact (no stabiliser in ||y||^2): a stabiliser would leave a residual along y.
+    """
+    y_sq = dot(ys, ys)
+    coef = torch.where(y_sq > 0, dot(xs, ys) / torch.where(y_sq > 0, y_sq, 1.0), 0.0)
+    return add(xs, ys, alpha=-coef)
+
+
+def weighted_sum(vectors: Sequence[Sequence[Tensor]], weights: Sequence[float]) -> TensorList:
+    """sum_j w_j v_j over parameter-aligned vectors (new tensors)."""
+    out = scaled(vectors[0], weights[0])
+    for v, w in zip(vectors[1:], weights[1:], strict=True):
+        torch._foreach_add_(out, list(v), alpha=w)
+    return out
