@@ -322,7 +322,7 @@ def test_commands_plan_aggregate_table(runs, tmp_path, capsys):
 
 
 def test_optional_metrics_are_not_applicable_rather_than_missing(runs):
-    plan, root, frame = runs
+    plan, _, frame = runs
     spec = copy.deepcopy(plan.specs["t1"])
     spec["table"]["metrics"] = ["test_acc", "communication_share"]
     spec["table"]["columns"] = ["arm", "metric"]
