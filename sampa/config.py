@@ -52,6 +52,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     devices: int = 1  # 1, or 2 for the two-device backend
+    dist_timeout_s: float = 300.0  # two devices: a dead or hung rank stops the run after this long
     data_root: str | None = None  # default: $SAMPA_DATA, then ./data
     download: bool = True
     synthetic_train_size: int = 5000
@@ -129,6 +130,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _integer("eval_batch_size", cfg.eval_batch_size, low=1)
     _integer("threads", cfg.threads, low=0)
     _choice("devices", cfg.devices, (1, 2))
+    _number("dist_timeout_s", cfg.dist_timeout_s, low=0.0, low_open=True)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N (got {cfg.device!r})")
     n_train = train_set_size(cfg)
