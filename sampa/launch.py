@@ -45,6 +45,7 @@ import torch.multiprocessing as mp
 from sampa import io
 from sampa.backends.pair import WORLD_SIZE, PairBackend, ReplicaMismatchError, mode_for
 from sampa.config import ConfigError, RunConfig
+from sampa.data.cifar import CIFAR_SOURCES, ensure_extracted, resolve_root
 from sampa.optim import method_class
 from sampa.train import RunError, train
 
@@ -156,12 +157,19 @@ def _slurm_tasks(environ: dict[str, str] | os._Environ) -> int:
     return _env_int(environ, "SLURM_STEP_NUM_TASKS", _env_int(environ, "SLURM_NTASKS", 1))
 
 
+def prepare_data(cfg: RunConfig) -> None:
+    """Download, extract and verify CIFAR once, before the ranks read it (never two extractions at once)."""
+    if cfg.dataset in CIFAR_SOURCES:
+        ensure_extracted(cfg.dataset, resolve_root(cfg.data_root), cfg.download)
+
+
 # ----------------------------------------------------------------------------------------------
 # Self-spawned ranks
 
 
 def _spawn(cfg: RunConfig, out: Path) -> dict[str, Any] | None:
     kind = device_kind(cfg.device)
+    prepare_data(cfg)
     listener = listen(os.environ)
     host, port = listener.getsockname()[:2]
     store = dist.TCPStore(  # the store takes over the bound socket (no race for the port)
@@ -213,18 +221,22 @@ def _stop(context: mp.ProcessContext) -> None:
 
 def failure_summary(context: mp.ProcessContext, first: int, timeout_s: float) -> str:
     """One line with each failed rank's error, the first failure first (ranks the launcher stopped are
-    left out)."""
-    order = [first, *(r for r in range(len(context.processes)) if r != first)]
-    parts: list[str] = []
-    for rank in order:
+    left out; ranks with the same error share it)."""
+    errors: dict[str, list[int]] = {}
+    for rank in [first, *(r for r in range(len(context.processes)) if r != first)]:
         message = _rank_error(context.error_files[rank])
-        code = context.processes[rank].exitcode
         if message is None and rank == first:
-            message = _exit_description(code)
+            message = _exit_description(context.processes[rank].exitcode)
         if message is not None:
             if "timed out" in message.lower() or "timeout" in message.lower():
                 message += f" (collective timeout dist_timeout_s={timeout_s:g})"
-            parts.append(f"rank {rank}: {message}")
+            errors.setdefault(message, []).append(rank)
+    parts = [
+        f"rank {ranks[0]}: {message}"
+        if len(ranks) == 1
+        else f"ranks {' and '.join(map(str, sorted(ranks)))}: {message}"
+        for message, ranks in errors.items()
+    ]
     return "two-device run failed: " + "; ".join(parts)
 
 
@@ -257,9 +269,15 @@ def _exit_description(code: int | None) -> str:
 
 
 def run_rank(
-    cfg: RunConfig, out: str | os.PathLike, rank: int, device: torch.device, store: Any = None
+    cfg: RunConfig,
+    out: str | os.PathLike,
+    rank: int,
+    device: torch.device,
+    store: Any = None,
+    prepare: bool = False,
 ) -> dict[str, Any] | None:
-    """Join the process group (``store``, else the ``env://`` variables) and train as ``rank``."""
+    """Join the process group (``store``, else the ``env://`` variables) and train as ``rank``;
+    ``prepare``: rank 0 prepares the data while rank 1 waits."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
@@ -272,6 +290,10 @@ def run_rank(
         timeout=_timeout(cfg),
         **rendezvous,
     )
+    if prepare:
+        if rank == 0:
+            prepare_data(cfg)
+        dist.barrier()
     backend = PairBackend(rank, device, mode_for(method_class(cfg.optimizer)))
     metrics = train(cfg, out, backend)
     dist.destroy_process_group()
@@ -289,7 +311,7 @@ def _join(cfg: RunConfig, out: Path, joined: Rendezvous) -> dict[str, Any] | Non
         os.environ.setdefault("MASTER_ADDR", os.environ.get("SLURM_LAUNCH_NODE_IPADDR", LOOPBACK))
         os.environ.setdefault("MASTER_PORT", str(20000 + _env_int(os.environ, "SLURM_JOB_ID", 0) % 20000))
     try:
-        metrics = run_rank(cfg, out, joined.rank, device)
+        metrics = run_rank(cfg, out, joined.rank, device, prepare=True)
     except (ReplicaMismatchError, dist.DistError) as err:
         raise RunError(f"rank {joined.rank}: {str(err).strip().splitlines()[0]}") from None
     return metrics if joined.rank == 0 else None

@@ -126,16 +126,15 @@ class Scenario:
     lr: float = 0.05
 
 
+ODD_SIZES = (32, 37, 32, 31, 1, 32, 33, 32, 32, 32)  # odd halves; a one-sample batch leaves rank 1 empty
 SCENARIOS = {
     "sampa-0-sgd": Scenario("sampa", "tinycnn", hparams={"lam": 0.0, "rho": 0.05}),
     "sampa-0.2-sgd": Scenario("sampa", "tinycnn", hparams={"lam": 0.2, "rho": 0.1}),
     "sampa-1-sgd": Scenario("sampa", "tinycnn", hparams={"lam": 1.0, "rho": 0.1}),
     "sampa-0.2-adamw": Scenario("sampa", "tinycnn", base="adamw", hparams={"lam": 0.2}, lr=1e-3),
     "sampa-probe": Scenario("sampa", "tinycnn", hparams={"diagnostics_every": 3}, sizes=(32,) * 6),
-    "sgd-plain": Scenario("sgd", "plain", sizes=(32, 37, 32, 31, 32, 32, 33, 32, 32, 32)),
-    "sam-plain": Scenario(
-        "sam", "plain", hparams={"rho": 0.1}, sizes=(32, 37, 32, 31, 32, 32, 33, 32, 32, 32)
-    ),
+    "sgd-plain": Scenario("sgd", "plain", sizes=ODD_SIZES),
+    "sam-plain": Scenario("sam", "plain", hparams={"rho": 0.1}, sizes=ODD_SIZES),
     "msam-tinycnn": Scenario(MSAM, "tinycnn", hparams={"rho": 0.1, "micro_batch_size": 16}),
     "bn-average": Scenario("sgd", "tinycnn", lr=1e-30, sizes=(32,) * 4),
 }
@@ -412,6 +411,24 @@ def test_too_few_gpus_is_a_one_line_error(tmp_path, capsys, monkeypatch, device,
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     code = main([*PAIR, "--device", device, "--out", str(tmp_path / "run")])
     _one_line_error(capsys, code, pattern, tmp_path / "run")
+
+
+def test_missing_cifar_is_a_one_line_error_before_the_ranks_start(tmp_path, capsys):
+    data = tmp_path / "data"
+    args = [
+        *PAIR,
+        "--device",
+        "cpu",
+        "--no-download",
+        "--data-root",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    code = main([a if a != "synthetic" else "cifar10" for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(data) in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ The mode comes from the method (``Method.parallel_jobs``), never from its name:
   *statistics rank*; every other job goes to the less loaded rank. A job's result (gradient, loss,
   correct count, per-sample losses) is one flat buffer, broadcast from its owner as soon as it is
   ready. Receives are posted before a rank computes its own job, so transfers overlap computation and
-  the traffic per step is one all-gather of the two gradients.
+  the traffic per step is one all-gather of the two gradients. (``GradJob.local`` means nothing here:
+  no job is averaged.)
 * **Data parallel**, for every other method. Each rank takes its half of the global batch
   (``shard``; an odd batch gives rank 0 one more sample). Every job's gradient is averaged over the
   ranks, weighted by shard size: an all-reduce of (n_r g_r, n_r), started as soon as the job is done.
