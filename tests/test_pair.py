@@ -526,6 +526,10 @@ def _assert_failed_cleanly(proc: subprocess.Popen, family: list[int], out: Path,
     return line
 
 
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
+
+
+@LINUX_PROC
 def test_killed_rank_fails_cleanly_and_the_same_command_resumes_to_the_one_device_result(tmp_path):
     out = tmp_path / "pair"
     cmd = _cli(out, *E2E, "--dist-timeout-s", "30")
@@ -568,6 +572,7 @@ def test_killed_rank_fails_cleanly_and_the_same_command_resumes_to_the_one_devic
 
 
 @pytest.mark.slow
+@LINUX_PROC
 def test_frozen_rank_stops_the_run_after_the_collective_timeout(tmp_path):
     out = tmp_path / "run"
     proc, ranks = _start_and_wait_for_first_epoch(_cli(out, *E2E, "--dist-timeout-s", "5"), out)
