@@ -50,6 +50,7 @@ _FIELD_FLAGS = {
     "amp": str,
     "optimizer_impl": str,
     "compile": str,
+    "dist_timeout_s": float,
     "data_root": str,
     "synthetic_train_size": int,
     "synthetic_test_size": int,
@@ -194,10 +195,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_pair(cfg: RunConfig, out: str) -> dict[str, Any] | None:
-    try:
-        from sampa.backends.pair import launch
-    except ImportError:
-        raise ConfigError("devices must be 1: the two-device backend is not part of this version") from None
+    from sampa.launch import launch
+
     return launch(cfg, out)
 
 

@@ -61,6 +61,7 @@ class RunConfig:
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark during the run
     optimizer_impl: str = "default"  # base optimizer kernels: default (torch's choice) | foreach | fused
     compile: str = "off"  # torch.compile: off | model (forward/backward) | step (the whole method step)
+    dist_timeout_s: float = 300.0  # two devices: a dead or hung rank stops the run after this long
     data_root: str | None = None  # default: $SAMPA_DATA, then ./data
     download: bool = True
     synthetic_train_size: int = 5000
@@ -139,6 +140,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _integer("threads", cfg.threads, low=0)
     _choice("devices", cfg.devices, (1, 2))
     _check_fast_path(cfg)
+    _number("dist_timeout_s", cfg.dist_timeout_s, low=0.0, low_open=True)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N (got {cfg.device!r})")
     n_train = train_set_size(cfg)

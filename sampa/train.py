@@ -22,7 +22,7 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from sampa.models import build_model
 from sampa.optim import Method, StepRecord, build_method
 
 #: config keys that do not change results; a restart may change them
-NON_RESULT_KEYS = frozenset({"device", "threads", "data_root", "download"})
+NON_RESULT_KEYS = frozenset({"device", "threads", "data_root", "download", "dist_timeout_s"})
 
 
 class RunError(RuntimeError):
@@ -204,7 +204,10 @@ class _Run:
         self.model.load_state_dict(ckpt["model"])
         self.method.load_state_dict(ckpt["method"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
-        state = EngineState(**ckpt["engine"])
+        engine = dict(ckpt["engine"])
+        if isinstance(engine["memory"], list):  # one report per process
+            engine["memory"] = engine["memory"][self.backend.rank]
+        state = EngineState(**engine)
         state.resumes += 1
         if self.log_progress:
             print(
@@ -257,19 +260,19 @@ class _Run:
         row = {
             "epoch": epoch + 1,
             "lr": self._lr(epoch, 0),
-            **totals.summary(),
+            **totals.summary(self.backend.sum_over_replicas),
             "epoch_time_s": watch.seconds,
             **{f"backend_{k}": v for k, v in self.backend.stats().items()},
         }
         row["diverged"] = not math.isfinite(row["train_loss"])
         if not row["diverged"]:
-            row.update(self._evaluate_epoch())
+            row.update(self._evaluate_epoch(epoch + 1))
         return row
 
-    def _evaluate_epoch(self) -> dict[str, Any]:
+    def _evaluate_epoch(self, epoch: int) -> dict[str, Any]:
         watch = Stopwatch(self.device)
         with watch:
-            self.backend.check_replicas(self.model)
+            self.backend.check_replicas(self.model, epoch)
             self.backend.before_eval(self.model)
             out = _prefixed("val", evaluate(self.model, self.data, "val", self.cfg.eval_batch_size))
             if self.cfg.test_every_epoch:
@@ -285,15 +288,16 @@ class _Run:
         if improved:
             state.best_val_acc, state.best_epoch = row["val_acc"], row["epoch"]
         state.memory = self.memory.report(state.memory)
+        memory_per_process = self.backend.gather(state.memory)
         if self.backend.is_writer:
             if improved:
                 io.save_torch(self.paths.best, self.model.state_dict())
-            io.save_torch(self.paths.checkpoint, self._checkpoint())
+            io.save_torch(self.paths.checkpoint, self._checkpoint(memory_per_process))
             io.write_jsonl(self.paths.log, [_json_safe(r) for r in state.history])
         if self.log_progress:
             print(_progress_line(self.cfg, row, state), file=sys.stderr, flush=True)
 
-    def _checkpoint(self) -> dict[str, Any]:
+    def _checkpoint(self, memory_per_process: list[dict[str, Any]]) -> dict[str, Any]:
         s = self.state
         return {
             "model": self.model.state_dict(),
@@ -304,12 +308,13 @@ class _Run:
                 "history": [_json_safe(r) for r in s.history],
                 "best_val_acc": s.best_val_acc,
                 "best_epoch": s.best_epoch,
-                "memory": s.memory,
+                "memory": memory_per_process[0] if len(memory_per_process) == 1 else memory_per_process,
                 "resumes": s.resumes,
             },
         }
 
     def _finish_run(self, diverged_epoch: int | None) -> dict[str, Any]:
+        memory = self._gathered_memory()  # every process: also waits until best.pt is written
         self.backend.before_eval(self.model)
         final_val = evaluate(self.model, self.data, "val", self.cfg.eval_batch_size)
         final_test = evaluate(self.model, self.data, "test", self.cfg.eval_batch_size)
@@ -322,8 +327,10 @@ class _Run:
             "name": type(self.backend).__name__,
             "world_size": self.backend.world_size,
             "executor": type(self.backend.executor).__name__,
+            **self.backend.describe(),
+            **_backend_time(self.state.history, metrics["time"]["train_total_s"]),
         }
-        metrics["memory"] = self._gathered_memory()
+        metrics["memory"] = memory
         if self.backend.is_writer:
             io.write_json(self.paths.metrics, _json_safe(metrics))
             self.paths.checkpoint.unlink(missing_ok=True)
@@ -419,10 +426,12 @@ class _EpochTotals:
         for key, value in rec.stats.items():
             self.stats.setdefault(key, []).append(value)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, sum_over_replicas: Callable[[list[float]], list[float]]) -> dict[str, Any]:
+        """Epoch means; ``sum_over_replicas`` adds up the totals of data-parallel processes."""
+        loss, correct, count = sum_over_replicas([float(self.loss), float(self.correct), float(self.count)])
         out: dict[str, Any] = {
-            "train_loss": float(self.loss) / self.count,
-            "train_acc": float(self.correct) / self.count,
+            "train_loss": loss / count,
+            "train_acc": correct / count,
             "steps": self.steps,
             "passes_per_step": {k: v / self.steps for k, v in self.passes.items()},
         }
@@ -485,6 +494,16 @@ def build_metrics(
         },
         "config": cfg.to_dict(),
     }
+
+
+def _backend_time(history: list[dict[str, Any]], train_total_s: float) -> dict[str, Any]:
+    """Run totals of the backend's per-epoch seconds (``backend_*_s``) and their share of training time."""
+    keys = sorted({k for row in history for k in row if k.startswith("backend_") and k.endswith("_s")})
+    if not keys:
+        return {}
+    seconds = {k.removeprefix("backend_"): sum(row.get(k, 0.0) for row in history) for k in keys}
+    share = {k: v / train_total_s for k, v in seconds.items()} if train_total_s > 0 else {}
+    return {"seconds": seconds, "share_of_train_time": share}
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:

@@ -36,8 +36,13 @@ class Backend(Protocol):
         """Make the evaluated model identical on every process (e.g. BatchNorm running statistics)."""
         ...
 
-    def check_replicas(self, model: nn.Module) -> None:
-        """Raise if the replicas' parameters differ."""
+    def check_replicas(self, model: nn.Module, epoch: int) -> None:
+        """Raise if the replicas' parameters differ after ``epoch`` (1-based, for the message)."""
+        ...
+
+    def sum_over_replicas(self, values: list[float]) -> list[float]:
+        """Sum per-process totals over data-parallel replicas (unchanged where every process saw the
+        whole batch)."""
         ...
 
     def gather(self, obj: Any) -> list[Any]:
@@ -46,4 +51,8 @@ class Backend(Protocol):
 
     def stats(self) -> dict[str, float]:
         """Backend measurements since the last call (e.g. communication seconds)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Fixed facts about the backend for ``metrics.json`` (e.g. its parallel mode)."""
         ...

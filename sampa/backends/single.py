@@ -30,13 +30,19 @@ class SingleDevice:
     def before_eval(self, model: nn.Module) -> None:
         return None
 
-    def check_replicas(self, model: nn.Module) -> None:
+    def check_replicas(self, model: nn.Module, epoch: int) -> None:
         return None
+
+    def sum_over_replicas(self, values: list[float]) -> list[float]:
+        return values
 
     def gather(self, obj: Any) -> list[Any]:
         return [obj]
 
     def stats(self) -> dict[str, float]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
         return {}
 
 

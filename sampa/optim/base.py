@@ -267,6 +267,9 @@ class Method:
     Hparams: ClassVar[type[Hyperparameters]] = Hyperparameters
     #: stats keys recorded per step (not only averaged per epoch) by the training engine
     trace_keys: ClassVar[tuple[str, ...]] = ()
+    #: independent gradient jobs a step evaluates at once; a two-device backend runs a method with
+    #: ``parallel_jobs >= 2`` task-parallel (one job per device), every other method data-parallel
+    parallel_jobs: ClassVar[int] = 1
 
     def __init__(
         self,

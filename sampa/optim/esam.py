@@ -85,7 +85,7 @@ class ESAM(SAM):
         if self.hp.gamma < 1:
             inputs, targets = self.sharpness_sensitive_subset(inputs, targets, x_adv, clean)  # B+
         perturbed = self.gradient(inputs, targets, point=x_adv)  # G = grad f(x_t + e; B+)
-        stats = {"swp_kept": len(kept) / len(self.params), "sds_kept": perturbed.count / clean.count}
+        stats = {"swp_kept": len(kept) / len(self.params), "sds_kept": perturbed.count / max(clean.count, 1)}
         return perturbed.grads, clean, stats
 
     def sharpness_sensitive_subset(

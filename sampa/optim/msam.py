@@ -56,14 +56,14 @@ Batch = tuple[Tensor, Tensor]
 def micro_batches(inputs: Tensor, targets: Tensor, size: int) -> list[Batch]:
     """M = ceil(|B| / size) consecutive micro-batches of near-equal sizes (at most ``size``, differing
     by at most one), so a partial batch gives no tiny remainder (BatchNorm needs > 1 sample)."""
-    count = -(-targets.shape[0] // size)
+    count = max(1, -(-targets.shape[0] // size))  # an empty shard (two devices, 1-sample batch) stays one
     return list(zip(inputs.tensor_split(count), targets.tensor_split(count), strict=True))
 
 
 def size_weights(results: Sequence[GradResult]) -> list[float]:
     """|B^j| / |B| for each micro-batch result."""
     total = sum(r.count for r in results)
-    return [r.count / total for r in results]
+    return [r.count / total if total else 0.0 for r in results]
 
 
 def merged(results: Sequence[GradResult]) -> GradResult:

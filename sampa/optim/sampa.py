@@ -71,6 +71,7 @@ class SAMPa(Method):
     name = "sampa"
     display_name = "SAMPa"
     Hparams = SAMPaHparams
+    parallel_jobs = 2  # g~_t and g_{t+1}: one per device on the two-device backend
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,0 +1,560 @@
+"""The two-device backend on CPU with gloo.
+
+* Task mode: SAMPa on two ranks equals single-device SAMPa (lambda = 0, 0.2, 1; SGD and AdamW; a
+  BatchNorm CNN), parameters and BatchNorm statistics included.
+* Data mode: SGD and SAM on two ranks equal full-batch single-device SGD and SAM on a model without
+  BatchNorm (odd batches included); mSAM on two ranks equals single-process mSAM with two micro-batches.
+* Replica check, BatchNorm averaging, the launcher's one-line errors, a rank killed or frozen mid-run,
+  and a complete ``python -m sampa train --devices 2`` run directory.
+
+All ranks of the equality scenarios run in one spawn (``_scenario_results``); the single-device
+references run in the test process with the same code and ``SingleDevice``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from sampa import io
+from sampa.backends.pair import (
+    DATA,
+    TASK,
+    PairBackend,
+    ReplicaMismatchError,
+    assign_owners,
+    mode_for,
+    parameter_checksums,
+)
+from sampa.backends.single import SingleDevice
+from sampa.cli import main
+from sampa.config import config_from_dict
+from sampa.launch import Rendezvous, external_launcher
+from sampa.losses import make_loss
+from sampa.models import build_model
+from sampa.optim import METHODS, GradJob
+from sampa.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenarios: the same training loop on a pair or on one device
+
+
+class PlainCNN(nn.Module):
+    """No BatchNorm: data-parallel gradients equal full-batch gradients up to round-off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    method: str | type
+    model: str  # "tinycnn" (BatchNorm) or "plain"
+    base: str = "sgd"
+    hparams: dict[str, Any] = field(default_factory=dict)
+    sizes: tuple[int, ...] = (32,) * 12
+    lr: float = 0.05
+
+
+ODD_SIZES = (32, 37, 32, 31, 1, 32, 33, 32, 32, 32)  # odd halves; a one-sample batch leaves rank 1 empty
+SCENARIOS = {
+    "sampa-0-sgd": Scenario("sampa", "tinycnn", hparams={"lam": 0.0, "rho": 0.05}),
+    "sampa-0.2-sgd": Scenario("sampa", "tinycnn", hparams={"lam": 0.2, "rho": 0.1}),
+    "sampa-1-sgd": Scenario("sampa", "tinycnn", hparams={"lam": 1.0, "rho": 0.1}),
+    "sampa-0.2-adamw": Scenario("sampa", "tinycnn", base="adamw", hparams={"lam": 0.2}, lr=1e-3),
+    "sampa-probe": Scenario("sampa", "tinycnn", hparams={"diagnostics_every": 3}, sizes=(32,) * 6),
+    "sgd-plain": Scenario("sgd", "plain", sizes=ODD_SIZES),
+    "sam-plain": Scenario("sam", "plain", hparams={"rho": 0.1}, sizes=ODD_SIZES),
+    "msam-tinycnn": Scenario("msam", "tinycnn", hparams={"rho": 0.1, "micro_batch_size": 16}),
+    "sampa-bisam-sgd": Scenario("sampa-bisam", "tinycnn", sizes=(32,) * 6),  # jobs with two losses
+    "bisam-plain": Scenario("bisam", "plain", hparams={"rho": 0.1}, sizes=ODD_SIZES),
+    "esam-plain": Scenario("esam", "plain", hparams={"rho": 0.1}, sizes=ODD_SIZES),  # partial backward
+    "bn-average": Scenario("sgd", "tinycnn", lr=1e-30, sizes=(32,) * 4),
+}
+
+
+def run_scenario(sc: Scenario, backend: Any) -> dict[str, Any]:
+    """Train a fresh model on deterministic batches through ``backend``; final state and step losses."""
+    torch.manual_seed(0)
+    model = PlainCNN() if sc.model == "plain" else build_model(sc.model, 10)
+    params = list(model.parameters())
+    if sc.base == "adamw":
+        base = torch.optim.AdamW(params, lr=sc.lr, weight_decay=0.05)
+    else:
+        base = torch.optim.SGD(params, lr=sc.lr, momentum=0.9, weight_decay=5e-4)
+    cls = METHODS[sc.method] if isinstance(sc.method, str) else sc.method
+    method = cls(model, make_loss(0.1), base, executor=backend.executor, **sc.hparams)
+    gen = torch.Generator().manual_seed(1)
+    losses, depth = [], []
+    for n in sc.sizes:
+        x, y = torch.randn(n, 3, 16, 16, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+        record = method.step(*backend.shard(x, y, torch.arange(n)))
+        losses.append(float(record.loss))
+        depth.append(record.sequential)
+    backend.check_replicas(model, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    backend.before_eval(model)
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "buffers_before_sync": {k: v for k, v in before.items() if "running" in k},
+        "losses": losses,
+        "sequential": depth,
+        "stats": backend.stats(),
+    }
+
+
+def _rank_scenarios(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", store=store, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+    results: dict[str, Any] = {}
+    for name, sc in SCENARIOS.items():
+        cls = METHODS[sc.method] if isinstance(sc.method, str) else sc.method
+        results[name] = run_scenario(sc, PairBackend(rank, torch.device("cpu"), mode_for(cls)))
+    results["mismatch"] = _mismatch_message(rank)
+    results["sums"] = PairBackend(rank, torch.device("cpu"), DATA).sum_over_replicas([1.0 + rank, 10.0])
+    torch.save(results, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def _mismatch_message(rank: int) -> str:
+    """Replica check after one rank's parameter moved by one ulp."""
+    torch.manual_seed(0)
+    model = build_model("tinycnn", 10)
+    if rank == 1:
+        with torch.no_grad():
+            w = model.fc.weight
+            w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(math.inf))
+    try:
+        PairBackend(rank, torch.device("cpu"), TASK).check_replicas(model, 7)
+    except ReplicaMismatchError as err:
+        return str(err)
+    return ""
+
+
+@pytest.fixture(scope="module")
+def pair_results(tmp_path_factory) -> list[dict[str, Any]]:
+    """Both ranks' results of every scenario (one spawn for the whole module)."""
+    out = tmp_path_factory.mktemp("pair") / "results"
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.start_processes(_rank_scenarios, args=(store.port, str(out)), nprocs=2, start_method="spawn")
+    return [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Single-device references with one thread, like each rank."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def single(name: str) -> dict[str, Any]:
+    return run_scenario(SCENARIOS[name], SingleDevice(torch.device("cpu")))
+
+
+def assert_states_close(a: dict, b: dict, rtol: float, atol: float, keys: str = "") -> None:
+    for key in a:
+        if keys in key:
+            torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=lambda m, k=key: f"{k}: {m}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Task mode: SAMPa
+
+
+@pytest.mark.parametrize(
+    "name", ["sampa-0-sgd", "sampa-0.2-sgd", "sampa-1-sgd", "sampa-0.2-adamw", "sampa-bisam-sgd"]
+)
+def test_pair_sampa_equals_single_device_sampa(pair_results, name):
+    reference = single(name)
+    steps = len(reference["sequential"])
+    for rank in (0, 1):
+        got = pair_results[rank][name]
+        # same passes on the same inputs with one thread each: equal to fp32 round-off (in practice bitwise)
+        assert_states_close(got["state"], reference["state"], rtol=1e-6, atol=1e-7)
+        assert got["losses"] == pytest.approx(reference["losses"], rel=1e-6)
+    assert pair_results[0][name]["sequential"][1:] == [1] * (steps - 1)  # the two gradients side by side
+    assert reference["sequential"][1:] == [2] * (steps - 1)
+
+
+def test_pair_sampa_bn_statistics_are_the_single_device_ones(pair_results):
+    reference = single("sampa-0.2-sgd")["state"]
+    got = pair_results[0]["sampa-0.2-sgd"]
+    assert_states_close(got["state"], reference, rtol=1e-6, atol=1e-7, keys="running")
+    assert torch.equal(
+        got["state"]["features.1.num_batches_tracked"], reference["features.1.num_batches_tracked"]
+    )
+    # before the synchronisation rank 0 never updated its statistics (rank 1 ran every update_bn pass)
+    untouched = build_model("tinycnn", 10).state_dict()
+    assert torch.equal(
+        got["buffers_before_sync"]["features.1.running_mean"], untouched["features.1.running_mean"]
+    )
+
+
+def test_pair_sampa_with_probe_job_spreads_three_jobs(pair_results):
+    reference = single("sampa-probe")
+    got = pair_results[1]["sampa-probe"]
+    assert_states_close(got["state"], reference["state"], rtol=1e-6, atol=1e-7)
+    assert got["sequential"] == [1, 1, 1, 2, 1, 1]  # step 3 adds the probe: 3 jobs on 2 ranks
+
+
+def test_owner_assignment_puts_bn_pass_on_the_statistics_rank():
+    x, y = torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)
+    perturbed, extrapolated, probe = GradJob(x, y), GradJob(x, y, update_bn=True), GradJob(x, y)
+    assert assign_owners([perturbed, extrapolated]) == [0, 1]  # Algorithm 2: GPU1 x~_t, GPU2 y_{t+1}
+    assert assign_owners([extrapolated]) == [1]
+    assert assign_owners([perturbed, extrapolated, probe]) == [0, 1, 0]
+    assert assign_owners([perturbed]) == [0]
+    assert mode_for(METHODS["sampa"]) == TASK and mode_for(METHODS["sam"]) == DATA
+
+
+# ----------------------------------------------------------------------------------------------
+# Data mode: SGD, SAM, mSAM
+
+
+@pytest.mark.parametrize("name", ["sgd-plain", "sam-plain", "bisam-plain", "esam-plain"])
+def test_data_parallel_equals_full_batch_single_device(pair_results, name):
+    reference = single(name)
+    for rank in (0, 1):
+        assert_states_close(pair_results[rank][name]["state"], reference["state"], rtol=1e-5, atol=1e-6)
+    assert pair_results[0][name]["state"]["fc.weight"].equal(pair_results[1][name]["state"]["fc.weight"])
+
+
+def test_data_parallel_msam_equals_two_micro_batches_on_one_device(pair_results):
+    reference = single("msam-tinycnn")
+    for rank in (0, 1):
+        got = pair_results[rank]["msam-tinycnn"]["state"]
+        assert_states_close(got, reference["state"], rtol=1e-5, atol=1e-6, keys="weight")
+        assert_states_close(got, reference["state"], rtol=1e-5, atol=1e-6, keys="bias")
+
+
+def test_data_parallel_bn_statistics_are_averaged(pair_results):
+    """lr ~ 0: the parameters stay put, so the averaged running mean is the full-batch running mean."""
+    rank0, rank1 = (pair_results[r]["bn-average"] for r in (0, 1))
+    key = "features.1.running_mean"
+    expected = (rank0["buffers_before_sync"][key] + rank1["buffers_before_sync"][key]) / 2
+    torch.testing.assert_close(rank0["state"][key], expected)
+    assert torch.equal(rank0["state"][key], rank1["state"][key])
+    full_batch = single("bn-average")["state"][key]
+    torch.testing.assert_close(rank0["state"][key], full_batch, rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_sums_epoch_totals(pair_results):
+    assert pair_results[0]["sums"] == [3.0, 20.0] == pair_results[1]["sums"]
+
+
+def test_backend_measures_compute_and_communication(pair_results):
+    stats = pair_results[0]["sampa-0.2-sgd"]["stats"]
+    assert stats["compute_s"] > 0 and stats["comm_s"] >= 0
+    assert stats["comm_share"] == pytest.approx(stats["comm_s"] / (stats["comm_s"] + stats["compute_s"]))
+    assert stats["exchanges"] == 1 + 2 * 11  # one broadcast per job
+
+
+# ----------------------------------------------------------------------------------------------
+# Replica check
+
+
+def test_replica_mismatch_is_a_clear_error_on_both_ranks(pair_results):
+    for rank in (0, 1):
+        message = pair_results[rank]["mismatch"]
+        assert "differ after epoch 7" in message and "'fc.weight'" in message
+
+
+def test_checksum_sees_one_ulp_and_nan():
+    torch.manual_seed(0)
+    model = build_model("tinycnn", 10)
+    before = parameter_checksums(model)
+    with torch.no_grad():
+        model.fc.bias[0] = torch.nextafter(model.fc.bias[0], torch.tensor(math.inf))
+    after = parameter_checksums(model)
+    assert (before != after).sum() == 1
+    with torch.no_grad():
+        model.fc.bias[0] = math.nan
+    assert torch.equal(parameter_checksums(model), parameter_checksums(model))
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher: bad input before anything starts
+
+
+PAIR = [
+    "train",
+    "--model",
+    "tinycnn",
+    "--dataset",
+    "synthetic",
+    "--epochs",
+    "1",
+    "--devices",
+    "2",
+    "--synthetic-train-size",
+    "200",
+    "--synthetic-test-size",
+    "100",
+    "--batch-size",
+    "32",
+]
+
+
+def _one_line_error(capsys, code: int, pattern: str, out: Path) -> None:
+    import re
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("sampa train: error: "), err
+    assert re.search(pattern, err), err
+    assert not out.exists()
+
+
+def test_busy_master_port_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        monkeypatch.setenv("MASTER_PORT", str(busy.getsockname()[1]))
+        code = main([*PAIR, "--device", "cpu", "--out", str(tmp_path / "run")])
+    _one_line_error(capsys, code, r"MASTER_PORT \d+ is already in use on 127.0.0.1", tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("env", "pattern"),
+    [
+        ({"RANK": "0", "WORLD_SIZE": "3"}, "needs exactly 2 processes, but torchrun started 3"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, "needs exactly 2 processes, but SLURM started 4"),
+        ({"MASTER_PORT": "http"}, "MASTER_PORT must be an integer"),
+    ],
+)
+def test_launcher_environment_errors(tmp_path, capsys, monkeypatch, env, pattern):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code = main([*PAIR, "--device", "cpu", "--out", str(tmp_path / "run")])
+    _one_line_error(capsys, code, pattern, tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("device", "visible", "pattern"),
+    [
+        ("auto", 1, "needs two CUDA devices but 1 is visible; use --device cpu"),
+        ("cuda", 0, "needs two CUDA devices but 0 is visible"),
+        ("cuda:1", 2, "uses cuda:0 and cuda:1; use --device cuda"),
+    ],
+)
+def test_too_few_gpus_is_a_one_line_error(tmp_path, capsys, monkeypatch, device, visible, pattern):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: visible > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    code = main([*PAIR, "--device", device, "--out", str(tmp_path / "run")])
+    _one_line_error(capsys, code, pattern, tmp_path / "run")
+
+
+def test_missing_cifar_is_a_one_line_error_before_the_ranks_start(tmp_path, capsys):
+    data = tmp_path / "data"
+    args = [
+        *PAIR,
+        "--device",
+        "cpu",
+        "--no-download",
+        "--data-root",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    code = main([a if a != "synthetic" else "cifar10" for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(data) in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),  # one task: this launcher starts both ranks
+        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1"}, Rendezvous(1, 2, 1, "SLURM")),
+        (
+            {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "2"},
+            Rendezvous(0, 2, 0, "SLURM"),
+        ),
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, Rendezvous(1, 2, 1, "torchrun")),
+    ],
+)
+def test_external_launchers_are_recognised(env, expected):
+    assert external_launcher(env) == expected
+
+
+def test_bad_timeout_is_a_config_error(tmp_path, capsys):
+    code = main([*PAIR, "--device", "cpu", "--dist-timeout-s", "0", "--out", str(tmp_path / "run")])
+    _one_line_error(capsys, code, r"dist_timeout_s must be in \(0, inf\]", tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: a killed rank, the resumed run's complete directory, a frozen rank
+
+
+def _cli(out: Path, *flags: str) -> list[str]:
+    """A two-device SAMPa run whose epochs take long enough to kill a rank during the second one."""
+    run = ["--optimizer", "sampa", "--device", "cpu", "--lr", "0.05", "--out", str(out), *flags]
+    return [sys.executable, "-m", "sampa", *PAIR, *run]
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+E2E = ["--epochs", "3", "--synthetic-train-size", "800"]  # 23 steps per epoch
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _ranks(launcher: int) -> list[int]:
+    return [
+        pid
+        for pid in _descendants(launcher)
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_and_wait_for_first_epoch(cmd: list[str], out: Path) -> tuple[subprocess.Popen, list[int]]:
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1]
+    ranks = _ranks(proc.pid)
+    assert len(ranks) == 2, ranks
+    return proc, ranks
+
+
+def _assert_failed_cleanly(proc: subprocess.Popen, family: list[int], out: Path, within_s: float) -> str:
+    started = time.time()
+    _, err = proc.communicate(timeout=within_s + 30)
+    assert time.time() - started < within_s, err
+    assert proc.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("sampa train: error: two-device run failed: "), err
+    deadline = time.time() + 10  # the multiprocessing resource tracker exits once the launcher is gone
+    while any(_alive(pid) for pid in family) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in family if _alive(pid)]
+    assert not (out / "metrics.json").exists()
+    return line
+
+
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
+
+
+@LINUX_PROC
+def test_killed_rank_fails_cleanly_and_the_same_command_resumes_to_the_one_device_result(tmp_path):
+    out = tmp_path / "pair"
+    cmd = _cli(out, *E2E, "--dist-timeout-s", "30")
+    proc, ranks = _start_and_wait_for_first_epoch(cmd, out)
+    family = _descendants(proc.pid)
+    os.kill(ranks[-1], signal.SIGKILL)
+    assert "killed by SIGKILL" in _assert_failed_cleanly(proc, family, out, within_s=30)
+    assert (out / "checkpoint.pt").exists()
+
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "resuming after epoch" in done.stderr
+    metrics = io.read_json(out / "metrics.json")
+    assert metrics["status"] == "complete" and metrics["provenance"]["resumes"] == 1
+    backend = metrics["backend"]
+    assert (backend["mode"], backend["dist_backend"], backend["world_size"]) == ("task", "gloo", 2)
+    assert set(backend["seconds"]) == {"comm_s", "compute_s"}
+    assert 0 <= backend["share_of_train_time"]["comm_s"] < 1
+    per_rank = metrics["memory"]["per_rank"]
+    assert len(per_rank) == 2 and all(m["cpu_peak_rss_mib"] > 0 for m in per_rank)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all({"backend_comm_s", "backend_compute_s", "backend_comm_share"} <= set(r) for r in rows)
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".tmp")) == [
+        ".lock",
+        "best.pt",
+        "config.json",
+        "log.jsonl",
+        "metrics.json",
+    ]
+    # the same run on one device, uninterrupted: same losses, accuracies and best checkpoint
+    cfg = config_from_dict(io.read_json(out / "config.json"))
+    cfg.devices, cfg.threads = 1, 1
+    reference = train(cfg, tmp_path / "single", log_progress=False)
+    single_rows = [json.loads(x) for x in (tmp_path / "single" / "log.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, single_rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert metrics["best_val_acc"] == reference["best_val_acc"]
+    assert metrics["final_test_loss"] == pytest.approx(reference["final_test_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+@LINUX_PROC
+def test_frozen_rank_stops_the_run_after_the_collective_timeout(tmp_path):
+    out = tmp_path / "run"
+    proc, ranks = _start_and_wait_for_first_epoch(_cli(out, *E2E, "--dist-timeout-s", "5"), out)
+    family = _descendants(proc.pid)
+    os.kill(ranks[0], signal.SIGSTOP)
+    assert "dist_timeout_s=5" in _assert_failed_cleanly(proc, family, out, within_s=5 + 20)
+
+
+@pytest.mark.slow
+def test_torchrun_gives_the_self_launched_result(tmp_path):
+    flags = ["--optimizer", "sgd", "--device", "cpu", "--lr", "0.05"]
+    runs = {}
+    for name, prefix in [("self", ["-m", "sampa"]), ("torchrun", TORCHRUN)]:
+        cmd = [sys.executable, *prefix, *PAIR, *flags, "--out", str(tmp_path / name)]
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        runs[name] = io.read_json(tmp_path / name / "metrics.json")
+    for key in ("final_train_loss", "final_val_loss", "final_test_loss", "best_val_acc"):
+        assert runs["torchrun"][key] == runs["self"][key]
+    assert runs["torchrun"]["backend"]["mode"] == "data"
+
+
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "sampa"]
