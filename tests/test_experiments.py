@@ -176,3 +176,11 @@ def test_cached_plan_equals_plan_and_follows_changes(tmp_path):
     assert again.runs == first.runs == fresh.runs and again.specs == fresh.specs
     changed = ex.cached_plan(config(seeds=[0, 1, 2]), cache)
     assert len(changed.runs["t1"]) == 3 * 2 * 3  # a changed config is planned again
+
+
+def test_machine_keys_are_the_engines_non_result_keys():
+    from sampa.train import NON_RESULT_KEYS
+
+    assert set(ex.MACHINE_KEYS) == NON_RESULT_KEYS
+    forbidden = ex.load_schema()["$defs"]["settings"]["propertyNames"]["not"]["enum"]
+    assert set(ex.MACHINE_KEYS) | set(ex.RESERVED_KEYS) == set(forbidden)
