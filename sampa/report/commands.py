@@ -166,6 +166,7 @@ def _table(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from sampa import io
+    from sampa.report.compare import compare
     from sampa.report.tables import TableError, cell_table, render, unsupported_message
 
     spec = _spec(args)
@@ -176,7 +177,9 @@ def _table(args: argparse.Namespace) -> int:
         raise TableError(f"experiment {spec['id']!r} is a {spec['kind']}, not a table")
     if not args.runs:
         raise TableError("--runs is required (the runs table from python -m sampa aggregate)")
-    text = render(spec, cell_table(spec, pd.read_csv(args.runs)))
+    runs = pd.read_csv(args.runs)
+    cells = cell_table(spec, runs)
+    text = render(spec, cells, compare(spec, cells, runs))
     for path, content in ((args.md, text.markdown), (args.tex, text.latex), (args.csv, text.csv)):
         if path:
             io.write_text(path, content)
