@@ -449,7 +449,7 @@ def _flat(column: Any) -> str:
 
 def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None) -> str:
     """booktabs table via ``Styler.to_latex``; best cells in bold (``\\bfseries``)."""
-    table = pivot(spec, cells, cells["text"].map(_latex_cell)).rename(index=latex_escape).reset_index()
+    table = pivot(spec, cells, cells["text"].map(latex_cell)).rename(index=latex_escape).reset_index()
     best = pivot(spec, cells, cells["best"].map(lambda b: "1" if b else "")).reset_index()
     styler = table.style.hide(axis="index")
     styler = styler.apply(lambda _: best.map(lambda b: "font-weight: bold;" if b == "1" else ""), axis=None)
@@ -482,7 +482,7 @@ def _comparison_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: 
     compared = comparison_frame(spec, cells, comparison)
     if compared.empty:
         return f"% {caption}\n" + "".join(f"% {line}\n" for line in unmatched)
-    table = compared.map(_latex_cell)
+    table = compared.map(latex_cell)
     latex = (
         table.style.hide(axis="index")
         .format_index(escape="latex", axis=1)
@@ -497,7 +497,7 @@ def _comparison_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: 
     return "\n" + latex + "".join(f"% {line}\n" for line in unmatched)
 
 
-def _latex_cell(text: str) -> str:
+def latex_cell(text: str) -> str:
     return latex_escape(text).replace("±", r"$\pm$").replace("×", r"$\times$").replace("—", "--")
 
 

@@ -50,7 +50,12 @@ def _read() -> pd.DataFrame:
 
 
 def paper_results() -> pd.DataFrame:
-    """Every paper row with its lookup keys (a fresh copy; the file is read once)."""
+    """Every paper row with its lookup keys (a fresh copy; the file is read and keyed once)."""
+    return _keyed().copy()
+
+
+@functools.cache
+def _keyed() -> pd.DataFrame:
     rows = _read().copy()
     rows["note"] = rows["note"].fillna("")
     rows["paper"] = [paper_ref(t) for t in rows["table"]]
@@ -69,7 +74,7 @@ def paper_results() -> pd.DataFrame:
 
 def rows_of(paper: str) -> pd.DataFrame:
     """The rows of one paper table ("Table 7"); empty for anything else."""
-    rows = paper_results()
+    rows = _keyed()
     return rows[rows["paper"] == paper].reset_index(drop=True)
 
 
