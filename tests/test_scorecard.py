@@ -351,10 +351,12 @@ def test_scorecard_verdicts(results):
         7: scorecard.NOT_RUN,  # Table 10 is not in this config
         8: scorecard.NOT_RUN,
     }
-    assert outcome(card, 7).finding == f"{scorecard.NOT_IN_CONFIG}: Table 10"
+    assert outcome(card, 7).finding.startswith(f"{scorecard.NOT_IN_CONFIG}: Table 10")
+    assert list(outcome(card, 7).evidence["lower"]) == ["OptSAM"]  # Table 9's evidence is still shown
     assert outcome(card, 8).finding.startswith(scorecard.NOT_IN_CONFIG)
     first = outcome(card, 1).evidence
-    assert len(first) == 3 and set(first["holds"]) == {"yes"}
+    assert len(first) == 3 and set(first["holds"]) == {"yes"} and set(first["higher"]) == {"SAMPa-0.2"}
+    assert first.iloc[0]["higher acc (%)"] == "94.70 ± 0.14 (n=2)"
     assert first.iloc[0]["Δ paper"] == "+0.36"  # 94.62 - 94.26
     noise = outcome(card, 3).evidence
     assert list(noise["Noise rate"]) == ["20%"]  # 0% is not a noisy-label line

@@ -194,9 +194,11 @@ def _above(
             blocked = Outcome(NOT_RUN, "the two arms ran different numbers of epochs")
         outcome = blocked or _decide(evidence["holds"].eq("yes").tolist() if len(evidence) else [])
         outcome.evidence = evidence
-        if not outcome.finding:
+        if len(evidence):
             holds = int(evidence["holds"].eq("yes").sum())
-            outcome.finding = f"holds on {holds} of {len(evidence)} lines"
+            outcome.finding = "; ".join(
+                filter(None, [outcome.finding, f"holds on {holds} of {len(evidence)} lines"])
+            )
         return outcome
 
     return assess
@@ -225,8 +227,10 @@ def _above_rows(
             {
                 "paper": ref,
                 **{_axis_title(a): v for a, v in labels.items()},
-                loser: _ours(l_["mean"], l_["std"], l_["n"]),
-                winner: _ours(w["mean"], w["std"], w["n"]),
+                "lower": loser,
+                "lower acc (%)": _ours(l_["mean"], l_["std"], l_["n"]),
+                "higher": winner,
+                "higher acc (%)": _ours(w["mean"], w["std"], w["n"]),
                 "Δ ours": _fmt(delta, sign=True),
                 "Δ paper": _fmt(paper_delta, sign=True),
                 "equal epochs": "yes" if same_epochs else "no",
@@ -381,7 +385,7 @@ def _cosine(inputs: Inputs) -> Outcome:
     lowest = float(probed[column].min()) if len(probed) else math.nan
     finding = f"lowest cosine over {len(probed)} run-epochs: {_fmt(lowest, 4)} (paper: above 0.99)"
     if blocked is not None:
-        return Outcome(blocked.verdict, finding, pd.DataFrame(rows))
+        return Outcome(blocked.verdict, f"{blocked.finding}; {finding}", pd.DataFrame(rows))
     if not len(probed):
         return Outcome(NOT_RUN, "no probed epochs in the logs", pd.DataFrame(rows))
     return Outcome(REPRODUCED if lowest >= COSINE_FLOOR else NOT_REPRODUCED, finding, pd.DataFrame(rows))
@@ -465,7 +469,9 @@ def _vsam(inputs: Inputs) -> Outcome:
             }
         )
     outcome = _blocked([runs], []) or _decide(holds)
-    outcome.finding = outcome.finding or f"holds on {sum(holds)} of {len(holds)} lines"
+    outcome.finding = "; ".join(
+        filter(None, [outcome.finding, f"holds on {sum(holds)} of {len(holds)} lines"])
+    )
     outcome.evidence = pd.DataFrame(rows)
     return outcome
 
