@@ -226,7 +226,10 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     for ext in ("pdf", "png", "csv"):
         assert (work / f"figures/mini/bars.{ext}").stat().st_size > 0
     card = (work / "results/mini/tables/reproduction.md").read_text()
-    assert card.startswith("# Reproduction scorecard") and "8 not run" in card  # no paper experiment here
+    assert card.startswith("> **SMOKE PROFILE") and "# Reproduction scorecard" in card
+    assert (
+        "8 not run" in card and "experiment not in this config: Table 1" in card
+    )  # no paper experiment here
     tables_before = {p.name: p.read_bytes() for p in (work / "results/mini/tables").iterdir()}
 
     # one run's metrics deleted: only that run is trained again, then the presentation jobs
