@@ -118,6 +118,7 @@ def test_paper_dry_run_job_counts(tmp_path):
     assert counts["make_table"] == 12  # Tables 1, 2, 4, 7-14 and the vSAM comparison
     assert counts["explain_unsupported"] == 3  # Tables 3, 5, 6
     assert counts["make_figure"] == 4 and counts["run_toy"] == 1 and counts["aggregate_runs"] == 1
+    assert counts["make_scorecard"] == 1  # results/paper/tables/reproduction.{md,tex}
 
 
 def test_slurm_profile_plans_the_paper(tmp_path):
@@ -224,6 +225,11 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     assert "| SAM " in table and " ± " in table
     for ext in ("pdf", "png", "csv"):
         assert (work / f"figures/mini/bars.{ext}").stat().st_size > 0
+    card = (work / "results/mini/tables/reproduction.md").read_text()
+    assert card.startswith("> **SMOKE PROFILE") and "# Reproduction scorecard" in card
+    assert (
+        "8 not run" in card and "experiment not in this config: Table 1" in card
+    )  # no paper experiment here
     tables_before = {p.name: p.read_bytes() for p in (work / "results/mini/tables").iterdir()}
 
     # one run's metrics deleted: only that run is trained again, then the presentation jobs
@@ -234,8 +240,9 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
         "aggregate_runs": 1,
         "make_table": 1,
         "make_figure": 1,
+        "make_scorecard": 1,
         "all": 1,
-        "total": 5,
+        "total": 6,
     }
     # training is deterministic: the retrained run gives byte-identical tables
     assert {p.name: p.read_bytes() for p in (work / "results/mini/tables").iterdir()} == tables_before

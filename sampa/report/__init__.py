@@ -3,5 +3,8 @@
 * :mod:`sampa.report.runs`: run directories -> tidy tables (``runs.csv``: one row per run).
 * :mod:`sampa.report.tables`: a paper table as a tidy cell table, rendered to Markdown, LaTeX, CSV.
 * :mod:`sampa.report.figures`: paper figures (style in :mod:`sampa.report.style`).
-* :mod:`sampa.report.commands`: ``python -m sampa plan|aggregate|table|figure``.
+* :mod:`sampa.report.paper`: the paper's numbers (``paper/results.csv``) keyed by our naming.
+* :mod:`sampa.report.compare`: table cells beside the paper's (Δ, within/outside; time and memory as ratios).
+* :mod:`sampa.report.scorecard`: the paper's claims with our evidence and a verdict (``reproduction.md``).
+* :mod:`sampa.report.commands`: ``python -m sampa plan|aggregate|table|figure|scorecard``.
 """

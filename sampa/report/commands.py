@@ -1,4 +1,4 @@
-"""Command line of the presentation side: ``python -m sampa plan|aggregate|table|figure``.
+"""Command line of the presentation side: ``python -m sampa plan|aggregate|table|figure|scorecard``.
 
 These commands read configs and run directories and write tables and figures; they never train.
 A spec (``--spec``) is one experiment resolved by the workflow (``sampa.experiments.resolve``);
@@ -31,6 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_aggregate(sub)
     _add_table(sub)
     _add_figure(sub)
+    _add_scorecard(sub)
 
 
 def _spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -166,6 +167,7 @@ def _table(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from sampa import io
+    from sampa.report.compare import compare
     from sampa.report.tables import TableError, cell_table, render, unsupported_message
 
     spec = _spec(args)
@@ -176,7 +178,9 @@ def _table(args: argparse.Namespace) -> int:
         raise TableError(f"experiment {spec['id']!r} is a {spec['kind']}, not a table")
     if not args.runs:
         raise TableError("--runs is required (the runs table from python -m sampa aggregate)")
-    text = render(spec, cell_table(spec, pd.read_csv(args.runs)))
+    runs = pd.read_csv(args.runs)
+    cells = cell_table(spec, runs)
+    text = render(spec, cells, compare(spec, cells, runs))
     for path, content in ((args.md, text.markdown), (args.tex, text.latex), (args.csv, text.csv)):
         if path:
             io.write_text(path, content)
@@ -214,4 +218,53 @@ def _figure(args: argparse.Namespace) -> int:
         write_csv(result.frame, args.csv)
     if result.missing:
         print(f"{len(result.missing)} runs missing: " + "; ".join(result.missing), file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# scorecard
+
+
+def _add_scorecard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scorecard", help="the paper's claims with our evidence and a verdict (Markdown, LaTeX)"
+    )
+    p.add_argument("--specs", help="every resolved experiment as JSON {id: spec} (what the workflow passes)")
+    p.add_argument("--config", help="workflow config (configs/*.yaml) instead of --specs")
+    p.add_argument("--runs", required=True, help="runs table (python -m sampa aggregate)")
+    p.add_argument("--toy", help="toy summary of Figure 1 (python -m sampa toy --summary)")
+    p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="run directories (Figure 4 logs)")
+    p.add_argument("--md", help="Markdown output (default: printed)")
+    p.add_argument("--tex", help="LaTeX output")
+    p.set_defaults(handler=lambda a: _run("scorecard", _scorecard, a))
+
+
+def _scorecard(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from sampa import io
+    from sampa.experiments import PlanError, load_config, plan
+    from sampa.report.scorecard import Inputs, render_latex, render_markdown, scorecard
+
+    if args.specs:
+        try:
+            specs = json.loads(args.specs)
+        except json.JSONDecodeError as err:
+            raise PlanError(f"--specs is not valid JSON: {err.msg} (column {err.colno})") from None
+    elif args.config:
+        specs = plan(load_config(args.config)).specs
+    else:
+        raise PlanError("give --specs or --config")
+    for flag, path in (("--runs", args.runs), ("--toy", args.toy)):
+        if path and not Path(path).exists():
+            raise PlanError(f"{flag} {path!r} does not exist")
+    toy = pd.read_csv(args.toy) if args.toy else None
+    inputs = Inputs(specs, pd.read_csv(args.runs), toy, Path(args.runs_root))
+    card = scorecard(inputs)
+    if args.md:
+        io.write_text(args.md, render_markdown(card))
+    if args.tex:
+        io.write_text(args.tex, render_latex(card))
+    if not (args.md or args.tex):
+        print(render_markdown(card))
     return 0

@@ -3,7 +3,8 @@
 :func:`cell_table` returns one row per table cell (its axes, metric, mean, std over seeds, n, the
 runs that are missing, whether it is the best of its line); :func:`render_markdown`,
 :func:`render_latex` and :func:`render_csv` only format that frame. A "paper" column can be joined
-onto the cell table per cell before rendering.
+onto the cell table per cell before rendering: :func:`sampa.report.compare.compare` gives the paper's value
+beside ours, rendered under the main table (``comparison=``).
 
 Statistics: mean and sample standard deviation (ddof=1) over the seeds whose run completed; a
 cell with fewer runs than planned says so (``n=4``), and every planned run that is not complete
@@ -17,13 +18,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from sampa.config import config_from_dict
 from sampa.experiments import MACHINE_KEYS, PlannedRun, plan_experiment
 from sampa.report.metrics import Metric, metric
+
+if TYPE_CHECKING:
+    from sampa.report.compare import Comparison
 
 AVERAGE = "Average"
 COST = "Temporal cost/Epochs"
@@ -301,8 +305,12 @@ def _cell_text(row: Any) -> str:
 # Rendering
 
 
-def render(spec: Mapping[str, Any], cells: pd.DataFrame) -> TableText:
-    return TableText(render_markdown(spec, cells), render_latex(spec, cells), render_csv(spec, cells))
+def render(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None) -> TableText:
+    return TableText(
+        render_markdown(spec, cells, comparison),
+        render_latex(spec, cells, comparison),
+        render_csv(spec, cells, comparison),
+    )
 
 
 def pivot(spec: Mapping[str, Any], cells: pd.DataFrame, text: pd.Series | None = None) -> pd.DataFrame:
@@ -382,14 +390,50 @@ def footer_lines(spec: Mapping[str, Any], cells: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render_markdown(spec: Mapping[str, Any], cells: pd.DataFrame) -> str:
+def render_markdown(
+    spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None
+) -> str:
     marked = [_bold_markdown(t) if b else t for t, b in zip(cells["text"], cells["best"], strict=True)]
     table = pivot(spec, cells, pd.Series(marked, index=cells.index)).reset_index()
     table.columns = [_flat(c) for c in table.columns]
     head = [f"> **{line}**" for line in warning_lines(spec, _datasets(cells))]
     head += [f"**{title_line(spec)}**"] + ([spec["caption"]] if spec.get("caption") else [])
     body = table.to_markdown(index=False, disable_numparse=True)
-    return "\n\n".join(["\n\n".join(head), body, "\n".join(footer_lines(spec, cells))]) + "\n"
+    parts = ["\n\n".join(head), body, "\n".join(footer_lines(spec, cells))]
+    if comparison is not None:
+        from sampa.report.compare import rule_lines
+
+        compared = comparison_frame(spec, cells, comparison)
+        parts += [f"**Against the paper ({comparison.paper})**"]
+        parts += [compared.to_markdown(index=False, disable_numparse=True)] if len(compared) else []
+        parts += ["\n".join(rule_lines(comparison))]
+    return "\n\n".join(parts) + "\n"
+
+
+def comparison_frame(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison) -> pd.DataFrame:
+    """The compared cells as text: axis labels, metric, ours, the paper's, Δ and the verdict.
+
+    Synthetic runs get no Δ and no verdict columns.
+    """
+    layout = spec["table"]
+    axes = [a for a in [*layout["rows"], *layout["columns"]] if a != "metric"]
+    frame = comparison.frame
+    out = pd.DataFrame({axis_name(a): cells.loc[frame.index, a] for a in axes}, index=frame.index)
+    base = comparison.ratio_base
+    out["Metric"] = [
+        _compared_label(m, r, base) for m, r in zip(frame["metric"], frame["ratio"], strict=True)
+    ]
+    out["Ours"] = frame["ours_text"]
+    out["Paper"] = frame["paper_text"]
+    if not comparison.synthetic:
+        out["Δ"] = frame["delta_text"]
+        out["Verdict"] = frame["verdict"]
+    return out.reset_index(drop=True)
+
+
+def _compared_label(name: str, ratio: bool, base: str) -> str:
+    label = _metric_label(name)
+    return f"{label.rsplit(' (', 1)[0]} (× {base})" if ratio else label
 
 
 def _bold_markdown(text: str) -> str:
@@ -403,9 +447,9 @@ def _flat(column: Any) -> str:
     return str(column)
 
 
-def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame) -> str:
+def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None) -> str:
     """booktabs table via ``Styler.to_latex``; best cells in bold (``\\bfseries``)."""
-    table = pivot(spec, cells, cells["text"].map(_latex_cell)).rename(index=latex_escape).reset_index()
+    table = pivot(spec, cells, cells["text"].map(latex_cell)).rename(index=latex_escape).reset_index()
     best = pivot(spec, cells, cells["best"].map(lambda b: "1" if b else "")).reset_index()
     styler = table.style.hide(axis="index")
     styler = styler.apply(lambda _: best.map(lambda b: "font-weight: bold;" if b == "1" else ""), axis=None)
@@ -422,10 +466,38 @@ def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame) -> str:
         multicol_align="c",
     )
     notes = "\n".join(f"% {line}" for line in footer_lines(spec, cells))
-    return latex + notes + "\n"
+    latex += notes + "\n"
+    if comparison is not None:
+        latex += _comparison_latex(spec, cells, comparison)
+    return latex
 
 
-def _latex_cell(text: str) -> str:
+def _comparison_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison) -> str:
+    from sampa.report.compare import UNMATCHED, rule_lines
+
+    lines = rule_lines(comparison)
+    unmatched = [line for line in lines if line.startswith(UNMATCHED)]
+    caption = f"Against the paper ({comparison.paper}). "
+    caption += " ".join(latex_escape(line) for line in lines if line not in unmatched)
+    compared = comparison_frame(spec, cells, comparison)
+    if compared.empty:
+        return f"% {caption}\n" + "".join(f"% {line}\n" for line in unmatched)
+    table = compared.map(latex_cell)
+    latex = (
+        table.style.hide(axis="index")
+        .format_index(escape="latex", axis=1)
+        .to_latex(
+            hrules=True,
+            caption=caption,
+            label=f"tab:{spec['id']}-paper",
+            position_float="centering",
+            column_format="l" * (len(table.columns) - 4) + "c" * 4,
+        )
+    )
+    return "\n" + latex + "".join(f"% {line}\n" for line in unmatched)
+
+
+def latex_cell(text: str) -> str:
     return latex_escape(text).replace("±", r"$\pm$").replace("×", r"$\times$").replace("—", "--")
 
 
@@ -445,13 +517,36 @@ def latex_escape(text: str) -> str:
     return out.replace("~", r"\textasciitilde{}").replace("^", r"\textasciicircum{}")
 
 
-def render_csv(spec: Mapping[str, Any], cells: pd.DataFrame) -> str:
+def render_csv(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None) -> str:
     frame = cells.assign(experiment=spec["id"], metric_label=[_metric_label(m) for m in cells["metric"]])
+    if comparison is not None:
+        frame = frame.join(_comparison_columns(comparison))
     if spec.get("note"):
         frame = frame.assign(note=spec["note"])
     first = ["experiment", *(c for c in ("note",) if c in frame.columns)]
     rest = [c for c in frame.columns if c not in first]
     return frame[first + rest].to_csv(index=False, lineterminator="\n")
+
+
+def _comparison_columns(comparison: Comparison) -> pd.DataFrame:
+    """Per compared cell: the paper's table, mean and std, what was compared (the value, or the ratio to the
+    base cell) on both sides, Δ, the tolerance and the verdict."""
+    frame = comparison.frame
+    compared_as = ["ratio to " + comparison.ratio_base if r else "value" for r in frame["ratio"]]
+    columns = {
+        "paper": comparison.paper,
+        "paper_mean": frame["paper_value"],
+        "paper_std": frame["paper_value_std"],
+        "compared_as": compared_as,
+        "ours_compared": frame["ours_mean"],
+        "ours_compared_std": frame["ours_std"],
+        "ours_compared_n": frame["ours_n"],
+        "paper_compared": frame["paper_mean"],
+        "delta": frame["delta"],
+        "tolerance": frame["tolerance"],
+        "verdict": frame["verdict"],
+    }
+    return pd.DataFrame(columns, index=frame.index)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ try:
 except experiments.PlanError as err:
     fail(err)
 
+if "reproduction" in PLAN.specs:
+    fail("experiment name 'reproduction' is reserved for the scorecard (results/<name>/tables/reproduction.md)")
 NAME = PLAN.name
 RUNS_ROOT = "results/runs"
 RESULTS = f"results/{NAME}"
@@ -53,7 +55,9 @@ RUNS = PLAN.unique_runs()
 TABLES = PLAN.of_kind("table")
 FIGURE_IDS = PLAN.of_kind("figure")
 UNSUPPORTED = PLAN.of_kind("unsupported")
-TABLE_CODE = [str(REPO / "sampa/report" / f) for f in ("tables.py", "metrics.py")]
+TABLE_CODE = [str(REPO / "sampa/report" / f) for f in ("tables.py", "metrics.py", "compare.py")]
+TABLE_CODE += [str(REPO / "sampa/report/paper" / f) for f in ("__init__.py", "results.csv")]
+SCORECARD_CODE = [*TABLE_CODE, str(REPO / "sampa/report/scorecard.py")]
 FIGURE_CODE = [str(REPO / "sampa/report" / f) for f in ("figures.py", "metrics.py", "style.py")]
 
 # GPUs: `--resources gpu=N` bounds concurrent GPU jobs; without it, use the GPUs of this machine
@@ -139,6 +143,23 @@ def get_toy_settings(wildcards):
     return flags
 
 
+def get_specs(wildcards):
+    """Every experiment of the config, resolved (the scorecard finds the paper's tables among them)."""
+    return json.dumps(PLAN.specs, sort_keys=True, separators=(",", ":"))
+
+
+def get_toy_summary(wildcards):
+    """The toy summary of the Figure 1 experiment (none when the config has no toy figure)."""
+    toy = [f for f in FIGURE_IDS if PLAN.specs[f]["figure"]["plot"] == "toy"]
+    return [f"{RESULTS}/toy/{toy[0]}/summary.csv"] if toy else []
+
+
+def get_scorecard_logs(wildcards):
+    """Runs whose per-epoch logs the scorecard reads (Figure 4's; complete once metrics.json exists)."""
+    epochs = [f for f in FIGURE_IDS if PLAN.specs[f]["figure"]["plot"] == "epochs"]
+    return run_metrics(dict.fromkeys(run.path for f in epochs for run in PLAN.runs[f]))
+
+
 def final_outputs():
     # every run is a target itself: Snakemake does not recreate a missing intermediate file whose
     # consumers are up to date, so a deleted metrics.json would otherwise go unnoticed
@@ -147,4 +168,5 @@ def final_outputs():
         outputs += [f"{RESULTS}/tables/{table}.{ext}" for ext in ("md", "tex", "csv")]
     for figure in FIGURE_IDS:
         outputs += [f"{FIGURES}/{figure}.{ext}" for ext in ("pdf", "png", "csv")]
+    outputs += [f"{RESULTS}/tables/reproduction.{ext}" for ext in ("md", "tex")]
     return outputs

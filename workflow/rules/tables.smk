@@ -47,3 +47,31 @@ rule explain_unsupported:
         "table {wildcards.unsupported}: not reproducible with this package (see its log)"
     shell:
         "python -m sampa table --spec {params.spec:q} > {log:q} 2>&1"
+
+
+# The reproduction scorecard: each claim of the paper with our evidence and a verdict.
+rule make_scorecard:
+    input:
+        runs=rules.aggregate_runs.output.runs,
+        toy=get_toy_summary,
+        logs=get_scorecard_logs,
+        code=SCORECARD_CODE,
+    output:
+        md=report(
+            f"{RESULTS}/tables/reproduction.md",
+            caption="../report/scorecard.rst",
+            category="Scorecard",
+            labels={"file": "reproduction.md"},
+        ),
+        tex=f"{RESULTS}/tables/reproduction.tex",
+    log:
+        f"{LOGS}/tables/reproduction.log",
+    params:
+        specs=get_specs,
+        toy=lambda wildcards, input: ["--toy", input.toy] if input.toy else [],
+        runs_root=RUNS_ROOT,
+    message:
+        f"reproduction scorecard of config {NAME}"
+    shell:
+        "python -m sampa scorecard --specs {params.specs:q} --runs {input.runs:q} {params.toy:q} "
+        "--runs-root {params.runs_root:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"

@@ -1,0 +1,324 @@
+"""Our table cells beside the paper's: ours ± std (n), the paper's ± std, the difference and a verdict.
+
+A cell of a table whose experiment names a paper table (``paper: "Table N"``) is compared with the paper
+row that has the same metric, the same arm (the paper's method name is our arm label; the paper's grey
+column matches our ``reference`` arm) and the same labels on every grid axis of the table (model, label
+noise, batch size, Table 13's setting). Where the paper table varies the model but ours does not (a smoke
+table on TinyCNN), the model of the cell's runs must match, so no cell is compared with the wrong model.
+Our "Average" row is compared only when it averages the same models as the paper's. A paper row that no
+cell matches is listed, never dropped.
+
+Rule: Δ = ours − paper; a cell is *within* when |Δ| ≤ the larger of the two standard deviations (ours
+over seeds, the paper's), or |Δ| ≤ 0.1 where the paper gives no std; else *outside*. Time and memory are
+compared as ratios to the same table's SAM cell on both sides (absolute times depend on the hardware):
+ours per seed (the method's value / SAM's value of the same seed, then mean ± std over seeds), the
+paper's from its two numbers. Table 12 has no SAM column: its ratios are to the batch-size-128 cell.
+Runs on synthetic data get the paper column but no Δ and no verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from sampa.experiments import PlannedRun, plan_experiment, run_defaults
+from sampa.report import paper
+from sampa.report.metrics import metric
+from sampa.report.tables import AVERAGE, COST_METRIC, observations
+
+#: compared as ratios to the table's base cell (absolute values depend on the hardware)
+RATIO_METRICS = ("time_per_epoch_s", "time_per_batch_ms", "memory_per_device_mib")
+#: (axis, label) of the ratio base per paper table; every other table: the SAM arm
+RATIO_BASES = {"Table 12": ("batch_size", "128")}
+DEFAULT_RATIO_BASE = ("arm", "SAM")
+#: |Δ| allowed where the paper gives no std (percentage points, or ratio units for time and memory)
+NO_STD_TOLERANCE = 0.1
+WITHIN, OUTSIDE = "within", "outside"
+NO_VERDICT_SYNTHETIC = "no verdict (synthetic data)"
+UNMATCHED = "Paper cells without a counterpart here"
+_PARENTHESIS = re.compile(r"\s*\([^)]*\)$")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The compared cells (``frame``, indexed like the cell table) and the paper cells left unmatched."""
+
+    paper: str
+    frame: pd.DataFrame
+    unmatched: list[str]
+    synthetic: bool
+    ratio_base: str
+
+    def counts(self) -> dict[str, int]:
+        verdicts = self.frame["verdict"].value_counts() if len(self.frame) else pd.Series(dtype=int)
+        return {
+            "compared": len(self.frame),
+            WITHIN: int(verdicts.get(WITHIN, 0)),
+            OUTSIDE: int(verdicts.get(OUTSIDE, 0)),
+            "unmatched": len(self.unmatched),
+        }
+
+
+def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) -> Comparison | None:
+    """The comparison of a table's cells (:func:`sampa.report.tables.cell_table`) with its paper table.
+
+    None when the experiment names no paper table with numbers we can compare.
+    """
+    rows = paper.rows_of(spec.get("paper", ""))
+    rows = rows[rows["our_metric"] != ""]
+    if rows.empty:
+        return None
+    layout = spec["table"]
+    axes = [a for a in [*layout["rows"], *layout["columns"]] if a != "metric"]
+    planned = plan_experiment(spec)
+    matches = _match_cells(cells, rows, axes, planned)
+    obs = observations(planned, runs, layout["metrics"])
+    synthetic = any(str(d).startswith("synthetic") for d in obs["dataset"].dropna())
+    base_axis, base_label = RATIO_BASES.get(spec["paper"], DEFAULT_RATIO_BASE)
+    frame = pd.DataFrame(
+        [
+            _compared(cells.loc[i], rows.loc[j], axes, (base_axis, base_label), cells, matches, rows, obs)
+            for i, j in matches.items()
+        ],
+        index=list(matches),
+        columns=_COLUMNS,
+    )
+    if synthetic:
+        frame = frame.assign(delta=math.nan, tolerance=math.nan, verdict=NO_VERDICT_SYNTHETIC)
+    frame["ours_text"] = [_ours_text(r) for r in frame.itertuples()]
+    frame["paper_text"] = [_paper_text(r) for r in frame.itertuples()]
+    frame["delta_text"] = [_delta_text(r) for r in frame.itertuples()]
+    used = set(matches.values())
+    unmatched = [paper.describe(rows.loc[j], table=False) for j in rows.index if j not in used]
+    base = "SAM" if base_axis == "arm" else f"{base_axis.replace('_', ' ')} {base_label}"
+    return Comparison(spec["paper"], frame, unmatched, synthetic, base)
+
+
+_COLUMNS = [
+    "paper_value",
+    "paper_value_std",
+    "metric",
+    "ratio",
+    "ours_mean",
+    "ours_std",
+    "ours_n",
+    "paper_mean",
+    "paper_std",
+    "delta",
+    "tolerance",
+    "verdict",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Matching cells to paper rows
+
+
+def _match_cells(
+    cells: pd.DataFrame, rows: pd.DataFrame, axes: list[str], planned: list[PlannedRun]
+) -> dict[Any, Any]:
+    """Cell index -> paper row index, for the cells with exactly one paper counterpart."""
+    varies = {k for k in paper.KEY_AXES if rows[k].nunique() > 1}  # several matches: left unmatched
+    partial = _partial_average(cells, rows, axes)
+    out: dict[Any, Any] = {}
+    for i, cell in cells.iterrows():
+        if cell["metric"] == COST_METRIC or (partial and cell.get("model") == AVERAGE):
+            continue
+        wanted = _cell_keys(cell, axes, varies, planned)
+        if wanted is None:
+            continue
+        mask = rows["our_metric"] == cell["metric"]
+        for key, value in wanted.items():
+            mask &= rows[key] == value
+        found = rows.index[mask]
+        if len(found) == 1:
+            out[i] = found[0]
+    return out
+
+
+def _partial_average(cells: pd.DataFrame, rows: pd.DataFrame, axes: list[str]) -> bool:
+    """Does our Average row average over fewer models than the paper's (then it is not comparable)?"""
+    if "model" not in axes:
+        return False
+    ours = set(cells["model"]) - {AVERAGE}
+    theirs = set(rows["model"]) - {AVERAGE}
+    return not theirs <= ours
+
+
+def _cell_keys(
+    cell: pd.Series, axes: list[str], varies: set[str], planned: list[PlannedRun]
+) -> dict[str, Any] | None:
+    """The paper keys a cell must match: the arm, every grid axis of the table, and the model of the
+    cell's runs where the paper varies the model and the table does not."""
+    run = _representative(cell, axes, planned)
+    arm = cell["arm"] if "arm" in axes else (run.cell["arm"] if run else None)
+    if arm is None:
+        return None
+    reference = bool(cell["reference"])
+    keys: dict[str, Any] = {"arm": _PARENTHESIS.sub("", arm) if reference else arm, "reference": reference}
+    keys |= {key: cell[key] for key in paper.KEY_AXES if key in axes}
+    if "model" in varies and "model" not in axes:
+        if run is None:
+            return None
+        from sampa.models import DISPLAY_NAMES
+
+        model = run.settings.get("model", run_defaults().model)
+        keys["model"] = DISPLAY_NAMES.get(model, model)
+    return keys
+
+
+def _representative(cell: pd.Series, axes: list[str], planned: list[PlannedRun]) -> PlannedRun | None:
+    """A planned run of the cell (the Average row has none of its own: any run of its column)."""
+    for run in planned:
+        if all(run.cell.get(a) == cell[a] or a not in run.cell for a in axes):
+            return run
+    columns = [a for a in axes if a == "arm"]
+    return next((r for r in planned if all(r.cell.get(a) == cell[a] for a in columns)), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# One compared cell
+
+
+def _compared(
+    cell: pd.Series,
+    row: pd.Series,
+    axes: list[str],
+    base: tuple[str, str],
+    cells: pd.DataFrame,
+    matches: Mapping[Any, Any],
+    rows: pd.DataFrame,
+    obs: pd.DataFrame,
+) -> dict[str, Any]:
+    name = cell["metric"]
+    raw = {"paper_value": row["mean"], "paper_value_std": row["std"]}
+    if name not in RATIO_METRICS:
+        return raw | _verdict(name, False, cell["mean"], cell["std"], int(cell["n"]), row["mean"], row["std"])
+    base_index = _base_cell(cell, axes, base, cells)
+    if base_index is None or base_index not in matches:
+        return raw | _verdict(name, True, math.nan, math.nan, 0, math.nan, math.nan, "no base cell")
+    if base_index == cell.name:
+        return raw | _verdict(name, True, 1.0, math.nan, int(cell["n"]), 1.0, math.nan, "ratio base")
+    ratios = seed_ratios(obs, cell, cells.loc[base_index], axes)
+    paper_ratio = row["mean"] / rows.loc[matches[base_index], "mean"]
+    std = ratios.std(ddof=1) if len(ratios) > 1 else math.nan
+    mean = ratios.mean() if len(ratios) else math.nan
+    return raw | _verdict(name, True, mean, std, len(ratios), paper_ratio, math.nan)
+
+
+def _base_cell(cell: pd.Series, axes: list[str], base: tuple[str, str], cells: pd.DataFrame) -> Any:
+    axis, label = base
+    if axis not in axes:
+        return None
+    mask = (cells["metric"] == cell["metric"]) & (cells[axis] == label)
+    for other in axes:
+        if other != axis:
+            mask &= cells[other] == cell[other]
+    found = cells.index[mask]
+    return found[0] if len(found) == 1 else None
+
+
+def seed_ratios(obs: pd.DataFrame, cell: pd.Series, base: pd.Series, axes: list[str]) -> pd.Series:
+    """Per seed: the cell's value / the base cell's value of the same seed (seeds with both values)."""
+
+    def values(target: pd.Series) -> pd.Series:
+        mask = obs["metric"] == target["metric"]
+        for axis in axes:
+            mask &= obs[axis] == target[axis]
+        return obs[mask].set_index("seed")["value"]
+
+    ratio = (values(cell) / values(base)).dropna()
+    return ratio[ratio.map(math.isfinite)]
+
+
+def _verdict(
+    name: str,
+    ratio: bool,
+    mean: float,
+    std: float,
+    n: int,
+    paper_mean: float,
+    paper_std: float,
+    verdict: str = "",
+) -> dict[str, Any]:
+    delta = mean - paper_mean if n and not verdict else math.nan
+    tolerance = within_tolerance(std if n > 1 else math.nan, paper_std)
+    if not verdict:
+        verdict = "no runs" if n == 0 else (WITHIN if abs(delta) <= tolerance + 1e-12 else OUTSIDE)
+    return {
+        "metric": name,
+        "ratio": ratio,
+        "ours_mean": mean,
+        "ours_std": std,
+        "ours_n": n,
+        "paper_mean": paper_mean,
+        "paper_std": paper_std,
+        "delta": delta,
+        "tolerance": tolerance if not math.isnan(delta) else math.nan,
+        "verdict": verdict,
+    }
+
+
+def within_tolerance(ours_std: float, paper_std: float) -> float:
+    """The larger of the two stds where the paper gives one, else :data:`NO_STD_TOLERANCE`."""
+    if paper_std is None or not math.isfinite(paper_std):
+        return NO_STD_TOLERANCE
+    return max(paper_std, ours_std) if math.isfinite(ours_std) else paper_std
+
+
+# ----------------------------------------------------------------------------------------------
+# Text
+
+
+def _decimals(row: Any) -> int:
+    return 2 if row.ratio else metric(row.metric).decimals
+
+
+def _number(value: float, decimals: int, ratio: bool) -> str:
+    return f"{value:.{decimals}f}" + ("×" if ratio else "")
+
+
+def _ours_text(row: Any) -> str:
+    if row.ours_n == 0:
+        return "—"
+    text = _number(row.ours_mean, _decimals(row), row.ratio)
+    if row.ours_n > 1 and math.isfinite(row.ours_std):
+        text += f" ± {row.ours_std:.{_decimals(row)}f}"
+    return text + f" (n={row.ours_n})"
+
+
+def _paper_text(row: Any) -> str:
+    if not math.isfinite(row.paper_mean):
+        return "—"
+    text = _number(row.paper_mean, _decimals(row), row.ratio)
+    return text + (f" ± {row.paper_std:.{_decimals(row)}f}" if math.isfinite(row.paper_std) else "")
+
+
+def _delta_text(row: Any) -> str:
+    if not math.isfinite(row.delta):
+        return ""
+    return f"{round(row.delta, _decimals(row)) + 0.0:+.{_decimals(row)}f}"  # + 0.0: no "-0.00"
+
+
+def rule_lines(comparison: Comparison) -> list[str]:
+    """How to read the comparison (shown under it)."""
+    lines = [
+        "Ours = mean ± sample std (n seeds); Δ = ours − paper; "
+        f"within: |Δ| ≤ the larger of the two stds (≤ {NO_STD_TOLERANCE:g} where the paper gives no std)."
+    ]
+    if comparison.frame["ratio"].any():
+        lines.append(
+            f"Time and memory as ratios to {comparison.ratio_base} of the same table on both sides "
+            "(ours: per seed, then mean ± std)."
+        )
+    if comparison.synthetic:
+        lines.append("Synthetic data: the paper's numbers are shown for reference only; no Δ, no verdicts.")
+    if comparison.unmatched:
+        shown = "; ".join(comparison.unmatched)
+        lines.append(f"{UNMATCHED} ({len(comparison.unmatched)}): {shown}")
+    return lines

@@ -1,0 +1,109 @@
+"""The SAMPa paper's reported numbers (``results.csv``, transcribed from the NeurIPS 2024 paper; README.md).
+
+:func:`paper_results` reads them and adds, for every row, the *keys* under which our tables look it up:
+
+* ``paper``: "Table N", as in an experiment's ``paper:`` field;
+* ``our_metric``: the name of our metric (:mod:`sampa.report.metrics`), or "" where we have none
+  (ImageNet top-1/top-5, GLUE scores);
+* ``arm``: the method name, which is our arm label (the paper's names are our labels: "SAMPa-0.2",
+  "mSAM (m=2)", "Penalizing", "ASAM+SAMPa", ...);
+* ``reference``: the paper's grey column, i.e. the longer of two runs of one method in one cell
+  (SAMPa-0.2 at 400 epochs in Tables 1-2), which our configs mark ``reference: true``;
+* the grid axes of our configs: ``model`` (the paper's model names are our display names),
+  ``label_noise`` ("20%", from the note "label noise 20%" or "20% label noise"), ``batch_size``
+  ("64", from "batch size 64") and ``setting`` (Table 13's rows: "ResNet-32 (80% noisy label)").
+
+The mapping is written down here and nowhere else; rows that no table of a config matches are listed by
+the tables and the scorecard, never dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+import pandas as pd
+
+#: the paper's metric names -> ours ("" = no counterpart in sampa-bench)
+METRIC_NAMES = {
+    "test_acc": "test_acc",
+    "time_per_epoch_s": "time_per_epoch_s",
+    "time_per_batch_ms": "time_per_batch_ms",
+    "memory_per_gpu_mib": "memory_per_device_mib",
+}
+#: grid axes a paper row can be matched on (besides the arm)
+KEY_AXES = ("model", "label_noise", "batch_size", "setting")
+_NOISE = re.compile(r"label noise (\d+)%|(\d+)% label noise")
+_BATCH = re.compile(r"batch size (\d+)")
+
+
+def paper_ref(table: int | str) -> str:
+    """ "Table 7" for 7 (how configs name a paper table)."""
+    return f"Table {int(table)}"
+
+
+@functools.cache
+def _read() -> pd.DataFrame:
+    with resources.files(__package__).joinpath("results.csv").open() as handle:
+        return pd.read_csv(handle, dtype={"note": str, "epochs": str}, keep_default_na=False, na_values=[""])
+
+
+def paper_results() -> pd.DataFrame:
+    """Every paper row with its lookup keys (a fresh copy; the file is read and keyed once)."""
+    return _keyed().copy()
+
+
+@functools.cache
+def _keyed() -> pd.DataFrame:
+    rows = _read().copy()
+    rows["note"] = rows["note"].fillna("")
+    rows["paper"] = [paper_ref(t) for t in rows["table"]]
+    rows["our_metric"] = [METRIC_NAMES.get(m, "") for m in rows["metric"]]
+    rows["arm"] = rows["method"]
+    rows["reference"] = _reference_flags(rows)
+    noise = [_noise(note) for note in rows["note"]]
+    rows["label_noise"] = noise
+    rows["batch_size"] = [_match(_BATCH, note) for note in rows["note"]]
+    rows["setting"] = [
+        f"{model} ({pct}% noisy label)" if pct and "% label noise" in note else model
+        for model, pct, note in zip(rows["model"], [n.rstrip("%") for n in noise], rows["note"], strict=True)
+    ]
+    return rows
+
+
+def rows_of(paper: str) -> pd.DataFrame:
+    """The rows of one paper table ("Table 7"); empty for anything else."""
+    rows = _keyed()
+    return rows[rows["paper"] == paper].reset_index(drop=True)
+
+
+def describe(row: pd.Series, table: bool = True) -> str:
+    """A paper cell in words: "Table 7 ResNet-32 SAM test_acc, label noise 20%" (keys, no other notes)."""
+    parts = [row["paper"]] if table else []
+    parts += [row["model"], row["method"] + (" (grey column)" if row["reference"] else ""), row["metric"]]
+    noise = f"label noise {row['label_noise']}" if row["label_noise"] else ""
+    batch = f"batch size {row['batch_size']}" if row["batch_size"] else ""
+    return ", ".join([" ".join(parts), *filter(None, [noise, batch])])
+
+
+def _reference_flags(rows: pd.DataFrame) -> list[bool]:
+    """True for the longer run where one method has two runs of different length in one cell."""
+    cell = ["table", "dataset", "model", "method", "metric", "note"]
+    epochs = pd.to_numeric(rows["epochs"], errors="coerce")
+    longest = epochs.groupby([rows[c] for c in cell]).transform("max")
+    runs = epochs.groupby([rows[c] for c in cell]).transform("count")
+    return ((runs > 1) & (epochs == longest)).tolist()
+
+
+def _noise(note: str) -> str:
+    match = _NOISE.search(note)
+    return f"{match.group(1) or match.group(2)}%" if match else ""
+
+
+def _match(pattern: re.Pattern[str], note: str) -> str:
+    match = pattern.search(note)
+    return match.group(1) if match else ""
+
+
+__all__ = ["KEY_AXES", "METRIC_NAMES", "describe", "paper_ref", "paper_results", "rows_of"]
