@@ -15,9 +15,6 @@ exchanges / (that + gradient compute), per rank 0) and the passes per step. The 
 printed with it, since CPU numbers on a shared machine are noisy. The "cpu ms" columns give the process
 CPU time per step of the busier rank (all its threads): on a machine shared with other jobs the wall
 clock measures the contention too, the CPU time still shows how the work was split.
-
-Until the efficient-variants branch registers ``msam``, mSAM is a stand-in defined here (SAM with a
-per-micro-batch ``local`` ascent and averaged perturbed gradients); the table says which one ran.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,54 +38,13 @@ from sampa.launch import device_kind, listen
 from sampa.losses import make_loss
 from sampa.metrics import synchronize
 from sampa.models import build_model
-from sampa.optim import METHODS, SAM, GradJob, Hyperparameters, Method, StepRecord
-from sampa.optim.checks import check_int, check_range
-from sampa.optim.tensors import add, normalized
-
-
-@dataclass(frozen=True)
-class _MicroSAMHparams(Hyperparameters):
-    rho: float = 0.05
-    eps: float = 1e-12
-    micro_batch_size: int = 64
-
-    def check(self) -> None:
-        check_range("rho", self.rho, 0.0)
-        check_int("micro_batch_size", self.micro_batch_size, 1)
-
-
-class _MicroBatchSAMStandIn(SAM):
-    """mSAM stand-in: per-micro-batch ascent (``local``), perturbed gradients averaged by size."""
-
-    name = "msam-stand-in"
-    display_name = "mSAM (stand-in)"
-    Hparams = _MicroSAMHparams
-
-    def direction(self, inputs, targets):
-        chunks = -(-targets.shape[0] // self.hp.micro_batch_size)
-        parts = list(zip(inputs.tensor_split(chunks), targets.tensor_split(chunks), strict=True))
-        ascents = self.gradients(
-            [GradJob(x, y, update_bn=i == 0, local=True) for i, (x, y) in enumerate(parts)]
-        )
-        x = self.current_point()
-        perturbed = self.gradients(
-            [
-                GradJob(xb, yb, point=add(x, normalized(a.grads, self.hp.rho, self.hp.eps)))
-                for (xb, yb), a in zip(parts, ascents, strict=True)
-            ]
-        )
-        total = targets.shape[0]
-        direction = [sum(r.grads[i] * (r.count / total) for r in perturbed) for i in range(len(self.params))]
-        return direction, ascents[0], {}
-
-
-MSAM: type[Method] = METHODS.get("msam", _MicroBatchSAMStandIn)
+from sampa.optim import METHODS, Method, StepRecord
 
 #: (label, method class, hyperparameters, devices) in the paper's Table 11 order, plus SGD
 BENCHES: list[tuple[str, type[Method], dict[str, Any], int]] = [
     ("SAM", METHODS["sam"], {"rho": 0.05}, 1),
     ("SAMPa-0.2", METHODS["sampa"], {"rho": 0.1, "lam": 0.2}, 2),
-    (f"{MSAM.display_name} m=2", MSAM, {"rho": 0.05, "micro_batch_size": 64}, 2),
+    ("mSAM m=2", METHODS["msam"], {"rho": 0.05, "micro_batch_size": 64}, 2),
     ("SGD", METHODS["sgd"], {}, 1),
 ]
 
