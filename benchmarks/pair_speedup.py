@@ -15,6 +15,9 @@ exchanges / (that + gradient compute), per rank 0) and the passes per step. The 
 printed with it, since CPU numbers on a shared machine are noisy. The "cpu ms" columns give the process
 CPU time per step of the busier rank (all its threads): on a machine shared with other jobs the wall
 clock measures the contention too, the CPU time still shows how the work was split.
+A control row runs one-device SGD on both ranks at the same time (no exchange): on a small CPU box two
+busy ranks are each slower than one rank alone (shared caches and memory bandwidth), and the ratio
+SAMPa / "SGD, both ranks busy" separates that machine effect from SAMPa's own overhead.
 """
 
 from __future__ import annotations
@@ -40,12 +43,17 @@ from sampa.metrics import synchronize
 from sampa.models import build_model
 from sampa.optim import METHODS, Method, StepRecord
 
+#: a control, not a method: each rank runs its own one-device SGD step at the same time (no exchange),
+#: so it shows what two busy ranks cost on this machine (shared caches, memory bandwidth, clocks)
+BOTH_BUSY = "SGD, both ranks busy"
+
 #: (label, method class, hyperparameters, devices) in the paper's Table 11 order, plus SGD
 BENCHES: list[tuple[str, type[Method], dict[str, Any], int]] = [
     ("SAM", METHODS["sam"], {"rho": 0.05}, 1),
     ("SAMPa-0.2", METHODS["sampa"], {"rho": 0.1, "lam": 0.2}, 2),
     ("mSAM m=2", METHODS["msam"], {"rho": 0.05, "micro_batch_size": 64}, 2),
     ("SGD", METHODS["sgd"], {}, 1),
+    (BOTH_BUSY, METHODS["sgd"], {}, 2),
 ]
 
 
@@ -71,7 +79,7 @@ class Bench:
         torch.manual_seed(0)
         self.model = build_model(args.model, 10).to(device).train()
         base = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        pair = self.devices == 2
+        pair = self.devices == 2 and self.label != BOTH_BUSY
         self.backend = PairBackend(rank, device, mode_for(cls)) if pair else SingleDevice(device)
         self.method = cls(self.model, make_loss(0.1), base, executor=self.backend.executor, **hparams)
         gen = torch.Generator().manual_seed(1)
@@ -148,6 +156,7 @@ def summarise(benches: list[Bench], times, cpu, shares) -> list[dict[str, Any]]:
     rows = []
     for bench in benches:
         rec = bench.last
+        exchanges = isinstance(bench.backend, PairBackend)
         rows.append(
             {
                 "method": bench.label,
@@ -158,7 +167,7 @@ def summarise(benches: list[Bench], times, cpu, shares) -> list[dict[str, Any]]:
                 "this_over_sgd": step[bench.label] / sgd,
                 "cpu_ms": 1e3 * cpu_step[bench.label],
                 "cpu_sam_over_this": cpu_step["SAM"] / cpu_step[bench.label],
-                "comm_share": statistics.median(shares[bench.label]) if bench.devices == 2 else None,
+                "comm_share": statistics.median(shares[bench.label]) if exchanges else None,
                 "forward": rec.forward,
                 "backward": rec.backward,
                 "sequential": rec.sequential,
@@ -189,11 +198,14 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, kind: str,
         )
     sampa = next(r for r in rows if r["method"].startswith("SAMPa"))
     sgd = next(r for r in rows if r["method"] == "SGD")
+    both = next(r for r in rows if r["method"] == BOTH_BUSY)
     print(
         f"wall clock: SAM / SAMPa = {sampa['sam_over_this']:.2f} (bar >= 1.9; paper 1.72 on A100s; limit 2), "
         f"SAMPa / SGD = {sampa['this_over_sgd']:.2f} (bar: <= 1.05)\n"
         f"CPU time of the busier rank: SAM / SAMPa = {sampa['cpu_sam_over_this']:.2f}, "
-        f"SAMPa / SGD = {sampa['cpu_ms'] / sgd['cpu_ms']:.2f}"
+        f"SAMPa / SGD = {sampa['cpu_ms'] / sgd['cpu_ms']:.2f}\n"
+        f"control: SGD with both ranks busy / SGD alone = {both['step_ms'] / sgd['step_ms']:.2f}; "
+        f"SAMPa / SGD with both ranks busy = {sampa['step_ms'] / both['step_ms']:.2f} (SAMPa's own overhead)"
     )
 
 
