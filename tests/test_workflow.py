@@ -88,6 +88,7 @@ def test_paper_config_plans_the_expected_runs_per_table():
         "figure2": 7 * six,
         "figure3": 2 * 11 * six,  # 2 models x lambda in 0, 0.1, ..., 1
         "figure4": 3,
+        "sam-steps": 3 * 3,  # LookSAM, AE-SAM, vSAM on ResNet-56, 3 seeds
     }
     assert runs == expected
     shared = {
@@ -101,6 +102,7 @@ def test_paper_config_plans_the_expected_runs_per_table():
         "figure2": 7 * six,
         "figure3": 2 * six,  # lambda = 0.2 is Table 1's SAMPa-0.2 on both models
         "vsam": 2 * 3,  # SAM on WRN-28-10 (CIFAR-10: Table 1, CIFAR-100: Table 2), 3 seeds
+        "sam-steps": 2 * 3,  # LookSAM and AE-SAM are Table 4's
     }
     seen: set[str] = set()
     for name, planned in plan.runs.items():
@@ -117,7 +119,7 @@ def test_paper_dry_run_job_counts(tmp_path):
     assert counts["train_run"] == len(plan.unique_runs())
     assert counts["make_table"] == 12  # Tables 1, 2, 4, 7-14 and the vSAM comparison
     assert counts["explain_unsupported"] == 3  # Tables 3, 5, 6
-    assert counts["make_figure"] == 4 and counts["run_toy"] == 1 and counts["aggregate_runs"] == 1
+    assert counts["make_figure"] == 5 and counts["run_toy"] == 1 and counts["aggregate_runs"] == 1
     assert counts["make_scorecard"] == 1  # results/paper/tables/reproduction.{md,tex}
 
 

@@ -61,6 +61,8 @@ METRICS: dict[str, Metric] = {
     # per-epoch series from log.jsonl (SAMPa's diagnostics_every probe, paper Figure 4)
     "grad_cosine": Metric("cos(∇f(y_t), ∇f(x_t))", "stats.grad_cosine.mean", decimals=4, per_epoch=True),
     "grad_distance": Metric("‖∇f(y_t) − ∇f(x_t)‖", "stats.grad_distance.mean", decimals=4, per_epoch=True),
+    # per-epoch share of steps that were SAM steps (LookSAM, AE-SAM, vSAM record ``sam_step`` per step)
+    "sam_step_rate": Metric("SAM steps (share of steps)", "stats.sam_step.mean", decimals=3, per_epoch=True),
     "val_acc": Metric("Validation accuracy (%)", "val_acc", scale=100, per_epoch=True),
     "train_loss": Metric("Training loss", "train_loss", decimals=3, per_epoch=True),
 }
