@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sampa import io
 from sampa.backends.fastpath import AMP_MODES, COMPILE_MODES, OPTIMIZER_IMPLS, FastPath
 from sampa.data import DATASET_NAMES, check_dataset_args
 from sampa.models import MODEL_NAMES
@@ -94,17 +93,7 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (or JSON) mapping of run settings."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(
-            f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of settings")
-    return data
+    return io.read_yaml_mapping(path, "config file", ConfigError)
 
 
 def train_set_size(cfg: RunConfig) -> int:

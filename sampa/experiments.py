@@ -108,17 +108,9 @@ class Plan:
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a workflow config file (YAML mapping)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise PlanError(f"cannot read workflow config {str(path)!r}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise PlanError(
-            f"workflow config {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}"
-        ) from None
-    if not isinstance(data, dict):
-        raise PlanError(f"workflow config {str(path)!r} must hold a mapping")
-    return data
+    from sampa import io
+
+    return io.read_yaml_mapping(path, "workflow config", PlanError)
 
 
 @functools.cache

@@ -71,3 +71,19 @@ def load_torch(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as handle:
         return json.load(handle)
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception]) -> dict[str, Any]:
+    """A YAML (or JSON) file holding a mapping; anything else raises ``error`` with one line naming
+    ``what`` the file is (e.g. "config file") and its path."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise error(f"cannot read {what} {str(path)!r}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise error(f"{what} {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} {str(path)!r} must hold a mapping")
+    return data

@@ -15,11 +15,20 @@ from functools import partial
 
 import pytest
 import torch
+from problems import (
+    RecordingExecutor,
+    assert_resume_is_exact,
+    ce,
+    class_batches,
+    ls_batches,
+    ls_grad,
+    sgd,
+    squared_error,
+)
 from torch import nn
 
-from sampa import io
 from sampa.config import ConfigError, RunConfig, validate
-from sampa.optim import GradJob, HyperparameterError, SequentialExecutor, build_method, check_method
+from sampa.optim import GradJob, HyperparameterError, build_method, check_method
 from sampa.optim import method_class as registered
 from sampa.optim.base import evaluate_job
 from sampa.optim.bisam import GAMMA, bisam_log_loss
@@ -209,47 +218,6 @@ class LinearClassifier(nn.Module):
         return x @ self.W.T
 
 
-def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (out[:, 0] - y) ** 2
-
-
-def ls_grad(w: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Hand gradient of mean (x.w - y)^2: 2/n X^T (X w - y)."""
-    x, y = batch
-    return 2.0 / x.shape[0] * x.T @ (x @ w - y)
-
-
-def ls_batches(n: int, size: int = 8, dim: int = 3, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, dim, generator=gen), torch.randn(size, generator=gen)) for _ in range(n)]
-
-
-def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, y, reduction="none")
-
-
-def class_batches(n: int, size: int = 16, seed: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(size, 4, generator=gen), torch.randint(0, 3, (size,), generator=gen)) for _ in range(n)
-    ]
-
-
-def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 5e-4) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
-
-
-class RecordingExecutor(SequentialExecutor):
-    """Sequential executor that remembers every job it evaluated, one list per gradients() call."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[GradJob]] = []
-
-    def evaluate(self, method, jobs):
-        self.calls.append(list(jobs))
-        return super().evaluate(method, jobs)
-
-
 def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1) for t in tensors])
 
@@ -374,22 +342,7 @@ def test_state_dict_round_trip_continues_identically(info, tmp_path):
         model = BNNet()
         return model, build_method(info.name, model, ce, sgd(model), seed=3)
 
-    model_a, method_a = fresh()
-    for batch in data:
-        method_a.step(*batch)
-
-    model_b, method_b = fresh()
-    for batch in data[:3]:
-        method_b.step(*batch)
-    io.save_torch(tmp_path / "ckpt.pt", {"model": model_b.state_dict(), "method": method_b.state_dict()})
-    ckpt = io.load_torch(tmp_path / "ckpt.pt")
-    model_c, method_c = fresh()
-    model_c.load_state_dict(ckpt["model"])
-    method_c.load_state_dict(ckpt["method"])
-    for batch in data[3:]:
-        method_c.step(*batch)
-    for pa, pc in zip(model_a.parameters(), model_c.parameters(), strict=True):
-        assert torch.equal(pa, pc)
+    assert_resume_is_exact(fresh, data, 3, tmp_path / "ckpt.pt")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from problems import BNNet, LeastSquares, RecordingExecutor, ce, ls_batches, ls_grad, sgd, squared_error
 from torch import nn
 
 from sampa import io
-from sampa.optim import METHODS, HyperparameterError, SequentialExecutor, build_method, check_method
+from sampa.optim import METHODS, HyperparameterError, build_method, check_method
 from sampa.optim.tensors import global_norm
 from sampa.optim.trajectory import trajectory_kl
 from sampa.optim.vsam import SamplingSchedule, blocked_variance, mean_relative_change
@@ -40,54 +41,12 @@ def float64():
 # Small problems
 
 
-class LeastSquares(nn.Module):
-    """Linear model without bias: output = X w (one output)."""
-
-    def __init__(self, dim: int = 3, seed: int = 0) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(dim, generator=gen))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.w)[:, None]
-
-
-def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (out[:, 0] - y) ** 2
-
-
-def ls_grad(w: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Hand gradient of mean (x.w - y)^2: 2/n X^T (X w - y)."""
-    x, y = batch
-    return 2.0 / x.shape[0] * x.T @ (x @ w - y)
-
-
-def ls_batches(n: int, size: int = 8, dim: int = 3, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, dim, generator=gen), torch.randn(size, generator=gen)) for _ in range(n)]
-
-
 def split(batch: tuple[torch.Tensor, torch.Tensor], size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """ceil(n / size) consecutive parts of near-equal sizes, larger parts first."""
     n = len(batch[1])
     count = math.ceil(n / size)
     sizes = [n // count + (1 if i < n % count else 0) for i in range(count)]
     return list(zip(batch[0].split(sizes), batch[1].split(sizes), strict=True))
-
-
-class BNNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 6)
-        self.bn = nn.BatchNorm1d(6)
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.bn(self.fc1(x))))
-
-
-def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, y, reduction="none")
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -104,21 +63,6 @@ def class_batches(n: int = 3, size: int = 16, seed: int = 3) -> list[Batch]:
         )
         for i in range(n)
     ]
-
-
-class RecordingExecutor(SequentialExecutor):
-    """Sequential executor that remembers every job it evaluated."""
-
-    def __init__(self) -> None:
-        self.calls: list[list] = []
-
-    def evaluate(self, method, jobs):
-        self.calls.append(list(jobs))
-        return super().evaluate(method, jobs)
-
-
-def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 5e-4) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
 
 
 def plain_gd(model: nn.Module, lr: float) -> torch.optim.SGD:

@@ -6,10 +6,20 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from problems import (
+    BNNet,
+    LeastSquares,
+    RecordingExecutor,
+    assert_resume_is_exact,
+    ce,
+    class_batches,
+    ls_grad,
+    sgd,
+    squared_error,
+)
+from problems import ls_batches as batches
 
-from sampa import io
-from sampa.optim import HyperparameterError, SequentialExecutor, build_method, check_method
+from sampa.optim import HyperparameterError, build_method, check_method
 from sampa.optim.lookahead import lookahead
 from sampa.optim.tensors import global_norm
 
@@ -25,68 +35,6 @@ def float64():
 
 # ----------------------------------------------------------------------------------------------
 # Small problems
-
-
-class LeastSquares(nn.Module):
-    """Linear model without bias: output = X w (one output)."""
-
-    def __init__(self, dim: int = 3, seed: int = 0) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(dim, generator=gen))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.w)[:, None]
-
-
-def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (out[:, 0] - y) ** 2
-
-
-def ls_grad(w: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Hand gradient of mean (x.w - y)^2: 2/n X^T (X w - y)."""
-    x, y = batch
-    return 2.0 / x.shape[0] * x.T @ (x @ w - y)
-
-
-def batches(n: int, size: int = 8, dim: int = 3, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, dim, generator=gen), torch.randn(size, generator=gen)) for _ in range(n)]
-
-
-class BNNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 6)
-        self.bn = nn.BatchNorm1d(6)
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.bn(self.fc1(x))))
-
-
-def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, y, reduction="none")
-
-
-def class_batches(n: int, seed: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(n)]
-
-
-class RecordingExecutor(SequentialExecutor):
-    """Sequential executor that remembers every job it evaluated."""
-
-    def __init__(self) -> None:
-        self.calls: list[list] = []
-
-    def evaluate(self, method, jobs):
-        self.calls.append(list(jobs))
-        return super().evaluate(method, jobs)
-
-
-def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 5e-4) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,22 +375,7 @@ def test_state_dict_round_trip_continues_identically(name, tmp_path):
         model = BNNet()
         return model, build_method(name, model, ce, sgd(model), seed=3)
 
-    model_a, method_a = fresh()
-    for batch in data:
-        method_a.step(*batch)
-
-    model_b, method_b = fresh()
-    for batch in data[:3]:
-        method_b.step(*batch)
-    io.save_torch(tmp_path / "ckpt.pt", {"model": model_b.state_dict(), "method": method_b.state_dict()})
-    ckpt = io.load_torch(tmp_path / "ckpt.pt")
-    model_c, method_c = fresh()
-    model_c.load_state_dict(ckpt["model"])
-    method_c.load_state_dict(ckpt["method"])
-    for batch in data[3:]:
-        method_c.step(*batch)
-    for pa, pc in zip(model_a.parameters(), model_c.parameters(), strict=True):
-        assert torch.equal(pa, pc)
+    assert_resume_is_exact(fresh, data, 3, tmp_path / "ckpt.pt")
 
 
 def test_methods_that_need_sample_indices_say_so():

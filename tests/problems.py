@@ -1,0 +1,100 @@
+"""Small problems shared by the optimizer tests: least squares with a hand gradient, a BatchNorm
+classifier, their batches, and an executor that records the jobs it evaluated."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sampa.optim import GradJob, SequentialExecutor
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class LeastSquares(nn.Module):
+    """Linear model without bias: output = X w (one output)."""
+
+    def __init__(self, dim: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(dim, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.w)[:, None]
+
+
+def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (out[:, 0] - y) ** 2
+
+
+def ls_grad(w: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Hand gradient of mean (x.w - y)^2: 2/n X^T (X w - y)."""
+    x, y = batch
+    return 2.0 / x.shape[0] * x.T @ (x @ w - y)
+
+
+def ls_batches(n: int, size: int = 8, dim: int = 3, seed: int = 1) -> list[Batch]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, dim, generator=gen), torch.randn(size, generator=gen)) for _ in range(n)]
+
+
+class BNNet(nn.Module):
+    """4 features -> 6 (BatchNorm, ReLU) -> 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, y, reduction="none")
+
+
+def class_batches(n: int, size: int = 16, seed: int = 3) -> list[Batch]:
+    """n batches of (4 features, one of 3 labels) for :class:`BNNet`."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(size, 4, generator=gen), torch.randint(0, 3, (size,), generator=gen)) for _ in range(n)
+    ]
+
+
+def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 5e-4) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+
+
+class RecordingExecutor(SequentialExecutor):
+    """Sequential executor that remembers every job it evaluated, one list per gradients() call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[GradJob]] = []
+
+    def evaluate(self, method, jobs):
+        self.calls.append(list(jobs))
+        return super().evaluate(method, jobs)
+
+
+def assert_resume_is_exact(fresh, data: list, cut: int, path) -> None:
+    """Stepping through ``data`` in one go, and checkpointing after ``cut`` batches, loading (weights
+    only) into a ``fresh()`` ``(model, method)`` and finishing, give equal parameters and buffers."""
+    from sampa import io
+
+    model_a, method_a = fresh()
+    for batch in data:
+        method_a.step(*batch)
+    model_b, method_b = fresh()
+    for batch in data[:cut]:
+        method_b.step(*batch)
+    io.save_torch(path, {"model": model_b.state_dict(), "method": method_b.state_dict()})
+    checkpoint = io.load_torch(path)
+    model_c, method_c = fresh()
+    model_c.load_state_dict(checkpoint["model"])
+    method_c.load_state_dict(checkpoint["method"])
+    for batch in data[cut:]:
+        method_c.step(*batch)
+    for a, c in zip(model_a.state_dict().values(), model_c.state_dict().values(), strict=True):
+        assert torch.equal(a, c)
