@@ -98,3 +98,22 @@ def assert_resume_is_exact(fresh, data: list, cut: int, path) -> None:
         method_c.step(*batch)
     for a, c in zip(model_a.state_dict().values(), model_c.state_dict().values(), strict=True):
         assert torch.equal(a, c)
+
+
+def tiny_run(**overrides):
+    """A RunConfig of a few seconds: TinyCNN on 200 synthetic images, SGD, 3 epochs, one CPU thread."""
+    from sampa.config import RunConfig
+
+    values = dict(
+        model="tinycnn",
+        dataset="synthetic",
+        optimizer="sgd",
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        synthetic_train_size=200,
+        synthetic_test_size=100,
+        device="cpu",
+        threads=1,
+    )
+    return RunConfig(**(values | overrides))

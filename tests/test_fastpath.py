@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from problems import tiny_run
 from test_fused import SmallBNNet, image_batches  # tests/ is on sys.path under pytest
 from torch import nn
 
@@ -267,19 +268,7 @@ def test_cli_flags_set_the_fast_path(tmp_path, capsys):
 
 
 def small_run(**overrides) -> RunConfig:
-    values = dict(
-        model="tinycnn",
-        dataset="synthetic",
-        optimizer="sampa",
-        epochs=2,
-        batch_size=32,
-        lr=0.05,
-        synthetic_train_size=200,
-        synthetic_test_size=100,
-        device="cpu",
-        threads=1,
-    )
-    return RunConfig(**(values | overrides))
+    return tiny_run(**({"optimizer": "sampa", "epochs": 2} | overrides))
 
 
 def test_fast_path_run_matches_the_reference_run(tmp_path):

@@ -36,14 +36,7 @@ from sampa.optim.samon import normalization_indices
 from sampa.optim.tensors import global_norm
 from sampa.train import train
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons: run every test of this module in float64, then restore the default."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,17 +24,7 @@ from sampa.optim.tensors import global_norm
 from sampa.optim.trajectory import trajectory_kl
 from sampa.optim.vsam import SamplingSchedule, blocked_variance, mean_relative_change
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons: run every test of this module in float64 on one CPU thread (the tensors are
-    tiny; intra-op threads only add contention), then restore the defaults."""
-    previous, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(previous)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,14 +23,7 @@ from sampa.optim import HyperparameterError, build_method, check_method
 from sampa.optim.lookahead import lookahead
 from sampa.optim.tensors import global_norm
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons: run every test of this module in float64, then restore the default."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from problems import tiny_run
 
 from sampa import io
-from sampa.config import RunConfig
 from sampa.train import RunError, train
 
 RESULT_KEYS = (
@@ -32,29 +32,12 @@ RESULT_KEYS = (
 )
 
 
-def small_config(**overrides) -> RunConfig:
-    values = dict(
-        model="tinycnn",
-        dataset="synthetic",
-        optimizer="sgd",
-        epochs=3,
-        batch_size=32,
-        lr=0.05,
-        synthetic_train_size=200,
-        synthetic_test_size=100,
-        device="cpu",
-        threads=1,
-    )
-    values.update(overrides)
-    return RunConfig(**values)
-
-
 def results(metrics: dict) -> dict:
     return {k: metrics[k] for k in RESULT_KEYS}
 
 
 def test_run_directory_holds_complete_outputs(tmp_path):
-    cfg = small_config(optimizer="sampa", hparams={"rho": 0.1, "lam": 0.2})
+    cfg = tiny_run(optimizer="sampa", hparams={"rho": 0.1, "lam": 0.2})
     metrics = train(cfg, tmp_path / "run", log_progress=False)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [
@@ -90,7 +73,7 @@ def test_best_checkpoint_is_the_reported_model(tmp_path):
     from sampa.models import build_model
     from sampa.train import evaluate
 
-    cfg = small_config()
+    cfg = tiny_run()
     metrics = train(cfg, tmp_path / "run", log_progress=False)
     data = load_dataset("synthetic", seed=0, synthetic_train_size=200, synthetic_test_size=100)
     model = build_model("tinycnn", 10)
@@ -101,7 +84,7 @@ def test_best_checkpoint_is_the_reported_model(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "sampa", "randsam"])
 def test_interrupted_run_resumes_to_identical_results(tmp_path, optimizer):
-    cfg = small_config(optimizer=optimizer, epochs=4)
+    cfg = tiny_run(optimizer=optimizer, epochs=4)
     full = train(cfg, tmp_path / "full", log_progress=False)
     assert train(cfg, tmp_path / "resumed", stop_after=1, log_progress=False) is None
     partial = tmp_path / "resumed"
@@ -167,7 +150,7 @@ def test_killed_process_resumes_with_the_same_command(tmp_path):
 
 
 def test_divergence_is_a_result_not_a_traceback(tmp_path):
-    cfg = small_config(lr=1e30, momentum=0.0, weight_decay=0.0, label_smoothing=0.0, epochs=3)
+    cfg = tiny_run(lr=1e30, momentum=0.0, weight_decay=0.0, label_smoothing=0.0, epochs=3)
     metrics = train(cfg, tmp_path / "run", log_progress=False)
     on_disk = io.read_json(tmp_path / "run" / "metrics.json")
     assert metrics["diverged"] and on_disk["diverged"] and on_disk["status"] == "diverged"
@@ -176,7 +159,7 @@ def test_divergence_is_a_result_not_a_traceback(tmp_path):
 
 
 def test_finished_run_is_not_retrained(tmp_path):
-    cfg = small_config(epochs=1)
+    cfg = tiny_run(epochs=1)
     first = train(cfg, tmp_path / "run", log_progress=False)
     stamp = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
     again = train(cfg, tmp_path / "run", log_progress=False)
@@ -185,18 +168,18 @@ def test_finished_run_is_not_retrained(tmp_path):
 
 
 def test_directory_of_another_run_is_refused(tmp_path):
-    train(small_config(epochs=2), tmp_path / "run", stop_after=1, log_progress=False)
+    train(tiny_run(epochs=2), tmp_path / "run", stop_after=1, log_progress=False)
     with pytest.raises(RunError, match=r"holds a different run \(lr: 0.05 there, 0.1 now\)"):
-        train(small_config(epochs=2, lr=0.1), tmp_path / "run", log_progress=False)
+        train(tiny_run(epochs=2, lr=0.1), tmp_path / "run", log_progress=False)
     # settings that do not change results may differ on restart
-    done = train(small_config(epochs=2, threads=2), tmp_path / "run", log_progress=False)
+    done = train(tiny_run(epochs=2, threads=2), tmp_path / "run", log_progress=False)
     with pytest.raises(RunError, match="holds a different run"):  # also once the run is complete
-        train(small_config(epochs=2, seed=1), tmp_path / "run", log_progress=False)
+        train(tiny_run(epochs=2, seed=1), tmp_path / "run", log_progress=False)
     assert done["status"] == "complete"
 
 
 def test_label_noise_and_adamw_runs(tmp_path):
-    cfg = small_config(
+    cfg = tiny_run(
         optimizer="sam",
         base_optimizer="adamw",
         lr=1e-3,
@@ -210,6 +193,6 @@ def test_label_noise_and_adamw_runs(tmp_path):
 
 
 def test_smoke_task_is_learnable(tmp_path):
-    cfg = small_config(epochs=6, synthetic_train_size=1000, synthetic_test_size=200, batch_size=50)
+    cfg = tiny_run(epochs=6, synthetic_train_size=1000, synthetic_test_size=200, batch_size=50)
     metrics = train(cfg, tmp_path / "run", log_progress=False)
     assert metrics["test_acc"] > 0.3  # chance is 0.1
