@@ -17,7 +17,9 @@ vSAM past its warm-up; AE-SAM's and vSAM's SAM-step rates then depend on these r
 a real training run); methods that need sample indices get them.
 
 ``--fused`` methods are timed a second time with the fused single-device executor (``--backend fused``:
-SAMPa's two gradients in one batched forward/backward). The fast-path flags apply to every column.
+SAMPa's two gradients in one batched forward/backward), and ``--flat`` methods once more with flat
+buffers (``--flat-buffers``: parameters, points and gradients as one buffer each; a method in both lists
+also gets a fused flat row). The fast-path flags apply to every column.
 Then one SGD epoch is timed on GPU-resident CIFAR-shaped data (random uint8 images through the engine's
 own batching, augmentation and normalisation; ``--epoch-images``, default 45k on CUDA), after
 ``--warmup`` untimed steps (cudnn autotuning, compilation), between two device synchronisations.
@@ -71,6 +73,8 @@ def add_fast_path_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cudnn-benchmark", action="store_true")
     p.add_argument("--optimizer-impl", default="default", choices=OPTIMIZER_IMPLS)
     p.add_argument("--compile", default="off", choices=COMPILE_MODES)
+    p.add_argument("--flat-buffers", action="store_true", help="flat buffers for every column")
+    p.add_argument("--flat", default="", help="methods also timed with flat buffers (e.g. sgd,sam,sampa)")
     p.add_argument(
         "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)"
     )
@@ -81,13 +85,14 @@ def add_fast_path_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def fast_path(args: argparse.Namespace) -> FastPath:
+def fast_path(args: argparse.Namespace, flat: bool = False) -> FastPath:
     return FastPath(
         amp=args.amp,
         channels_last=args.channels_last,
         cudnn_benchmark=args.cudnn_benchmark,
         compile=args.compile,
         compile_backend=args.compile_backend,
+        flat_buffers=args.flat_buffers or flat,
     )
 
 
@@ -99,9 +104,15 @@ class Bench:
     """One method on one model (fast path applied, optionally with the fused executor), ready to step."""
 
     def __init__(
-        self, name: str, args: argparse.Namespace, device: torch.device, fused: bool = False
+        self,
+        name: str,
+        args: argparse.Namespace,
+        device: torch.device,
+        *,
+        fused: bool = False,
+        flat: bool = False,
     ) -> None:
-        fast = fast_path(args)
+        fast = fast_path(args, flat)
         torch.manual_seed(0)
         self.model = fast.prepare_model(build_model(args.model, 10).to(device).train())
         base = torch.optim.SGD(
@@ -208,13 +219,13 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace, device:
         f"{args.model}, batch {args.batch_size}, {name}, torch {torch.__version__}; "
         f"median of {args.rounds} rounds x {args.steps} steps"
     )
-    flags = ("amp", "channels_last", "cudnn_benchmark", "optimizer_impl", "compile")
+    flags = ("amp", "channels_last", "cudnn_benchmark", "optimizer_impl", "compile", "flat_buffers")
     print("fast path: " + ", ".join(f"{flag}={getattr(args, flag)}" for flag in flags))
-    print(f"{'method':<14} {'ms/step':>9} {'x SGD':>7} {'fwd':>5} {'bwd':>5} {'seq':>5} {'ideal':>6}")
+    print(f"{'method':<20} {'ms/step':>9} {'x SGD':>7} {'fwd':>5} {'bwd':>5} {'seq':>5} {'ideal':>6}")
     for r in results:
         ratio = f"{r['ratio_to_sgd']:.2f}" if r["ratio_to_sgd"] is not None else "-"
         print(
-            f"{r['method']:<14} {r['step_ms']:>9.1f} {ratio:>7} {r['forward']:>5.2f} {r['backward']:>5.2f} "
+            f"{r['method']:<20} {r['step_ms']:>9.1f} {ratio:>7} {r['forward']:>5.2f} {r['backward']:>5.2f} "
             f"{r['sequential']:>5.2f} {r['ideal_sequential']:>6.2f}"
         )
 
@@ -223,13 +234,18 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace, device:
 # Fused backend and epoch time
 
 
-FUSED_SUFFIX = " (fused)"
+FUSED_SUFFIX, FLAT_SUFFIX, FUSED_FLAT_SUFFIX = " (fused)", " (flat)", " (fused, flat)"
 
 
 def fused_benches(args: argparse.Namespace, device: torch.device) -> dict[str, Bench]:
-    """The ``--fused`` methods once more, with the fused single-device executor."""
-    names = [n.strip() for n in args.fused.split(",") if n.strip()]
-    return {name + FUSED_SUFFIX: Bench(name, args, device, fused=True) for name in names}
+    """The ``--fused`` methods with the fused single-device executor, the ``--flat`` ones with flat buffers
+    (and both for a method in both lists)."""
+    fused, flat = method_names(args.fused), method_names(args.flat)
+    benches = {name + FUSED_SUFFIX: Bench(name, args, device, fused=True) for name in fused}
+    benches |= {name + FLAT_SUFFIX: Bench(name, args, device, flat=True) for name in flat}
+    for name in (name for name in flat if name in fused):
+        benches[name + FUSED_FLAT_SUFFIX] = Bench(name, args, device, fused=True, flat=True)
+    return benches
 
 
 def random_cifar(n: int, device: torch.device) -> Dataset:

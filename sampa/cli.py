@@ -59,7 +59,7 @@ _FIELD_FLAGS = {
 }
 
 #: on/off flags that set a RunConfig field to true (fast path)
-_BOOL_FLAGS = ("channels_last", "cudnn_benchmark")
+_BOOL_FLAGS = ("channels_last", "cudnn_benchmark", "flat_buffers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

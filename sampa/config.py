@@ -60,6 +60,7 @@ class RunConfig:
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark during the run
     optimizer_impl: str = "default"  # base optimizer kernels: default (torch's choice) | foreach | fused
     compile: str = "off"  # torch.compile: off | model (forward/backward) | step (the whole method step)
+    flat_buffers: bool = False  # parameters, points and gradients as one contiguous buffer each
     dist_timeout_s: float = 300.0  # two devices: a dead or hung rank stops the run after this long
     data_root: str | None = None  # default: $SAMPA_DATA, then ./data
     download: bool = True
@@ -150,7 +151,7 @@ def _check_fast_path(cfg: RunConfig) -> None:
     if cfg.compile == "step" and cfg.devices != 1:
         raise ConfigError(f"compile 'step' runs on one device; devices must be 1 (got {cfg.devices})")
     _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
-    for name in ("channels_last", "cudnn_benchmark"):
+    for name in ("channels_last", "cudnn_benchmark", "flat_buffers"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name} must be true or false (got {getattr(cfg, name)!r})")
     try:

@@ -129,7 +129,11 @@ def single_device_backend(cfg: RunConfig) -> Backend:
 def fast_path(cfg: RunConfig) -> FastPath:
     """The run's fast-path settings (all off: the fp32 eager reference)."""
     return FastPath(
-        amp=cfg.amp, channels_last=cfg.channels_last, cudnn_benchmark=cfg.cudnn_benchmark, compile=cfg.compile
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+        cudnn_benchmark=cfg.cudnn_benchmark,
+        compile=cfg.compile,
+        flat_buffers=cfg.flat_buffers,
     )
 
 
@@ -179,8 +183,8 @@ class _Run:
         )
         self.augment = Augment(cutout=cfg.cutout)
         self.steps_per_epoch = num_batches(len(self.data.train), cfg.batch_size)
-        self.state = self._resume_or_start()
         self.step = self.fast.prepare_method(self.method)  # method.step, or its compiled form
+        self.state = self._resume_or_start()  # after prepare_method: flat buffers must exist first
         self.memory = MemoryMonitor([self.device])
 
     def _load_data(self) -> Dataset:

@@ -13,6 +13,7 @@ references run in the test process with the same code and ``SingleDevice``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -49,6 +50,7 @@ from sampa.launch import Rendezvous, external_launcher
 from sampa.losses import make_loss
 from sampa.models import build_model
 from sampa.optim import METHODS, GradJob
+from sampa.optim.flat import flatten_parameters
 from sampa.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +82,7 @@ class Scenario:
     hparams: dict[str, Any] = field(default_factory=dict)
     sizes: tuple[int, ...] = (32,) * 12
     lr: float = 0.05
+    flat: bool = False  # flat buffers (sampa.optim.flat)
 
 
 ODD_SIZES = (32, 37, 32, 31, 1, 32, 33, 32, 32, 32)  # odd halves; a one-sample batch leaves rank 1 empty
@@ -97,6 +100,9 @@ SCENARIOS = {
     "esam-plain": Scenario("esam", "plain", hparams={"rho": 0.1}, sizes=ODD_SIZES),  # partial backward
     "bn-average": Scenario("sgd", "tinycnn", lr=1e-30, sizes=(32,) * 4),
 }
+#: the same scenarios with flat buffers, compared with the per-tensor single-device runs
+FLAT = ("sampa-0.2-sgd", "sampa-bisam-sgd", "sgd-plain", "msam-tinycnn")
+SCENARIOS |= {f"{name}-flat": dataclasses.replace(SCENARIOS[name], flat=True) for name in FLAT}
 
 
 def run_scenario(sc: Scenario, backend: Any) -> dict[str, Any]:
@@ -110,6 +116,8 @@ def run_scenario(sc: Scenario, backend: Any) -> dict[str, Any]:
         base = torch.optim.SGD(params, lr=sc.lr, momentum=0.9, weight_decay=5e-4)
     cls = METHODS[sc.method] if isinstance(sc.method, str) else sc.method
     method = cls(model, make_loss(0.1), base, executor=backend.executor, **sc.hparams)
+    if sc.flat:
+        flatten_parameters(method)
     gen = torch.Generator().manual_seed(1)
     losses, depth = [], []
     for n in sc.sizes:
@@ -205,6 +213,15 @@ def test_pair_sampa_equals_single_device_sampa(pair_results, name):
         assert got["losses"] == pytest.approx(reference["losses"], rel=1e-6)
     assert pair_results[0][name]["sequential"][1:] == [1] * (steps - 1)  # the two gradients side by side
     assert reference["sequential"][1:] == [2] * (steps - 1)
+
+
+@pytest.mark.parametrize("name", FLAT)
+def test_pair_with_flat_buffers_equals_the_per_tensor_pair(pair_results, name):
+    """Gradients exchanged as flat buffers (no per-tensor gathering); norms over one buffer (round-off)."""
+    for rank in (0, 1):
+        got, per_tensor = pair_results[rank][f"{name}-flat"], pair_results[rank][name]
+        assert_states_close(got["state"], per_tensor["state"], rtol=1e-5, atol=1e-6)
+        assert got["sequential"] == per_tensor["sequential"]
 
 
 def test_pair_sampa_bn_statistics_are_the_single_device_ones(pair_results):

@@ -21,6 +21,12 @@ never what it computes; each is tested on CPU against the reference path to tole
   (``mode="reduce-overhead"``) are not used: methods keep tensors across steps (SAMPa's g_t, its
   previous batch) that a graph replay would overwrite.
 
+* ``flat_buffers``: the method's parameters, points and gradients as one contiguous buffer each
+  (``sampa.optim.flat``): vector math (norms, perturbations, combinations) is one kernel over the buffer,
+  each gradient job differentiates one flat leaf, the two-device backend exchanges gradients without
+  gathering pieces and the fused backend stacks points with one ``torch.stack``. Norms and dots sum in
+  another order (round-off).
+
 The base optimizer's implementation (``optimizer_impl``: torch's default, ``foreach`` or ``fused``
 kernels) is chosen where the optimizer is built (``sampa.train.make_base_optimizer``).
 """
@@ -35,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from sampa.optim import Method, StepRecord
+from sampa.optim.flat import flatten_parameters
 
 AMP_MODES = ("off", "bf16")
 COMPILE_MODES = ("off", "model", "step")
@@ -58,6 +65,7 @@ class FastPath:
     cudnn_benchmark: bool = False
     compile: str = "off"
     compile_backend: str = "inductor"
+    flat_buffers: bool = False
 
     def __post_init__(self) -> None:
         for name, value, choices in (("amp", self.amp, AMP_MODES), ("compile", self.compile, COMPILE_MODES)):
@@ -84,8 +92,11 @@ class FastPath:
         return inputs
 
     def prepare_method(self, method: Method) -> StepFn:
-        """Set the method's forward precision; return the function to call instead of ``method.step``."""
+        """Set the method's forward precision (and flat buffers); return the function to call instead of
+        ``method.step``. Call it before loading the method's state from a checkpoint."""
         method.autocast = _AMP_DTYPES[self.amp]
+        if self.flat_buffers:
+            flatten_parameters(method)
         if self.compile != "step":
             return method.step
         compiled = torch.compile(method.step, backend=self.compile_backend, dynamic=False)

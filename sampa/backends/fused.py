@@ -41,6 +41,8 @@ from torch.overrides import TorchFunctionMode
 from sampa.backends.single import SingleDevice
 from sampa.optim import GradJob, GradResult, Method
 from sampa.optim.base import evaluate_job, model_forward
+from sampa.optim.flat import FlatVector, as_flat
+from sampa.optim.tensors import TensorList
 
 
 class FusedExecutor:
@@ -77,10 +79,7 @@ def evaluate_fused(method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
     """One forward/backward over len(jobs) stacked replicas; results in job order."""
     model, n = method.model, len(jobs)
     points = [method.current_point() if job.point is None else job.point for job in jobs]
-    stacked = [
-        torch.stack([p.detach() for p in replicas]).requires_grad_(True)
-        for replicas in zip(*points, strict=True)
-    ]
+    leaves, stacked, gradient = _stacked_points(method, points)
     params = dict(zip(method.param_names, stacked, strict=True))
     buffers = {name: torch.stack([b] * n) for name, b in model.named_buffers()}  # one copy per replica
     inputs = torch.stack([job.inputs for job in jobs])
@@ -92,11 +91,11 @@ def evaluate_fused(method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         logits = torch.func.vmap(replica)(params, buffers, inputs)
     per_sample = [method.loss_fn(logits[k], job.targets) for k, job in enumerate(jobs)]
     losses = [loss.mean() for loss in per_sample]
-    grads = torch.autograd.grad(torch.stack(losses).sum(), stacked)  # dW[k] = grad of job k's own loss
+    grads = torch.autograd.grad(torch.stack(losses).sum(), leaves)  # dW[k] = grad of job k's own loss
     _write_back_bn_stats(model, buffers, jobs)
     return [
         GradResult(
-            grads=[_laid_out_like(g[k], p) for g, p in zip(grads, method.params, strict=True)],
+            grads=gradient(grads, k),
             loss=losses[k].detach(),
             correct=(logits[k].detach().argmax(dim=1) == job.targets).sum(),
             count=job.targets.shape[0],
@@ -104,6 +103,30 @@ def evaluate_fused(method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         )
         for k, job in enumerate(jobs)
     ]
+
+
+def _stacked_points(
+    method: Method, points: Sequence[Sequence[Tensor]]
+) -> tuple[list[Tensor], list[Tensor], Callable[[Sequence[Tensor], int], TensorList]]:
+    """The leaves to differentiate, one ``[n, ...]`` tensor per parameter (the n points stacked), and how
+    replica k's gradient is read from the leaves' gradients.
+
+    With flat buffers the n points are one ``[n, numel]`` leaf (one stack; replica k's gradient is row k,
+    a FlatVector); otherwise one stacked leaf per parameter.
+    """
+    flat = method.flat
+    if flat is not None:
+        leaf = torch.stack([as_flat(point, flat.layout) for point in points]).requires_grad_(True)
+        return [leaf], flat.layout.views(leaf), lambda grads, k: FlatVector(grads[0][k], flat.layout)
+    stacked = [
+        torch.stack([p.detach() for p in replicas]).requires_grad_(True)
+        for replicas in zip(*points, strict=True)
+    ]
+
+    def gradient(grads: Sequence[Tensor], k: int) -> TensorList:
+        return [_laid_out_like(g[k], p) for g, p in zip(grads, method.params, strict=True)]
+
+    return stacked, stacked, gradient
 
 
 class _VmapAutocast(TorchFunctionMode):

@@ -57,6 +57,8 @@ from torch import Tensor, nn
 
 from sampa.optim import GradJob, GradResult, Method
 from sampa.optim.base import evaluate_job
+from sampa.optim.flat import FlatVector
+from sampa.optim.tensors import TensorList
 
 TASK, DATA = "task", "data"
 MODES = (TASK, DATA)
@@ -199,14 +201,23 @@ def _grad_dtype(method: Method) -> torch.dtype:
 
 
 def _all_gradients(result: GradResult) -> list[Tensor]:
-    """The job's gradient followed by the gradients of its extra losses (``GradJob.losses``)."""
-    return [t for grads in (result.grads, *result.extra_grads) for t in grads]
+    """The job's gradient followed by the gradients of its extra losses (``GradJob.losses``), as pieces to
+    concatenate: a flat gradient (flat buffers) is one piece, a list one piece per parameter."""
+    return [
+        piece
+        for grads in (result.grads, *result.extra_grads)
+        for piece in ([grads.flat] if isinstance(grads, FlatVector) else grads)
+    ]
 
 
-def _split_gradients(flat: Tensor, method: Method, count: int) -> list[list[Tensor]]:
-    """``count`` parameter-shaped gradients from the front of ``flat`` (views)."""
+def _split_gradients(flat: Tensor, method: Method, count: int) -> list[TensorList]:
+    """``count`` parameter-aligned gradients from the front of ``flat`` (views; FlatVectors with flat
+    buffers)."""
     size = _grad_size(method)
-    return [_split(flat[k * size : (k + 1) * size], method.params) for k in range(count)]
+    pieces = [flat[k * size : (k + 1) * size] for k in range(count)]
+    if method.flat is not None:
+        return [FlatVector(piece, method.flat.layout) for piece in pieces]
+    return [_split(piece, method.params) for piece in pieces]
 
 
 def _pack(result: GradResult, job: GradJob) -> Tensor:
@@ -214,7 +225,8 @@ def _pack(result: GradResult, job: GradJob) -> Tensor:
     count = job.targets.shape[0]
     per_sample = result.per_sample_loss
     has_per_sample = per_sample is not None and per_sample.numel() == count
-    dtype, device = result.grads[0].dtype, result.grads[0].device
+    gradients = _all_gradients(result)
+    dtype, device = gradients[0].dtype, gradients[0].device
     scalars = torch.stack([result.loss.to(dtype), result.correct.to(dtype)])
     flag = torch.full((1,), float(has_per_sample), dtype=dtype, device=device)
     tail = (
@@ -222,7 +234,7 @@ def _pack(result: GradResult, job: GradJob) -> Tensor:
         if has_per_sample
         else torch.full((count,), torch.nan, dtype=dtype, device=device)
     )
-    return _flatten([*_all_gradients(result), scalars, flag, tail])
+    return _flatten([*gradients, scalars, flag, tail])
 
 
 def _flatten(tensors: Sequence[Tensor]) -> Tensor:

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from sampa.optim.flat import FlatParameters, FlatVector, as_flat, plain
 from sampa.optim.lookahead import lookahead
 from sampa.optim.tensors import TensorList
 
@@ -170,23 +171,14 @@ def frozen_bn_stats(model: nn.Module, freeze: bool = True) -> Iterator[None]:
 
 def evaluate_job(method: Method, job: GradJob) -> GradResult:
     """Forward and backward of one job on the local device (shared by every executor)."""
-    params = method.params
-    wrt = range(len(params)) if job.wrt is None else job.wrt
-    if job.point is None:
-        leaves = [params[i] for i in wrt]
-        overrides: dict[str, Tensor] = {}
-    else:
-        leaves = [job.point[i].detach().requires_grad_(True) for i in wrt]
-        overrides = {method.param_names[i]: job.point[i].detach() for i in range(len(params))}
-        for i, leaf in zip(wrt, leaves, strict=True):
-            overrides[method.param_names[i]] = leaf
+    leaves, overrides, to_gradient = _differentiable_point(method, job)
     with frozen_bn_stats(method.model, freeze=not job.update_bn):
         logits = model_forward(method, method.model, job.inputs, overrides)
     per_sample = method.loss_fn(logits, job.targets)
     loss = per_sample.mean()
     losses = [loss] if job.losses is None else _objectives(job, logits, method.loss_fn, loss)
     grads = [
-        _scatter(params, wrt, torch.autograd.grad(obj, leaves, retain_graph=k + 1 < len(losses)))
+        to_gradient(torch.autograd.grad(obj, leaves, retain_graph=k + 1 < len(losses)))
         for k, obj in enumerate(losses)
     ]
     correct = (logits.detach().argmax(dim=1) == job.targets).sum()
@@ -199,6 +191,32 @@ def evaluate_job(method: Method, job: GradJob) -> GradResult:
         per_sample_loss=per_sample.detach() if per_sample.dim() > 0 else None,
         logits=logits.detach(),
     )
+
+
+def _differentiable_point(
+    method: Method, job: GradJob
+) -> tuple[list[Tensor], dict[str, Tensor], Callable[[Sequence[Tensor]], TensorList]]:
+    """The leaves to differentiate, the parameter overrides for the forward pass (empty: the model's own
+    parameters) and how the leaves' gradients become a parameter-aligned gradient.
+
+    With flat buffers (and no ``wrt``) the gradient is a FlatVector: at x_t the parameters' gradients
+    concatenated, elsewhere the gradient of ONE leaf, the point's flat buffer.
+    """
+    params, flat = method.params, method.flat
+    if flat is not None and job.wrt is None:
+        if job.point is None:  # the model's own parameters: no functional call, one concatenation
+            return list(params), {}, lambda grads: FlatVector(flat.layout.flatten(grads), flat.layout)
+        leaf = as_flat(job.point, flat.layout).detach().requires_grad_(True)
+        overrides = dict(zip(method.param_names, flat.layout.views(leaf), strict=True))
+        return [leaf], overrides, lambda grads: FlatVector(grads[0], flat.layout)
+    wrt = range(len(params)) if job.wrt is None else job.wrt
+    if job.point is None:
+        return [params[i] for i in wrt], {}, lambda grads: _scatter(params, wrt, grads)
+    leaves = [job.point[i].detach().requires_grad_(True) for i in wrt]
+    overrides = {method.param_names[i]: job.point[i].detach() for i in range(len(params))}
+    for i, leaf in zip(wrt, leaves, strict=True):
+        overrides[method.param_names[i]] = leaf
+    return leaves, overrides, lambda grads: _scatter(params, wrt, grads)
 
 
 def _objectives(job: GradJob, logits: Tensor, loss_fn: LossFn, loss: Tensor) -> list[Tensor]:
@@ -297,6 +315,8 @@ class Method:
         #: forward passes run under torch.autocast with this dtype (set by the engine's fast path, never
         #: by a method)
         self.autocast: torch.dtype | None = None
+        #: the parameters as one flat buffer (``sampa.optim.flat.flatten_parameters``), or None
+        self.flat: FlatParameters | None = None
 
     #: whether ``step`` needs the samples' dataset indices (``indices=``), e.g. for per-sample state
     needs_indices: ClassVar[bool] = False
@@ -377,7 +397,9 @@ class Method:
             return model_forward(self, target, inputs, params)
 
     def current_point(self) -> TensorList:
-        """x_t as detached views of the parameters (no copy)."""
+        """x_t as detached views of the parameters (no copy); a FlatVector with flat buffers."""
+        if self.flat is not None:
+            return self.flat.point()
         return [p.detach() for p in self.params]
 
     def learning_rates(self) -> list[float]:
@@ -397,11 +419,21 @@ class Method:
     def load_method_state(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`method_state`."""
 
+    def load_vector(self, saved: Sequence[Tensor] | None) -> TensorList | None:
+        """A parameter-aligned vector from :meth:`method_state` (None stays None) on the parameters'
+        device; a FlatVector when the method uses flat buffers."""
+        if saved is None:
+            return None
+        vector = [t.to(self.params[0].device) for t in saved]
+        if self.flat is not None:
+            return FlatVector(self.flat.layout.flatten(vector), self.flat.layout)
+        return vector
+
     def state_dict(self) -> dict[str, Any]:
         """Base optimizer state + method state; loadable with ``torch.load(weights_only=True)``."""
         return {
             "base_optimizer": self.base_optimizer.state_dict(),
-            "method": self.method_state(),
+            "method": plain(self.method_state()),
             "step_count": self.step_count,
             "rng": self.rng.get_state(),
         }

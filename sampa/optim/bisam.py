@@ -141,5 +141,4 @@ class SAMPaBiSAM(BiSAMRule, SAMPa):
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         super().load_method_state(state)
-        q = state["q_y"]
-        self.q_y = None if q is None else [t.to(self.params[0].device) for t in q]
+        self.q_y = self.load_vector(state["q_y"])

@@ -75,5 +75,4 @@ class LookSAM(SAM):
         return {"g_v": self.g_v}
 
     def load_method_state(self, state: dict[str, Any]) -> None:
-        g_v = state["g_v"]
-        self.g_v = None if g_v is None else [t.to(self.params[0].device) for t in g_v]
+        self.g_v = self.load_vector(state["g_v"])

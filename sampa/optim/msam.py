@@ -179,5 +179,4 @@ class MSAMPa(SAMPa):
     def load_method_state(self, state: dict[str, Any]) -> None:
         super().load_method_state(state)
         micro = state["g_y_micro"]
-        device = self.params[0].device
-        self.g_y_micro = None if micro is None else [[g.to(device) for g in gs] for gs in micro]
+        self.g_y_micro = None if micro is None else [self.load_vector(gs) for gs in micro]

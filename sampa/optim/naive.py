@@ -62,5 +62,4 @@ class OptSAM(Method):
         return {"g_prev": self.g_prev}
 
     def load_method_state(self, state: dict[str, Any]) -> None:
-        g = state["g_prev"]
-        self.g_prev = None if g is None else [t.to(self.params[0].device) for t in g]
+        self.g_prev = self.load_vector(state["g_prev"])

@@ -126,7 +126,7 @@ class SAMPa(Method):
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         device = self.params[0].device
-        self.g_y = None if state["g_y"] is None else [g.to(device) for g in state["g_y"]]
+        self.g_y = self.load_vector(state["g_y"])
         batch = state["prev_batch"]
         self.prev_batch = None if batch is None else (batch[0].to(device), batch[1].to(device))
 

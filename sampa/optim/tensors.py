@@ -1,7 +1,9 @@
 """Vector arithmetic on parameter-aligned lists of tensors (foreach kernels, no host synchronisation).
 
 Every method treats "all trainable parameters" as one vector; norms are the **global** L2 norm over
-the concatenation of all tensors (not per tensor).
+the concatenation of all tensors (not per tensor). When every operand is a
+:class:`~sampa.optim.flat.FlatVector` of one layout (flat buffers), each helper runs on the buffers
+(one kernel) and returns a FlatVector; otherwise it works per tensor and returns a list.
 """
 
 from __future__ import annotations
@@ -11,27 +13,40 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-TensorList = list[Tensor]
+from sampa.optim.flat import FlatVector, shared_layout
+
+#: a parameter-aligned vector: a list of tensors, or a FlatVector (flat buffers)
+TensorList = list[Tensor] | FlatVector
 
 
 def global_norm(xs: Sequence[Tensor]) -> Tensor:
     """||x||_2 over the concatenation of all tensors (0-d tensor, stays on the device)."""
+    if isinstance(xs, FlatVector):
+        return torch.linalg.vector_norm(xs.flat, 2)
     norms = torch._foreach_norm(list(xs), 2)
     return torch.linalg.vector_norm(torch.stack(norms), 2)
 
 
 def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     """<x, y> over the concatenation of all tensors."""
+    if shared_layout(xs, ys):
+        return torch.dot(xs.flat, ys.flat)
     return torch.stack([torch.sum(x * y) for x, y in zip(xs, ys, strict=True)]).sum()
 
 
 def scaled(xs: Sequence[Tensor], scale: Tensor | float) -> TensorList:
     """scale * x (new tensors)."""
+    if isinstance(xs, FlatVector):
+        return xs.like(xs.flat * scale)
     return torch._foreach_mul(list(xs), scale)
 
 
 def add(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: Tensor | float = 1.0) -> TensorList:
     """x + alpha * y (new tensors)."""
+    if shared_layout(xs, ys):
+        return xs.like(
+            xs.flat + ys.flat * alpha if isinstance(alpha, Tensor) else xs.flat.add(ys.flat, alpha=alpha)
+        )
     if isinstance(alpha, Tensor):
         return torch._foreach_add(list(xs), torch._foreach_mul(list(ys), alpha))
     return torch._foreach_add(list(xs), list(ys), alpha=alpha)
@@ -39,6 +54,8 @@ def add(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: Tensor | float = 1.0)
 
 def combine(xs: Sequence[Tensor], ys: Sequence[Tensor], a: float, b: float) -> TensorList:
     """a * x + b * y (new tensors)."""
+    if shared_layout(xs, ys):
+        return xs.like((xs.flat * a).add_(ys.flat, alpha=b))
     return torch._foreach_add(torch._foreach_mul(list(xs), a), list(ys), alpha=b)
 
 
@@ -50,6 +67,8 @@ def normalized(xs: Sequence[Tensor], radius: float, eps: float) -> TensorList:
 
 def clone(xs: Sequence[Tensor]) -> TensorList:
     """Detached copies."""
+    if isinstance(xs, FlatVector):
+        return xs.like(xs.flat.detach().clone())
     return [x.detach().clone() for x in xs]
 
 
@@ -60,6 +79,8 @@ def cosine(xs: Sequence[Tensor], ys: Sequence[Tensor], eps: float = 1e-12) -> Te
 
 def distance(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     """||x - y||_2 over the concatenation."""
+    if shared_layout(xs, ys):
+        return torch.linalg.vector_norm(xs.flat - ys.flat, 2)
     return global_norm(torch._foreach_sub(list(xs), list(ys)))
 
 
@@ -75,6 +96,11 @@ def reject(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> TensorList:
 
 def weighted_sum(vectors: Sequence[Sequence[Tensor]], weights: Sequence[float]) -> TensorList:
     """sum_j w_j v_j over parameter-aligned vectors (new tensors)."""
+    if shared_layout(*vectors):
+        flat = vectors[0].flat * weights[0]
+        for v, w in zip(vectors[1:], weights[1:], strict=True):
+            flat.add_(v.flat, alpha=w)
+        return vectors[0].like(flat)
     out = scaled(vectors[0], weights[0])
     for v, w in zip(vectors[1:], weights[1:], strict=True):
         torch._foreach_add_(out, list(v), alpha=w)

@@ -51,8 +51,7 @@ class VaSSORule:
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         super().load_method_state(state)
-        d = state["vasso_d"]
-        self.d = None if d is None else [t.to(self.params[0].device) for t in d]
+        self.d = self.load_vector(state["vasso_d"])
 
 
 def _check_theta(theta: float) -> None:

@@ -182,7 +182,7 @@ class VSAM(SAM):
         weight = 0.0
         if sample:
             direction = self.sam_gradient(inputs, targets, g).grads  # g_s
-            self.psf, self.reused = torch._foreach_sub(direction, g), 0  # PSF = g_s - g
+            self.psf, self.reused = add(direction, g, alpha=-1.0), 0  # PSF = g_s - g
             self._record_psf(self.psf, g)
         elif self.psf is not None and self.reused < self.hp.reuse_steps:
             self.reused += 1
@@ -225,8 +225,7 @@ class VSAM(SAM):
         }
 
     def load_method_state(self, state: dict[str, Any]) -> None:
-        psf = state["psf"]
-        self.psf = None if psf is None else [t.to(self.params[0].device) for t in psf]
+        self.psf = self.load_vector(state["psf"])
         self.reused = int(state["reused"])
         for key, value in state["schedule"].items():
             setattr(self.schedule, key, value)
