@@ -12,7 +12,7 @@ import pytest
 
 from sampa import experiments as ex
 from sampa.report import compare as cmp
-from sampa.report import paper, scorecard, tables
+from sampa.report import paper, scorecard, scorecard_text, tables
 from sampa.report.runs import collect_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,15 +361,15 @@ def test_scorecard_verdicts(results):
     noise = outcome(card, 3).evidence
     assert list(noise["Noise rate"]) == ["20%"]  # 0% is not a noisy-label line
     assert "SAMPa-0.2 / SAM = 0.58 (paper 0.58)" in outcome(card, 2).finding
-    md = scorecard.render_markdown(card)
+    md = scorecard_text.render_markdown(card)
     assert md.startswith("# Reproduction scorecard")
     assert "3 reproduced" not in md and "5 reproduced, 1 not reproduced, 2 not run" in md
     for claim in scorecard.CLAIMS:
         assert f"## {claim.number}. {claim.statement}" in md and claim.rule in md
     assert "| Table 10 " in md and scorecard.NOT_IN_CONFIG in md  # coverage lists every paper table
-    tex = scorecard.render_latex(card)
+    tex = scorecard_text.render_latex(card)
     assert r"\section*{Reproduction scorecard" in tex and r"\toprule" in tex
-    assert scorecard.render_markdown(card_of(plan, root, runs)) == md  # byte-stable
+    assert scorecard_text.render_markdown(card_of(plan, root, runs)) == md  # byte-stable
 
 
 def test_failing_evidence_gives_not_reproduced(tmp_path):
@@ -388,7 +388,7 @@ def test_missing_runs_make_a_claim_not_run_and_are_listed(results):
     result = outcome(card_of(plan, root, runs), 2)
     assert result.verdict == scorecard.NOT_RUN
     assert result.missing == [f"{victim.path} (missing)"]
-    assert f"Missing runs (1): {victim.path} (missing)" in scorecard.render_markdown(
+    assert f"Missing runs (1): {victim.path} (missing)" in scorecard_text.render_markdown(
         card_of(plan, root, runs)
     )
 
@@ -402,13 +402,13 @@ def test_memory_claim_needs_device_memory(tmp_path):
 def test_synthetic_runs_are_never_evidence(tmp_path):
     plan, root, runs = make_results(tmp_path, synthetic_config())
     card = card_of(plan, root, runs)
-    md = scorecard.render_markdown(card)
+    md = scorecard_text.render_markdown(card)
     assert md.splitlines()[0].startswith("> **SYNTHETIC DATA")
     verdicts = {claim.number: o.verdict for claim, o in card.outcomes}
     for number in (1, 2, 3, 5, 6):
         assert verdicts[number] == scorecard.NOT_EVIDENCE, number
     assert verdicts[4] == scorecard.REPRODUCED  # the toy problem uses no data
-    assert scorecard.render_latex(card).startswith("% SYNTHETIC DATA")
+    assert scorecard_text.render_latex(card).startswith("% SYNTHETIC DATA")
 
 
 def test_scorecard_command(results, tmp_path, capsys):
@@ -425,7 +425,7 @@ def test_scorecard_command(results, tmp_path, capsys):
     md, tex = tmp_path / "out/reproduction.md", tmp_path / "out/reproduction.tex"
     args = ["scorecard", "--runs", str(runs_csv), "--toy", str(toy), "--runs-root", str(root)]
     assert main([*args, "--config", str(config), "--md", str(md), "--tex", str(tex)]) == 0
-    assert md.read_text() == scorecard.render_markdown(card_of(plan, root, runs))
+    assert md.read_text() == scorecard_text.render_markdown(card_of(plan, root, runs))
     assert tex.read_text().startswith(r"\section*{")
     specs = json.dumps(plan.specs)
     assert main([*args, "--specs", specs]) == 0 and "# Reproduction scorecard" in capsys.readouterr().out

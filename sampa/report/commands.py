@@ -244,7 +244,8 @@ def _scorecard(args: argparse.Namespace) -> int:
 
     from sampa import io
     from sampa.experiments import PlanError, load_config, plan
-    from sampa.report.scorecard import Inputs, render_latex, render_markdown, scorecard
+    from sampa.report.scorecard import Inputs, scorecard
+    from sampa.report.scorecard_text import render_latex, render_markdown
 
     if args.specs:
         try:

@@ -29,7 +29,7 @@ from sampa.experiments import plan_experiment
 from sampa.report import paper
 from sampa.report.compare import OUTSIDE, WITHIN, compare
 from sampa.report.runs import collect_epochs
-from sampa.report.tables import axis_name, cell_table, latex_cell, latex_escape, observations
+from sampa.report.tables import axis_name, cell_table, observations
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
 NOT_EVIDENCE = "not evidence (synthetic data)"
@@ -596,104 +596,3 @@ def _table_status(spec: Mapping[str, Any] | None, runs: pd.DataFrame) -> tuple[s
     status = "synthetic data: no verdicts" if comparison.synthetic else "compared"
     shown = {k: counts[k] for k in ("compared", WITHIN, OUTSIDE)}
     return status, {**shown, "_unmatched": comparison.unmatched}, comparison.synthetic
-
-
-# ----------------------------------------------------------------------------------------------
-# Rendering
-
-
-def _first_lines(card: Scorecard) -> list[str]:
-    lines = []
-    if card.synthetic:
-        lines.append(
-            "SYNTHETIC DATA: runs behind this scorecard used synthetic data; they are not evidence and "
-            "get no verdict (their claims say 'not evidence')."
-        )
-    if card.note:
-        lines.append(card.note)
-    return lines
-
-
-def _summary(card: Scorecard) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "#": claim.number,
-                "Claim": claim.statement,
-                "Paper": claim.source,
-                "Verdict": outcome.verdict,
-                "Evidence": outcome.finding,
-            }
-            for claim, outcome in card.outcomes
-        ]
-    )
-
-
-def _counts(card: Scorecard) -> str:
-    verdicts = pd.Series([o.verdict for _, o in card.outcomes]).value_counts()
-    order = (REPRODUCED, NOT_REPRODUCED, NOT_RUN, NOT_EVIDENCE)
-    return ", ".join(f"{int(verdicts[v])} {v}" for v in order if v in verdicts)
-
-
-VERDICT_NOTE = (
-    "reproduced / not reproduced: the claim's rule holds / fails on our runs (means over seeds); "
-    "not run: the experiment is not in this config or runs are missing (listed); "
-    "not evidence: synthetic data."
-)
-
-
-def render_markdown(card: Scorecard) -> str:
-    parts = [f"> **{line}**" for line in _first_lines(card)]
-    parts.append(f"# Reproduction scorecard: the SAMPa paper's claims (config `{card.profile}`)")
-    parts.append(f"{_counts(card)}. {VERDICT_NOTE}")
-    parts.append(_summary(card).to_markdown(index=False, disable_numparse=True))
-    for claim, outcome in card.outcomes:
-        parts.append(f"## {claim.number}. {claim.statement} ({claim.source})")
-        parts.append(f"**Verdict: {outcome.verdict}.** {outcome.finding}\n\nRule: {claim.rule}")
-        if len(outcome.evidence):
-            parts.append(outcome.evidence.to_markdown(index=False, disable_numparse=True))
-        if outcome.missing:
-            parts.append(f"Missing runs ({len(outcome.missing)}): " + "; ".join(outcome.missing))
-    parts.append("## The paper's tables, cell by cell")
-    parts.append(
-        "Each table's own file shows every compared cell (ours ± std (n), the paper's ± std, Δ, "
-        "within/outside); here are the counts."
-    )
-    coverage = card.coverage.drop(columns=["synthetic"])
-    parts.append(coverage.to_markdown(index=False, disable_numparse=True))
-    if card.not_compared:
-        parts.append(
-            "Paper cells without a counterpart in this config:\n\n"
-            + "\n".join(f"- {line}" for line in card.not_compared)
-        )
-    return "\n\n".join(parts) + "\n"
-
-
-def render_latex(card: Scorecard) -> str:
-    lines = [f"% {line}" for line in _first_lines(card)]
-    lines.append(r"\section*{Reproduction scorecard: the SAMPa paper's claims}")
-    lines.append(latex_escape(f"Config {card.profile}: {_counts(card)}. {VERDICT_NOTE}"))
-    lines.append(_latex_table(_summary(card), "rp{4.5cm}llp{5cm}"))
-    for claim, outcome in card.outcomes:
-        lines.append(rf"\subsection*{{{claim.number}. {latex_escape(claim.statement)} ({claim.source})}}")
-        lines.append(
-            rf"\textbf{{Verdict: {outcome.verdict}.}} {latex_escape(outcome.finding)}\\ "
-            f"Rule: {latex_escape(claim.rule)}"
-        )
-        if len(outcome.evidence):
-            lines.append(_latex_table(outcome.evidence, "l" * len(outcome.evidence.columns)))
-        if outcome.missing:
-            lines.append(
-                latex_escape(f"Missing runs ({len(outcome.missing)}): " + "; ".join(outcome.missing))
-            )
-    lines.append(r"\subsection*{The paper's tables, cell by cell}")
-    coverage = card.coverage.drop(columns=["synthetic"])
-    lines.append(_latex_table(coverage, "l" * (len(coverage.columns) - 1) + "p{6cm}"))
-    lines += [f"% {line}" for line in card.not_compared]
-    return "\n\n".join(lines) + "\n"
-
-
-def _latex_table(frame: pd.DataFrame, columns: str) -> str:
-    text = frame.astype(str).map(latex_cell)
-    styler = text.style.hide(axis="index").format_index(escape="latex", axis=1)
-    return styler.to_latex(hrules=True, column_format=columns).strip()
