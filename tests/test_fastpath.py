@@ -101,14 +101,35 @@ def relative_update_error(method: Method, expected: Method) -> float:
 # channels_last, optimizer kernels
 
 
+@pytest.mark.parametrize("impl", ["default", "fused"])
 @pytest.mark.parametrize("fused", [False, True])
-def test_channels_last_follows_the_reference_trajectory(fused):
+def test_channels_last_follows_the_reference_trajectory(fused, impl):
     fast = FastPath(channels_last=True)
-    method = build(fast, fused=fused)
+    method = build(fast, fused=fused, impl=impl)
     assert method.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.prepare_batch(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
     run(method, fast)
     assert_same_state(method, reference())
+
+
+def test_update_gets_the_parameters_strides_whatever_the_direction_has():
+    """torch's fused SGD reads gradient and parameter memory alike: a contiguous direction for a
+    channels_last weight must be laid out like the weight before the kernel sees it."""
+    torch.manual_seed(0)
+    models = [nn.Conv2d(3, 4, 2).to(memory_format=torch.channels_last) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    methods = [
+        build_method(
+            "sgd", m, make_loss(0.0), torch.optim.SGD(m.parameters(), lr=0.1, **optimizer_kwargs(impl))
+        )
+        for m, impl in zip(models, ("default", "fused"), strict=True)
+    ]
+    direction = [torch.randn(p.shape) for p in models[0].parameters()]  # contiguous
+    assert not direction[0].is_contiguous(memory_format=torch.channels_last)
+    for method in methods:
+        method.apply_update(direction)
+    for p, q in zip(models[1].parameters(), models[0].parameters(), strict=True):
+        torch.testing.assert_close(p, q)
 
 
 @pytest.mark.parametrize(("impl", "exact"), [("foreach", True), ("fused", False)])

@@ -83,6 +83,7 @@ class Scenario:
     sizes: tuple[int, ...] = (32,) * 12
     lr: float = 0.05
     flat: bool = False  # flat buffers (sampa.optim.flat)
+    channels_last: bool = False  # parameters in channels_last memory format
 
 
 ODD_SIZES = (32, 37, 32, 31, 1, 32, 33, 32, 32, 32)  # odd halves; a one-sample batch leaves rank 1 empty
@@ -103,17 +104,26 @@ SCENARIOS = {
 #: the same scenarios with flat buffers, compared with the per-tensor single-device runs
 FLAT = ("sampa-0.2-sgd", "sampa-bisam-sgd", "sgd-plain", "msam-tinycnn")
 SCENARIOS |= {f"{name}-flat": dataclasses.replace(SCENARIOS[name], flat=True) for name in FLAT}
+#: channels_last parameters with torch's fused SGD (reads gradients in the parameters' memory order)
+FUSED_CL = ("sampa-0.2-sgd", "sgd-plain")
+SCENARIOS |= {
+    f"{name}-cl-fused": dataclasses.replace(SCENARIOS[name], base="sgd-fused", channels_last=True)
+    for name in FUSED_CL
+}
 
 
 def run_scenario(sc: Scenario, backend: Any) -> dict[str, Any]:
     """Train a fresh model on deterministic batches through ``backend``; final state and step losses."""
     torch.manual_seed(0)
     model = PlainCNN() if sc.model == "plain" else build_model(sc.model, 10)
+    if sc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters())
     if sc.base == "adamw":
         base = torch.optim.AdamW(params, lr=sc.lr, weight_decay=0.05)
     else:
-        base = torch.optim.SGD(params, lr=sc.lr, momentum=0.9, weight_decay=5e-4)
+        fused = {"fused": True} if sc.base == "sgd-fused" else {}
+        base = torch.optim.SGD(params, lr=sc.lr, momentum=0.9, weight_decay=5e-4, **fused)
     cls = METHODS[sc.method] if isinstance(sc.method, str) else sc.method
     method = cls(model, make_loss(0.1), base, executor=backend.executor, **sc.hparams)
     if sc.flat:
@@ -222,6 +232,16 @@ def test_pair_with_flat_buffers_equals_the_per_tensor_pair(pair_results, name):
         got, per_tensor = pair_results[rank][f"{name}-flat"], pair_results[rank][name]
         assert_states_close(got["state"], per_tensor["state"], rtol=1e-5, atol=1e-6)
         assert got["sequential"] == per_tensor["sequential"]
+
+
+@pytest.mark.parametrize("name", FUSED_CL)
+def test_channels_last_with_fused_sgd_equals_the_plain_single_device_run(pair_results, name):
+    """Exchanged gradients come back with the parameters' strides: a fused optimizer kernel (raw memory)
+    then applies them to the right elements."""
+    reference = single(name)
+    for rank in (0, 1):
+        got = pair_results[rank][f"{name}-cl-fused"]["state"]
+        assert_states_close(got, reference["state"], rtol=1e-5, atol=1e-6)
 
 
 def test_pair_sampa_bn_statistics_are_the_single_device_ones(pair_results):

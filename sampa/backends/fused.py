@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from sampa.backends.single import SingleDevice
 from sampa.optim import GradJob, GradResult, Method
-from sampa.optim.base import evaluate_job, model_forward
+from sampa.optim.base import evaluate_job, laid_out_like, model_forward
 from sampa.optim.flat import FlatVector, as_flat
 from sampa.optim.tensors import TensorList
 
@@ -124,7 +124,7 @@ def _stacked_points(
     ]
 
     def gradient(grads: Sequence[Tensor], k: int) -> TensorList:
-        return [_laid_out_like(g[k], p) for g, p in zip(grads, method.params, strict=True)]
+        return [laid_out_like(g[k], p) for g, p in zip(grads, method.params, strict=True)]
 
     return stacked, stacked, gradient
 
@@ -163,11 +163,6 @@ class _VmapAutocast(TorchFunctionMode):
         if isinstance(value, Tensor) and value.is_floating_point():
             return value.to(self.dtype)
         return value
-
-
-def _laid_out_like(grad: Tensor, param: Tensor) -> Tensor:
-    """``grad`` with the parameter's strides (as the sequential path returns it), copied only if needed."""
-    return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
 
 
 @torch.no_grad()

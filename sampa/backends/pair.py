@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from sampa.optim import GradJob, GradResult, Method
 from sampa.optim.base import evaluate_job
-from sampa.optim.flat import FlatVector
+from sampa.optim.flat import FlatLayout, FlatVector
 from sampa.optim.tensors import TensorList
 
 TASK, DATA = "task", "data"
@@ -129,7 +129,7 @@ class PairExecutor:
         buffers, works = [], []
         for job, owner in zip(jobs, assign_owners(jobs), strict=True):
             if owner == self.rank:
-                buffer = _pack(self._compute(method, job), job)
+                buffer = _pack(method, self._compute(method, job), job)
             else:
                 size = _grad_size(method) * job.num_backward + 3 + job.targets.shape[0]
                 buffer = torch.empty(size, dtype=_grad_dtype(method), device=self.device)
@@ -161,7 +161,7 @@ class PairExecutor:
             result = self._compute(method, job)
             if not job.local:  # sum of n_r g_r and of n_r over the ranks, started right away
                 one = torch.ones(1, dtype=_grad_dtype(method), device=self.device)
-                buffer = _flatten([*_all_gradients(result), one]).mul_(result.count)
+                buffer = torch.cat([*_gradient_pieces(method, result), one]).mul_(result.count)
                 pending.append((len(results), buffer, dist.all_reduce(buffer, async_op=True)))
             results.append(result)
         self._wait([work for _, _, work in pending])
@@ -200,32 +200,33 @@ def _grad_dtype(method: Method) -> torch.dtype:
     return dtypes.pop()
 
 
-def _all_gradients(result: GradResult) -> list[Tensor]:
-    """The job's gradient followed by the gradients of its extra losses (``GradJob.losses``), as pieces to
-    concatenate: a flat gradient (flat buffers) is one piece, a list one piece per parameter."""
+def _gradient_pieces(method: Method, result: GradResult) -> list[Tensor]:
+    """The job's gradient, then the gradients of its extra losses (``GradJob.losses``), as 1-d pieces in the
+    parameters' memory order (``Method.param_layout``): a flat gradient is one piece."""
+    layout = method.param_layout()
     return [
         piece
         for grads in (result.grads, *result.extra_grads)
-        for piece in ([grads.flat] if isinstance(grads, FlatVector) else grads)
+        for piece in ([grads.flat] if isinstance(grads, FlatVector) else layout.pieces(grads))
     ]
 
 
 def _split_gradients(flat: Tensor, method: Method, count: int) -> list[TensorList]:
-    """``count`` parameter-aligned gradients from the front of ``flat`` (views; FlatVectors with flat
-    buffers)."""
-    size = _grad_size(method)
+    """``count`` parameter-aligned gradients from the front of ``flat``: views with the parameters' strides
+    (FlatVectors with flat buffers)."""
+    size, layout = _grad_size(method), method.param_layout()
     pieces = [flat[k * size : (k + 1) * size] for k in range(count)]
     if method.flat is not None:
-        return [FlatVector(piece, method.flat.layout) for piece in pieces]
-    return [_split(piece, method.params) for piece in pieces]
+        return [FlatVector(piece, layout) for piece in pieces]
+    return [layout.views(piece) for piece in pieces]
 
 
-def _pack(result: GradResult, job: GradJob) -> Tensor:
+def _pack(method: Method, result: GradResult, job: GradJob) -> Tensor:
     """[gradients (one per loss) | loss | correct | has per-sample losses | per-sample losses or NaN]."""
     count = job.targets.shape[0]
     per_sample = result.per_sample_loss
     has_per_sample = per_sample is not None and per_sample.numel() == count
-    gradients = _all_gradients(result)
+    gradients = _gradient_pieces(method, result)
     dtype, device = gradients[0].dtype, gradients[0].device
     scalars = torch.stack([result.loss.to(dtype), result.correct.to(dtype)])
     flag = torch.full((1,), float(has_per_sample), dtype=dtype, device=device)
@@ -234,17 +235,7 @@ def _pack(result: GradResult, job: GradJob) -> Tensor:
         if has_per_sample
         else torch.full((count,), torch.nan, dtype=dtype, device=device)
     )
-    return _flatten([*gradients, scalars, flag, tail])
-
-
-def _flatten(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _split(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    """Views of ``flat`` shaped like ``like``."""
-    pieces = flat.split([t.numel() for t in like])
-    return [piece.view_as(t) for piece, t in zip(pieces, like, strict=True)]
+    return torch.cat([*gradients, scalars, flag, tail])
 
 
 class _Intervals:
@@ -307,14 +298,14 @@ class PairBackend:
     def before_eval(self, model: nn.Module) -> None:
         """BatchNorm statistics: rank 1's (task mode) or the ranks' average (data mode) on both ranks."""
         for group in _by_dtype(list(model.buffers())):
-            flat = _flatten(group)
+            layout = FlatLayout(group)
+            flat = layout.flatten(group)
             if self.mode == DATA and flat.is_floating_point():
                 dist.all_reduce(flat)
                 flat.div_(WORLD_SIZE)
             else:
                 dist.broadcast(flat, src=STATS_RANK if self.mode == TASK else 0)
-            for buffer, value in zip(group, _split(flat, group), strict=True):
-                buffer.copy_(value)
+            torch._foreach_copy_(group, layout.views(flat))
 
     def check_replicas(self, model: nn.Module, epoch: int) -> None:
         names = [name for name, _ in model.named_parameters()]

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from sampa.optim.flat import FlatParameters, FlatVector, as_flat, plain
+from sampa.optim.flat import FlatLayout, FlatParameters, FlatVector, as_flat, plain
 from sampa.optim.lookahead import lookahead
 from sampa.optim.tensors import TensorList
 
@@ -244,6 +244,11 @@ def model_forward(
     return logits.float() if autocast else logits
 
 
+def laid_out_like(grad: Tensor, param: Tensor) -> Tensor:
+    """``grad`` with the parameter's strides, copied only if they differ."""
+    return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
+
+
 def _scatter(params: Sequence[Tensor], wrt: Sequence[int], grads: Sequence[Tensor]) -> TensorList:
     if len(wrt) == len(params):
         return list(grads)
@@ -317,6 +322,7 @@ class Method:
         self.autocast: torch.dtype | None = None
         #: the parameters as one flat buffer (``sampa.optim.flat.flatten_parameters``), or None
         self.flat: FlatParameters | None = None
+        self._layout: FlatLayout | None = None
 
     #: whether ``step`` needs the samples' dataset indices (``indices=``), e.g. for per-sample state
     needs_indices: ClassVar[bool] = False
@@ -352,9 +358,13 @@ class Method:
         raise NotImplementedError
 
     def apply_update(self, direction: TensorList) -> None:
-        """x_{t+1} = BaseOpt(x_t, G): write G into ``p.grad`` and take the base optimizer's step."""
+        """x_{t+1} = BaseOpt(x_t, G): write G into ``p.grad`` and take the base optimizer's step.
+
+        Each ``p.grad`` gets its parameter's strides (copied only where they differ): torch's fused
+        optimizer kernels read the raw memory of parameter and gradient alike.
+        """
         for p, g in zip(self.params, direction, strict=True):
-            p.grad = g
+            p.grad = laid_out_like(g, p)
         _base_step(self.base_optimizer)
         for p in self.params:
             p.grad = None
@@ -395,6 +405,15 @@ class Method:
         params = None if point is None else dict(zip(self.param_names, point, strict=True))
         with torch.no_grad(), frozen_bn_stats(target, freeze=not update_bn):
             return model_forward(self, target, inputs, params)
+
+    def param_layout(self) -> FlatLayout:
+        """Where each parameter sits in a flat vector (sizes, shapes, memory formats): the flat buffers'
+        layout, and how executors pack gradients into one buffer."""
+        if self.flat is not None:
+            return self.flat.layout
+        if self._layout is None:
+            self._layout = FlatLayout(self.params)
+        return self._layout
 
     def current_point(self) -> TensorList:
         """x_t as detached views of the parameters (no copy); a FlatVector with flat buffers."""

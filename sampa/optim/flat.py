@@ -59,12 +59,16 @@ class FlatLayout:
             views.append(view)
         return views
 
-    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
-        """A new buffer holding ``tensors`` (any strides) in this layout."""
+    def pieces(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """``tensors`` (any strides) as 1-d pieces in this layout's memory order (views where possible);
+        their concatenation is the flat buffer."""
         if len(tensors) != len(self.sizes):
             raise ValueError(f"expected {len(self.sizes)} tensors for this flat layout, got {len(tensors)}")
-        orders = self.orders
-        return torch.cat([t.detach().permute(o).reshape(-1) for t, o in zip(tensors, orders, strict=True)])
+        return [t.detach().permute(o).reshape(-1) for t, o in zip(tensors, self.orders, strict=True)]
+
+    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
+        """A new buffer holding ``tensors`` (any strides) in this layout."""
+        return torch.cat(self.pieces(tensors))
 
 
 class FlatVector(Sequence[Tensor]):
