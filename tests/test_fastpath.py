@@ -18,6 +18,7 @@ from sampa.cli import config_from_args, main
 from sampa.config import ConfigError, RunConfig, validate
 from sampa.losses import make_loss
 from sampa.optim import Method, build_method
+from sampa.optim.flat import flatten_parameters
 from sampa.optim.lookahead import lookahead
 from sampa.train import RunError, train
 
@@ -305,14 +306,17 @@ def test_fast_path_run_matches_the_reference_run(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize(
     ("name", "fused"), [("sgd", False), ("sam", False), ("sampa", False), ("sampa", True)]
 )
-def test_a_step_never_synchronises_with_the_host(name, fused):
+def test_a_step_never_synchronises_with_the_host(name, fused, flat):
     torch.manual_seed(0)
     model = SmallBNNet().cuda().train()
     base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=True)
     method = build_method(name, model, make_loss(0.1), base, executor=FusedExecutor() if fused else None)
+    if flat:
+        flatten_parameters(method)
     batches = [(x.cuda(), y.cuda()) for x, y in image_batches([16] * 4)]
     method.step(*batches[0])  # first step: optimizer state is created
     torch.cuda.set_sync_debug_mode("error")
