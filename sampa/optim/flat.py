@@ -39,9 +39,16 @@ class FlatLayout:
 
     def __init__(self, tensors: Sequence[Tensor]) -> None:
         self.sizes = [t.numel() for t in tensors]
-        self.shapes = [tuple(t.shape) for t in tensors]
         self.orders = [_memory_order(t) for t in tensors]
         self.numel = sum(self.sizes)
+        # per tensor: its shape in memory order, and the permutation back to its own dimensions (None: none)
+        self._memory_shapes = [
+            tuple(t.shape[d] for d in order) for t, order in zip(tensors, self.orders, strict=True)
+        ]
+        self._back = [
+            None if order == tuple(range(len(order))) else tuple(order.index(d) for d in range(len(order)))
+            for order in self.orders
+        ]
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -50,12 +57,12 @@ class FlatLayout:
         """Per-tensor views of ``flat`` (shape ``(..., numel)``; leading dimensions are kept), each with its
         tensor's shape and memory format. Differentiable: gradients flow back as one concatenation."""
         lead = tuple(flat.shape[:-1])
+        pieces = flat.split(self.sizes, dim=-1)
         views = []
-        for piece, shape, order in zip(flat.split(self.sizes, dim=-1), self.shapes, self.orders, strict=True):
-            view = piece.view((*lead, *(shape[d] for d in order)))
-            if order != tuple(range(len(shape))):  # back from memory order to the tensor's dimensions
-                dims = (len(lead) + order.index(d) for d in range(len(shape)))
-                view = view.permute(*range(len(lead)), *dims)
+        for piece, shape, back in zip(pieces, self._memory_shapes, self._back, strict=True):
+            view = piece.view((*lead, *shape))
+            if back is not None:  # from memory order back to the tensor's dimensions
+                view = view.permute(*range(len(lead)), *(len(lead) + d for d in back))
             views.append(view)
         return views
 
