@@ -24,6 +24,7 @@ from problems import (
     ls_grad,
     sgd,
     squared_error,
+    tiny_run,
 )
 from torch import nn
 
@@ -711,17 +712,8 @@ def test_a_job_with_several_losses_equals_separate_jobs():
 @pytest.mark.parametrize("info", INFOS, ids=NAMES)
 def test_trains_the_synthetic_smoke_task_better_than_chance(info, tmp_path):
     torch.set_default_dtype(torch.float32)
-    cfg = RunConfig(
-        model="tinycnn",  # its BatchNorms sit inside nn.Sequential (SAM-ON must find them)
-        dataset="synthetic",
-        optimizer=info.name,
-        epochs=4,
-        batch_size=50,
-        lr=0.05,
-        synthetic_train_size=1000,
-        synthetic_test_size=200,
-        device="cpu",
-        threads=1,
+    cfg = tiny_run(  # TinyCNN: its BatchNorms sit inside nn.Sequential (SAM-ON must find them)
+        optimizer=info.name, epochs=4, batch_size=50, synthetic_train_size=1000, synthetic_test_size=200
     )
     metrics = train(cfg, tmp_path / "run", log_progress=False)
     assert metrics["status"] == "complete" and not metrics["diverged"]

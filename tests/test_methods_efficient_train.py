@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from problems import tiny_run  # tests/ is on sys.path under pytest
 
 from sampa.config import RunConfig
 from sampa.train import train
@@ -28,8 +29,6 @@ CHANCE = 0.1  # 10 balanced classes
 
 def smoke_config(name: str, **overrides) -> RunConfig:
     values = dict(
-        model="tinycnn",
-        dataset="synthetic",
         optimizer=name,
         hparams=SMOKE_HPARAMS[name],
         epochs=5,
@@ -38,11 +37,8 @@ def smoke_config(name: str, **overrides) -> RunConfig:
         synthetic_train_size=640,
         synthetic_test_size=200,
         eval_batch_size=500,
-        device="cpu",
-        threads=1,
     )
-    values.update(overrides)
-    return RunConfig(**values)
+    return tiny_run(**(values | overrides))
 
 
 def log_rows(run_dir) -> list[dict]:
