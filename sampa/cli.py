@@ -181,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     _claim_gpus(args, cfg)
     try:
-        metrics = _train_pair(cfg, args.out) if cfg.devices == 2 else train(cfg, args.out)
+        metrics = _train_pair(cfg, args.out) if cfg.devices > 1 else train(cfg, args.out)
     except DataUnavailableError as err:
         print(f"sampa train: error: {err}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ class RunConfig:
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    devices: int = 1  # 1, or 2 for the two-device backend
+    devices: int = 1  # 1, or 2k for the pair backend (SAMPa: two groups of k; others: data parallel)
     backend: str = "single"  # one device: single (reference) | fused (independent gradients in one pass)
     # fast path (sampa.backends.fastpath); all off = the fp32 eager reference
     amp: str = "off"  # off | bf16 (forward passes under bf16 autocast, loss and updates in fp32)
@@ -128,7 +128,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _integer("synthetic_test_size", cfg.synthetic_test_size, low=1)
     _integer("eval_batch_size", cfg.eval_batch_size, low=1)
     _integer("threads", cfg.threads, low=0)
-    _choice("devices", cfg.devices, (1, 2))
+    if type(cfg.devices) is not int or cfg.devices < 1 or (cfg.devices % 2 and cfg.devices != 1):
+        raise ConfigError(f"devices must be 1 or an even number (2, 4, 8, ...) (got {cfg.devices!r})")
     _check_fast_path(cfg)
     _number("dist_timeout_s", cfg.dist_timeout_s, low=0.0, low_open=True)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):

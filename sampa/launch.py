@@ -1,55 +1,62 @@
-"""Start a two-device run (``python -m sampa train --devices 2``): two ranks, each running ``train``.
+"""Start a multi-device run (``python -m sampa train --devices N``, N = 2k): N ranks, each running ``train``.
 
-The two processes come from one of three places:
+The N processes come from one of three places:
 
-* **This launcher** (the default). It starts both ranks with ``torch.multiprocessing`` (spawn).
-  They meet at a TCPStore served by the launcher on a socket bound to 127.0.0.1 (or ``$MASTER_ADDR``),
-  at a free port (or ``$MASTER_PORT``; if that port is busy, a one-line error). Binding the socket
-  here and handing it to the store avoids any race for the port, so two jobs on one machine never
-  collide. The launcher waits for both ranks. When one fails, dies or hangs, the other fails within
-  ``dist_timeout_s``. The launcher then stops whatever is left (SIGTERM, then SIGKILL) and raises a
-  one-line ``RunError`` naming each rank's error. On Linux each rank also dies with the launcher
-  (``PR_SET_PDEATHSIG``), so no rank is ever orphaned.
-* **torchrun** (``torchrun --standalone --nproc-per-node=2 -m sampa train --devices 2 ...``), which
+* **This launcher** (the default), on one node. It starts each rank as ``python -m sampa.rank``
+  (:mod:`sampa.rank`), which arms the parent-death signal before importing anything heavy and exits if
+  the launcher is already gone, so no rank is ever orphaned, at any moment of start-up. The ranks meet
+  at a TCPStore served by the launcher on a socket bound to 127.0.0.1 (or ``$MASTER_ADDR``), at a free
+  port (or ``$MASTER_PORT``; if that port is busy, a one-line error). Binding the socket here and
+  handing it to the store avoids any race for the port, so two jobs on one machine never collide; every
+  wait at the store is bounded by ``dist_timeout_s``. The launcher waits for all ranks. When one fails,
+  dies or hangs, the others fail within ``dist_timeout_s``. The launcher then stops whatever is left
+  (SIGTERM, then SIGKILL) and raises a one-line ``RunError`` naming each failed rank's error.
+* **torchrun** (``torchrun --nnodes=M --nproc-per-node=N/M -m sampa train --devices N ...``), which
   sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``.
-* **SLURM** (``srun --ntasks=2 python -m sampa train --devices 2 ...``): ``SLURM_PROCID``,
+* **SLURM** (``srun --ntasks=N python -m sampa train --devices N ...``): ``SLURM_PROCID``,
   ``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``) and ``SLURM_LOCALID``. ``MASTER_ADDR`` defaults to
   ``SLURM_LAUNCH_NODE_IPADDR``. ``MASTER_PORT`` defaults to 20000 + job id mod 20000. A job step with a
   single task runs this launcher instead.
 
-Devices: two CUDA devices with NCCL (cuda:0 and cuda:1, or cuda:LOCAL_RANK under a launcher) when CUDA
-is requested, or visible with ``--device auto``. Otherwise both ranks run on the CPU with gloo, each
-with one torch thread unless ``--threads`` says otherwise. Bad setups are one-line ``ConfigError``s
-before anything starts: a busy ``MASTER_PORT``, fewer than two CUDA devices when CUDA is asked for,
-``--device cuda:N``, or a launcher world size other than 2.
+All three end in :func:`run_rank`: one node or many is the same code path.
+
+Devices: N CUDA devices with NCCL (cuda:RANK, or cuda:LOCAL_RANK under a launcher) when CUDA is
+requested, or visible with ``--device auto``. Otherwise all ranks run on the CPU with gloo, each with
+one torch thread unless ``--threads`` says otherwise. Bad setups are one-line ``ConfigError``s before
+anything starts: a busy ``MASTER_PORT``, fewer than N CUDA devices when CUDA is asked for,
+``--device cuda:N``, or a launcher world size other than N.
 """
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import errno
+import json
 import os
-import pickle
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+import sampa
 from sampa import io
-from sampa.backends.pair import WORLD_SIZE, PairBackend, ReplicaMismatchError, mode_for
-from sampa.config import ConfigError, RunConfig
+from sampa.backends.pair import PairBackend, ReplicaMismatchError, mode_for
+from sampa.config import ConfigError, RunConfig, config_from_dict
 from sampa.data.cifar import CIFAR_SOURCES, ensure_extracted, resolve_root
 from sampa.optim import method_class
 from sampa.train import RunError, train
 
 GRACE_S = 5.0  # after a rank fails, how long the others get to exit before SIGTERM, then SIGKILL
+STOP_S = 2.0  # after SIGTERM, how long a rank gets before SIGKILL
+POLL_S = 0.05
 LOOPBACK = "127.0.0.1"
 
 
@@ -64,9 +71,9 @@ class Rendezvous:
 
 
 def launch(cfg: RunConfig, out: str | os.PathLike) -> dict[str, Any] | None:
-    """Train ``cfg`` on two devices into ``out``; the metrics (None on a rank other than 0)."""
+    """Train ``cfg`` on ``cfg.devices`` devices into ``out``; the metrics (None on a rank other than 0)."""
     out = Path(out)
-    joined = external_launcher(os.environ)
+    joined = external_launcher(os.environ, cfg.devices)
     if joined is not None:
         return _join(cfg, out, joined)
     if (out / "metrics.json").exists():
@@ -78,7 +85,7 @@ def launch(cfg: RunConfig, out: str | os.PathLike) -> dict[str, Any] | None:
 # Checks before anything starts
 
 
-def external_launcher(environ: dict[str, str] | os._Environ) -> Rendezvous | None:
+def external_launcher(environ: dict[str, str] | os._Environ, devices: int = 2) -> Rendezvous | None:
     """The group set up by torchrun or SLURM, or None when this launcher must start the ranks."""
     if "RANK" in environ or "WORLD_SIZE" in environ:
         rank, world = _env_int(environ, "RANK"), _env_int(environ, "WORLD_SIZE")
@@ -90,30 +97,34 @@ def external_launcher(environ: dict[str, str] | os._Environ) -> Rendezvous | Non
         source = "SLURM"
     else:
         return None
-    if world != WORLD_SIZE:
-        raise ConfigError(f"--devices 2 needs exactly 2 processes, but {source} started {world}")
-    if not 0 <= rank < WORLD_SIZE:
-        raise ConfigError(f"rank must be 0 or 1 (got {rank} from {source})")
+    if world != devices:
+        raise ConfigError(
+            f"--devices {devices} needs exactly {devices} processes, but {source} started {world}"
+        )
+    if not 0 <= rank < world:
+        raise ConfigError(f"rank must be in [0, {world - 1}] (got {rank} from {source})")
     return Rendezvous(rank, world, local, source)
 
 
-def device_kind(device: str) -> str:
-    """``cuda`` (two CUDA devices, NCCL) or ``cpu`` (gloo) for ``--device``; one-line error if CUDA
-    cannot give two devices."""
+def device_kind(device: str, devices: int = 2) -> str:
+    """``cuda`` (``devices`` CUDA devices, NCCL) or ``cpu`` (gloo) for ``--device``; one-line error if
+    CUDA cannot give that many devices."""
     if device == "cpu":
         return "cpu"
     if device.startswith("cuda:"):
         raise ConfigError(
-            f"--devices 2 uses cuda:0 and cuda:1; use --device cuda and choose the GPUs with "
-            f"CUDA_VISIBLE_DEVICES (got --device {device})"
+            f"--devices {devices} uses cuda:0 {'and' if devices == 2 else 'to'} cuda:{devices - 1}; "
+            f"use --device cuda and choose the GPUs "
+            f"with CUDA_VISIBLE_DEVICES (got --device {device})"
         )
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "auto" and visible == 0:
         return "cpu"
-    if visible < WORLD_SIZE:
+    if visible < devices:
+        words = {2: "two"}
         raise ConfigError(
-            f"--devices 2 needs two CUDA devices but {visible} is visible; "
-            f"use --device cpu to run both ranks on the CPU"
+            f"--devices {devices} needs {words.get(devices, devices)} CUDA devices but {visible} "
+            f"is visible; use --device cpu to run all ranks on the CPU"
         )
     return "cuda"
 
@@ -168,91 +179,120 @@ def prepare_data(cfg: RunConfig) -> None:
 
 
 def _spawn(cfg: RunConfig, out: Path) -> dict[str, Any] | None:
-    kind = device_kind(cfg.device)
+    kind = device_kind(cfg.device, cfg.devices)
     prepare_data(cfg)
     listener = listen(os.environ)
     host, port = listener.getsockname()[:2]
     store = dist.TCPStore(  # the store takes over the bound socket (no race for the port)
         host, port, is_master=True, wait_for_workers=False, master_listen_fd=listener.detach()
     )
-    context = mp.start_processes(
-        _spawned_rank,
-        args=(cfg, str(out), host, port, kind),
-        nprocs=WORLD_SIZE,
-        join=False,
-        start_method="spawn",
-    )
-    try:
-        while not context.join(grace_period=GRACE_S):
-            pass
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
-        raise RunError(failure_summary(context, err.error_index, cfg.dist_timeout_s)) from None
-    finally:
-        _stop(context)
-        del store
+    spec = json.dumps({"config": cfg.to_dict(), "out": str(out), "host": host, "port": port, "kind": kind})
+    with tempfile.TemporaryDirectory(prefix="sampa-ranks-") as errors:
+        error_files = [os.path.join(errors, f"rank{rank}.txt") for rank in range(cfg.devices)]
+        ranks: list[subprocess.Popen] = []
+        try:
+            for rank, error_file in enumerate(error_files):
+                ranks.append(_start_rank(rank, error_file, spec))
+            failure = _supervise(ranks, error_files, cfg.dist_timeout_s)
+        finally:
+            _stop(ranks)
+            del store
+    if failure is not None:
+        raise RunError(failure)
     metrics = out / "metrics.json"
     return io.read_json(metrics) if metrics.exists() else None
 
 
-def _spawned_rank(rank: int, cfg: RunConfig, out: str, host: str, port: int, kind: str) -> None:
-    """Entry point of a rank started by this launcher."""
-    _die_with_parent()
+def _start_rank(rank: int, error_file: str, spec: str) -> subprocess.Popen:
+    """``python -m sampa.rank`` with this code first on the path (the ranks run what the launcher runs)."""
+    code_root = str(Path(sampa.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "sampa.rank", str(rank), str(os.getpid()), error_file, spec]
+    return subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL)
+
+
+def spawned_rank(rank: int, spec: dict[str, Any]) -> None:
+    """Body of a rank started by this launcher (called by :mod:`sampa.rank` once it is armed)."""
+    cfg = config_from_dict(spec["config"])
+    host, port = spec["host"], spec["port"]
     if host == LOOPBACK and "lo" in {name for _, name in socket.if_nameindex()}:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own sockets on loopback too
     store = dist.TCPStore(host, port, is_master=False, timeout=_timeout(cfg))
-    device = torch.device("cuda", rank) if kind == "cuda" else torch.device("cpu")
-    run_rank(cfg, out, rank, device, store)
+    device = torch.device("cuda", rank) if spec["kind"] == "cuda" else torch.device("cpu")
+    run_rank(cfg, spec["out"], rank, device, store)
 
 
-def _die_with_parent() -> None:
-    """On Linux, have the kernel SIGKILL this process when the launcher dies."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+def _supervise(ranks: list[subprocess.Popen], error_files: list[str], timeout_s: float) -> str | None:
+    """Wait for every rank; None when all succeeded, else the failure line (after giving the other ranks
+    ``GRACE_S`` to fail on their own and stopping the rest)."""
+    while True:
+        codes = [process.poll() for process in ranks]
+        if all(code == 0 for code in codes):
+            return None
+        failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+        if failed:
+            break
+        time.sleep(POLL_S)
+    first = min(failed, key=lambda rank: (codes[rank] >= 0, rank))  # a rank killed by a signal first
+    deadline = time.monotonic() + GRACE_S
+    while any(process.poll() is None for process in ranks) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    stopped = {rank for rank, process in enumerate(ranks) if process.poll() is None}
+    _stop(ranks)
+    codes = [process.returncode for process in ranks]
+    return failure_summary(codes, [_read_error(path) for path in error_files], first, stopped, timeout_s)
 
 
-def _stop(context: mp.ProcessContext) -> None:
-    """Kill and reap any rank still running (after an error or an interrupt of the launcher)."""
-    for process in context.processes:
-        if process.is_alive():
+def _stop(ranks: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL, any rank still running, and reap them all."""
+    for process in ranks:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_S
+    for process in ranks:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             process.kill()
-        process.join()
+            process.wait()
 
 
-def failure_summary(context: mp.ProcessContext, first: int, timeout_s: float) -> str:
-    """One line with each failed rank's error, the first failure first (ranks the launcher stopped are
-    left out; ranks with the same error share it)."""
-    errors: dict[str, list[int]] = {}
-    for rank in [first, *(r for r in range(len(context.processes)) if r != first)]:
-        message = _rank_error(context.error_files[rank])
-        if message is None and rank == first:
-            message = _exit_description(context.processes[rank].exitcode)
+def failure_summary(
+    codes: list[int | None], errors: list[str | None], first: int, stopped: set[int], timeout_s: float
+) -> str:
+    """One line with each failed rank's error, the first failure first (ranks the launcher stopped and
+    ranks that succeeded are left out; ranks with the same error share it)."""
+    grouped: dict[str, list[int]] = {}
+    for rank in [first, *(r for r in range(len(codes)) if r != first)]:
+        message = errors[rank]
+        if message is None and rank not in stopped and codes[rank] != 0:
+            message = _exit_description(codes[rank])
         if message is not None:
             if "timed out" in message.lower() or "timeout" in message.lower():
                 message += f" (collective timeout dist_timeout_s={timeout_s:g})"
-            errors.setdefault(message, []).append(rank)
-    parts = [
-        f"rank {ranks[0]}: {message}"
-        if len(ranks) == 1
-        else f"ranks {' and '.join(map(str, sorted(ranks)))}: {message}"
-        for message, ranks in errors.items()
-    ]
-    return "two-device run failed: " + "; ".join(parts)
+            grouped.setdefault(message, []).append(rank)
+    parts = [f"{_rank_names(ranks)}: {message}" for message, ranks in grouped.items()]
+    return f"{_devices_word(len(codes))} run failed: " + "; ".join(parts)
 
 
-def _rank_error(error_file: str) -> str | None:
-    """The last line of the traceback a rank left (its exception), without the module path."""
+def _rank_names(ranks: list[int]) -> str:
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    numbers = list(map(str, sorted(ranks)))
+    return f"ranks {', '.join(numbers[:-1])} and {numbers[-1]}"
+
+
+def _devices_word(world: int) -> str:
+    return "two-device" if world == 2 else f"{world}-device"
+
+
+def _read_error(path: str) -> str | None:
+    """The one line a rank left (see :mod:`sampa.rank`), or None."""
     try:
-        with open(error_file, "rb") as handle:
-            trace = pickle.load(handle)  # written by torch.multiprocessing for this launcher
-    except (OSError, EOFError, pickle.UnpicklingError):
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    except OSError:
         return None
-    lines = [line for line in str(trace).strip().splitlines() if line.strip()]
-    if not lines:
-        return None
-    kind, _, message = lines[-1].partition(": ")
-    name = kind.rsplit(".", 1)[-1]
-    return message if name in ("RunError", "ConfigError", "ReplicaMismatchError") else f"{name}: {message}"
 
 
 def _exit_description(code: int | None) -> str:
@@ -277,7 +317,7 @@ def run_rank(
     prepare: bool = False,
 ) -> dict[str, Any] | None:
     """Join the process group (``store``, else the ``env://`` variables) and train as ``rank``;
-    ``prepare``: rank 0 prepares the data while rank 1 waits."""
+    ``prepare``: rank 0 prepares the data while the others wait (several nodes: a shared ``data_root``)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
@@ -286,7 +326,7 @@ def run_rank(
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo",
         rank=rank,
-        world_size=WORLD_SIZE,
+        world_size=cfg.devices,
         timeout=_timeout(cfg),
         **rendezvous,
     )
@@ -294,7 +334,7 @@ def run_rank(
         if rank == 0:
             prepare_data(cfg)
         dist.barrier()
-    backend = PairBackend(rank, device, mode_for(method_class(cfg.optimizer)))
+    backend = PairBackend(rank, device, mode_for(method_class(cfg.optimizer)), cfg.devices)
     metrics = train(cfg, out, backend)
     dist.destroy_process_group()
     return metrics

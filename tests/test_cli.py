@@ -38,7 +38,7 @@ BASE = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1"
             "unknown hyperparameter 'k' for method 'sam'; valid: rho, eps",
         ),
         (["--hp", "oops"], "--hp expects KEY=VALUE"),
-        (["--devices", "3"], "unknown devices 3; choose one of: 1, 2"),
+        (["--devices", "3"], r"devices must be 1 or an even number \(2, 4, 8, ...\) \(got 3\)"),
         (["--device", "gpu"], "device must be one of auto, cpu, cuda, cuda:N"),
     ],
 )

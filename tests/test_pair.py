@@ -163,11 +163,11 @@ def _rank_scenarios(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _mismatch_message(rank: int) -> str:
+def _mismatch_message(rank: int, moved: int = 1) -> str:
     """Replica check after one rank's parameter moved by one ulp."""
     torch.manual_seed(0)
     model = build_model("tinycnn", 10)
-    if rank == 1:
+    if rank == moved:
         with torch.no_grad():
             w = model.fc.weight
             w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(math.inf))
@@ -315,6 +315,109 @@ def test_backend_measures_compute_and_communication(pair_results):
     assert stats["compute_s"] > 0 and stats["comm_s"] >= 0
     assert stats["comm_share"] == pytest.approx(stats["comm_s"] / (stats["comm_s"] + stats["compute_s"]))
     assert stats["exchanges"] == 1 + 2 * 11  # one broadcast per job
+
+
+# ----------------------------------------------------------------------------------------------
+# Four ranks: SAMPa as two groups of two, every other method data parallel on four
+
+QUAD_SIZES = (32, 37, 1, 31, 32)  # odd shards; a one-sample batch leaves a shard empty
+QUAD = {
+    "sampa-0.2-plain": Scenario("sampa", "plain", hparams={"lam": 0.2, "rho": 0.1}, sizes=QUAD_SIZES),
+    "sampa-probe-plain": Scenario("sampa", "plain", hparams={"diagnostics_every": 2}, sizes=(32,) * 4),
+    "sampa-msam-plain": Scenario("sampa-msam", "plain", hparams={"micro_batch_size": 8}, sizes=(32,) * 4),
+    "sampa-bisam-plain": Scenario("sampa-bisam", "plain", sizes=(32,) * 4),  # jobs with two losses
+    "sampa-bn": Scenario("sampa", "tinycnn", sizes=(32,) * 4),
+    "sgd-plain": Scenario("sgd", "plain", sizes=QUAD_SIZES),
+    "msam-plain": Scenario("msam", "plain", hparams={"rho": 0.1, "micro_batch_size": 8}, sizes=(32,) * 4),
+    "mesa-plain": Scenario("mesa", "plain", hparams={"e_start": 0, "beta": 0.5}, sizes=(32,) * 4),
+}
+
+
+def _quad_rank(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", store=store, rank=rank, world_size=4, timeout=datetime.timedelta(seconds=120)
+    )
+    results: dict[str, Any] = {}
+    for name, sc in QUAD.items():
+        results[name] = run_scenario(sc, PairBackend(rank, torch.device("cpu"), mode_for(METHODS[sc.method])))
+    results["mismatch"] = _mismatch_message(rank, moved=3)
+    torch.save(results, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def quad_results(tmp_path_factory) -> list[dict[str, Any]]:
+    """Four ranks' results of every QUAD scenario (one spawn)."""
+    out = tmp_path_factory.mktemp("quad") / "results"
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.start_processes(_quad_rank, args=(store.port, str(out)), nprocs=4, start_method="spawn")
+    return [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(4)]
+
+
+def quad_single(name: str) -> dict[str, Any]:
+    return run_scenario(QUAD[name], SingleDevice(torch.device("cpu")))
+
+
+def assert_replicas_identical(results: list[dict[str, Any]], name: str) -> None:
+    for rank in range(1, len(results)):
+        for key, value in results[0][name]["state"].items():
+            assert torch.equal(results[rank][name]["state"][key], value), (rank, key)
+
+
+@pytest.mark.parametrize(
+    "name", ["sampa-0.2-plain", "sampa-probe-plain", "sampa-msam-plain", "sampa-bisam-plain"]
+)
+def test_two_groups_of_two_equal_single_device_sampa(quad_results, name):
+    """Each group splits its job over two ranks and sums the halves: the same math up to the order of
+    the fp32 reduction (n_0 g_0 + n_1 g_1) / n, so 1e-5 relative after a few steps."""
+    reference = quad_single(name)
+    for rank in range(4):
+        got = quad_results[rank][name]
+        assert_states_close(got["state"], reference["state"], rtol=1e-5, atol=1e-6)
+        assert got["losses"] == pytest.approx(reference["losses"], rel=1e-5)  # full-batch losses
+        assert got["sequential"][1:] == [(d + 1) // 2 for d in reference["sequential"][1:]]
+    assert_replicas_identical(quad_results, name)
+
+
+def test_two_groups_bn_statistics_are_group_one_averaged(quad_results):
+    """Group 1 (ranks 2, 3) runs the passes that update BatchNorm statistics, each on its half of the
+    batch; before evaluation their average goes to every rank."""
+    key = "features.1.running_mean"
+    before = [quad_results[rank]["sampa-bn"]["buffers_before_sync"][key] for rank in range(4)]
+    untouched = build_model("tinycnn", 10).state_dict()[key]
+    assert torch.equal(before[0], untouched) and torch.equal(before[1], untouched)
+    assert not torch.equal(before[2], before[3])  # each half has its own statistics
+    torch.testing.assert_close(quad_results[0]["sampa-bn"]["state"][key], (before[2] + before[3]) / 2)
+    assert_replicas_identical(quad_results, "sampa-bn")
+
+
+@pytest.mark.parametrize("name", ["sgd-plain", "msam-plain", "mesa-plain"])
+def test_data_parallel_on_four_ranks_equals_single_device(quad_results, name):
+    """SGD on four shards = full-batch SGD; mSAM with m = shard size = one-device mSAM with four
+    micro-batches; MESA's teacher targets per shard."""
+    reference = quad_single(name)
+    for rank in range(4):
+        assert_states_close(quad_results[rank][name]["state"], reference["state"], rtol=1e-5, atol=1e-6)
+    assert_replicas_identical(quad_results, name)
+
+
+def test_communication_is_measured_per_kind(quad_results):
+    task = quad_results[0]["sampa-0.2-plain"]["stats"]
+    assert task["comm_group_mib"] > 0 and task["comm_cross_mib"] > 0
+    assert task["comm_s"] == pytest.approx(task["comm_group_s"] + task["comm_cross_s"])
+    data = quad_results[0]["sgd-plain"]["stats"]
+    assert data["comm_group_mib"] > 0 and data["comm_cross_mib"] == 0 and data["comm_cross_s"] == 0
+    params = sum(p.numel() for p in PlainCNN().parameters())
+    steps = len(QUAD_SIZES)  # one gradient job per step, each all-reduced over its group once
+    assert task["comm_group_mib"] * 2**20 >= steps * 4 * params
+
+
+def test_replica_mismatch_names_the_rank(quad_results):
+    for rank in range(4):
+        message = quad_results[rank]["mismatch"]
+        assert "differ after epoch 7" in message and "'fc.weight'" in message and "rank 3" in message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -484,11 +587,13 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _ranks(launcher: int) -> list[int]:
-    return [
-        pid
-        for pid in _descendants(launcher)
-        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-    ]
+    """The launcher's rank processes, in rank order."""
+    ranks = {}
+    for pid in _descendants(launcher):
+        argv = Path(f"/proc/{pid}/cmdline").read_text(errors="replace").split("\0")
+        if "sampa.rank" in argv:
+            ranks[int(argv[argv.index("sampa.rank") + 1])] = pid
+    return [ranks[rank] for rank in sorted(ranks)]
 
 
 def _alive(pid: int) -> bool:
@@ -499,24 +604,28 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_and_wait_for_first_epoch(cmd: list[str], out: Path) -> tuple[subprocess.Popen, list[int]]:
+def _start_and_wait_for_first_epoch(
+    cmd: list[str], out: Path, count: int = 2
+) -> tuple[subprocess.Popen, list[int]]:
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "log.jsonl").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()[1]
     ranks = _ranks(proc.pid)
-    assert len(ranks) == 2, ranks
+    assert len(ranks) == count, ranks
     return proc, ranks
 
 
-def _assert_failed_cleanly(proc: subprocess.Popen, family: list[int], out: Path, within_s: float) -> str:
+def _assert_failed_cleanly(
+    proc: subprocess.Popen, family: list[int], out: Path, within_s: float, prefix: str = "two-device"
+) -> str:
     started = time.time()
     _, err = proc.communicate(timeout=within_s + 30)
     assert time.time() - started < within_s, err
     assert proc.returncode == 1, err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("sampa train: error: two-device run failed: "), err
+    assert line.startswith(f"sampa train: error: {prefix} run failed: "), err
     deadline = time.time() + 10  # the multiprocessing resource tracker exits once the launcher is gone
     while any(_alive(pid) for pid in family) and time.time() < deadline:
         time.sleep(0.1)
@@ -545,7 +654,7 @@ def test_killed_rank_fails_cleanly_and_the_same_command_resumes_to_the_one_devic
     assert metrics["status"] == "complete" and metrics["provenance"]["resumes"] == 1
     backend = metrics["backend"]
     assert (backend["mode"], backend["dist_backend"], backend["world_size"]) == ("task", "gloo", 2)
-    assert set(backend["seconds"]) == {"comm_s", "compute_s"}
+    assert set(backend["seconds"]) == {"comm_s", "comm_group_s", "comm_cross_s", "compute_s"}
     assert 0 <= backend["share_of_train_time"]["comm_s"] < 1
     per_rank = metrics["memory"]["per_rank"]
     assert len(per_rank) == 2 and all(m["cpu_peak_rss_mib"] > 0 for m in per_rank)
@@ -595,3 +704,29 @@ def test_torchrun_gives_the_self_launched_result(tmp_path):
 
 
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "sampa"]
+
+
+@pytest.mark.slow
+@LINUX_PROC
+def test_four_devices_killed_rank_fails_cleanly_and_resumes_to_the_uninterrupted_run(tmp_path):
+    """SAMPa on two groups of two: a rank of group 1 dies, the run ends with one line naming it, and the
+    same command resumes to the log of a run that was never interrupted."""
+    four = ["--devices", "4", "--dist-timeout-s", "30"]
+    out = tmp_path / "resumed"
+    cmd = _cli(out, *E2E, *four)
+    proc, ranks = _start_and_wait_for_first_epoch(cmd, out, count=4)
+    family = _descendants(proc.pid)
+    os.kill(ranks[3], signal.SIGKILL)
+    line = _assert_failed_cleanly(proc, family, out, within_s=30, prefix="4-device")
+    assert "rank 3: killed by SIGKILL" in line
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "resuming after epoch" in done.stderr, done.stderr
+    whole = subprocess.run(_cli(tmp_path / "whole", *E2E, *four), env=ENV, capture_output=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    metrics = io.read_json(out / "metrics.json")
+    assert (metrics["backend"]["groups"], metrics["backend"]["group_size"]) == (2, 2)
+    assert {"comm_group_s", "comm_cross_s"} <= set(metrics["backend"]["seconds"])
+    keys = ("train_loss", "val_loss", "val_acc")
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    reference = [json.loads(x) for x in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in reference]

@@ -1,45 +1,54 @@
-r"""The two-device backend: two processes (ranks) joined by torch.distributed, one device each.
+r"""The multi-device backend: 2k processes (ranks, k >= 1) joined by torch.distributed, one device each.
 
 The mode comes from the method (``Method.parallel_jobs``), never from its name:
 
 * **Task parallel**, for methods whose step evaluates independent gradient jobs at once (SAMPa and its
-  combinations). Both ranks hold the whole batch and identical state, and each job runs on one rank.
-  For SAMPa this is the paper's Algorithm 2:
-      rank 0:  g~_t    = \nabla f(x~_t; B_t)       rank 1:  g_{t+1} = \nabla f(y_{t+1}; B_{t+1})
-      both:    exchange g~_t and g_{t+1}, then G_t = (1 - \lambda) g~_t + \lambda g_{t+1},
-               x_{t+1} = BaseOpt(x_t, G_t)          (the same bits on both ranks)
-  Both gradients are exchanged whole, so SAMPa-0 works (the official code divides by \lambda).
-  The job that may update BatchNorm statistics (``update_bn``) always runs on rank 1, the
-  *statistics rank*; every other job goes to the less loaded rank. A job's result (gradient, loss,
-  correct count, per-sample losses) is one flat buffer, broadcast from its owner as soon as it is
-  ready. Receives are posted before a rank computes its own job, so transfers overlap computation and
-  the traffic per step is one all-gather of the two gradients. (``GradJob.local`` means nothing here:
-  no job is averaged.)
-* **Data parallel**, for every other method. Each rank takes its half of the global batch
-  (``shard``; an odd batch gives rank 0 one more sample). Every job's gradient is averaged over the
-  ranks, weighted by shard size: an all-reduce of (n_r g_r, n_r), started as soon as the job is done.
-  Jobs marked ``GradJob.local`` (e.g. mSAM's per-shard ascent) are not averaged. Loss, correct count
-  and per-sample losses stay per rank, as in DDP; the engine sums the epoch totals over the ranks.
-  So ``sgd`` and ``sam`` on two ranks are full-batch SGD and SAM up to round-off. The exception is
-  BatchNorm: each half is normalised with its own batch statistics, as in DDP without SyncBatchNorm.
-  ``msam`` with micro-batch size = shard size is the paper's "mSAM (m=2)" (App. B.5).
+  combinations). The ranks form two *groups* of k: group g holds ranks [g k, (g + 1) k); a rank's
+  *local index* is rank mod k. Every rank holds the whole batch and identical state, and each job runs
+  on one group. For SAMPa this is the paper's Algorithm 2:
+      group 0: g~_t    = \nabla f(x~_t; B_t)       group 1: g_{t+1} = \nabla f(y_{t+1}; B_{t+1})
+      all:     exchange g~_t and g_{t+1}, then G_t = (1 - \lambda) g~_t + \lambda g_{t+1},
+               x_{t+1} = BaseOpt(x_t, G_t)          (the same bits on every rank)
+  Inside a group each rank evaluates its 1/k of the job's samples (``take_shard``: consecutive,
+  near-equal parts). One all-reduce *inside the group* sums (n_i g_i, n_i loss_i, correct_i, per-sample
+  losses at their positions); dividing by n gives the job's full-batch result. Then one *cross-group
+  exchange*: each rank broadcasts its group's result to the rank with the same local index in the other
+  group (a process group of two). With k = 1 there is no in-group step, and the exchange is the old
+  two-rank broadcast (bit-identical to one-device SAMPa on CPU). Both gradients are exchanged whole, so
+  SAMPa-0 works (the official code divides by \lambda). The job that may update BatchNorm statistics
+  (``update_bn``) always runs on group 1, the *statistics group*; every other job goes to the less
+  loaded group. Receives are posted before a rank computes its own job, so transfers overlap
+  computation. (``GradJob.local`` means nothing here: no job is averaged across groups.) The method
+  sees every job's full-batch result, so methods do not change with k (mSAM+SAMPa's micro-batches are
+  micro-batches of the whole batch, each sharded over the group).
+* **Data parallel**, for every other method, on all 2k ranks: each rank takes its 1/(2k) of the global
+  batch (``shard``; the first ranks get one more sample when it does not divide). Every job's gradient is
+  averaged over the ranks, weighted by shard size: an all-reduce of (n_r g_r, n_r), started as soon as
+  the job is done. Jobs marked ``GradJob.local`` (e.g. mSAM's per-shard ascent) are not averaged. Loss,
+  correct count and per-sample losses stay per rank, as in DDP; the engine sums the epoch totals over
+  the ranks. So ``sgd`` and ``sam`` on 2k ranks are full-batch SGD and SAM up to round-off. ``msam``
+  with micro-batch size = shard size is the paper's "mSAM (m=2)" (App. B.5) on two ranks.
 
-BatchNorm running statistics are made identical on both ranks before every evaluation and checkpoint
-(``before_eval``). In task mode they are broadcast from rank 1. Its passes are exactly the passes of
-the single-device policy (SAMPa: the extrapolated pass at y_{t+1}), so the evaluated model equals the
-single-device one. In data mode the floating-point buffers are averaged over the ranks. For equal
-shards the averaged running mean equals the full-batch running mean exactly, because the update is
-linear. The running variance becomes the mean of the shards' variances, which misses the spread
-between the shard means.
+BatchNorm policy. The forward pass normalises each rank's samples with their own batch statistics, as
+DDP without SyncBatchNorm: with k = 1 in task mode that is the whole batch (the one-device model); with
+k > 1, or in data mode, it is the rank's shard. Running statistics are made identical on every rank
+before every evaluation and checkpoint (``before_eval``). Task mode: only group 1 runs passes that
+update them (SAMPa: the extrapolated pass at y_{t+1}, the one-device policy); their floating-point
+buffers are averaged over group 1 (k > 1), then broadcast from rank k to all. Data mode: the
+floating-point buffers are averaged over all ranks. For equal shards the averaged running mean equals the
+full-batch running mean exactly, because the update is linear; the running variance becomes the mean of
+the shards' variances, which misses the spread between the shard means.
 
 Replica check (``check_replicas``, every epoch): for each parameter, the sum of its elements' bit
-patterns (int64, exact, NaN-safe) is compared across ranks. Any difference stops the run.
+patterns (int64, exact, NaN-safe) is compared across all ranks. Any difference stops the run.
 
 Measurements per epoch (``stats``):
 * ``compute_s``: time in gradient evaluations on this rank.
-* ``comm_s``: time blocked at exchanges. This includes the transfer and any wait for the other
-  rank's job.
-* ``comm_share``: comm / (comm + compute).
+* ``comm_group_s``: time blocked at all-reduces inside a group (data mode: over all ranks).
+* ``comm_cross_s``: time blocked at the cross-group exchange. This includes the transfer and any wait
+  for the other group's job.
+* ``comm_s`` = both; ``comm_share``: comm / (comm + compute).
+* ``comm_group_mib`` / ``comm_cross_mib``: payload this rank put into each kind of collective.
 On CUDA the intervals are timed with CUDA events, so the step never waits for the host.
 """
 
@@ -62,12 +71,13 @@ from sampa.optim.tensors import TensorList
 
 TASK, DATA = "task", "data"
 MODES = (TASK, DATA)
-WORLD_SIZE = 2
-STATS_RANK = 1  # task mode: the rank that runs the jobs allowed to update BatchNorm statistics
+GROUPS = 2  # task mode: two groups of k ranks, one per independent job
+STATS_GROUP = 1  # task mode: the group that runs the jobs allowed to update BatchNorm statistics
+STATS_RANK = 1  # the statistics group's first rank when k = 1
 
 
 class ReplicaMismatchError(RuntimeError):
-    """The two replicas' parameters differ (message: one line)."""
+    """The replicas' parameters differ (message: one line)."""
 
 
 def mode_for(method_cls: type[Method]) -> str:
@@ -75,17 +85,73 @@ def mode_for(method_cls: type[Method]) -> str:
     return TASK if method_cls.parallel_jobs >= 2 else DATA
 
 
-def assign_owners(jobs: Sequence[GradJob], world_size: int = WORLD_SIZE) -> list[int]:
-    """The rank that evaluates each job (task mode): BatchNorm-updating jobs on the statistics rank,
-    the others on the less loaded rank (ties: the lower rank)."""
-    owners = [STATS_RANK if job.update_bn else -1 for job in jobs]
-    load = [owners.count(rank) for rank in range(world_size)]
+def assign_owners(jobs: Sequence[GradJob], groups: int = GROUPS) -> list[int]:
+    """The group that evaluates each job (task mode): BatchNorm-updating jobs on the statistics group,
+    the others on the less loaded group (ties: the lower group)."""
+    owners = [STATS_GROUP if job.update_bn else -1 for job in jobs]
+    load = [owners.count(group) for group in range(groups)]
     for i, owner in enumerate(owners):
         if owner < 0:
-            rank = min(range(world_size), key=load.__getitem__)
-            owners[i] = rank
-            load[rank] += 1
+            group = min(range(groups), key=load.__getitem__)
+            owners[i] = group
+            load[group] += 1
     return owners
+
+
+def take_shard(batch: Tensor, parts: int, index: int) -> Tensor:
+    """Part ``index`` of ``parts`` consecutive, near-equal parts of a batch (the first parts are one
+    larger when the size does not divide)."""
+    return batch.tensor_split(parts)[index]
+
+
+def shard_start(size: int, parts: int, index: int) -> int:
+    """Where part ``index`` of :func:`take_shard` starts in a batch of ``size``."""
+    base, extra = divmod(size, parts)
+    return index * base + min(index, extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """Where a rank sits among ``world_size`` ranks: task mode has two groups of k = world_size / 2
+    consecutive ranks; data mode one group of all ranks."""
+
+    rank: int
+    world_size: int
+    mode: str
+
+    @property
+    def group_size(self) -> int:
+        return self.world_size // GROUPS if self.mode == TASK else self.world_size
+
+    @property
+    def group(self) -> int:
+        return self.rank // self.group_size
+
+    @property
+    def local_index(self) -> int:
+        return self.rank % self.group_size
+
+    def member(self, group: int) -> int:
+        """The rank of ``group`` with this rank's local index (its partner in the cross-group exchange)."""
+        return group * self.group_size + self.local_index
+
+
+@dataclasses.dataclass
+class ProcessGroups:
+    """The process groups of a task-mode topology with k > 1 (None: the default group of all ranks)."""
+
+    inner: Any = None  # this rank's group of k
+    cross: Any = None  # this rank and its partner in the other group
+
+    @classmethod
+    def create(cls, topology: Topology) -> ProcessGroups:
+        """Every rank creates every group, in the same order (torch.distributed requires it)."""
+        k = topology.group_size
+        if topology.mode != TASK or k == 1:
+            return cls()
+        inner = [dist.new_group(list(range(g * k, (g + 1) * k))) for g in range(GROUPS)]
+        cross = [dist.new_group([g * k + i for g in range(GROUPS)]) for i in range(k)]
+        return cls(inner[topology.group], cross[topology.local_index])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,17 +159,24 @@ def assign_owners(jobs: Sequence[GradJob], world_size: int = WORLD_SIZE) -> list
 
 
 class PairExecutor:
-    """Evaluates a method's gradient jobs over the two ranks (see the module docstring)."""
+    """Evaluates a method's gradient jobs over the ranks (see the module docstring)."""
 
-    def __init__(self, rank: int, device: torch.device, mode: str) -> None:
+    def __init__(self, rank: int, device: torch.device, mode: str, world_size: int | None = None) -> None:
+        world = dist.get_world_size() if world_size is None else world_size
+        if mode == TASK and (world < GROUPS or world % GROUPS):
+            raise ValueError(f"task mode needs an even number of ranks (got {world})")
         self.rank, self.device, self.mode = rank, device, mode
+        self.topology = Topology(rank, world, mode)
+        self.groups = ProcessGroups.create(self.topology)
         self.compute = _Intervals(device)
-        self.comm = _Intervals(device)
+        self.comm_group = _Intervals(device)
+        self.comm_cross = _Intervals(device)
         self.exchanges = 0
+        self.group_bytes = self.cross_bytes = 0
         self._per_sample: bool | None = None  # does the loss give per-sample values? (read once)
 
     def sequential_depth(self, num_jobs: int) -> int:
-        return -(-num_jobs // WORLD_SIZE) if self.mode == TASK else num_jobs
+        return -(-num_jobs // GROUPS) if self.mode == TASK else num_jobs
 
     def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         if self.mode == TASK:
@@ -111,35 +184,61 @@ class PairExecutor:
         return self._evaluate_data(method, jobs)
 
     def take_stats(self) -> dict[str, float]:
-        """Seconds of compute and communication since the last call, then reset."""
-        comm, compute = self.comm.take(), self.compute.take()
+        """Seconds of compute and communication, and MiB sent, since the last call, then reset."""
+        group, cross, compute = self.comm_group.take(), self.comm_cross.take(), self.compute.take()
+        comm = group + cross
         busy = comm + compute
         stats = {
             "comm_s": comm,
+            "comm_group_s": group,
+            "comm_cross_s": cross,
             "compute_s": compute,
             "comm_share": comm / busy if busy else 0.0,
             "exchanges": float(self.exchanges),
+            "comm_group_mib": self.group_bytes / 2**20,
+            "comm_cross_mib": self.cross_bytes / 2**20,
         }
-        self.exchanges = 0
+        self.exchanges = self.group_bytes = self.cross_bytes = 0
         return stats
 
     # -- task parallel ------------------------------------------------------------------------
 
     def _evaluate_task(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
-        buffers, works = [], []
+        topology, buffers, works = self.topology, [], []
         for job, owner in zip(jobs, assign_owners(jobs), strict=True):
-            if owner == self.rank:
-                buffer = _pack(method, self._compute(method, job), job)
+            if owner == topology.group:
+                buffer = self._group_result(method, job)
             else:
                 size = _grad_size(method) * job.num_backward + 3 + job.targets.shape[0]
                 buffer = torch.empty(size, dtype=_grad_dtype(method), device=self.device)
-            works.append(dist.broadcast(buffer, src=owner, async_op=True))  # starts now
+            src = topology.member(owner)  # starts now
+            works.append(dist.broadcast(buffer, src=src, group=self.groups.cross, async_op=True))
+            self.cross_bytes += _nbytes(buffer) if owner == topology.group else 0
             buffers.append(buffer)
-        self._wait(works)
+        self._wait(works, self.comm_cross)
         return [self._unpack(method, job, buffer) for job, buffer in zip(jobs, buffers, strict=True)]
 
+    def _group_result(self, method: Method, job: GradJob) -> Tensor:
+        """The job's full-batch result packed by :func:`_pack`: this rank's own (k = 1), or the group's
+        all-reduced shards (k > 1)."""
+        k, i = self.topology.group_size, self.topology.local_index
+        if k == 1:
+            return _pack(method, self._compute(method, job), job)
+        count = job.targets.shape[0]
+        shard = dataclasses.replace(
+            job, inputs=take_shard(job.inputs, k, i), targets=take_shard(job.targets, k, i)
+        )
+        result = self._compute(method, shard)
+        buffer = _pack_shard(method, result, shard, count, shard_start(count, k, i), first=i == 0)
+        work = dist.all_reduce(buffer, group=self.groups.inner, async_op=True)
+        self.group_bytes += _nbytes(buffer)
+        self._wait([work], self.comm_group)
+        if count:
+            buffer[: _grad_size(method) * job.num_backward + 1].div_(count)  # sum_i n_i x_i / n
+        return buffer
+
     def _unpack(self, method: Method, job: GradJob, buffer: Tensor) -> GradResult:
-        """Inverse of :func:`_pack`. The owner unpacks its own buffer too: both ranks get the same bits."""
+        """Inverse of :func:`_pack`. The owner unpacks its own buffer too: every rank gets the same bits."""
         grads = _split_gradients(buffer, method, job.num_backward)
         size = _grad_size(method) * job.num_backward
         if self._per_sample is None:
@@ -163,11 +262,12 @@ class PairExecutor:
                 one = torch.ones(1, dtype=_grad_dtype(method), device=self.device)
                 buffer = torch.cat([*_gradient_pieces(method, result), one]).mul_(result.count)
                 pending.append((len(results), buffer, dist.all_reduce(buffer, async_op=True)))
+                self.group_bytes += _nbytes(buffer)
             results.append(result)
-        self._wait([work for _, _, work in pending])
+        self._wait([work for _, _, work in pending], self.comm_group)
         for index, buffer, _ in pending:
             k = jobs[index].num_backward
-            mean = buffer[:-1].div_(buffer[-1])  # (n_0 g_0 + n_1 g_1) / (n_0 + n_1)
+            mean = buffer[:-1].div_(buffer[-1])  # sum_r n_r g_r / sum_r n_r
             grads = _split_gradients(mean, method, k)
             results[index] = dataclasses.replace(results[index], grads=grads[0], extra_grads=grads[1:])
         return results
@@ -182,11 +282,15 @@ class PairExecutor:
         with self.compute.interval():
             return evaluate_job(method, job)
 
-    def _wait(self, works: list[Any]) -> None:
-        with self.comm.interval():
+    def _wait(self, works: list[Any], intervals: _Intervals) -> None:
+        with intervals.interval():
             for work in works:
                 work.wait()
         self.exchanges += len(works)
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _grad_size(method: Method) -> int:
@@ -196,7 +300,7 @@ def _grad_size(method: Method) -> int:
 def _grad_dtype(method: Method) -> torch.dtype:
     dtypes = {p.dtype for p in method.params}
     if len(dtypes) != 1:
-        raise ValueError(f"the two-device backend needs one parameter dtype, got {sorted(map(str, dtypes))}")
+        raise ValueError(f"the pair backend needs one parameter dtype, got {sorted(map(str, dtypes))}")
     return dtypes.pop()
 
 
@@ -238,6 +342,25 @@ def _pack(method: Method, result: GradResult, job: GradJob) -> Tensor:
     return torch.cat([*gradients, scalars, flag, tail])
 
 
+def _pack_shard(
+    method: Method, result: GradResult, shard: GradJob, count: int, start: int, *, first: bool
+) -> Tensor:
+    """One rank's part of a job's :func:`_pack` buffer, to be summed over the group: gradients and loss
+    times the shard size, the correct count, the flag (from the group's first rank only) and the shard's
+    per-sample losses at their place among the job's ``count`` samples (zeros elsewhere)."""
+    size = shard.targets.shape[0]
+    per_sample = result.per_sample_loss
+    has_per_sample = per_sample is not None and per_sample.numel() == size > 0
+    gradients = _gradient_pieces(method, result)
+    dtype, device = gradients[0].dtype, gradients[0].device
+    head = torch.cat([*gradients, result.loss.to(dtype).reshape(1)]).mul_(size)
+    flag = torch.full((1,), float(has_per_sample and first), dtype=dtype, device=device)
+    tail = torch.zeros(count, dtype=dtype, device=device)
+    if has_per_sample:
+        tail[start : start + size] = per_sample.to(dtype)
+    return torch.cat([head, result.correct.to(dtype).reshape(1), flag, tail])
+
+
 class _Intervals:
     """Sum of timed intervals: CUDA events on a GPU (no host synchronisation), a wall clock on CPU."""
 
@@ -275,60 +398,70 @@ class _Intervals:
 
 
 class PairBackend:
-    """One of the two ranks; the process group must be initialised (see ``sampa.launch``)."""
+    """One of the 2k ranks; the process group must be initialised (see ``sampa.launch``)."""
 
-    world_size = WORLD_SIZE
-
-    def __init__(self, rank: int, device: torch.device, mode: str) -> None:
+    def __init__(self, rank: int, device: torch.device, mode: str, world_size: int | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown pair mode {mode!r}; choose one of: {', '.join(MODES)}")
         self.rank, self.device, self.mode = rank, device, mode
-        self.executor = PairExecutor(rank, device, mode)
+        self.executor = PairExecutor(rank, device, mode, world_size)
+        self.topology = self.executor.topology
+        self.world_size = self.topology.world_size
 
     @property
     def is_writer(self) -> bool:
         return self.rank == 0
 
     def shard(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.mode == TASK:
+        if self.mode == TASK:  # every rank holds the whole batch; the executor shards each job
             return inputs, targets, indices
-        inputs, targets, indices = (t.tensor_split(WORLD_SIZE)[self.rank] for t in (inputs, targets, indices))
-        return inputs, targets, indices
+        parts, rank = self.world_size, self.rank
+        return tuple(take_shard(t, parts, rank) for t in (inputs, targets, indices))  # type: ignore[return-value]
 
     def before_eval(self, model: nn.Module) -> None:
-        """BatchNorm statistics: rank 1's (task mode) or the ranks' average (data mode) on both ranks."""
+        """BatchNorm statistics: group 1's (averaged over it; task mode) or all ranks' average (data mode)
+        on every rank."""
+        topology = self.topology
         for group in _by_dtype(list(model.buffers())):
             layout = FlatLayout(group)
             flat = layout.flatten(group)
             if self.mode == DATA and flat.is_floating_point():
                 dist.all_reduce(flat)
-                flat.div_(WORLD_SIZE)
+                flat.div_(self.world_size)
+            elif self.mode == DATA:
+                dist.broadcast(flat, src=0)
             else:
-                dist.broadcast(flat, src=STATS_RANK if self.mode == TASK else 0)
+                k = topology.group_size
+                if k > 1 and topology.group == STATS_GROUP and flat.is_floating_point():
+                    dist.all_reduce(flat, group=self.executor.groups.inner)
+                    flat.div_(k)
+                dist.broadcast(flat, src=STATS_GROUP * k)
             torch._foreach_copy_(group, layout.views(flat))
 
     def check_replicas(self, model: nn.Module, epoch: int) -> None:
         names = [name for name, _ in model.named_parameters()]
         mine = parameter_checksums(model)
-        both = torch.empty(WORLD_SIZE * mine.numel(), dtype=mine.dtype, device=mine.device)
-        dist.all_gather_into_tensor(both, mine)
-        first, second = both.view(WORLD_SIZE, -1)
-        differ = (first != second).nonzero().flatten().tolist()
-        if differ:
+        every = torch.empty(self.world_size * mine.numel(), dtype=mine.dtype, device=mine.device)
+        dist.all_gather_into_tensor(every, mine)
+        rows = every.view(self.world_size, -1)
+        differ = rows != rows[0]
+        params = differ.any(dim=0).nonzero().flatten().tolist()
+        if params:
+            rank = differ.any(dim=1).nonzero().flatten().tolist()[0]
             raise ReplicaMismatchError(
-                f"the two replicas differ after epoch {epoch} in {len(differ)} parameter tensor(s), "
-                f"first {names[differ[0]]!r}; the run is stopped"
+                f"the replicas differ after epoch {epoch} in {len(params)} parameter tensor(s), "
+                f"first {names[params[0]]!r} (rank {rank} vs rank 0); the run is stopped"
             )
 
     def sum_over_replicas(self, values: list[float]) -> list[float]:
-        if self.mode == TASK:  # both ranks saw the whole batch
+        if self.mode == TASK:  # every job's result is the whole batch's
             return values
         totals = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(totals)
         return totals.tolist()
 
     def gather(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * WORLD_SIZE
+        out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
 
@@ -336,12 +469,19 @@ class PairBackend:
         return self.executor.take_stats()
 
     def describe(self) -> dict[str, Any]:
+        k = self.topology.group_size
+        if self.mode == DATA:
+            statistics = "average over ranks of per-shard statistics"
+        elif k == 1:
+            statistics = "rank 1 (the single-device passes)"
+        else:
+            statistics = f"group 1 (the single-device passes, each rank on its 1/{k} shard), averaged over it"
         return {
             "mode": self.mode,
             "dist_backend": str(dist.get_backend()),
-            "batchnorm_statistics": "rank 1 (the single-device passes)"
-            if self.mode == TASK
-            else "average over ranks of per-shard statistics",
+            "groups": GROUPS if self.mode == TASK else 1,
+            "group_size": k,
+            "batchnorm_statistics": statistics,
         }
 
 
