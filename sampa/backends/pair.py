@@ -201,6 +201,29 @@ class PairExecutor:
         self.exchanges = self.group_bytes = self.cross_bytes = 0
         return stats
 
+    def share_rows(self, indices: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample rows (e.g. SAF's recorded outputs) of every rank's shard, with their sample indices,
+        so per-sample tables stay identical on every replica (data mode). In task mode every rank holds the
+        whole batch already. Costs one host read of the shard sizes."""
+        world = self.topology.world_size
+        if self.mode == TASK or world == 1:
+            return indices, rows
+        count = torch.tensor([indices.numel()], device=rows.device)
+        counts = [torch.empty_like(count) for _ in range(world)]
+        dist.all_gather(counts, count)
+        sizes = [int(c) for c in counts]
+        padded_indices = indices.new_zeros(max(sizes))
+        padded_rows = rows.new_zeros((max(sizes), *rows.shape[1:]))
+        padded_indices[: indices.numel()], padded_rows[: rows.shape[0]] = indices, rows
+        all_indices = [torch.empty_like(padded_indices) for _ in range(world)]
+        all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
+        dist.all_gather(all_indices, padded_indices)
+        dist.all_gather(all_rows, padded_rows)
+        return (
+            torch.cat([part[:n] for part, n in zip(all_indices, sizes, strict=True)]),
+            torch.cat([part[:n] for part, n in zip(all_rows, sizes, strict=True)]),
+        )
+
     # -- task parallel ------------------------------------------------------------------------
 
     def _evaluate_task(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
