@@ -112,6 +112,8 @@ def test_gpus_per_run():
     runs = {r.cell["arm"]: r for r in plan.runs["t1"]}
     assert runs["SAMPa-0.2"].gpus(use_gpus=True) == 2 and runs["SAM"].gpus(use_gpus=True) == 1
     assert runs["SAMPa-0.2"].gpus(use_gpus=False) == 0
+    cfg["arms"]["sampa"]["run"] = {"devices": 8}  # two groups of four GPUs
+    assert {r.cell["arm"]: r for r in ex.plan(cfg).runs["t1"]}["SAMPa-0.2"].gpus(use_gpus=True) == 8
 
 
 @pytest.mark.parametrize(
@@ -125,6 +127,7 @@ def test_gpus_per_run():
         ({"run__dataset": "cifar11"}, "unknown dataset 'cifar11'"),
         ({"arms__sam__hparams": {"rho": -0.1}}, r"rho must be in \[0, inf\] \(got -0.1\)"),
         ({"arms__sampa__hparams": {"lam": 1.5}}, r"lam must be in \[0, 1\] \(got 1.5\)"),
+        ({"arms__sampa__run": {"devices": 3}}, r"devices must be 1 or an even number .* \(got 3\)"),
         ({"arms__sam__hparams": {"k": 5}}, "unknown hyperparameter 'k' for method 'sam'"),
         ({"seeds": []}, r"seeds: \[\] should be non-empty"),
         ({"experiments__t1__seeds": [0, 0]}, "has non-unique elements"),

@@ -422,6 +422,7 @@ def test_communication_is_measured_per_kind(quad_results):
     # loss, correct, flag and per-sample losses, in fp32
     params = sum(p.numel() for p in PlainCNN().parameters())
     assert task["comm_group_mib"] * 2**20 == sum(4 * (params + 3 + n) for n in QUAD_SIZES[:-1])
+    assert task["comm_cross_mib"] == task["comm_group_mib"]  # then sent whole to the partner
 
 
 def test_replica_mismatch_names_the_rank(quad_results):
