@@ -6,6 +6,10 @@
   BatchNorm (odd batches included); mSAM on two ranks equals single-process mSAM with two micro-batches.
 * Replica check, BatchNorm averaging, the launcher's one-line errors, a rank killed or frozen mid-run,
   and a complete ``python -m sampa train --devices 2`` run directory.
+* Four ranks: SAMPa and its combinations as two groups of two equal single-device SAMPa up to the fp32
+  reduction order, with bit-identical replicas and group 1's averaged BatchNorm statistics; SGD, mSAM,
+  MESA and SAF data parallel on four ranks equal their single-device runs; communication per kind; a
+  killed rank of a ``--devices 4`` run and its resume (slow).
 
 All ranks of the equality scenarios run in one spawn (``_scenario_results``); the single-device
 references run in the test process with the same code and ``SingleDevice``.
