@@ -13,7 +13,7 @@ from sampa.backends.fused import FusedExecutor, FusedSingleDevice
 from sampa.config import RunConfig
 from sampa.losses import make_loss
 from sampa.optim import GradJob, build_method
-from sampa.optim.base import evaluate_job
+from sampa.optim.evaluation import evaluate_job
 from sampa.train import train
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from sampa.config import ConfigError, RunConfig, validate
 from sampa.optim import GradJob, HyperparameterError, build_method, check_method
 from sampa.optim import method_class as registered
-from sampa.optim.base import evaluate_job
+from sampa.optim.evaluation import evaluate_job
 from sampa.optim.bisam import GAMMA, bisam_log_loss
 from sampa.optim.samon import normalization_indices
 from sampa.optim.tensors import global_norm

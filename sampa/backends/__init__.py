@@ -1,6 +1,6 @@
 """Backends: where a run's processes and gradients live.
 
-A backend gives the training engine its device, the :class:`~sampa.optim.base.Executor` that methods
+A backend gives the training engine its device, the :class:`~sampa.optim.contract.Executor` that methods
 use for their gradients, and the few collective operations the engine needs (all no-ops on a single
 device). ``single`` is the reference; ``pair`` (two processes, torch.distributed) comes on top.
 """

@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from sampa.backends.single import SingleDevice
 from sampa.optim import GradJob, GradResult, Method
-from sampa.optim.base import evaluate_job, laid_out_like, model_forward
+from sampa.optim.evaluation import evaluate_job, laid_out_like, model_forward
 from sampa.optim.flat import FlatVector, as_flat
 from sampa.optim.tensors import TensorList
 
@@ -64,10 +64,6 @@ class FusedExecutor:
     def depth(self, jobs: Sequence[GradJob]) -> int:
         """Gradient computations that run one after the other for these jobs."""
         return 1 if self.can_fuse(jobs) else len(jobs)
-
-    def sequential_depth(self, num_jobs: int) -> int:
-        """Depth when the jobs can be fused (``Method.gradients`` uses :meth:`depth` instead)."""
-        return min(num_jobs, 1)
 
     def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         if not self.can_fuse(jobs):

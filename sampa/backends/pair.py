@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from sampa.optim import GradJob, GradResult, Method
-from sampa.optim.base import evaluate_job
+from sampa.optim.evaluation import evaluate_job
 from sampa.optim.flat import FlatLayout, FlatVector
 from sampa.optim.tensors import TensorList
 
@@ -102,8 +102,8 @@ class PairExecutor:
         self.exchanges = 0
         self._per_sample: bool | None = None  # does the loss give per-sample values? (read once)
 
-    def sequential_depth(self, num_jobs: int) -> int:
-        return -(-num_jobs // WORLD_SIZE) if self.mode == TASK else num_jobs
+    def depth(self, jobs: Sequence[GradJob]) -> int:
+        return -(-len(jobs) // WORLD_SIZE) if self.mode == TASK else len(jobs)
 
     def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         if self.mode == TASK:

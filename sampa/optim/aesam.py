@@ -38,8 +38,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult
 from sampa.optim.checks import check_range
+from sampa.optim.contract import GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList, global_norm
 

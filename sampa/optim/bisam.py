@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sampa.optim.base import GradJob, GradResult
 from sampa.optim.checks import check_range
+from sampa.optim.contract import GradJob, GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.sampa import SAMPa, SAMPaHparams
 from sampa.optim.tensors import TensorList, normalized

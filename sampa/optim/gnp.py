@@ -33,8 +33,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult, HyperparameterError
 from sampa.optim.checks import check_range
+from sampa.optim.contract import GradResult, HyperparameterError
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList, combine, normalized
 

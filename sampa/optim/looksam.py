@@ -30,8 +30,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult
 from sampa.optim.checks import check_int, check_range
+from sampa.optim.contract import GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList, add, global_norm, reject
 

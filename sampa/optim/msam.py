@@ -44,8 +44,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradJob, GradResult
 from sampa.optim.checks import check_int
+from sampa.optim.contract import GradJob, GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.sampa import SAMPa, SAMPaHparams, _probe_stats
 from sampa.optim.tensors import TensorList, add, clone, combine, weighted_sum

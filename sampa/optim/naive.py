@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sampa.optim.base import GradResult, Method
+from sampa.optim.contract import GradResult, Method
 from sampa.optim.sam import SAMHparams
 from sampa.optim.tensors import TensorList, add, clone, normalized
 

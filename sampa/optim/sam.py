@@ -20,8 +20,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.checks import check_range
+from sampa.optim.contract import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList, add, normalized
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult
+from sampa.optim.contract import GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList
 

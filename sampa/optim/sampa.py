@@ -42,8 +42,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.checks import check_int, check_range
+from sampa.optim.contract import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList, add, clone, combine, cosine, distance, normalized
 
 

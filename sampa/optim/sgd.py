@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult, Hyperparameters, Method
+from sampa.optim.contract import GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList
 
 

@@ -51,8 +51,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sampa.optim.base import GradJob, GradResult, Hyperparameters, LossFn, Method
 from sampa.optim.checks import check_int, check_range
+from sampa.optim.contract import GradJob, GradResult, Hyperparameters, LossFn, Method
 from sampa.optim.tensors import TensorList
 
 
