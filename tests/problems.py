@@ -12,15 +12,21 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class LeastSquares(nn.Module):
-    """Linear model without bias: output = X w (one output)."""
+    """Linear model without bias: output = X w (one output); the parameter's name is configurable (ASAM
+    treats "bias" tensors specially), ``vector`` is the parameter whatever its name."""
 
-    def __init__(self, dim: int = 3, seed: int = 0) -> None:
+    def __init__(self, dim: int = 3, seed: int = 0, param_name: str = "w") -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(dim, generator=gen))
+        self.param_name = param_name
+        self.register_parameter(param_name, nn.Parameter(torch.randn(dim, generator=gen)))
+
+    @property
+    def vector(self) -> torch.Tensor:
+        return self._parameters[self.param_name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.w)[:, None]
+        return (x @ self.vector)[:, None]
 
 
 def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -61,6 +67,12 @@ def class_batches(n: int, size: int = 16, seed: int = 3) -> list[Batch]:
     return [
         (torch.randn(size, 4, generator=gen), torch.randint(0, 3, (size,), generator=gen)) for _ in range(n)
     ]
+
+
+def indexed_batches(n: int = 3, size: int = 16, seed: int = 3) -> list[tuple[torch.Tensor, ...]]:
+    """:func:`class_batches` with the samples' dataset indices (disjoint across batches), for SAF."""
+    batches = class_batches(n, size, seed)
+    return [(x, y, torch.arange(i * size, (i + 1) * size)) for i, (x, y) in enumerate(batches)]
 
 
 def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 5e-4) -> torch.optim.SGD:
