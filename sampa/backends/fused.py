@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from sampa import batch
 from sampa.backends.single import SingleDevice
 from sampa.optim import GradJob, GradResult, Method
 from sampa.optim.evaluation import evaluate_job, laid_out_like, model_forward
@@ -58,7 +59,7 @@ class FusedExecutor:
             return False
         if sum(job.update_bn for job in jobs) > 1:
             return False
-        shapes = {(job.inputs.shape, job.inputs.dtype, job.targets.shape) for job in jobs}
+        shapes = {(batch.signature(job.inputs), job.targets.shape) for job in jobs}
         return len(shapes) == 1
 
     def depth(self, jobs: Sequence[GradJob]) -> int:
@@ -78,9 +79,9 @@ def evaluate_fused(method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
     leaves, stacked, gradient = _stacked_points(method, points)
     params = dict(zip(method.param_names, stacked, strict=True))
     buffers = {name: torch.stack([b] * n) for name, b in model.named_buffers()}  # one copy per replica
-    inputs = torch.stack([job.inputs for job in jobs])
+    inputs = batch.stack([job.inputs for job in jobs])
 
-    def replica(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+    def replica(params: dict[str, Tensor], buffers: dict[str, Tensor], x: batch.Inputs) -> Tensor:
         return model_forward(method, model, x, {**params, **buffers})
 
     with _VmapAutocast(method.autocast) if method.autocast else contextlib.nullcontext():

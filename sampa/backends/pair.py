@@ -55,6 +55,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from sampa.batch import Inputs, split
 from sampa.optim import GradJob, GradResult, Method
 from sampa.optim.evaluation import evaluate_job
 from sampa.optim.flat import FlatLayout, FlatVector
@@ -289,11 +290,11 @@ class PairBackend:
     def is_writer(self) -> bool:
         return self.rank == 0
 
-    def shard(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def shard(self, inputs: Inputs, targets: Tensor, indices: Tensor) -> tuple[Inputs, Tensor, Tensor]:
         if self.mode == TASK:
             return inputs, targets, indices
-        inputs, targets, indices = (t.tensor_split(WORLD_SIZE)[self.rank] for t in (inputs, targets, indices))
-        return inputs, targets, indices
+        targets, indices = (t.tensor_split(WORLD_SIZE)[self.rank] for t in (targets, indices))
+        return split(inputs, WORLD_SIZE)[self.rank], targets, indices
 
     def before_eval(self, model: nn.Module) -> None:
         """BatchNorm statistics: rank 1's (task mode) or the ranks' average (data mode) on both ranks."""

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sampa.batch import Inputs
 from sampa.optim.checks import Hyperparameters, check_range
 from sampa.optim.contract import GradJob, GradResult
 from sampa.optim.sam import SAM, SAMHparams
@@ -106,7 +107,7 @@ class BiSAM(BiSAMRule, SAM):
     display_name = "BiSAM"
     Hparams = BiSAMHparams
 
-    def ascent_job(self, inputs: Tensor, targets: Tensor) -> GradJob:
+    def ascent_job(self, inputs: Inputs, targets: Tensor) -> GradJob:
         """q = grad Q(x_t; B_t); the pass still reports the training loss f."""
         return GradJob(inputs, targets, update_bn=True, losses=(self.surrogate,))
 
@@ -122,7 +123,7 @@ class SAMPaBiSAM(BiSAMRule, SAMPa):
         super().__init__(*args, **kwargs)
         self.q_y: TensorList | None = None  # q_t = grad Q(y_t; B_t)
 
-    def extrapolation_job(self, inputs: Tensor, targets: Tensor, point: TensorList | None) -> GradJob:
+    def extrapolation_job(self, inputs: Inputs, targets: Tensor, point: TensorList | None) -> GradJob:
         """grad f and grad Q at y_{t+1} from one forward (two backwards)."""
         job = super().extrapolation_job(inputs, targets, point)
         return dataclasses.replace(job, losses=(self.loss_fn, self.surrogate))

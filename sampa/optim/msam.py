@@ -44,20 +44,21 @@ from typing import Any
 
 from torch import Tensor
 
+from sampa.batch import Inputs, split
 from sampa.optim.checks import Hyperparameters, check_int
 from sampa.optim.contract import GradJob, GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.sampa import SAMPa, SAMPaHparams
 from sampa.optim.tensors import TensorList, add, weighted_sum
 
-Batch = tuple[Tensor, Tensor]
+Batch = tuple[Inputs, Tensor]
 
 
-def micro_batches(inputs: Tensor, targets: Tensor, size: int) -> list[Batch]:
+def micro_batches(inputs: Inputs, targets: Tensor, size: int) -> list[Batch]:
     """M = ceil(|B| / size) consecutive micro-batches of near-equal sizes (at most ``size``, differing
     by at most one), so a partial batch gives no tiny remainder (BatchNorm needs > 1 sample)."""
     count = max(1, -(-targets.shape[0] // size))  # an empty shard (two devices, 1-sample batch) stays one
-    return list(zip(inputs.tensor_split(count), targets.tensor_split(count), strict=True))
+    return list(zip(split(inputs, count), targets.tensor_split(count), strict=True))
 
 
 def size_weights(results: Sequence[GradResult]) -> list[float]:
@@ -104,7 +105,7 @@ class MSAM(SAM):
     display_name = "mSAM"
     Hparams = MSAMHparams
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         shards = micro_batches(inputs, targets, self.hp.micro_batch_size)
         clean = self.gradients([GradJob(x, y, update_bn=True, local=True) for x, y in shards])  # g_j
         x_t = self.current_point()
@@ -136,7 +137,7 @@ class MSAMPa(SAMPa):
         super().__init__(*args, **kwargs)
         self.g_y_micro: list[TensorList] | None = None  # g^j_t = grad f(y_t; B^j_t)
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         direction, report, stats = super().direction(inputs, targets)
         return direction, report, stats | {"micro_batches": float(len(self.g_y_micro or ()))}
 

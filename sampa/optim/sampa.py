@@ -43,11 +43,12 @@ from typing import Any
 
 from torch import Tensor
 
+from sampa.batch import Inputs, to_device
 from sampa.optim.checks import check_int, check_range
 from sampa.optim.contract import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList, add, clone, combine, cosine, distance, normalized
 
-Batch = tuple[Tensor, Tensor]
+Batch = tuple[Inputs, Tensor]
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,13 @@ class SAMPa(Method):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.g_y: TensorList | None = None  # g_t = grad f(y_t; B_t)
-        self.prev_batch: tuple[Tensor, Tensor] | None = None  # B_t
+        self.prev_batch: Batch | None = None  # B_t
 
     def ascent(self, g_y: TensorList) -> TensorList:
         """e = rho g_t / (||g_t|| + xi)."""
         return normalized(g_y, self.hp.rho, self.hp.eps)
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         batch = (inputs, targets)  # B_{t+1}
         if self.g_y is None or self.prev_batch is None:
             return self._initial_direction(batch)
@@ -114,7 +115,7 @@ class SAMPa(Method):
         """The passes at y_{t+1} on B_{t+1} (``point=None``: y_0 = x_0)."""
         return [self.extrapolation_job(*batch, point)]
 
-    def extrapolation_job(self, inputs: Tensor, targets: Tensor, point: TensorList | None) -> GradJob:
+    def extrapolation_job(self, inputs: Inputs, targets: Tensor, point: TensorList | None) -> GradJob:
         """The pass at y_{t+1} on B_{t+1}; it updates BN statistics."""
         return GradJob(inputs, targets, point=point, update_bn=True)
 
@@ -146,7 +147,7 @@ class SAMPa(Method):
         device = self.params[0].device
         self.g_y = self.load_vector(state["g_y"])
         batch = state["prev_batch"]
-        self.prev_batch = None if batch is None else (batch[0].to(device), batch[1].to(device))
+        self.prev_batch = None if batch is None else (to_device(batch[0], device), batch[1].to(device))
 
 
 def _probe_stats(g_y: TensorList, g_x: TensorList) -> dict[str, Tensor]:
