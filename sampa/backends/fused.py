@@ -41,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 from sampa import batch
 from sampa.backends.single import SingleDevice
 from sampa.optim import GradJob, GradResult, Method
-from sampa.optim.evaluation import evaluate_job, laid_out_like, model_forward
+from sampa.optim.evaluation import evaluate_job, laid_out_like, model_forward, num_correct
 from sampa.optim.flat import FlatVector, as_flat
 from sampa.optim.tensors import TensorList
 
@@ -94,7 +94,7 @@ def evaluate_fused(method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         GradResult(
             grads=gradient(grads, k),
             loss=losses[k].detach(),
-            correct=(logits[k].detach().argmax(dim=1) == job.targets).sum(),
+            correct=num_correct(logits[k], job.targets),
             count=job.targets.shape[0],
             per_sample_loss=per_sample[k].detach() if per_sample[k].dim() > 0 else None,
         )

@@ -17,7 +17,6 @@ before that step), the base optimizer's state, BatchNorm running statistics (onl
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -134,9 +133,7 @@ class Method:
         direction, report, stats = self.direction(inputs, targets)
         self.apply_update(direction)
         self.step_count += 1
-        return StepRecord(
-            report.loss, report.correct, report.count, **dataclasses.asdict(passes), stats=stats
-        )
+        return StepRecord(report.loss, report.correct, report.count, **vars(passes), stats=stats)
 
     def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         """Return (update direction G aligned with ``self.params``, reporting pass, per-step stats)."""
@@ -165,10 +162,7 @@ class Method:
 
     def gradients(self, jobs: Sequence[GradJob]) -> list[GradResult]:
         """Independent gradient evaluations; an executor may run them at the same time."""
-        self._passes.forward += len(jobs)
-        self._passes.backward += sum(job.num_backward for job in jobs)
-        self._passes.sequential += self.executor.depth(jobs)
-        self._passes.ideal_sequential += 1 if jobs else 0
+        self._passes.add(jobs, depth=self.executor.depth(jobs))
         return self.executor.evaluate(self, jobs)
 
     def forward_only(
@@ -210,21 +204,12 @@ class Method:
         if saved is None:
             return None
         vector = [t.to(self.params[0].device) for t in saved]
-        return (
-            FlatVector(self.flat.layout.flatten(vector), self.flat.layout)
-            if self.flat is not None
-            else vector
-        )
+        return vector if self.flat is None else FlatVector(self.flat.layout.flatten(vector), self.flat.layout)
 
     def state_dict(self) -> dict[str, Any]:
         """Base optimizer state + method state; loadable with ``torch.load(weights_only=True)``."""
-        base, method = self.base_optimizer.state_dict(), plain(self.method_state())
-        return {
-            "base_optimizer": base,
-            "method": method,
-            "step_count": self.step_count,
-            "rng": self.rng.get_state(),
-        }
+        state = {"base_optimizer": self.base_optimizer.state_dict(), "method": plain(self.method_state())}
+        return state | {"step_count": self.step_count, "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base_optimizer.load_state_dict(state["base_optimizer"])

@@ -102,7 +102,7 @@ class SequentialExecutor:
 
 def evaluate_job(method: Evaluable, job: GradJob) -> GradResult:
     """Forward and backward of one job on the local device."""
-    leaves, overrides, to_gradient = differentiable_point(method, job)
+    leaves, overrides, to_gradient = _differentiable_point(method, job)
     with frozen_bn_stats(method.model, freeze=not job.update_bn):
         logits = model_forward(method, method.model, job.inputs, overrides)
     per_sample = method.loss_fn(logits, job.targets)
@@ -128,7 +128,7 @@ def num_correct(logits: Tensor, targets: Tensor) -> Tensor:
     return (logits.detach().argmax(dim=1) == targets).sum()
 
 
-def differentiable_point(
+def _differentiable_point(
     method: Evaluable, job: GradJob
 ) -> tuple[list[Tensor], dict[str, Tensor], Callable[[Sequence[Tensor]], TensorList]]:
     """The leaves to differentiate, the parameter overrides for the forward pass (empty: the model's own
@@ -202,6 +202,13 @@ class PassCount:
     backward: int = 0
     sequential: int = 0
     ideal_sequential: int = 0
+
+    def add(self, jobs: Sequence[GradJob], depth: int) -> None:
+        """Count independent jobs of which ``depth`` ran one after the other."""
+        self.forward += len(jobs)
+        self.backward += sum(job.num_backward for job in jobs)
+        self.sequential += depth
+        self.ideal_sequential += 1 if jobs else 0
 
 
 @torch.compiler.disable
