@@ -12,15 +12,21 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class LeastSquares(nn.Module):
-    """Linear model without bias: output = X w (one output)."""
+    """Linear model without bias: output = X w (one output); the parameter's name is configurable (ASAM
+    treats "bias" tensors specially), ``vector`` is the parameter whatever its name."""
 
-    def __init__(self, dim: int = 3, seed: int = 0) -> None:
+    def __init__(self, dim: int = 3, seed: int = 0, param_name: str = "w") -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(dim, generator=gen))
+        self.param_name = param_name
+        self.register_parameter(param_name, nn.Parameter(torch.randn(dim, generator=gen)))
+
+    @property
+    def vector(self) -> torch.Tensor:
+        return self._parameters[self.param_name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.w)[:, None]
+        return (x @ self.vector)[:, None]
 
 
 def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -61,6 +67,12 @@ def class_batches(n: int, size: int = 16, seed: int = 3) -> list[Batch]:
     return [
         (torch.randn(size, 4, generator=gen), torch.randint(0, 3, (size,), generator=gen)) for _ in range(n)
     ]
+
+
+def indexed_batches(n: int = 3, size: int = 16, seed: int = 3) -> list[tuple[torch.Tensor, ...]]:
+    """:func:`class_batches` with the samples' dataset indices (disjoint across batches), for SAF."""
+    batches = class_batches(n, size, seed)
+    return [(x, y, torch.arange(i * size, (i + 1) * size)) for i, (x, y) in enumerate(batches)]
 
 
 def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 5e-4) -> torch.optim.SGD:
@@ -117,3 +129,53 @@ def tiny_run(**overrides):
         threads=1,
     )
     return RunConfig(**(values | overrides))
+
+
+class TinyText(nn.Module):
+    """A text classifier called with keyword tensors, as Hugging Face models are: token and segment
+    embeddings, LayerNorm, mean over the unmasked tokens, a linear head (3 classes)."""
+
+    def __init__(self, vocab: int = 20, dim: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.segments = nn.Embedding(2, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.norm(self.tokens(input_ids) + self.segments(token_type_ids))
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return self.head((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+
+
+class PackedTinyText(TinyText):
+    """The same model fed one tensor: [batch, length, 3] = (input_ids, attention_mask, token_type_ids)."""
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(packed[..., 0], packed[..., 1], packed[..., 2])
+
+
+def text_batches(
+    n: int = 3, size: int = 12, length: int = 6, seed: int = 4
+) -> list[tuple[dict, torch.Tensor]]:
+    """n batches of ({input_ids, attention_mask, token_type_ids}, labels) for :class:`TinyText`; every
+    sequence keeps at least two tokens, the second half of each is segment 1."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        lengths = torch.randint(2, length + 1, (size, 1), generator=gen)
+        positions = torch.arange(length).expand(size, length)
+        inputs = {
+            "input_ids": torch.randint(0, 20, (size, length), generator=gen),
+            "attention_mask": (positions < lengths).long(),
+            "token_type_ids": (positions >= length // 2).long(),
+        }
+        batches.append((inputs, torch.randint(0, 3, (size,), generator=gen)))
+    return batches
+
+
+def packed(inputs: dict) -> torch.Tensor:
+    """A text batch as the one tensor :class:`PackedTinyText` takes."""
+    return torch.stack([inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]], dim=-1)

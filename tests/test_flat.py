@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from methods_table import ROW_IDS
 from problems import assert_resume_is_exact, tiny_run
 from test_fastpath import assert_same_state, reference
 from test_fastpath import build as build_fast
@@ -19,7 +20,7 @@ from sampa.cli import _parser as cli_parser
 from sampa.cli import config_from_args
 from sampa.config import ConfigError, RunConfig, validate
 from sampa.losses import make_loss
-from sampa.optim import METHOD_NAMES, Method, build_method, tensors
+from sampa.optim import Method, build_method, tensors
 from sampa.optim.flat import FlatLayout, FlatVector, flatten_parameters, plain
 from sampa.train import train
 
@@ -183,7 +184,7 @@ def assert_same_model(got: nn.Module, expected: nn.Module, rtol: float, atol: fl
 
 
 @pytest.mark.usefixtures("float64")
-@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("name", ROW_IDS)
 def test_every_method_with_flat_buffers_follows_the_reference(name):
     sizes = [16, 16, 16, 16, 5, 16, 16, 16]
     reference, flat = build(name, flat=False), build(name, flat=True)

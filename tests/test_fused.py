@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from methods_table import ROW_IDS, ROWS  # tests/ is on sys.path under pytest
 from torch import nn
 
 from sampa import io
@@ -13,7 +14,7 @@ from sampa.backends.fused import FusedExecutor, FusedSingleDevice
 from sampa.config import RunConfig
 from sampa.losses import make_loss
 from sampa.optim import GradJob, build_method
-from sampa.optim.base import evaluate_job
+from sampa.optim.evaluation import evaluate_job
 from sampa.train import train
 
 
@@ -176,6 +177,36 @@ def test_methods_without_independent_jobs_run_unchanged(name):
         assert got.sequential == expected.sequential  # nothing was fused
     for p, q in zip(fused.model.parameters(), reference.model.parameters(), strict=True):
         assert torch.equal(p, q)  # the same code path: bit for bit
+
+
+#: methods with stackable independent jobs (mSAM+SAMPa has several BN-updating jobs, BiSAM+SAMPa two
+#: losses in one job: both fall back)
+FUSED = {"sampa", "sampa-asam", "sampa-samon", "sampa-vasso", "msam"}
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
+def test_every_method_with_the_fused_executor_follows_the_sequential_one(row):
+    """Same passes, never more sequential ones, the same trajectory (a short batch forces fallbacks)."""
+    reference, fused = twin_methods(row.name, "sgd", **row.hparams)
+    fused_steps, start = 0, 0
+    for t, (x, y) in enumerate(image_batches([16, 16, 16, 5, 16, 16])):
+        for method in (reference, fused):
+            method.start_epoch(t // 3, 2, 3)
+        indices = torch.arange(start, start + len(y))
+        start += len(y)
+        expected, got = reference.step(x, y, indices), fused.step(x, y, indices)
+        assert (got.forward, got.backward, got.ideal_sequential) == (
+            expected.forward,
+            expected.backward,
+            expected.ideal_sequential,
+        )
+        assert got.sequential <= expected.sequential
+        fused_steps += got.sequential < expected.sequential
+    assert (fused_steps > 0) == (row.name in FUSED)
+    reference_state = reference.model.state_dict().values()
+    for (name, a), b in zip(fused.model.state_dict().items(), reference_state, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_jobs_with_several_losses_fall_back_to_the_sequential_path():

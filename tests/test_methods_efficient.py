@@ -1,25 +1,27 @@
-"""Efficient SAM variants (LookSAM, AE-SAM, SAF, MESA, ESAM, mSAM, vSAM, mSAM+SAMPa).
-
-A method table (valid configurations, bad inputs with their messages, expected passes per step) drives
-the generic tests; the defining behaviour of each method is then checked against hand computations on
-small float64 problems.
-"""
+"""Efficient SAM variants (LookSAM, AE-SAM, SAF, MESA, ESAM, mSAM, vSAM, mSAM+SAMPa) against hand
+computations on small float64 problems (the generic tests over every method are in test_methods.py)."""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import torch
-from problems import BNNet, LeastSquares, RecordingExecutor, ce, ls_batches, ls_grad, sgd, squared_error
+from problems import (
+    BNNet,
+    LeastSquares,
+    RecordingExecutor,
+    ce,
+    indexed_batches,
+    ls_batches,
+    ls_grad,
+    sgd,
+    squared_error,
+)
 from torch import nn
 
-from sampa import io
-from sampa.optim import METHODS, HyperparameterError, build_method, check_method
+from sampa.optim import HyperparameterError, build_method
 from sampa.optim.tensors import global_norm
 from sampa.optim.trajectory import trajectory_kl
 from sampa.optim.vsam import SamplingSchedule, blocked_variance, mean_relative_change
@@ -39,22 +41,6 @@ def split(batch: tuple[torch.Tensor, torch.Tensor], size: int) -> list[tuple[tor
     return list(zip(batch[0].split(sizes), batch[1].split(sizes), strict=True))
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def class_batches(n: int = 3, size: int = 16, seed: int = 3) -> list[Batch]:
-    """n batches (inputs, labels, sample indices); indices are disjoint across batches."""
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        (
-            torch.randn(size, 4, generator=gen),
-            torch.randint(0, 3, (size,), generator=gen),
-            torch.arange(i * size, (i + 1) * size),
-        )
-        for i in range(n)
-    ]
-
-
 def plain_gd(model: nn.Module, lr: float) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=lr)
 
@@ -69,154 +55,10 @@ def autograd_grad(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -
     return list(torch.autograd.grad(loss_fn(clone(x), y).mean(), list(clone.parameters())))
 
 
-# ----------------------------------------------------------------------------------------------
-# The method table
-
-
-def one_plus_sam_step(record, epoch: int) -> tuple[int, int, int, int]:
-    """Adaptive methods: one gradient, plus one on the steps that chose SAM."""
-    n = 1 + int(record.stats["sam_step"])
-    return (n, n, n, n)
-
-
-@dataclass
-class MethodInfo:
-    """One row: a method, the hyperparameters the generic tests use on BNNet, its expectations."""
-
-    name: str
-    display_name: str
-    hparams: dict  # small-problem settings (short windows, early start epochs, small micro-batches)
-    passes: Callable  # (record, epoch) -> expected (forward, backward, sequential, ideal_sequential)
-    errors: list[tuple[dict, str]]
-    configs: list[dict] = field(default_factory=list)  # further valid configurations
-    random: bool = False  # uses the method's generator (a different seed changes the run)
-
-
-def _looksam_passes(record, epoch):
-    return (2, 2, 2, 2) if record.stats["sam_step"] else (1, 1, 1, 1)
-
-
-METHOD_TABLE = [
-    MethodInfo(
-        "looksam",
-        "LookSAM",
-        {"k": 3},
-        _looksam_passes,
-        [
-            ({"k": 0}, r"k must be an integer >= 1 \(got 0\)"),
-            ({"k": 2.5}, r"k must be an integer >= 1 \(got 2.5\)"),
-            ({"alpha": 1.5}, r"alpha must be in \[0, 1\] \(got 1.5\)"),
-            ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
-            ({"rho": -1.0}, r"rho must be in \[0, inf\]"),
-            ({"beta": 0.5}, r"unknown hyperparameter 'beta' for method 'looksam'; valid: rho, eps, k, alpha"),
-        ],
-        [{}, {"k": 1}, {"alpha": 0.0}],
-    ),
-    MethodInfo(
-        "aesam",
-        "AE-SAM",
-        {},
-        one_plus_sam_step,
-        [
-            ({"delta": 1.0}, r"delta must be in \(0, 1\) \(got 1.0\)"),
-            ({"delta": 0.0}, r"delta must be in \(0, 1\)"),
-            ({"lam1": "x"}, r"lam1 must be a number \(got 'x'\)"),
-            ({"rho": float("nan")}, "rho must be a number"),
-        ],
-        [{}, {"lam1": 0.0, "lam2": 0.0}],
-    ),
-    MethodInfo(
-        "saf",
-        "SAF",
-        {"e_start": 1, "lag": 1},
-        lambda record, epoch: (1, 1, 1, 1),
-        [
-            ({"lag": 0}, r"lag must be an integer >= 1 \(got 0\)"),
-            ({"temperature": 0.0}, r"temperature must be in \(0, inf\]"),
-            ({"lam": -0.3}, r"lam must be in \[0, inf\]"),
-            ({"e_start": -1}, r"e_start must be an integer >= 0"),
-        ],
-        [{}],
-    ),
-    MethodInfo(
-        "mesa",
-        "MESA",
-        {"e_start": 1, "beta": 0.8},
-        lambda record, epoch: (2, 1, 1, 1) if epoch >= 1 else (1, 1, 1, 1),
-        [
-            ({"beta": 1.0}, r"beta must be in \(0, 1\) \(got 1.0\)"),
-            ({"beta": 0.0}, r"beta must be in \(0, 1\)"),
-            ({"lag": 3}, "unknown hyperparameter 'lag' for method 'mesa'"),
-        ],
-        [{}],
-    ),
-    MethodInfo(
-        "esam",
-        "ESAM",
-        {"gamma": 0.5},
-        lambda record, epoch: (3, 2, 2, 2),
-        [
-            ({"beta": 0.0}, r"beta must be in \(0, 1\] \(got 0.0\)"),
-            ({"beta": 1.2}, r"beta must be in \(0, 1\]"),
-            ({"gamma": 0.0}, r"gamma must be in \(0, 1\]"),
-            ({"gamma": 2}, r"gamma must be in \(0, 1\] \(got 2\)"),
-        ],
-        [{}, {"beta": 1.0, "gamma": 1.0}],
-        random=True,
-    ),
-    MethodInfo(
-        "msam",
-        "mSAM",
-        {"micro_batch_size": 4},
-        lambda record, epoch: (8, 8, 8, 2),  # 4 micro-batches of 4: 2 x 4 small passes, 2 stages
-        [
-            ({"micro_batch_size": 0}, r"micro_batch_size must be an integer >= 1 \(got 0\)"),
-            ({"micro_batch_size": 3.0}, r"micro_batch_size must be an integer >= 1"),
-        ],
-        [{}, {"micro_batch_size": 5}],
-    ),
-    MethodInfo(
-        "vsam",
-        "vSAM",
-        {"window": 4, "var_blocks": 2, "warmup_epochs": 1},
-        one_plus_sam_step,
-        [
-            ({"window": 1}, r"window must be an integer >= 2 \(got 1\)"),
-            ({"window": 10, "var_blocks": 6}, r"window // var_blocks must be >= 2"),
-            ({"max_rate": 0.0}, r"max_rate must be in \(0, 1\]"),
-            ({"max_rate": 0.01}, r"window \* max_rate must be >= 1"),
-            ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
-            ({"reuse_steps": -1}, r"reuse_steps must be an integer >= 0"),
-            ({"alpha_norm": -0.1}, r"alpha_norm must be in \[0, inf\]"),
-        ],
-        [{}, {"reuse_steps": 0}],
-        random=True,
-    ),
-    MethodInfo(
-        "sampa-msam",
-        "mSAM+SAMPa",
-        {"micro_batch_size": 4},
-        lambda record, epoch: (8, 8, 8, 1),  # 2 x 4 independent micro-batch jobs, temporal cost 1
-        [
-            ({"micro_batch_size": 0}, r"micro_batch_size must be an integer >= 1"),
-            ({"lam": 1.5}, r"lam must be in \[0, 1\]"),
-        ],
-        [{}, {"lam": 0.0}],
-    ),
-]
-TABLE_IDS = [row.name for row in METHOD_TABLE]
 STEPS_PER_EPOCH = 3
 
 
-def build(row: MethodInfo, model=None, base=None, seed: int = 0, executor=None, **overrides):
-    torch.manual_seed(0)
-    model = BNNet() if model is None else model
-    base = sgd(model) if base is None else base(model)
-    hp = row.hparams | overrides
-    return model, build_method(row.name, model, ce, base, seed=seed, executor=executor, **hp)
-
-
-def run(method, data: list[Batch], steps: int, start: int = 0, epochs: int = 4) -> list:
+def run(method, data: list, steps: int, start: int = 0, epochs: int = 4) -> list:
     """Steps start..steps-1 of a run that cycles over ``data``, one epoch = STEPS_PER_EPOCH batches."""
     records = []
     for t in range(start, steps):
@@ -225,122 +67,6 @@ def run(method, data: list[Batch], steps: int, start: int = 0, epochs: int = 4) 
         x, y, idx = data[t % len(data)]
         records.append(method.step(x, y, indices=idx))
     return records
-
-
-def test_every_efficient_method_is_in_the_table_and_registry():
-    names = {"looksam", "aesam", "saf", "mesa", "esam", "msam", "vsam", "sampa-msam"}
-    assert set(TABLE_IDS) == names and names <= set(METHODS)
-
-
-@pytest.mark.parametrize("row", METHOD_TABLE, ids=TABLE_IDS)
-def test_display_name(row):
-    assert METHODS[row.name].display_name == row.display_name
-
-
-def test_every_registered_method_is_documented():
-    docs = "".join(p.read_text() for p in (Path(__file__).parents[1] / "docs").glob("*.md"))
-    missing = [name for name in METHODS if f"`{name}`" not in docs]
-    assert not missing, f"registered methods not named in docs/*.md: {missing}"
-
-
-@pytest.mark.parametrize(
-    ("row", "hp", "match"),
-    [(row, hp, match) for row in METHOD_TABLE for hp, match in row.errors],
-    ids=[f"{row.name}-{next(iter(hp))}" for row in METHOD_TABLE for hp, _ in row.errors],
-)
-def test_bad_hyperparameters_are_one_line_errors(row, hp, match):
-    with pytest.raises(HyperparameterError, match=match) as info:
-        check_method(row.name, hp)
-    assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("row", "config"),
-    [(row, c) for row in METHOD_TABLE for c in row.configs],
-    ids=[f"{row.name}-{c}" for row in METHOD_TABLE for c in row.configs],
-)
-def test_valid_configurations_change_the_parameters(row, config):
-    model, method = build(row, **config)
-    before = flat(model.parameters())
-    records = run(method, class_batches(), 2 * STEPS_PER_EPOCH)
-    after = flat(model.parameters())
-    assert torch.isfinite(after).all() and not torch.equal(before, after)
-    assert all(r.count == 16 and 0 <= int(r.correct) <= 16 for r in records)
-
-
-@pytest.mark.parametrize("row", METHOD_TABLE, ids=TABLE_IDS)
-def test_pass_counts_per_step(row):
-    _, method = build(row)
-    records = run(method, class_batches(), 4 * STEPS_PER_EPOCH)
-    for t, r in enumerate(records):
-        epoch = t // STEPS_PER_EPOCH
-        first_sampa_call = row.name == "sampa-msam" and t == 0  # g_0 only, one job per micro-batch
-        expected = (4, 4, 4, 1) if first_sampa_call else row.passes(r, epoch)
-        assert (r.forward, r.backward, r.sequential, r.ideal_sequential) == expected, f"step {t}"
-
-
-def seeded_run(row: MethodInfo, seed: int, steps: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
-    model, method = build(row, seed=seed)
-    records = run(method, class_batches(), steps, epochs=steps // STEPS_PER_EPOCH)
-    return flat(model.parameters()), [{k: float(v) for k, v in r.stats.items()} for r in records]
-
-
-@pytest.mark.parametrize("row", METHOD_TABLE, ids=TABLE_IDS)
-def test_same_seed_same_run(row):
-    (params_a, stats_a), (params_b, stats_b) = (seeded_run(row, 5, 4 * STEPS_PER_EPOCH) for _ in range(2))
-    assert torch.equal(params_a, params_b) and stats_a == stats_b
-
-
-@pytest.mark.parametrize("row", METHOD_TABLE, ids=TABLE_IDS)
-def test_only_random_methods_depend_on_the_seed(row):
-    steps = 10 * STEPS_PER_EPOCH  # vSAM: several sampling windows after its warm-up epoch
-    same = torch.equal(seeded_run(row, 5, steps)[0], seeded_run(row, 6, steps)[0])
-    assert same != row.random
-
-
-@pytest.mark.parametrize("row", METHOD_TABLE, ids=TABLE_IDS)
-def test_state_dict_round_trip_continues_identically(row, tmp_path):
-    data, total, cut = class_batches(), 4 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH
-    model_a, method_a = build(row, seed=3)
-    run(method_a, data, total)
-
-    model_b, method_b = build(row, seed=3)
-    run(method_b, data, cut)
-    io.save_torch(tmp_path / "ckpt.pt", {"model": model_b.state_dict(), "method": method_b.state_dict()})
-    ckpt = io.load_torch(tmp_path / "ckpt.pt")
-    model_c, method_c = build(row, seed=3)
-    model_c.load_state_dict(ckpt["model"])
-    method_c.load_state_dict(ckpt["method"])
-    run(method_c, data, total, start=cut)
-    assert torch.equal(flat(model_a.parameters()), flat(model_c.parameters()))
-    assert torch.equal(model_a.bn.running_mean, model_c.bn.running_mean)
-
-
-@pytest.mark.parametrize("row", METHOD_TABLE, ids=TABLE_IDS)
-def test_adamw_base_alone_moves_the_parameters_and_training_progresses(row):
-    """With AdamW as base, the parameters change only by AdamW's step with the method's direction G
-    (replaying the captured directions through a fresh AdamW gives the same parameters), and the
-    training loss falls."""
-    adamw = lambda m: torch.optim.AdamW(m.parameters(), lr=2e-2, weight_decay=0.05)  # noqa: E731
-    model, method = build(row, base=adamw)
-    directions = []
-    apply_update = method.apply_update
-
-    def capture(direction):
-        directions.append([g.clone() for g in direction])
-        apply_update(direction)
-
-    method.apply_update = capture
-    replay = copy.deepcopy(model)
-    records = run(method, class_batches(), 4 * STEPS_PER_EPOCH)
-    replay_opt = adamw(replay)
-    for direction in directions:
-        for p, g in zip(replay.parameters(), direction, strict=True):
-            p.grad = g
-        replay_opt.step()
-    torch.testing.assert_close(flat(model.parameters()), flat(replay.parameters()), rtol=1e-12, atol=1e-12)
-    first, last = (sum(float(r.loss) for r in epoch) for epoch in (records[:3], records[-3:]))
-    assert last < first
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,7 +103,7 @@ def test_looksam_matches_hand_computation():
 def test_looksam_reuse_step_adds_alpha_scaled_orthogonal_component():
     model = BNNet()
     method = build_method("looksam", model, ce, sgd(model), k=5, alpha=0.7, rho=0.1)
-    (x0, y0, _), (x1, y1, _) = class_batches(2)
+    (x0, y0, _), (x1, y1, _) = indexed_batches(2)
     method.step(x0, y0)  # t = 0: SAM step, keeps g_v
     g_v = method.g_v
     g = autograd_grad(model, ce, x1, y1)
@@ -392,7 +118,7 @@ def test_looksam_reuse_step_adds_alpha_scaled_orthogonal_component():
 
 def test_looksam_direction_g_v_is_orthogonal_to_the_clean_gradient():
     model = BNNet()
-    x, y, _ = class_batches(1)[0]
+    x, y, _ = indexed_batches(1)[0]
     g = autograd_grad(model, ce, x, y)
     method = build_method("looksam", model, ce, sgd(model), rho=0.1)
     method.step(x, y)
@@ -407,7 +133,7 @@ def test_looksam_with_k_1_is_sam():
         torch.manual_seed(0)
         model = BNNet()
         method = build_method(name, model, ce, sgd(model), rho=0.1, **hp)
-        for x, y, _ in class_batches(4):
+        for x, y, _ in indexed_batches(4):
             method.step(x, y)
         params[name] = flat(model.parameters())
     assert torch.equal(params["looksam"], params["sam"])
@@ -498,7 +224,7 @@ def test_saf_gradient_adds_kl_to_the_outputs_recorded_lag_epochs_ago():
     torch.manual_seed(0)
     model = BNNet()
     method = build_method("saf", model, ce, plain_gd(model, lr), lam=lam, temperature=tau, e_start=1, lag=1)
-    x, y, idx = class_batches(1)[0]
+    x, y, idx = indexed_batches(1)[0]
     recorded = copy.deepcopy(model)(x).detach()  # epoch 0's train-mode outputs of these samples
     method.start_epoch(0, 3, 1)
     method.step(x, y, indices=idx)
@@ -522,7 +248,7 @@ def test_saf_sample_without_an_output_from_lag_epochs_ago_gets_no_term():
     torch.manual_seed(0)
     model = BNNet()
     method = build_method("saf", model, ce, plain_gd(model, lr), e_start=1, lag=2)
-    (x0, y0, i0), (x1, y1, i1) = class_batches(2)
+    (x0, y0, i0), (x1, y1, i1) = indexed_batches(2)
     method.start_epoch(0, 4, 1)
     method.step(x0, y0, indices=i0)  # epoch 0 records batch 0 only
     method.start_epoch(1, 4, 1)
@@ -542,7 +268,7 @@ def test_saf_and_mesa_before_e_start_are_the_base_optimizer():
         model = BNNet()
         hp = {"e_start": 5} if name != "sgd" else {}
         method = build_method(name, model, ce, sgd(model), **hp)
-        run(method, class_batches(), 3 * STEPS_PER_EPOCH, epochs=10)
+        run(method, indexed_batches(), 3 * STEPS_PER_EPOCH, epochs=10)
         params[name] = flat(model.parameters())
     assert torch.equal(params["saf"], params["sgd"]) and torch.equal(params["mesa"], params["sgd"])
 
@@ -550,7 +276,7 @@ def test_saf_and_mesa_before_e_start_are_the_base_optimizer():
 def test_saf_table_grows_with_the_largest_index():
     model = BNNet()
     method = build_method("saf", model, ce, sgd(model), lag=2)
-    x, y, _ = class_batches(1)[0]
+    x, y, _ = indexed_batches(1)[0]
     method.step(x, y, indices=torch.arange(16) + 100)
     assert method.table.shape == (116, 3, 3) and method.recorded_epoch.shape == (116, 3)
     assert (method.recorded_epoch[:100] == -1).all() and (method.recorded_epoch[100:, 0] == 0).all()
@@ -564,7 +290,7 @@ def test_mesa_teacher_is_the_ema_of_parameters_and_buffers():
     model = BNNet()
     method = build_method("mesa", model, ce, sgd(model), beta=beta)
     expected = {k: v.clone() for k, v in model.state_dict().items()}  # v = x_0
-    for x, y, _ in class_batches(4):
+    for x, y, _ in indexed_batches(4):
         method.step(x, y)
         for key, value in model.state_dict().items():
             if value.is_floating_point():
@@ -583,7 +309,7 @@ def test_mesa_gradient_adds_kl_to_the_teacher_outputs_in_eval_mode():
     method = build_method(
         "mesa", model, ce, plain_gd(model, lr), lam=lam, temperature=tau, e_start=1, beta=0.5
     )
-    data = class_batches(2)
+    data = indexed_batches(2)
     method.start_epoch(0, 2, 2)
     for x, y, _ in data:
         method.step(x, y)
@@ -611,7 +337,7 @@ def test_esam_perturbs_only_the_sampled_tensors():
     rec = RecordingExecutor()
     method = build_method("esam", model, ce, sgd(model), executor=rec, rho=0.1, beta=0.5, seed=1)
     params = list(model.parameters())
-    for x, y, _ in class_batches(3):
+    for x, y, _ in indexed_batches(3):
         x_t = [p.detach().clone() for p in params]
         grads = autograd_grad(model, ce, x, y)
         calls_before = len(rec.calls)
@@ -646,7 +372,7 @@ def test_esam_sds_descends_on_the_samples_whose_loss_rises_most():
     model = BNNet()
     rec = RecordingExecutor()
     method = build_method("esam", model, ce, sgd(model), executor=rec, rho=0.5, beta=1.0, gamma=0.25)
-    x, y, _ = class_batches(1)[0]
+    x, y, _ = indexed_batches(1)[0]
     reference = copy.deepcopy(model)
     loss_before = ce(copy.deepcopy(reference)(x), y).detach()
     record = method.step(x, y)
@@ -671,7 +397,7 @@ def test_esam_without_swp_and_sds_is_sam():
         torch.manual_seed(0)
         model = BNNet()
         method = build_method(name, model, ce, sgd(model), rho=0.1, **hp)
-        for x, y, _ in class_batches(4):
+        for x, y, _ in indexed_batches(4):
             method.step(x, y)
         params[name] = flat(model.parameters())
     assert torch.equal(params["esam"], params["sam"])
@@ -680,7 +406,7 @@ def test_esam_without_swp_and_sds_is_sam():
 def test_esam_sds_needs_a_per_sample_loss():
     model = BNNet()
     method = build_method("esam", model, lambda out, y: ce(out, y).mean(), sgd(model), gamma=0.5, beta=1.0)
-    x, y, _ = class_batches(1)[0]
+    x, y, _ = indexed_batches(1)[0]
     with pytest.raises(HyperparameterError, match="needs a per-sample loss"):
         method.step(x, y)
 
@@ -721,7 +447,7 @@ def test_msam_ascent_jobs_are_local_and_perturbed_jobs_are_averaged():
     model = BNNet()
     rec = RecordingExecutor()
     method = build_method("msam", model, ce, sgd(model), executor=rec, micro_batch_size=6)
-    x, y, _ = class_batches(1)[0]
+    x, y, _ = indexed_batches(1)[0]
     record = method.step(x, y)
     ascent, perturbed = rec.calls
     assert [len(j.targets) for j in ascent] == [6, 5, 5]  # ceil(16 / 6) = 3 near-equal parts
@@ -738,7 +464,7 @@ def test_one_micro_batch_is_the_plain_method(name, reference):
             torch.manual_seed(0)
             model = BNNet()
             method = build_method(method_name, model, ce, base(model), rho=0.1, **hp)
-            for x, y, _ in class_batches(5):
+            for x, y, _ in indexed_batches(5):
                 method.step(x, y)
             params[method_name, label] = flat(model.parameters())
     for label in ("sgd", "adamw"):
@@ -793,7 +519,7 @@ def test_msampa_perturbs_each_micro_batch_with_its_own_y_gradient():
     model = BNNet()
     rec = RecordingExecutor()
     method = build_method("sampa-msam", model, ce, sgd(model), executor=rec, micro_batch_size=8, rho=0.1)
-    (x0, y0, _), (x1, y1, _) = class_batches(2)
+    (x0, y0, _), (x1, y1, _) = indexed_batches(2)
     method.step(x0, y0)
     g_micro = method.g_y_micro
     x_t = [p.detach().clone() for p in model.parameters()]
@@ -854,7 +580,7 @@ def test_vsam_records_psf_statistics_on_the_last_tensors():
     torch.manual_seed(0)
     model = BNNet()
     method = build_method("vsam", model, ce, sgd(model), last_layers=2)
-    x, y, _ = class_batches(1)[0]
+    x, y, _ = indexed_batches(1)[0]
     g = autograd_grad(model, ce, x, y)
     record = method.step(x, y)  # warm-up: a sampling step
     psf_last, g_last = method.psf[-2:], g[-2:]
@@ -918,6 +644,6 @@ def test_vsam_warm_up_samples_every_step_and_leaves_one_sample_in_the_window():
     torch.manual_seed(0)
     model = BNNet()
     method = build_method("vsam", model, ce, sgd(model), warmup_epochs=2, window=4, var_blocks=2)
-    records = run(method, class_batches(), 2 * STEPS_PER_EPOCH, epochs=4)
+    records = run(method, indexed_batches(), 2 * STEPS_PER_EPOCH, epochs=4)
     assert [r.stats["sam_step"] for r in records] == [1.0] * 6
     assert method.schedule.sampled_in_window == 1 and len(method.schedule.norms) == 4

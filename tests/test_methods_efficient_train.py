@@ -1,30 +1,19 @@
-"""Efficient SAM variants through the training engine: the synthetic smoke task, per-epoch pass
-averages and per-step decision traces in log.jsonl, and resume of per-sample/adaptive state."""
+"""Efficient SAM variants through the training engine: per-epoch pass averages and per-step decision
+traces in log.jsonl, and resume of per-sample/adaptive state (the smoke task of every method is in
+test_methods.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from problems import tiny_run  # tests/ is on sys.path under pytest
+from methods_table import ROWS  # tests/ is on sys.path under pytest
+from problems import tiny_run
 
 from sampa.config import RunConfig
 from sampa.train import train
 
-# Small-scale settings: vSAM's windows and warm-up, SAF/MESA's start epochs (and MESA's EMA decay, so
-# that its teacher moves within a few dozen steps) are shortened to fit five epochs; mSAM keeps m = 32
-# (two micro-batches per batch of 64).
-SMOKE_HPARAMS = {
-    "looksam": {},
-    "aesam": {},
-    "saf": {"e_start": 2, "lag": 1},
-    "mesa": {"e_start": 2, "beta": 0.9},
-    "esam": {"gamma": 0.5},
-    "msam": {},
-    "vsam": {"warmup_epochs": 1, "window": 6, "var_blocks": 3},
-    "sampa-msam": {},
-}
-CHANCE = 0.1  # 10 balanced classes
+SMOKE_HPARAMS = {row.name: row.smoke for row in ROWS}  # short windows and start epochs (methods_table.py)
 
 
 def smoke_config(name: str, **overrides) -> RunConfig:
@@ -43,15 +32,6 @@ def smoke_config(name: str, **overrides) -> RunConfig:
 
 def log_rows(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.parametrize("name", list(SMOKE_HPARAMS))
-def test_trains_the_synthetic_smoke_task_better_than_chance(name, tmp_path):
-    metrics = train(smoke_config(name), tmp_path / name, log_progress=False)
-    assert metrics["status"] == "complete"
-    assert metrics["final_test_acc"] > 2 * CHANCE and metrics["test_acc"] > 2 * CHANCE
-    rows = log_rows(tmp_path / name)
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
 
 def test_per_epoch_passes_match_each_method_s_cost(tmp_path):

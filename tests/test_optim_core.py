@@ -10,7 +10,6 @@ from problems import (
     BNNet,
     LeastSquares,
     RecordingExecutor,
-    assert_resume_is_exact,
     ce,
     class_batches,
     ls_grad,
@@ -19,7 +18,7 @@ from problems import (
 )
 from problems import ls_batches as batches
 
-from sampa.optim import HyperparameterError, build_method, check_method
+from sampa.optim import build_method
 from sampa.optim.lookahead import lookahead
 from sampa.optim.tensors import global_norm
 
@@ -206,31 +205,6 @@ def test_sampa_diagnostics_record_gradient_similarity():
 
 
 # ----------------------------------------------------------------------------------------------
-# Pass counting
-
-
-@pytest.mark.parametrize(
-    ("name", "first", "later"),
-    [
-        ("sgd", (1, 1, 1, 1), (1, 1, 1, 1)),
-        ("sam", (2, 2, 2, 2), (2, 2, 2, 2)),
-        ("sampa", (1, 1, 1, 1), (2, 2, 2, 1)),
-        ("randsam", (1, 1, 1, 1), (1, 1, 1, 1)),
-        ("optsam", (1, 1, 1, 1), (1, 1, 1, 1)),
-    ],
-)
-def test_pass_counts(name, first, later):
-    model = BNNet()
-    method = build_method(name, model, ce, sgd(model))
-    counts = []
-    for batch in class_batches(3):
-        r = method.step(*batch)
-        counts.append((r.forward, r.backward, r.sequential, r.ideal_sequential))
-    assert counts[0] == first
-    assert counts[1] == counts[2] == later
-
-
-# ----------------------------------------------------------------------------------------------
 # RandSAM, OptSAM
 
 
@@ -334,41 +308,7 @@ def test_sampa_with_adamw_extrapolates_with_the_adamw_step():
 
 
 # ----------------------------------------------------------------------------------------------
-# Hyperparameters and state
-
-
-@pytest.mark.parametrize(
-    ("name", "hp", "match"),
-    [
-        ("sam", {"rho": -0.1}, r"rho must be in \[0, inf\] \(got -0.1\)"),
-        ("sampa", {"lam": 1.5}, r"lam must be in \[0, 1\] \(got 1.5\)"),
-        ("sampa", {"lam": -0.01}, r"lam must be in \[0, 1\]"),
-        ("sampa", {"rho": float("nan")}, "rho must be a number"),
-        ("sampa", {"diagnostics_every": -1}, "diagnostics_every must be an integer >= 0"),
-        ("sam", {"lam": 0.2}, "unknown hyperparameter 'lam' for method 'sam'; valid: rho, eps"),
-    ],
-)
-def test_bad_hyperparameters_are_one_line_errors(name, hp, match):
-    with pytest.raises(HyperparameterError, match=match) as info:
-        check_method(name, hp)
-    assert "\n" not in str(info.value)
-
-
-def test_unknown_method_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown optimizer 'samp'; choose one of: .*sampa.*sgd"):
-        check_method("samp", {})
-
-
-@pytest.mark.parametrize("name", ["sampa", "optsam", "randsam"])
-def test_state_dict_round_trip_continues_identically(name, tmp_path):
-    data = class_batches(6)
-
-    def fresh():
-        torch.manual_seed(0)
-        model = BNNet()
-        return model, build_method(name, model, ce, sgd(model), seed=3)
-
-    assert_resume_is_exact(fresh, data, 3, tmp_path / "ckpt.pt")
+# The contract's sample indices and epochs
 
 
 def test_methods_that_need_sample_indices_say_so():

@@ -1,6 +1,6 @@
 """Backends: where a run's processes and gradients live.
 
-A backend gives the training engine its device, the :class:`~sampa.optim.base.Executor` that methods
+A backend gives the training engine its device, the :class:`~sampa.optim.contract.Executor` that methods
 use for their gradients, and the few collective operations the engine needs (all no-ops on a single
 device). ``single`` is the reference; ``pair`` (two processes, torch.distributed) comes on top.
 """
@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from sampa.batch import Inputs
 from sampa.optim import Executor
 
 
@@ -28,7 +29,7 @@ class Backend(Protocol):
         """Whether this process writes the run's files (exactly one process does)."""
         ...
 
-    def shard(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def shard(self, inputs: Inputs, targets: Tensor, indices: Tensor) -> tuple[Inputs, Tensor, Tensor]:
         """This process's part of a global batch (data parallel) or the whole batch."""
         ...
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sampa.batch import Inputs
 from sampa.optim import Method, StepRecord
 from sampa.optim.flat import flatten_parameters
 
@@ -85,9 +86,9 @@ class FastPath:
             model.compile(backend=self.compile_backend)
         return model
 
-    def prepare_batch(self, inputs: Tensor) -> Tensor:
-        """A training batch in the chosen memory format."""
-        if self.channels_last and inputs.dim() == 4:
+    def prepare_batch(self, inputs: Inputs) -> Inputs:
+        """A training batch in the chosen memory format (image tensors only)."""
+        if self.channels_last and isinstance(inputs, Tensor) and inputs.dim() == 4:
             return inputs.contiguous(memory_format=torch.channels_last)
         return inputs
 

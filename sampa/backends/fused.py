@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from sampa import batch
 from sampa.backends.single import SingleDevice
 from sampa.optim import GradJob, GradResult, Method
-from sampa.optim.base import evaluate_job, laid_out_like, model_forward
+from sampa.optim.evaluation import evaluate_job, laid_out_like, model_forward, num_correct
 from sampa.optim.flat import FlatVector, as_flat
 from sampa.optim.tensors import TensorList
 
@@ -58,16 +59,12 @@ class FusedExecutor:
             return False
         if sum(job.update_bn for job in jobs) > 1:
             return False
-        shapes = {(job.inputs.shape, job.inputs.dtype, job.targets.shape) for job in jobs}
+        shapes = {(batch.signature(job.inputs), job.targets.shape) for job in jobs}
         return len(shapes) == 1
 
     def depth(self, jobs: Sequence[GradJob]) -> int:
         """Gradient computations that run one after the other for these jobs."""
         return 1 if self.can_fuse(jobs) else len(jobs)
-
-    def sequential_depth(self, num_jobs: int) -> int:
-        """Depth when the jobs can be fused (``Method.gradients`` uses :meth:`depth` instead)."""
-        return min(num_jobs, 1)
 
     def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         if not self.can_fuse(jobs):
@@ -82,9 +79,9 @@ def evaluate_fused(method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
     leaves, stacked, gradient = _stacked_points(method, points)
     params = dict(zip(method.param_names, stacked, strict=True))
     buffers = {name: torch.stack([b] * n) for name, b in model.named_buffers()}  # one copy per replica
-    inputs = torch.stack([job.inputs for job in jobs])
+    inputs = batch.stack([job.inputs for job in jobs])
 
-    def replica(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+    def replica(params: dict[str, Tensor], buffers: dict[str, Tensor], x: batch.Inputs) -> Tensor:
         return model_forward(method, model, x, {**params, **buffers})
 
     with _VmapAutocast(method.autocast) if method.autocast else contextlib.nullcontext():
@@ -97,7 +94,7 @@ def evaluate_fused(method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         GradResult(
             grads=gradient(grads, k),
             loss=losses[k].detach(),
-            correct=(logits[k].detach().argmax(dim=1) == job.targets).sum(),
+            correct=num_correct(logits[k], job.targets),
             count=job.targets.shape[0],
             per_sample_loss=per_sample[k].detach() if per_sample[k].dim() > 0 else None,
         )

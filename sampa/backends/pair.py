@@ -64,8 +64,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from sampa.batch import Inputs, split
 from sampa.optim import GradJob, GradResult, Method
-from sampa.optim.base import evaluate_job
+from sampa.optim.evaluation import evaluate_job
 from sampa.optim.flat import FlatLayout, FlatVector
 from sampa.optim.tensors import TensorList
 
@@ -98,10 +99,10 @@ def assign_owners(jobs: Sequence[GradJob], groups: int = GROUPS) -> list[int]:
     return owners
 
 
-def take_shard(batch: Tensor, parts: int, index: int) -> Tensor:
-    """Part ``index`` of ``parts`` consecutive, near-equal parts of a batch (the first parts are one
-    larger when the size does not divide)."""
-    return batch.tensor_split(parts)[index]
+def take_shard(batch: Inputs, parts: int, index: int) -> Inputs:
+    """Part ``index`` of ``parts`` consecutive, near-equal parts of a batch (a tensor or a mapping of
+    tensors; the first parts are one larger when the size does not divide)."""
+    return split(batch, parts)[index]
 
 
 def shard_start(size: int, parts: int, index: int) -> int:
@@ -175,8 +176,8 @@ class PairExecutor:
         self.group_bytes = self.cross_bytes = 0
         self._per_sample: bool | None = None  # does the loss give per-sample values? (read once)
 
-    def sequential_depth(self, num_jobs: int) -> int:
-        return -(-num_jobs // GROUPS) if self.mode == TASK else num_jobs
+    def depth(self, jobs: Sequence[GradJob]) -> int:
+        return -(-len(jobs) // GROUPS) if self.mode == TASK else len(jobs)
 
     def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         if self.mode == TASK:
@@ -435,7 +436,7 @@ class PairBackend:
     def is_writer(self) -> bool:
         return self.rank == 0
 
-    def shard(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def shard(self, inputs: Inputs, targets: Tensor, indices: Tensor) -> tuple[Inputs, Tensor, Tensor]:
         if self.mode == TASK:  # every rank holds the whole batch; the executor shards each job
             return inputs, targets, indices
         parts, rank = self.world_size, self.rank

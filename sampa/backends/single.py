@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sampa.batch import Inputs
 from sampa.optim import Executor, SequentialExecutor
 
 
@@ -24,7 +25,7 @@ class SingleDevice:
     def is_writer(self) -> bool:
         return True
 
-    def shard(self, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def shard(self, inputs: Inputs, targets: Tensor, indices: Tensor) -> tuple[Inputs, Tensor, Tensor]:
         return inputs, targets, indices
 
     def before_eval(self, model: nn.Module) -> None:

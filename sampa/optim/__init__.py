@@ -1,4 +1,4 @@
-"""Optimizer methods behind one contract (see :mod:`sampa.optim.base`).
+"""Optimizer methods behind one contract (see :mod:`sampa.optim.contract`).
 
 >>> base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
 >>> method = build_method("sampa", model, loss_fn, base, rho=0.1, lam=0.2)
@@ -14,7 +14,9 @@ from torch import nn
 
 from sampa.optim.aesam import AESAM
 from sampa.optim.asam import ASAM, SAMPaASAM
-from sampa.optim.base import (
+from sampa.optim.bisam import BiSAM, SAMPaBiSAM
+from sampa.optim.checks import make_hparams
+from sampa.optim.contract import (
     Executor,
     GradJob,
     GradResult,
@@ -24,9 +26,7 @@ from sampa.optim.base import (
     Method,
     SequentialExecutor,
     StepRecord,
-    make_hparams,
 )
-from sampa.optim.bisam import BiSAM, SAMPaBiSAM
 from sampa.optim.esam import ESAM
 from sampa.optim.gnp import GNP
 from sampa.optim.looksam import LookSAM
@@ -60,7 +60,8 @@ def method_class(name: str) -> type[Method]:
 
 def check_method(name: str, hparams: dict[str, Any]) -> Hyperparameters:
     """Validate a method name and its hyperparameters without building anything."""
-    return make_hparams(method_class(name), hparams)
+    cls = method_class(name)
+    return make_hparams(cls.Hparams, cls.name, hparams)
 
 
 def build_method(

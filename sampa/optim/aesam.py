@@ -38,8 +38,9 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult
+from sampa.batch import Inputs
 from sampa.optim.checks import check_range
+from sampa.optim.contract import GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList, global_norm
 
@@ -87,7 +88,7 @@ class AESAM(SAM):
         self.var = delta * self.var + (1 - delta) * (s - self.mu) ** 2
         return self.mu + self.threshold_coefficient() * math.sqrt(self.var)
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         clean = self.gradient(inputs, targets, update_bn=True)  # g = grad f(x_t; B_t)
         s = float(global_norm(clean.grads)) ** 2  # s_t = ||g||^2 (host synchronisation)
         threshold = self.update_statistics(s)

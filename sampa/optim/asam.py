@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sampa.optim.checks import check_range
+from sampa.optim.checks import Hyperparameters, check_range
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.sampa import SAMPa, SAMPaHparams
 from sampa.optim.tensors import TensorList, global_norm, normalized, scaled
@@ -64,10 +64,9 @@ def _replaced(xs: TensorList, indices: list[int], values: TensorList) -> TensorL
 
 
 @dataclass(frozen=True)
-class ASAMHparams(SAMHparams):
-    """rho: radius in the T-scaled norm (App. B.4: 0.5); eta: T = |x| + eta (0.01); eps: stabiliser."""
+class ASAMRuleHparams(Hyperparameters):
+    """eta: T = |x| + eta (0.01); added to the host's hyperparameters, checked after them."""
 
-    rho: float = 0.5
     eta: float = 0.01
 
     def check(self) -> None:
@@ -76,15 +75,17 @@ class ASAMHparams(SAMHparams):
 
 
 @dataclass(frozen=True)
-class SAMPaASAMHparams(SAMPaHparams):
+class ASAMHparams(ASAMRuleHparams, SAMHparams):
+    """rho: radius in the T-scaled norm (App. B.4: 0.5); eta: T = |x| + eta (0.01); eps: stabiliser."""
+
+    rho: float = 0.5
+
+
+@dataclass(frozen=True)
+class SAMPaASAMHparams(ASAMRuleHparams, SAMPaHparams):
     """SAMPa-lambda's hyperparameters with ASAM's rule; rho twice ASAM's (App. B.4)."""
 
     rho: float = 2 * ASAMHparams.rho
-    eta: float = ASAMHparams.eta
-
-    def check(self) -> None:
-        super().check()
-        check_range("eta", self.eta, 0.0)
 
 
 class ASAM(ASAMRule, SAM):

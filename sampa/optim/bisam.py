@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -48,10 +49,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sampa.optim.base import GradJob, GradResult
-from sampa.optim.checks import check_range
+from sampa.batch import Inputs
+from sampa.optim.checks import Hyperparameters, check_range
+from sampa.optim.contract import GradJob, GradResult
 from sampa.optim.sam import SAM, SAMHparams
-from sampa.optim.sampa import SAMPa, SAMPaHparams
+from sampa.optim.sampa import Batch, SAMPa, SAMPaHparams
 from sampa.optim.tensors import TensorList, normalized
 
 GAMMA = math.log(math.e - 1)  # phi(0) = 0
@@ -76,8 +78,8 @@ class BiSAMRule:
 
 
 @dataclass(frozen=True)
-class BiSAMHparams(SAMHparams):
-    """rho: radius (SAM's 0.05); mu: the surrogate's temperature (App. B.4: 1); eps: stabiliser."""
+class BiSAMRuleHparams(Hyperparameters):
+    """mu: the surrogate's temperature (App. B.4: 1); checked after the host's hyperparameters."""
 
     mu: float = 1.0
 
@@ -87,15 +89,15 @@ class BiSAMHparams(SAMHparams):
 
 
 @dataclass(frozen=True)
-class SAMPaBiSAMHparams(SAMPaHparams):
+class BiSAMHparams(BiSAMRuleHparams, SAMHparams):
+    """rho: radius (SAM's 0.05); mu: the surrogate's temperature (App. B.4: 1); eps: stabiliser."""
+
+
+@dataclass(frozen=True)
+class SAMPaBiSAMHparams(BiSAMRuleHparams, SAMPaHparams):
     """SAMPa-lambda's hyperparameters with BiSAM's ascent; rho twice BiSAM's (App. B.4)."""
 
     rho: float = 2 * BiSAMHparams.rho
-    mu: float = BiSAMHparams.mu
-
-    def check(self) -> None:
-        super().check()
-        check_range("mu", self.mu, 0.0, low_open=True)
 
 
 class BiSAM(BiSAMRule, SAM):
@@ -105,7 +107,7 @@ class BiSAM(BiSAMRule, SAM):
     display_name = "BiSAM"
     Hparams = BiSAMHparams
 
-    def ascent_job(self, inputs: Tensor, targets: Tensor) -> GradJob:
+    def ascent_job(self, inputs: Inputs, targets: Tensor) -> GradJob:
         """q = grad Q(x_t; B_t); the pass still reports the training loss f."""
         return GradJob(inputs, targets, update_bn=True, losses=(self.surrogate,))
 
@@ -121,14 +123,14 @@ class SAMPaBiSAM(BiSAMRule, SAMPa):
         super().__init__(*args, **kwargs)
         self.q_y: TensorList | None = None  # q_t = grad Q(y_t; B_t)
 
-    def extrapolation_job(self, inputs: Tensor, targets: Tensor, point: TensorList | None) -> GradJob:
+    def extrapolation_job(self, inputs: Inputs, targets: Tensor, point: TensorList | None) -> GradJob:
         """grad f and grad Q at y_{t+1} from one forward (two backwards)."""
         job = super().extrapolation_job(inputs, targets, point)
         return dataclasses.replace(job, losses=(self.loss_fn, self.surrogate))
 
-    def remember(self, extrapolated: GradResult, batch: tuple[Tensor, Tensor]) -> None:
-        super().remember(extrapolated, batch)
-        self.q_y = extrapolated.extra_grads[0]
+    def remember(self, report: GradResult, extrapolated: Sequence[GradResult], batch: Batch) -> None:
+        super().remember(report, extrapolated, batch)
+        self.q_y = report.extra_grads[0]
 
     def ascent(self, g_y: TensorList) -> TensorList:
         """e = rho q_t / (||q_t|| + xi); g_t = grad f(y_t) (the argument) only drives y_{t+1}."""

@@ -1,10 +1,41 @@
-"""One-line range checks for method hyperparameters (raised before any training starts)."""
+"""Method hyperparameters: the base record, its one-line errors and range checks (raised before any
+training starts)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any
 
-from sampa.optim.base import HyperparameterError
+
+class HyperparameterError(ValueError):
+    """A method hyperparameter is invalid (one-line message naming the value and the valid range)."""
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Base for a method's hyperparameters; subclasses add fields and ``check`` ranges."""
+
+    def check(self) -> None:
+        """Raise :class:`HyperparameterError` for an invalid value."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+
+def make_hparams(
+    hparams_class: type[Hyperparameters], method: str, values: dict[str, Any]
+) -> Hyperparameters:
+    """``hparams_class(**values)`` for method ``method``, with one-line errors for unknown names."""
+    valid = [f.name for f in dataclasses.fields(hparams_class)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        choices = ", ".join(valid) if valid else "(none)"
+        raise HyperparameterError(
+            f"unknown hyperparameter {unknown[0]!r} for method {method!r}; valid: {choices}"
+        )
+    return hparams_class(**values)
 
 
 def check_range(

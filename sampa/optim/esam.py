@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sampa.optim.base import GradResult, HyperparameterError
+from sampa.batch import Inputs, select
 from sampa.optim.checks import check_range
+from sampa.optim.contract import GradResult, HyperparameterError
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList, add, normalized
 
@@ -78,7 +79,7 @@ class ESAM(SAM):
             if keep.any():
                 return keep.nonzero().flatten().tolist()
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         kept = self.swp_mask()  # K
         clean = self.gradient(inputs, targets, update_bn=True, wrt=kept)  # g_K = grad_K f(x_t; B_t)
         x_adv = add(self.current_point(), self.ascent(clean.grads))  # x_t + e, e = 0 outside K
@@ -89,12 +90,12 @@ class ESAM(SAM):
         return perturbed.grads, clean, stats
 
     def sharpness_sensitive_subset(
-        self, inputs: Tensor, targets: Tensor, x_adv: TensorList, clean: GradResult
-    ) -> tuple[Tensor, Tensor]:
+        self, inputs: Inputs, targets: Tensor, x_adv: TensorList, clean: GradResult
+    ) -> tuple[Inputs, Tensor]:
         """The int(gamma |B|) samples whose loss rises most from x_t to x_t + e (one extra forward)."""
         if clean.per_sample_loss is None:
             raise HyperparameterError("ESAM with gamma < 1 (SDS) needs a per-sample loss (reduction='none')")
         loss_adv = self.loss_fn(self.forward_only(inputs, point=x_adv), targets)  # l_i(x_t + e)
         k = max(1, int(self.hp.gamma * targets.shape[0]))
         chosen = torch.topk(loss_adv - clean.per_sample_loss, k).indices.sort().values
-        return inputs[chosen], targets[chosen]
+        return select(inputs, chosen), targets[chosen]

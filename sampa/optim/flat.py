@@ -19,19 +19,16 @@ The math is unchanged; a norm or dot over one buffer sums in another order than 
 A FlatVector is a read-only sequence of per-parameter views, made on first use only. It is deliberately
 not a ``list``: torch's multi-tensor functions refuse it with a TypeError (never a silently empty list),
 so code that hands a vector to them writes ``list(v)``. Checkpoints store plain lists of tensors
-(:func:`plain`), and :meth:`sampa.optim.Method.load_vector` makes them flat again.
+(:func:`plain`), and :meth:`sampa.optim.contract.Method.load_vector` makes them flat again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, Protocol, overload
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from sampa.optim.base import Method
 
 
 class FlatLayout:
@@ -175,7 +172,12 @@ class FlatParameters:
         return self._params[0].untyped_storage().data_ptr() == self.buffer.untyped_storage().data_ptr()
 
 
-def flatten_parameters(method: Method) -> FlatParameters:
+class _HasParameters(Protocol):
+    params: list[Tensor]
+    flat: FlatParameters | None
+
+
+def flatten_parameters(method: _HasParameters) -> FlatParameters:
     """Move ``method``'s trainable parameters into one flat buffer (values, memory formats, parameter
     identities and optimizer state unchanged); the method then works on flat vectors (module docstring).
 

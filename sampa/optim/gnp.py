@@ -33,8 +33,9 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult, HyperparameterError
+from sampa.batch import Inputs
 from sampa.optim.checks import check_range
+from sampa.optim.contract import GradResult, HyperparameterError
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList, combine, normalized
 
@@ -64,7 +65,7 @@ class GNP(SAM):
     display_name = "Penalizing"
     Hparams = GNPHparams
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         clean, perturbed = self.sam_passes((inputs, targets), (inputs, targets))  # g, g_p on B_t
         g = normalized(clean.grads, 1.0, self.hp.eps) if self.hp.normalized_clean else clean.grads
         alpha = self.hp.alpha

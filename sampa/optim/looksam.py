@@ -30,8 +30,9 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult
+from sampa.batch import Inputs
 from sampa.optim.checks import check_int, check_range
+from sampa.optim.contract import GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList, add, global_norm, reject
 
@@ -61,7 +62,7 @@ class LookSAM(SAM):
         super().__init__(*args, **kwargs)
         self.g_v: TensorList | None = None  # orthogonal component from the last SAM step
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         clean = self.gradient(inputs, targets, update_bn=True)  # g = grad f(x_t; B_t)
         g = clean.grads
         if self.step_count % self.hp.k == 0 or self.g_v is None:

@@ -44,20 +44,21 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradJob, GradResult
-from sampa.optim.checks import check_int
+from sampa.batch import Inputs, split
+from sampa.optim.checks import Hyperparameters, check_int
+from sampa.optim.contract import GradJob, GradResult
 from sampa.optim.sam import SAM, SAMHparams
-from sampa.optim.sampa import SAMPa, SAMPaHparams, _probe_stats
-from sampa.optim.tensors import TensorList, add, clone, combine, weighted_sum
+from sampa.optim.sampa import SAMPa, SAMPaHparams
+from sampa.optim.tensors import TensorList, add, weighted_sum
 
-Batch = tuple[Tensor, Tensor]
+Batch = tuple[Inputs, Tensor]
 
 
-def micro_batches(inputs: Tensor, targets: Tensor, size: int) -> list[Batch]:
+def micro_batches(inputs: Inputs, targets: Tensor, size: int) -> list[Batch]:
     """M = ceil(|B| / size) consecutive micro-batches of near-equal sizes (at most ``size``, differing
     by at most one), so a partial batch gives no tiny remainder (BatchNorm needs > 1 sample)."""
     count = max(1, -(-targets.shape[0] // size))  # an empty shard (two devices, 1-sample batch) stays one
-    return list(zip(inputs.tensor_split(count), targets.tensor_split(count), strict=True))
+    return list(zip(split(inputs, count), targets.tensor_split(count), strict=True))
 
 
 def size_weights(results: Sequence[GradResult]) -> list[float]:
@@ -82,14 +83,19 @@ def merged(results: Sequence[GradResult]) -> GradResult:
 
 
 @dataclass(frozen=True)
-class MSAMHparams(SAMHparams):
-    """micro_batch_size: samples per micro-batch m (>= 1; m >= batch size is SAM)."""
+class MicroBatchHparams(Hyperparameters):
+    """micro_batch_size: samples per micro-batch m (>= 1; m >= batch size is the host method)."""
 
     micro_batch_size: int = 32
 
     def check(self) -> None:
         super().check()
         check_int("micro_batch_size", self.micro_batch_size, 1)
+
+
+@dataclass(frozen=True)
+class MSAMHparams(MicroBatchHparams, SAMHparams):
+    """SAM's hyperparameters plus micro_batch_size m (>= 1; m >= batch size is SAM)."""
 
 
 class MSAM(SAM):
@@ -99,7 +105,7 @@ class MSAM(SAM):
     display_name = "mSAM"
     Hparams = MSAMHparams
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         shards = micro_batches(inputs, targets, self.hp.micro_batch_size)
         clean = self.gradients([GradJob(x, y, update_bn=True, local=True) for x, y in shards])  # g_j
         x_t = self.current_point()
@@ -116,14 +122,8 @@ class MSAM(SAM):
 
 
 @dataclass(frozen=True)
-class MSAMPaHparams(SAMPaHparams):
+class MSAMPaHparams(MicroBatchHparams, SAMPaHparams):
     """SAMPa's hyperparameters plus micro_batch_size m (>= 1; m >= batch size is SAMPa)."""
-
-    micro_batch_size: int = 32
-
-    def check(self) -> None:
-        super().check()
-        check_int("micro_batch_size", self.micro_batch_size, 1)
 
 
 class MSAMPa(SAMPa):
@@ -137,41 +137,31 @@ class MSAMPa(SAMPa):
         super().__init__(*args, **kwargs)
         self.g_y_micro: list[TensorList] | None = None  # g^j_t = grad f(y_t; B^j_t)
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
-        new = micro_batches(inputs, targets, self.hp.micro_batch_size)
-        if self.g_y_micro is None or self.prev_batch is None:
-            return self._initial_micro_direction(inputs, targets, new)
-        prev = micro_batches(*self.prev_batch, self.hp.micro_batch_size)
-        x = self.current_point()
-        y_next = self.lookahead(self.g_y)  # y_{t+1} = ModelUpdate_{m_t}(x_t, g_t)
-        jobs = [
-            GradJob(px, py, point=add(x, self.ascent(g_j)))  # h_j on B^j_t at x_t + e_j
-            for (px, py), g_j in zip(prev, self.g_y_micro, strict=True)
-        ]
-        jobs += [GradJob(nx, ny, point=y_next, update_bn=True) for nx, ny in new]  # g^j_{t+1}
-        probe = self._probe_due()
-        if probe:
-            jobs.append(GradJob(*self.prev_batch))  # grad f(x_t; B_t), Figure 4 only
-        results = self.gradients(jobs)
-        perturbed, extrapolated = results[: len(prev)], results[len(prev) : len(prev) + len(new)]
-        stats = _probe_stats(self.g_y, results[-1].grads) if probe else {}
-        g_tilde = weighted_sum([r.grads for r in perturbed], size_weights(perturbed))
-        report = merged(extrapolated)  # its grads are g_{t+1} = sum_j w_j g^j_{t+1}
-        direction = combine(g_tilde, report.grads, 1 - self.hp.lam, self.hp.lam)  # G_t
-        self.g_y, self.g_y_micro = report.grads, [r.grads for r in extrapolated]
-        self.prev_batch = (inputs, targets)
-        stats["micro_batches"] = float(len(new))
-        return direction, report, stats
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+        direction, report, stats = super().direction(inputs, targets)
+        return direction, report, stats | {"micro_batches": float(len(self.g_y_micro or ()))}
 
-    def _initial_micro_direction(
-        self, inputs: Tensor, targets: Tensor, new: list[Batch]
-    ) -> tuple[TensorList, GradResult, dict[str, Any]]:
-        """First call: g^j_0 = grad f(y_0 = x_0; B^j_0), base step with their weighted mean (as SAMPa)."""
-        results = self.gradients([GradJob(x, y, update_bn=True) for x, y in new])
-        report = merged(results)
-        self.g_y, self.g_y_micro = clone(report.grads), [r.grads for r in results]
-        self.prev_batch = (inputs, targets)
-        return report.grads, report, {"micro_batches": float(len(new))}
+    def perturbed_jobs(self, x: TensorList, batch: Batch) -> list[GradJob]:
+        """h_j on B^j_t at x_t + e_j, e_j from g^j_t."""
+        shards = micro_batches(*batch, self.hp.micro_batch_size)
+        return [
+            GradJob(*shard, point=add(x, self.ascent(g_j)))
+            for shard, g_j in zip(shards, self.g_y_micro, strict=True)
+        ]
+
+    def extrapolation_jobs(self, batch: Batch, point: TensorList | None) -> list[GradJob]:
+        """g^j_{t+1} on each micro-batch B^j_{t+1} at y_{t+1} (each updates BN statistics)."""
+        shards = micro_batches(*batch, self.hp.micro_batch_size)
+        return [self.extrapolation_job(*shard, point) for shard in shards]
+
+    def merge(self, results: Sequence[GradResult]) -> GradResult:
+        """sum_j w_j of the micro-batch results."""
+        return merged(results)
+
+    def remember(self, report: GradResult, extrapolated: Sequence[GradResult], batch: Batch) -> None:
+        """g_{t+1} = sum_j w_j g^j_{t+1} and the g^j_{t+1} themselves, and B_{t+1}."""
+        super().remember(report, extrapolated, batch)
+        self.g_y_micro = [r.grads for r in extrapolated]
 
     def method_state(self) -> dict[str, Any]:
         return super().method_state() | {"g_y_micro": self.g_y_micro}

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sampa.optim.base import GradResult, Method
+from sampa.batch import Inputs
+from sampa.optim.contract import GradResult, Method
 from sampa.optim.sam import SAMHparams
 from sampa.optim.tensors import TensorList, add, clone, normalized
 
@@ -33,7 +34,7 @@ class RandSAM(Method):
     display_name = "RandSAM"
     Hparams = SAMHparams
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         noise = [torch.randn(p.shape, generator=self.rng, dtype=p.dtype).to(p.device) for p in self.params]
         e = normalized(noise, self.hp.rho, self.hp.eps)  # e_t = rho n / ||n||
         perturbed = self.gradient(inputs, targets, point=add(self.current_point(), e), update_bn=True)
@@ -51,7 +52,7 @@ class OptSAM(Method):
         super().__init__(*args, **kwargs)
         self.g_prev: TensorList | None = None  # g~_{t-1}
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         x = self.current_point()
         point = x if self.g_prev is None else add(x, normalized(self.g_prev, self.hp.rho, self.hp.eps))
         perturbed = self.gradient(inputs, targets, point=point, update_bn=True)  # g~_t

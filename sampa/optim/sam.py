@@ -20,8 +20,9 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradJob, GradResult, Hyperparameters, Method
+from sampa.batch import Inputs
 from sampa.optim.checks import check_range
+from sampa.optim.contract import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList, add, normalized
 
 
@@ -49,24 +50,24 @@ class SAM(Method):
         """e = rho g / (||g|| + xi)."""
         return normalized(g, self.hp.rho, self.hp.eps)
 
-    def ascent_job(self, inputs: Tensor, targets: Tensor) -> GradJob:
+    def ascent_job(self, inputs: Inputs, targets: Tensor) -> GradJob:
         """The clean pass at x_t whose gradient g feeds :meth:`ascent` (updates BN statistics)."""
         return GradJob(inputs, targets, update_bn=True)
 
     def sam_passes(
-        self, ascent_batch: tuple[Tensor, Tensor], update_batch: tuple[Tensor, Tensor]
+        self, ascent_batch: tuple[Inputs, Tensor], update_batch: tuple[Inputs, Tensor]
     ) -> tuple[GradResult, GradResult]:
         """The two sequential passes: g at x_t on ``ascent_batch``, then the gradient at x_t + e."""
         clean = self.gradients([self.ascent_job(*ascent_batch)])[0]  # g = grad f(x_t; B_t)
         perturbed = self.sam_gradient(*update_batch, clean.grads)  # g_sam = grad f(x_t + e; B_t)
         return clean, perturbed
 
-    def sam_gradient(self, inputs: Tensor, targets: Tensor, g: TensorList) -> GradResult:
+    def sam_gradient(self, inputs: Inputs, targets: Tensor, g: TensorList) -> GradResult:
         """g_sam = grad f(x_t + e(g); B) with BN running statistics frozen (the second pass alone, for
         variants that decide after the clean pass whether to take it: LookSAM, AE-SAM, vSAM)."""
         x_adv = add(self.current_point(), self.ascent(g))  # x_t + e, e = rho g / ||g||
         return self.gradient(inputs, targets, point=x_adv)
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         clean, perturbed = self.sam_passes((inputs, targets), (inputs, targets))  # same batch twice
         return perturbed.grads, clean, {}

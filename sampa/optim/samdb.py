@@ -24,7 +24,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult
+from sampa.batch import Inputs, to_device
+from sampa.optim.contract import GradResult
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList
 
@@ -38,9 +39,9 @@ class SAMdb(SAM):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.prev_batch: tuple[Tensor, Tensor] | None = None  # B_{t-1}
+        self.prev_batch: tuple[Inputs, Tensor] | None = None  # B_{t-1}
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         batch = (inputs, targets)
         ascent_batch = batch if self.prev_batch is None else self.prev_batch  # B_{-1} := B_0
         clean, perturbed = self.sam_passes(ascent_batch, batch)  # g on B_{t-1}, g_db on B_t
@@ -52,4 +53,4 @@ class SAMdb(SAM):
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         batch, device = state["prev_batch"], self.params[0].device
-        self.prev_batch = None if batch is None else (batch[0].to(device), batch[1].to(device))
+        self.prev_batch = None if batch is None else (to_device(batch[0], device), batch[1].to(device))

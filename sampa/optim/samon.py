@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sampa.optim.base import GradJob
+from sampa.batch import Inputs
+from sampa.optim.contract import GradJob
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.sampa import SAMPa, SAMPaHparams
 from sampa.optim.tensors import TensorList, normalized
@@ -102,7 +103,7 @@ class SAMON(SAMONRule, SAM):
     display_name = "SAM-ON"
     Hparams = SAMONHparams
 
-    def ascent_job(self, inputs: Tensor, targets: Tensor) -> GradJob:
+    def ascent_job(self, inputs: Inputs, targets: Tensor) -> GradJob:
         """The clean pass differentiates only the normalisation parameters (all the ascent uses)."""
         return GradJob(inputs, targets, update_bn=True, wrt=self.norm_indices)
 

@@ -37,14 +37,18 @@ this adds one forward/backward to those steps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradJob, GradResult, Hyperparameters, Method
+from sampa.batch import Inputs, to_device
 from sampa.optim.checks import check_int, check_range
+from sampa.optim.contract import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList, add, clone, combine, cosine, distance, normalized
+
+Batch = tuple[Inputs, Tensor]
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ class SAMPaHparams(Hyperparameters):
 
 class SAMPa(Method):
     """SAMPa-lambda; combinations with other SAM variants change :meth:`ascent`, and where needed
-    :meth:`extrapolation_job` / :meth:`remember` (BiSAM+SAMPa also needs its surrogate's gradient at y)."""
+    :meth:`extrapolation_job` / :meth:`remember` (BiSAM+SAMPa also needs its surrogate's gradient at y),
+    or the jobs of each stage and how their results :meth:`merge` (mSAM+SAMPa: one per micro-batch)."""
 
     name = "sampa"
     display_name = "SAMPa"
@@ -76,45 +81,59 @@ class SAMPa(Method):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.g_y: TensorList | None = None  # g_t = grad f(y_t; B_t)
-        self.prev_batch: tuple[Tensor, Tensor] | None = None  # B_t
+        self.prev_batch: Batch | None = None  # B_t
 
     def ascent(self, g_y: TensorList) -> TensorList:
         """e = rho g_t / (||g_t|| + xi)."""
         return normalized(g_y, self.hp.rho, self.hp.eps)
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+        batch = (inputs, targets)  # B_{t+1}
         if self.g_y is None or self.prev_batch is None:
-            return self._initial_direction(inputs, targets)
+            return self._initial_direction(batch)
         x = self.current_point()
-        x_tilde = add(x, self.ascent(self.g_y))  # x~_t = x_t + rho g_t/||g_t||
         y_next = self.lookahead(self.g_y)  # y_{t+1} = ModelUpdate_{m_t}(x_t, g_t)
-        prev_inputs, prev_targets = self.prev_batch
-        jobs = [
-            GradJob(prev_inputs, prev_targets, point=x_tilde),  # g~_t on B_t
-            self.extrapolation_job(inputs, targets, y_next),  # g_{t+1} on B_{t+1}
-        ]
+        perturbed_jobs = self.perturbed_jobs(x, self.prev_batch)  # g~_t on B_t at x~_t
+        extrapolation_jobs = self.extrapolation_jobs(batch, y_next)  # g_{t+1} on B_{t+1} at y_{t+1}
         probe = self._probe_due()
-        if probe:
-            jobs.append(GradJob(prev_inputs, prev_targets))  # grad f(x_t; B_t), Figure 4 only
-        results = self.gradients(jobs)
-        perturbed, extrapolated = results[0], results[1]
-        stats = _probe_stats(self.g_y, results[2].grads) if probe else {}
-        direction = combine(perturbed.grads, extrapolated.grads, 1 - self.hp.lam, self.hp.lam)  # G_t
-        self.remember(extrapolated, (inputs, targets))
-        return direction, extrapolated, stats
+        probe_jobs = [GradJob(*self.prev_batch)] if probe else []  # grad f(x_t; B_t), Figure 4 only
+        results = self.gradients([*perturbed_jobs, *extrapolation_jobs, *probe_jobs])
+        split = len(perturbed_jobs)
+        perturbed = self.merge(results[:split])
+        extrapolated = results[split : split + len(extrapolation_jobs)]
+        report = self.merge(extrapolated)
+        stats = _probe_stats(self.g_y, results[-1].grads) if probe else {}
+        direction = combine(perturbed.grads, report.grads, 1 - self.hp.lam, self.hp.lam)  # G_t
+        self.remember(report, extrapolated, batch)
+        return direction, report, stats
 
-    def extrapolation_job(self, inputs: Tensor, targets: Tensor, point: TensorList | None) -> GradJob:
-        """The pass at y_{t+1} on B_{t+1} (``point=None``: y_0 = x_0); it updates BN statistics."""
+    def perturbed_jobs(self, x: TensorList, batch: Batch) -> list[GradJob]:
+        """g~_t = grad f(x~_t; B_t) at x~_t = x_t + e, e = rho g_t / ||g_t|| (:meth:`ascent`)."""
+        return [GradJob(*batch, point=add(x, self.ascent(self.g_y)))]
+
+    def extrapolation_jobs(self, batch: Batch, point: TensorList | None) -> list[GradJob]:
+        """The passes at y_{t+1} on B_{t+1} (``point=None``: y_0 = x_0)."""
+        return [self.extrapolation_job(*batch, point)]
+
+    def extrapolation_job(self, inputs: Inputs, targets: Tensor, point: TensorList | None) -> GradJob:
+        """The pass at y_{t+1} on B_{t+1}; it updates BN statistics."""
         return GradJob(inputs, targets, point=point, update_bn=True)
 
-    def remember(self, extrapolated: GradResult, batch: tuple[Tensor, Tensor]) -> None:
-        """Keep g_{t+1} = grad f(y_{t+1}; B_{t+1}) and B_{t+1} for the next step."""
-        self.g_y, self.prev_batch = extrapolated.grads, batch
+    def merge(self, results: Sequence[GradResult]) -> GradResult:
+        """One gradient (and reporting values) from the results of one stage's jobs (SAMPa: one job)."""
+        (result,) = results
+        return result
 
-    def _initial_direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict]:
-        first = self.gradients([self.extrapolation_job(inputs, targets, None)])[0]  # g_0 = grad f(x_0; B_0)
-        self.remember(first, (inputs, targets))
-        return clone(first.grads), first, {}
+    def remember(self, report: GradResult, extrapolated: Sequence[GradResult], batch: Batch) -> None:
+        """Keep g_{t+1} = grad f(y_{t+1}; B_{t+1}) (``report``, merged from ``extrapolated``) and B_{t+1}."""
+        self.g_y, self.prev_batch = report.grads, batch
+
+    def _initial_direction(self, batch: Batch) -> tuple[TensorList, GradResult, dict[str, Any]]:
+        """g_0 = grad f(x_0; B_0), and a base step with it."""
+        results = self.gradients(self.extrapolation_jobs(batch, None))
+        report = self.merge(results)
+        self.remember(report, results, batch)
+        return clone(report.grads), report, {}
 
     def _probe_due(self) -> bool:
         every = self.hp.diagnostics_every
@@ -128,7 +147,7 @@ class SAMPa(Method):
         device = self.params[0].device
         self.g_y = self.load_vector(state["g_y"])
         batch = state["prev_batch"]
-        self.prev_batch = None if batch is None else (batch[0].to(device), batch[1].to(device))
+        self.prev_batch = None if batch is None else (to_device(batch[0], device), batch[1].to(device))
 
 
 def _probe_stats(g_y: TensorList, g_x: TensorList) -> dict[str, Tensor]:

@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.base import GradResult, Hyperparameters, Method
+from sampa.batch import Inputs
+from sampa.optim.contract import GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList
 
 
@@ -29,6 +30,6 @@ class SGD(Method):
     display_name = "SGD"
     Hparams = SGDHparams
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         clean = self.gradient(inputs, targets, update_bn=True)  # g = grad f(x_t; B_t)
         return clean.grads, clean, {}

@@ -51,8 +51,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sampa.optim.base import GradJob, GradResult, Hyperparameters, LossFn, Method
+from sampa.batch import Inputs
 from sampa.optim.checks import check_int, check_range
+from sampa.optim.contract import GradJob, GradResult, Hyperparameters, LossFn, Method
 from sampa.optim.tensors import TensorList
 
 
@@ -98,14 +99,14 @@ class TrajectoryMethod(Method):
 
     Hparams = TrajectoryHparams
 
-    def trajectory_targets(self, inputs: Tensor) -> tuple[Tensor, Tensor | None] | None:
+    def trajectory_targets(self, inputs: Inputs) -> tuple[Tensor, Tensor | None] | None:
         """(target logits, per-sample weight or None) for this batch, or None for no term."""
         raise NotImplementedError
 
     def record(self, logits: Tensor) -> None:
         """Called with the training pass's detached outputs (SAF keeps them)."""
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         target = self.trajectory_targets(inputs) if self.epoch >= self.hp.e_start else None
         losses = None if target is None else [self.trajectory_loss(*target)]  # G = grad L
         result = self.gradients([GradJob(inputs, targets, update_bn=True, losses=losses)])[0]
@@ -157,7 +158,7 @@ class SAF(TrajectoryMethod):
         self.table: Tensor | None = None  # [N, E~+1, C] recorded logits, grown on demand
         self.recorded_epoch: Tensor | None = None  # [N, E~+1] epoch of each entry, -1 = empty
 
-    def trajectory_targets(self, inputs: Tensor) -> tuple[Tensor, Tensor | None] | None:
+    def trajectory_targets(self, inputs: Inputs) -> tuple[Tensor, Tensor | None] | None:
         if self.table is None:
             return None
         indices = self._indices()
@@ -234,10 +235,10 @@ class MESA(TrajectoryMethod):
         super().__init__(*args, **kwargs)
         self.teacher: nn.Module | None = None  # the EMA model v, created at the first step (v = x_0)
 
-    def trajectory_targets(self, inputs: Tensor) -> tuple[Tensor, Tensor | None] | None:
+    def trajectory_targets(self, inputs: Inputs) -> tuple[Tensor, Tensor | None] | None:
         return self.forward_only(inputs, model=self._teacher()), None  # f(v; B_t), counted forward
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         self._teacher()  # v starts at the weights of the first update's x_t
         return super().direction(inputs, targets)
 

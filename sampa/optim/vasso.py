@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from sampa.optim.checks import check_range
+from sampa.optim.checks import Hyperparameters, check_range
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.sampa import SAMPa, SAMPaHparams
 from sampa.optim.tensors import TensorList, clone, combine, normalized
@@ -54,31 +54,27 @@ class VaSSORule:
         self.d = self.load_vector(state["vasso_d"])
 
 
-def _check_theta(theta: float) -> None:
-    check_range("theta", theta, 0.0, 1.0, low_open=True)
-
-
 @dataclass(frozen=True)
-class VaSSOHparams(SAMHparams):
-    """rho: radius (SAM's 0.05); theta: EMA weight of the new gradient in (0, 1] (App. B.4: 0.4)."""
+class VaSSORuleHparams(Hyperparameters):
+    """theta: EMA weight of the new gradient in (0, 1] (App. B.4: 0.4); checked after the host's."""
 
     theta: float = 0.4
 
     def check(self) -> None:
         super().check()
-        _check_theta(self.theta)
+        check_range("theta", self.theta, 0.0, 1.0, low_open=True)
 
 
 @dataclass(frozen=True)
-class SAMPaVaSSOHparams(SAMPaHparams):
+class VaSSOHparams(VaSSORuleHparams, SAMHparams):
+    """rho: radius (SAM's 0.05); theta: EMA weight of the new gradient in (0, 1] (App. B.4: 0.4)."""
+
+
+@dataclass(frozen=True)
+class SAMPaVaSSOHparams(VaSSORuleHparams, SAMPaHparams):
     """SAMPa-lambda's hyperparameters with VaSSO's rule; rho twice VaSSO's (App. B.4)."""
 
     rho: float = 2 * VaSSOHparams.rho
-    theta: float = VaSSOHparams.theta
-
-    def check(self) -> None:
-        super().check()
-        _check_theta(self.theta)
 
 
 class VaSSO(VaSSORule, SAM):

@@ -53,8 +53,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sampa.optim.base import GradResult, HyperparameterError
+from sampa.batch import Inputs
 from sampa.optim.checks import check_int, check_range
+from sampa.optim.contract import GradResult, HyperparameterError
 from sampa.optim.sam import SAM, SAMHparams
 from sampa.optim.tensors import TensorList, add, global_norm
 
@@ -173,7 +174,7 @@ class VSAM(SAM):
         self.psf: TensorList | None = None  # g_s - g from the last sampling step
         self.reused = 0  # j: reuse steps since the last sampling step
 
-    def direction(self, inputs: Tensor, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         clean = self.gradient(inputs, targets, update_bn=True)  # g = grad f(x_t; B_t)
         g = clean.grads
         warmup = self.epoch < self.hp.warmup_epochs

@@ -1,0 +1,218 @@
+r"""The method contract: one class per optimizer method, one call per update. Read this file first.
+
+A *method* wraps a model, a per-sample loss and a base optimizer (``torch.optim.SGD`` or ``AdamW``).
+``method.step(inputs, targets)`` performs one update on one batch and returns a :class:`StepRecord`.
+``inputs`` is a tensor or a mapping of tensors (``model(x)`` / ``model(**inputs)``, :mod:`sampa.batch`).
+A subclass implements :meth:`Method.direction` like its paper's algorithm box: it asks for gradients
+with :meth:`Method.gradients` (independent :class:`~sampa.optim.evaluation.GradJob`\ s), combines them
+into the update direction G, and :meth:`Method.step` lets the base optimizer step from x_t with G.
+The :class:`Executor` is all a method knows about where gradients run: ``SequentialExecutor``
+(:mod:`sampa.optim.evaluation`, the reference) or a backend's (two processes, one fused pass, ...).
+
+A method may mutate only the parameters (through the base optimizer's step), ``p.grad`` (G, right
+before that step), the base optimizer's state, BatchNorm running statistics (only in jobs marked
+``update_bn``, see :mod:`sampa.optim.evaluation`) and its own state. Loss convention:
+``loss_fn(logits, targets)`` returns per-sample losses (``reduction="none"``); a scalar is accepted too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from sampa.batch import Inputs
+from sampa.optim.checks import HyperparameterError, Hyperparameters, make_hparams
+from sampa.optim.evaluation import (
+    GradJob,
+    GradResult,
+    LossFn,
+    PassCount,
+    SequentialExecutor,
+    base_step,
+    frozen_bn_stats,
+    laid_out_like,
+    model_forward,
+    optimized_parameters,
+)
+from sampa.optim.flat import FlatLayout, FlatParameters, FlatVector, plain
+from sampa.optim.lookahead import lookahead
+from sampa.optim.tensors import TensorList
+
+# what a method and an executor see, in one place
+__all__ = ["Executor", "GradJob", "GradResult", "HyperparameterError", "Hyperparameters"]
+__all__ += ["Inputs", "LossFn", "Method", "SequentialExecutor", "StepRecord", "TensorList"]
+
+
+@dataclass
+class StepRecord:
+    """What one update did; tensors stay on the device (no host synchronisation inside a step).
+
+    ``loss``/``correct``/``count`` describe the method's reporting pass (its clean pass at x_t where it
+    has one, else the pass its docstring names). ``sequential`` counts gradient computations that ran one
+    after the other on this executor; ``ideal_sequential`` is the paper's "temporal cost" (independent
+    gradients count once, as if run in parallel).
+    """
+
+    loss: Tensor
+    correct: Tensor
+    count: int
+    forward: int
+    backward: int
+    sequential: int
+    ideal_sequential: int
+    stats: dict[str, Tensor | float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        """Training accuracy of the reporting pass (synchronises with the device)."""
+        return float(self.correct) / max(self.count, 1)
+
+
+class Executor(Protocol):
+    """Where gradient jobs run."""
+
+    def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
+        """Evaluate independent jobs; results in job order, identical on every replica."""
+        ...
+
+    def depth(self, jobs: Sequence[GradJob]) -> int:
+        """How many of these independent evaluations run one after the other."""
+        ...
+
+
+class Method:
+    """Base class: a subclass sets ``name``, ``display_name``, ``Hparams``; implements :meth:`direction`."""
+
+    name: ClassVar[str] = ""  # registry key (lower case, e.g. "sampa", "sampa-asam")
+    display_name: ClassVar[str] = ""  # the paper's name for tables (e.g. "SAMPa", "ASAM+SAMPa")
+    Hparams: ClassVar[type[Hyperparameters]] = Hyperparameters
+    trace_keys: ClassVar[tuple[str, ...]] = ()  # stats recorded per step by the engine (not only averaged)
+    #: independent jobs per step; a two-device backend runs a method with >= 2 task-parallel
+    parallel_jobs: ClassVar[int] = 1
+    needs_indices: ClassVar[bool] = False  # whether ``step`` needs the samples' dataset indices
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        base_optimizer: torch.optim.Optimizer,
+        *,
+        executor: Executor | None = None,
+        seed: int = 0,
+        **hparams: Any,
+    ) -> None:
+        self.hp = make_hparams(self.Hparams, self.name, hparams)
+        self.rng = torch.Generator().manual_seed(seed)  # CPU generator: same draws on every device
+        self.model, self.loss_fn, self.base_optimizer = model, loss_fn, base_optimizer
+        self.executor: Executor = executor if executor is not None else SequentialExecutor()
+        self.params, self.param_names = optimized_parameters(model, base_optimizer)
+        self.step_count = 0
+        self.epoch, self.epochs, self.steps_per_epoch = 0, 0, 0  # set by start_epoch
+        self.batch_indices: Tensor | None = None  # dataset indices of the current batch, if given
+        self.autocast: torch.dtype | None = None  # forward dtype under torch.autocast (engine's fast path)
+        self.flat: FlatParameters | None = None  # parameters as one buffer (``flat.flatten_parameters``)
+        self._plain_layout = FlatLayout(self.params)
+        self._passes = PassCount()  # pass counts of the current step
+
+    def start_epoch(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        """Called before each epoch (0-based ``epoch`` of ``epochs``); without it a method stays at 0."""
+        self.epoch, self.epochs, self.steps_per_epoch = epoch, epochs, steps_per_epoch
+
+    def step(self, inputs: Inputs, targets: Tensor, indices: Tensor | None = None) -> StepRecord:
+        """One complete update on the batch; ``indices``: the samples' dataset indices (``needs_indices``)."""
+        if self.needs_indices and indices is None:
+            raise ValueError(
+                f"method {self.name!r} needs the samples' dataset indices: call step(x, y, indices)"
+            )
+        self.batch_indices = indices
+        self._passes = passes = PassCount()
+        direction, report, stats = self.direction(inputs, targets)
+        self.apply_update(direction)
+        self.step_count += 1
+        return StepRecord(report.loss, report.correct, report.count, **vars(passes), stats=stats)
+
+    def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
+        """Return (update direction G aligned with ``self.params``, reporting pass, per-step stats)."""
+        raise NotImplementedError
+
+    def apply_update(self, direction: TensorList) -> None:
+        """x_{t+1} = BaseOpt(x_t, G): G into ``p.grad`` (with the parameter's strides: fused kernels read raw
+        memory), then the base optimizer's step."""
+        for p, g in zip(self.params, direction, strict=True):
+            p.grad = laid_out_like(g, p)
+        base_step(self.base_optimizer)
+        for p in self.params:
+            p.grad = None
+
+    def gradient(
+        self,
+        inputs: Inputs,
+        targets: Tensor,
+        *,
+        point: TensorList | None = None,
+        update_bn: bool = False,
+        wrt: Sequence[int] | None = None,
+    ) -> GradResult:
+        """One gradient evaluation (a sequential step of its own)."""
+        return self.gradients([GradJob(inputs, targets, point, update_bn, wrt)])[0]
+
+    def gradients(self, jobs: Sequence[GradJob]) -> list[GradResult]:
+        """Independent gradient evaluations; an executor may run them at the same time."""
+        self._passes.add(jobs, depth=self.executor.depth(jobs))
+        return self.executor.evaluate(self, jobs)
+
+    def forward_only(
+        self,
+        inputs: Inputs,
+        *,
+        point: TensorList | None = None,
+        update_bn: bool = False,
+        model: nn.Module | None = None,
+    ) -> Tensor:
+        """A forward pass without gradient (counted as one forward pass)."""
+        self._passes.forward += 1
+        target = self.model if model is None else model
+        params = None if point is None else dict(zip(self.param_names, point, strict=True))
+        with torch.no_grad(), frozen_bn_stats(target, freeze=not update_bn):
+            return model_forward(self, target, inputs, params)
+
+    def param_layout(self) -> FlatLayout:
+        """Where each parameter sits in a flat vector (flat buffers' layout, executors' gradient packing)."""
+        return self.flat.layout if self.flat is not None else self._plain_layout
+
+    def current_point(self) -> TensorList:
+        """x_t as detached views of the parameters (no copy); a FlatVector with flat buffers."""
+        return self.flat.point() if self.flat is not None else [p.detach() for p in self.params]
+
+    def lookahead(self, grads: TensorList) -> TensorList:
+        """Point the base optimizer would reach from x_t with gradient ``grads``; its state is unchanged."""
+        return lookahead(self.base_optimizer, self.params, grads)
+
+    def method_state(self) -> dict[str, Any]:
+        """Method-specific state (tensors, numbers, lists, dicts only); override to add more."""
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`method_state`."""
+
+    def load_vector(self, saved: Sequence[Tensor] | None) -> TensorList | None:
+        """A saved parameter-aligned vector (None stays None) on the parameters' device, flat if need be."""
+        if saved is None:
+            return None
+        vector = [t.to(self.params[0].device) for t in saved]
+        return vector if self.flat is None else FlatVector(self.flat.layout.flatten(vector), self.flat.layout)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Base optimizer state + method state; loadable with ``torch.load(weights_only=True)``."""
+        state = {"base_optimizer": self.base_optimizer.state_dict(), "method": plain(self.method_state())}
+        return state | {"step_count": self.step_count, "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base_optimizer.load_state_dict(state["base_optimizer"])
+        self.load_method_state(state["method"])
+        self.step_count = int(state["step_count"])
+        self.rng.set_state(state["rng"])
