@@ -25,6 +25,7 @@ from sampa.config import (
     load_config_file,
     validate,
 )
+from sampa.doctor import add_parser as add_doctor_parser
 from sampa.report.commands import add_parsers as add_report_parsers
 
 #: command-line flag -> RunConfig field, for the flags that map one to one
@@ -264,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_toy_parser(sub)
     add_report_parsers(sub)  # plan, aggregate, table, figure
+    add_doctor_parser(sub)
     return parser
 
 

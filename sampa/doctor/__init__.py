@@ -1,0 +1,181 @@
+"""``python -m sampa doctor --out DIR``: one command that proves the GPU paths on the machine it finds.
+
+Each check group runs in its own subprocess under its own time limit (and all of them under ``--budget-s``),
+so a hang costs one group, never the window. Every check compares against a reference computed in the same
+run; the tolerances are constants next to the checks (``sampa.doctor.numerics``, ``.pair``, ``.memory``,
+``.speed``). The verdict table (check | result | figure | status) is printed and written to
+``DIR/doctor.json``; each group's output goes to ``DIR/logs/<group>.log``. Exit status 1 if any check fails.
+Without a GPU the command says so in one line and runs the CPU-meaningful subset (the GPU-only checks are
+listed as skipped, with the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sampa import io
+from sampa.doctor.common import FAIL, ROOT, SKIP, Row
+
+DEFAULT_BUDGET_S = 480.0  # 8 minutes on one H100/H200
+
+
+@dataclass(frozen=True)
+class Group:
+    """Checks that run together in one subprocess (``module:function``, called with the Machine)."""
+
+    target: str
+    limit_s: float
+    what: str
+    cpu_skip: str = ""  # why the group does not run without a GPU (empty: it runs on a CPU too)
+
+
+#: in order of value: the cheap correctness checks first, the workflow last
+GROUPS = {
+    "float64": Group("sampa.doctor.numerics:check_float64", 90, "1: fp32 vs float64, determinism"),
+    "fused": Group("sampa.doctor.numerics:check_fused_and_bf16", 60, "2: fused SAMPa, bf16+channels_last"),
+    "pair": Group("sampa.doctor.pair:check_pair", 120, "4: two ranks (NCCL or gloo), killed rank"),
+    "memory": Group("sampa.doctor.memory:check_memory", 45, "5: NVML vs torch peaks", "no GPU memory"),
+    "cuda-tests": Group(
+        "sampa.doctor.suite:check_cuda_tests", 90, "3: CUDA-only tests (host sync)", "they skip without CUDA"
+    ),
+    "compile": Group(
+        "sampa.doctor.numerics:check_compile", 120, "3: compiled step vs eager", "CPU: slow tests (-m slow)"
+    ),
+    "speed": Group("sampa.doctor.speed:check_speed", 200, "6: step times, ratios, SGD epoch"),
+    "workflow": Group(
+        "sampa.doctor.suite:check_workflow", 150, "7: gpu-smoke workflow", "CPU: slow test test_workflow.py"
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(parser().parse_args(argv))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``sampa doctor`` in the ``python -m sampa`` command line."""
+    p = sub.add_parser(
+        "doctor", help="check the GPU paths on this machine", description=__doc__.split("\n\n")[0]
+    )
+    add_arguments(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the selected groups, print and write the verdict table; 1 if any check failed."""
+    groups = selected_groups(args.only)
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    print(machine_line(), flush=True)
+    rows, durations, deadline = [], {}, time.monotonic() + args.budget_s
+    gpu = has_gpu()
+    for name in groups:
+        if not gpu and GROUPS[name].cpu_skip:
+            rows.append(Row(f"[{name}] {GROUPS[name].what}", GROUPS[name].cpu_skip, "-", SKIP))
+            continue
+        started = time.monotonic()
+        rows += run_group(name, GROUPS[name], out, max(0.0, min(GROUPS[name].limit_s, deadline - started)))
+        durations[name] = round(time.monotonic() - started, 1)
+    print(format_table(rows))
+    io.write_json(
+        out / "doctor.json",
+        {
+            "machine": machine_line(),
+            "rows": [asdict(r) for r in rows],
+            "seconds": durations,
+            "budget_s": args.budget_s,
+        },
+    )
+    failed = sum(r.status == FAIL for r in rows)
+    total = sum(durations.values())
+    print(f"doctor: {len(rows)} checks, {failed} failed, {total:.0f} s; table in {out / 'doctor.json'}")
+    return 1 if failed else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sampa doctor", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", required=True, help="folder for doctor.json and the logs (nothing else is written)"
+    )
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="total time limit in seconds")
+    p.add_argument("--only", default="", help=f"comma-separated groups, from: {', '.join(GROUPS)}")
+
+
+def selected_groups(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()] or list(GROUPS)
+    for name in names:
+        if name not in GROUPS:
+            raise SystemExit(f"sampa doctor: error: unknown group {name!r}; choose from: {', '.join(GROUPS)}")
+    return names
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def machine_line() -> str:
+    import torch
+
+    if has_gpu():
+        count = torch.cuda.device_count()
+        return (
+            f"{count} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+        )
+    return (
+        f"no GPU (torch {torch.__version__} sees no CUDA device): running the CPU subset; GPU-only checks "
+        f"are skipped"
+    )
+
+
+def run_group(name: str, group: Group, out: Path, limit_s: float) -> list[Row]:
+    """Run one group in a subprocess (its own session, so a timeout kills its children too)."""
+    if limit_s <= 0:
+        return [Row(f"[{name}]", "not run: the time budget is spent", "-", FAIL)]
+    result, log = out / "logs" / f"{name}.json", out / "logs" / f"{name}.log"
+    result.unlink(missing_ok=True)
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",  # deterministic cuBLAS (check 1)
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [sys.executable, "-m", "sampa.doctor.child", group.target, str(result)]
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return [Row(f"[{name}]", f"{group.what}: timed out", f"limit {limit_s:.0f} s", FAIL)]
+    if proc.returncode == 0 and result.exists():
+        return [Row(**row) for row in io.read_json(result)]
+    return [Row(f"[{name}]", f"{group.what}: crashed (exit {proc.returncode})", last_line(log), FAIL)]
+
+
+def last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:160] if lines else "no output"
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ("check", "result", "figure", "status")
+    cells = [head, *((r.check, r.result, r.figure, r.status) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)

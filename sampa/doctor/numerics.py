@@ -1,0 +1,174 @@
+"""Checks 1-3: the device's single-device math against references computed in the same run.
+
+1. fp32 with deterministic algorithms (TF32 off) follows the CPU float64 trajectory of SGD, SAM and SAMPa-0.2
+   on ResNet-20 for 20 steps; on CUDA two runs are bit-identical.
+2. Fused SAMPa (both gradients in one vmapped pass) follows sequential SAMPa; bf16 autocast with channels_last
+   keeps the loss curve within a band of fp32.
+3. (CUDA) ``torch.compile`` of the whole step (inductor) follows the eager step.
+
+Tolerances are relative distances: ||theta - theta_ref|| / ||theta_ref - theta_0|| after the last step (the
+error relative to how far the reference moved). 20 steps of ResNet-20 amplify round-off about 2x per step,
+so even CPU fp32 lands 0.6-3 % away from float64 at batch 16-32 and 2-8 % at batch 4 (lr 0.002); a wrong
+kernel or wrong strides land at O(1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from sampa.backends.fastpath import FastPath
+from sampa.doctor.common import (
+    INFO,
+    SKIP,
+    Machine,
+    Row,
+    Setup,
+    loss_band,
+    relative_distance,
+    trajectory,
+    verdict,
+)
+
+METHODS = {
+    "SGD": ("sgd", {}),
+    "SAM": ("sam", {"rho": 0.05}),
+    "SAMPa-0.2": ("sampa", {"rho": 0.1, "lam": 0.2}),
+}
+FLOAT64_TOL = 0.15  # device fp32 vs CPU float64 (CPU fp32 measured 0.006-0.03 at batch 16-32, 0.02-0.08 at 4)
+FLOAT64_TOL_FACTOR = 5.0  # ... or within 5x of CPU fp32's own distance, whichever is larger
+FUSED_TOL = 0.15  # fused vs sequential SAMPa, fp32 (grouped convolutions: another summation order)
+BF16_LOSS_BAND = 0.05  # max over steps of |L_bf16 - L_fp32| / L_fp32 (CPU measured 0.002-0.003)
+COMPILE_TOL = 0.15  # compiled vs eager step, fp32 (inductor fuses and reorders reductions)
+
+
+def setup_for(m: Machine) -> Setup:
+    """Batch 32 on a GPU; batch 4 on one CPU thread (the CPU subset must finish in well under a minute)."""
+    if m.kind == "cuda":
+        return Setup(batch_size=32)
+    torch.set_num_threads(1)
+    return Setup(batch_size=4)
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[list[str]]:
+    """Deterministic algorithms, no TF32 and no autotuning; yields the warnings of ops without a deterministic
+    implementation (warn_only: they are reported, not fatal)."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        notes: list[str] = []
+        try:
+            yield notes
+        finally:
+            notes += sorted(
+                {str(w.message).splitlines()[0] for w in caught if "determinis" in str(w.message)}
+            )
+    torch.use_deterministic_algorithms(saved[0])
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[1], saved[2]
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
+
+
+def check_float64(m: Machine) -> list[Row]:
+    """Check 1: fp32 on the device against CPU float64 (and CPU fp32 as the round-off scale)."""
+    setup, rows, cpu = setup_for(m), [], torch.device("cpu")
+    with deterministic() as notes:
+        for label, (name, hparams) in METHODS.items():
+            reference = trajectory(name, hparams, setup, cpu, torch.float64)
+            got = trajectory(name, hparams, setup, m.device)
+            dist = relative_distance(got, reference)
+            figure = f"rel. distance {dist:.2e}"
+            tol = FLOAT64_TOL
+            if m.kind == "cuda":
+                scale = relative_distance(trajectory(name, hparams, setup, cpu), reference)
+                tol = max(tol, FLOAT64_TOL_FACTOR * scale)
+                figure += f" (CPU fp32 {scale:.2e})"
+            rows.append(
+                Row(
+                    f"1 {m.kind} fp32 vs CPU float64: {label}",
+                    f"{setup.model}, {setup.steps} steps, batch {setup.batch_size}; tol {tol:.2g}",
+                    figure,
+                    verdict(dist <= tol),
+                )
+            )
+        if m.kind == "cuda":
+            rows.append(repeat_is_bit_identical(m, setup))
+    if notes:
+        rows.append(Row("1 nondeterministic ops", "; ".join(notes)[:200], f"{len(notes)} op(s)", INFO))
+    return rows
+
+
+def repeat_is_bit_identical(m: Machine, setup: Setup) -> Row:
+    name, hparams = METHODS["SAMPa-0.2"]
+    first, second = (trajectory(name, hparams, setup, m.device) for _ in range(2))
+    same = all(torch.equal(a, b) for a, b in zip(first.params, second.params, strict=True))
+    return Row(
+        "1 deterministic repeat",
+        "SAMPa-0.2 twice, deterministic algorithms",
+        f"bit-identical: {same}",
+        verdict(same),
+    )
+
+
+def check_fused_and_bf16(m: Machine) -> list[Row]:
+    """Check 2: fused == sequential SAMPa (fp32); bf16 + channels_last loss curve within a band of fp32."""
+    setup = setup_for(m)
+    name, hparams = METHODS["SAMPa-0.2"]
+    sequential = trajectory(name, hparams, setup, m.device)
+    fused = trajectory(name, hparams, setup, m.device, fused=True)
+    dist = relative_distance(fused, sequential)
+    rows = [
+        Row(
+            "2 fused SAMPa vs sequential",
+            f"fp32, {setup.steps} steps; tol {FUSED_TOL:g}",
+            f"rel. distance {dist:.2e}",
+            verdict(dist <= FUSED_TOL),
+        )
+    ]
+    fast = FastPath(amp="bf16", channels_last=True)
+    for label, is_fused in (("sequential", False), ("fused", True)):
+        low = trajectory(name, hparams, setup, m.device, fused=is_fused, fast=fast)
+        band = loss_band(low, sequential)
+        rows.append(
+            Row(
+                f"2 bf16+channels_last {label} SAMPa",
+                f"loss curve vs fp32; band {BF16_LOSS_BAND:g}",
+                f"max rel. loss diff {band:.2e}",
+                verdict(band <= BF16_LOSS_BAND),
+            )
+        )
+    return rows
+
+
+def check_compile(m: Machine) -> list[Row]:
+    """Check 3a: the compiled step (inductor) against the eager step, SGD and SAMPa-0.2."""
+    if m.kind != "cuda":
+        return [Row("3 compile step vs eager", "CPU: covered by the slow tests (-m slow)", "-", SKIP)]
+    setup, rows = setup_for(m).smaller(steps=10), []
+    torch._dynamo.config.recompile_limit = 64
+    for label in ("SGD", "SAMPa-0.2"):
+        name, hparams = METHODS[label]
+        eager = trajectory(name, hparams, setup, m.device)
+        compiled = trajectory(name, hparams, setup, m.device, fast=FastPath(compile="step"))
+        dist = relative_distance(compiled, eager)
+        rows.append(
+            Row(
+                f"3 compile step vs eager: {label}",
+                f"inductor, {setup.steps} steps; tol {COMPILE_TOL:g}",
+                f"rel. distance {dist:.2e}",
+                verdict(dist <= COMPILE_TOL),
+            )
+        )
+    return rows

@@ -1,0 +1,145 @@
+"""Check 4: the two-device backend on this machine, against one-device math computed in the same run.
+
+Two GPUs: one rank per GPU over NCCL. One GPU: both ranks on cuda:0 over gloo with CUDA tensors (NCCL
+refuses two ranks on one device). No GPU: both ranks on the CPU over gloo. The ranks train SAMPa-0.2 (task
+parallel) and mSAM m=2 (data parallel, micro-batch = shard) for a few steps; the check process trains the
+same on one device. Then rank 1 kills itself and rank 0 must end within the collective timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sampa import io
+from sampa.backends.pair import PairBackend, mode_for
+from sampa.doctor.common import Machine, Row, Setup, Trajectory, relative_distance, trajectory, verdict
+from sampa.optim import method_class
+
+EQUAL_TOL = 1e-3  # rel. distance pair vs one device (fp32 round-off; gloo on one CPU is bitwise equal)
+TIMEOUT_S = 20.0  # the collective timeout of the ranks
+KILL_GRACE_S = 15.0  # a killed rank must end the other within TIMEOUT_S + this
+
+
+def scenarios(m: Machine) -> dict[str, tuple[str, dict[str, float]]]:
+    half = setup_for(m).batch_size // 2
+    return {
+        "SAMPa-0.2": ("sampa", {"rho": 0.1, "lam": 0.2}),
+        "mSAM m=2": ("msam", {"rho": 0.05, "micro_batch_size": half}),
+    }
+
+
+def setup_for(m: Machine) -> Setup:
+    if m.kind == "cuda":
+        return Setup(batch_size=32, steps=10)
+    return Setup(model="tinycnn", batch_size=16, steps=8)
+
+
+def layout(m: Machine) -> tuple[str, list[torch.device]]:
+    """The process-group backend and the device of each rank."""
+    if m.kind == "cuda" and m.gpus >= 2:
+        return "nccl", [torch.device("cuda", 0), torch.device("cuda", 1)]
+    if m.kind == "cuda":
+        return "gloo", [torch.device("cuda", 0)] * 2
+    return "gloo", [torch.device("cpu")] * 2
+
+
+def check_pair(m: Machine) -> list[Row]:
+    backend, devices = layout(m)
+    where = f"{backend}, {' + '.join(map(str, devices))}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ended_s = run_ranks(m, Path(tmp))
+        saved = [io.load_torch(Path(tmp) / f"rank{r}.pt") for r in (0, 1)]
+    results = [{label: Trajectory(**fields) for label, fields in ranks.items()} for ranks in saved]
+    rows = []
+    for label, (name, hparams) in scenarios(m).items():
+        reference = trajectory(name, hparams, setup_for(m), devices[0])
+        dist_ = max(relative_distance(results[r][label], reference) for r in (0, 1))
+        same = all(
+            torch.equal(a, b) for a, b in zip(results[0][label].params, results[1][label].params, strict=True)
+        )
+        rows.append(
+            Row(
+                f"4 pair {label} vs one device",
+                f"{where}; tol {EQUAL_TOL:g}",
+                f"rel. distance {dist_:.2e}",
+                verdict(dist_ <= EQUAL_TOL),
+            )
+        )
+        rows.append(
+            Row(
+                f"4 pair {label} replicas",
+                "parameters of rank 0 and rank 1",
+                f"bit-identical: {same}",
+                verdict(same),
+            )
+        )
+    limit = TIMEOUT_S + KILL_GRACE_S
+    figure = (
+        f"rank 0 ended {ended_s:.1f} s after rank 1 died" if ended_s is not None else "rank 0 still running"
+    )
+    rows.append(
+        Row(
+            "4 pair killed rank",
+            f"{where}; timeout {TIMEOUT_S:g} s, limit {limit:g} s",
+            figure,
+            verdict(ended_s is not None and ended_s <= limit),
+        )
+    )
+    return rows
+
+
+def run_ranks(m: Machine, out: Path) -> float | None:
+    """Start both ranks; wait for their results, then for rank 0 to end after rank 1 kills itself. Returns
+    the seconds from rank 1's death to rank 0's end (None: rank 0 outlived the limit and was killed)."""
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    context = mp.start_processes(
+        _rank, args=(m, store.port, str(out)), nprocs=2, join=False, start_method="spawn"
+    )
+    first, second = context.processes
+    try:
+        second.join()  # rank 1 kills itself once both results are written
+        died = time.monotonic()
+        first.join(TIMEOUT_S + KILL_GRACE_S + 5)
+        return time.monotonic() - died if not first.is_alive() else None
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join()
+        for rank in (0, 1):
+            if not (out / f"rank{rank}.pt").exists():
+                raise RuntimeError(f"rank {rank} wrote no results (exit {context.processes[rank].exitcode})")
+
+
+def _rank(rank: int, m: Machine, port: int, out: str) -> None:
+    backend, devices = layout(m)
+    device = devices[rank]
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=TIMEOUT_S)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=2, timeout=timeout)
+    results = {}
+    for label, (name, hparams) in scenarios(m).items():
+        pair = PairBackend(rank, device, mode_for(method_class(name)))
+        results[label] = dataclasses.asdict(trajectory(name, hparams, setup_for(m), device, backend=pair))
+    io.save_torch(Path(out) / f"rank{rank}.pt", results)
+    dist.barrier()
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    name, hparams = scenarios(m)["SAMPa-0.2"]  # rank 0 goes on alone: its first exchange must fail
+    trajectory(
+        name, hparams, setup_for(m), device, backend=PairBackend(0, device, mode_for(method_class(name)))
+    )
