@@ -1,0 +1,112 @@
+"""``python -m sampa doctor``: the CPU subset end to end, and the runner's time limits and failure rows.
+
+The GPU checks themselves run only where a GPU is (README "GPU acceptance"); here the CPU subset proves the
+same code: fp32 vs float64, fused vs sequential SAMPa, bf16, two ranks over gloo with a killed rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from sampa.cli import main as cli_main
+from sampa.doctor import GROUPS, Group, format_table, main, run_group, selected_groups
+from sampa.doctor.common import FAIL, PASS, SKIP, Machine, Row, Trajectory, loss_band, relative_distance
+from sampa.doctor.suite import smoke_config
+
+
+def hang(machine: Machine) -> list[Row]:
+    time.sleep(600)
+    return []
+
+
+def crash(machine: Machine) -> list[Row]:
+    raise ValueError("the device is on fire\nsecond line")
+
+
+def die(machine: Machine) -> list[Row]:
+    print("last words")
+    os._exit(3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU this is the 8-minute acceptance run")
+def test_cpu_subset_passes_and_skips_the_gpu_only_groups_with_a_reason(tmp_path, capsys):
+    code = cli_main(["doctor", "--out", str(tmp_path / "doc")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.splitlines()[0].startswith("no GPU")
+    rows = [Row(**r) for r in json.loads((tmp_path / "doc" / "doctor.json").read_text())["rows"]]
+    status = {r.check: r.status for r in rows}
+    for label in ("SGD", "SAM", "SAMPa-0.2"):
+        assert status[f"1 cpu fp32 vs CPU float64: {label}"] == PASS
+    assert status["2 fused SAMPa vs sequential"] == PASS
+    assert status["2 bf16+channels_last fused SAMPa"] == PASS
+    for label in ("SAMPa-0.2", "mSAM m=2"):
+        assert status[f"4 pair {label} vs one device"] == status[f"4 pair {label} replicas"] == PASS
+    assert status["4 pair killed rank"] == PASS
+    skipped = [r for r in rows if r.status == SKIP]
+    assert {r.check.split("]")[0].strip("[") for r in skipped} == {
+        name for name, group in GROUPS.items() if group.cpu_skip
+    }
+    assert all(r.result for r in skipped)  # each says why
+    assert format_table(rows) in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc"]  # nothing written beside --out
+
+
+def test_a_hanging_group_fails_alone_within_its_limit(tmp_path):
+    (tmp_path / "logs").mkdir()
+    start = time.monotonic()
+    [row] = run_group("hang", Group("tests.test_doctor:hang", 3, "hangs"), tmp_path, limit_s=3)
+    assert time.monotonic() - start < 30
+    assert row.status == FAIL and "timed out" in row.result and row.figure == "limit 3 s"
+
+
+def test_a_raising_group_is_one_failed_row_with_the_first_line_of_its_error(tmp_path):
+    (tmp_path / "logs").mkdir()
+    [row] = run_group("crash", Group("tests.test_doctor:crash", 60, "crashes"), tmp_path, limit_s=60)
+    assert (row.status, row.figure) == (FAIL, "ValueError: the device is on fire")
+    assert "Traceback" in (tmp_path / "logs" / "crash.log").read_text()
+
+
+def test_a_dying_group_reports_its_exit_status_and_last_output_line(tmp_path):
+    (tmp_path / "logs").mkdir()
+    [row] = run_group("die", Group("tests.test_doctor:die", 60, "dies"), tmp_path, limit_s=60)
+    assert (row.status, row.result, row.figure) == (FAIL, "dies: crashed (exit 3)", "last words")
+
+
+def test_a_spent_budget_fails_the_group_without_running_it(tmp_path):
+    [row] = run_group("hang", Group("tests.test_doctor:hang", 3, "hangs"), tmp_path, limit_s=0)
+    assert row.status == FAIL and "budget" in row.result
+
+
+def test_unknown_group_is_a_one_line_error_naming_the_choices(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown group 'nope'; choose from: float64, fused, pair"):
+        main(["--out", str(tmp_path / "doc"), "--only", "float64,nope"])
+    assert not (tmp_path / "doc").exists()
+    assert selected_groups("") == list(GROUPS) and selected_groups(" pair, fused") == ["pair", "fused"]
+
+
+def test_row_status_must_be_known():
+    with pytest.raises(ValueError, match="unknown status 'ok'; choose one of: pass, fail, skip, info"):
+        Row("c", "r", "f", "ok")
+
+
+def test_relative_distance_is_the_error_over_the_distance_travelled():
+    t = torch.tensor
+    reference = Trajectory([t([0.0, 0.0])], [t([3.0, 4.0])], [2.0, 1.0])
+    got = Trajectory([t([0.0, 0.0])], [t([3.0, 4.5])], [2.2, 1.0])
+    assert relative_distance(got, reference) == pytest.approx(0.5 / 5)
+    assert relative_distance(reference, reference) == 0.0
+    assert loss_band(got, reference) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("gpus", "arms"), [(1, 4), (2, 5)])
+def test_gpu_smoke_config_gets_a_two_device_arm_only_with_two_gpus(tmp_path, capsys, gpus, arms):
+    path = smoke_config(Machine("cuda", gpus, "test"), tmp_path / "smoke.yaml")
+    assert cli_main(["plan", "--config", str(path)]) == 0
+    plan = capsys.readouterr().out
+    assert f"{arms} runs" in plan and ("x 2" in plan) == (gpus == 2)
