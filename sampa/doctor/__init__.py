@@ -39,7 +39,7 @@ class Group:
 
 #: in order of value: the cheap correctness checks first, the workflow last
 GROUPS = {
-    "float64": Group("sampa.doctor.numerics:check_float64", 90, "1: fp32 vs float64, determinism"),
+    "float64": Group("sampa.doctor.numerics:check_float64", 120, "1: fp32 vs float64, determinism"),
     "fused": Group("sampa.doctor.numerics:check_fused_and_bf16", 60, "2: fused SAMPa, bf16+channels_last"),
     "pair": Group("sampa.doctor.pair:check_pair", 120, "4: two ranks (NCCL or gloo), killed rank"),
     "memory": Group("sampa.doctor.memory:check_memory", 45, "5: NVML vs torch peaks", "no GPU memory"),
@@ -163,7 +163,9 @@ def run_group(name: str, group: Group, out: Path, limit_s: float) -> list[Row]:
             proc.wait()
             return [Row(f"[{name}]", f"{group.what}: timed out", f"limit {limit_s:.0f} s", FAIL)]
     if proc.returncode == 0 and result.exists():
-        return [Row(**row) for row in io.read_json(result)]
+        rows = [Row(**row) for row in io.read_json(result)]
+        result.unlink()  # the rows go into doctor.json
+        return rows
     return [Row(f"[{name}]", f"{group.what}: crashed (exit {proc.returncode})", last_line(log), FAIL)]
 
 

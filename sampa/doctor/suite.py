@@ -34,7 +34,7 @@ def check_cuda_tests(m: Machine) -> list[Row]:
         return [Row("3 CUDA-only tests (no host sync)", "no GPU: they skip here", "-", SKIP)]
     if not (ROOT / "tests").is_dir():
         return [Row("3 CUDA-only tests (no host sync)", "tests/ not found (not a checkout)", "-", SKIP)]
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "", *CUDA_TESTS]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CUDA_TESTS]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     print(proc.stdout[-4000:], proc.stderr[-2000:])
     summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
