@@ -13,9 +13,22 @@ import time
 import pytest
 import torch
 
+from sampa.backends.fastpath import FastPath
 from sampa.cli import main as cli_main
 from sampa.doctor import GROUPS, Group, format_table, main, run_group, selected_groups
-from sampa.doctor.common import FAIL, PASS, SKIP, Machine, Row, Trajectory, loss_band, relative_distance
+from sampa.doctor.common import (
+    FAIL,
+    PASS,
+    SKIP,
+    Machine,
+    Row,
+    Setup,
+    Trajectory,
+    loss_band,
+    relative_distance,
+    trajectory,
+)
+from sampa.doctor.numerics import FIRST_STEP_TOL
 from sampa.doctor.suite import smoke_config
 
 
@@ -97,11 +110,22 @@ def test_row_status_must_be_known():
 
 def test_relative_distance_is_the_error_over_the_distance_travelled():
     t = torch.tensor
-    reference = Trajectory([t([0.0, 0.0])], [t([3.0, 4.0])], [2.0, 1.0])
-    got = Trajectory([t([0.0, 0.0])], [t([3.0, 4.5])], [2.2, 1.0])
+    reference = Trajectory([t([0.0, 0.0])], [t([3.0, 4.0])], [2.0, 1.0], first=[t([0.0, 1.0])])
+    got = Trajectory([t([0.0, 0.0])], [t([3.0, 4.5])], [2.2, 1.0], first=[t([0.0, 1.25])])
     assert relative_distance(got, reference) == pytest.approx(0.5 / 5)
+    assert relative_distance(got, reference, after_first=True) == pytest.approx(0.25)
     assert relative_distance(reference, reference) == 0.0
     assert loss_band(got, reference) == pytest.approx(0.1)
+
+
+def test_first_step_tolerance_tells_fp32_from_reduced_precision():
+    """Check 1 must catch lost precision (TF32, bf16), not only wrong results."""
+    setup, cpu = Setup(batch_size=4, steps=1), torch.device("cpu")
+    reference = trajectory("sgd", {}, setup, cpu, torch.float64)
+    fp32 = trajectory("sgd", {}, setup, cpu)
+    bf16 = trajectory("sgd", {}, setup, cpu, fast=FastPath(amp="bf16"))
+    assert relative_distance(fp32, reference, after_first=True) < FIRST_STEP_TOL / 10
+    assert relative_distance(bf16, reference, after_first=True) > FIRST_STEP_TOL * 5
 
 
 @pytest.mark.parametrize(("gpus", "arms"), [(1, 4), (2, 5)])

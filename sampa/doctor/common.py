@@ -87,6 +87,7 @@ class Trajectory:
     start: list[Tensor]  # initial parameters (CPU float64)
     params: list[Tensor]  # final parameters (CPU float64)
     losses: list[float]  # the reporting loss of every step
+    first: list[Tensor] = dataclasses.field(default_factory=list)  # parameters after the first step
 
 
 def trajectory(
@@ -129,19 +130,21 @@ def trajectory(
                 x, y, _ = backend.shard(x, y, torch.arange(setup.batch_size, device=device))
             record = step(x, y)
             losses.append(record.loss.detach())  # stays on the device: no host read per step
-    return Trajectory(start, _cpu64(model.parameters()), [float(loss) for loss in losses])
+            if len(losses) == 1:
+                first = _cpu64(model.parameters())
+    return Trajectory(start, _cpu64(model.parameters()), [float(loss) for loss in losses], first)
 
 
 def _cpu64(params) -> list[Tensor]:
     return [p.detach().to("cpu", torch.float64).clone() for p in params]
 
 
-def relative_distance(got: Trajectory, reference: Trajectory) -> float:
-    """||theta_got - theta_ref|| / ||theta_ref - theta_0||: the error relative to the distance travelled."""
-    error = torch.stack([(a - b).pow(2).sum() for a, b in zip(got.params, reference.params, strict=True)])
-    moved = torch.stack(
-        [(a - b).pow(2).sum() for a, b in zip(reference.params, reference.start, strict=True)]
-    )
+def relative_distance(got: Trajectory, reference: Trajectory, after_first: bool = False) -> float:
+    """||theta_got - theta_ref|| / ||theta_ref - theta_0||: the error relative to the distance travelled,
+    after the last step (or the first: before round-off is amplified)."""
+    a, b = (got.first, reference.first) if after_first else (got.params, reference.params)
+    error = torch.stack([(x - y).pow(2).sum() for x, y in zip(a, b, strict=True)])
+    moved = torch.stack([(x - y).pow(2).sum() for x, y in zip(b, reference.start, strict=True)])
     return float(error.sum().sqrt() / moved.sum().sqrt().clamp_min(1e-30))
 
 

@@ -9,7 +9,8 @@
 Tolerances are relative distances: ||theta - theta_ref|| / ||theta_ref - theta_0|| after the last step (the
 error relative to how far the reference moved). 20 steps of ResNet-20 amplify round-off about 2x per step,
 so even CPU fp32 lands 0.6-3 % away from float64 at batch 16-32 and 2-8 % at batch 4 (lr 0.002); a wrong
-kernel or wrong strides land at O(1).
+kernel or wrong strides land at O(1). Lost precision (bf16, TF32) shows after the first step instead, before
+the amplification: fp32 2e-4 from float64, bf16 0.17 (measured).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ METHODS = {
     "SAMPa-0.2": ("sampa", {"rho": 0.1, "lam": 0.2}),
 }
 FLOAT64_TOL = 0.15  # device fp32 vs CPU float64 (CPU fp32 measured 0.006-0.03 at batch 16-32, 0.02-0.08 at 4)
+FIRST_STEP_TOL = 1e-2  # the same after the first step (fp32 measured 2e-4; bf16 0.17: precision shows here)
 FLOAT64_TOL_FACTOR = 5.0  # ... or within 5x of CPU fp32's own distance, whichever is larger
 FUSED_TOL = 0.15  # fused vs sequential SAMPa, fp32 (grouped convolutions: another summation order)
 BF16_LOSS_BAND = 0.05  # max over steps of |L_bf16 - L_fp32| / L_fp32 (CPU measured 0.002-0.003)
@@ -88,21 +90,19 @@ def check_float64(m: Machine) -> list[Row]:
         for label, (name, hparams) in METHODS.items():
             reference = trajectory(name, hparams, setup, cpu, torch.float64)
             got = trajectory(name, hparams, setup, m.device)
-            dist = relative_distance(got, reference)
-            figure = f"rel. distance {dist:.2e}"
+            dist, first = (
+                relative_distance(got, reference),
+                relative_distance(got, reference, after_first=True),
+            )
+            figure = f"step 1: {first:.1e}, step {setup.steps}: {dist:.1e}"
             tol = FLOAT64_TOL
             if m.kind == "cuda":
                 scale = relative_distance(trajectory(name, hparams, setup, cpu), reference)
                 tol = max(tol, FLOAT64_TOL_FACTOR * scale)
-                figure += f" (CPU fp32 {scale:.2e})"
-            rows.append(
-                Row(
-                    f"1 {m.kind} fp32 vs CPU float64: {label}",
-                    f"{setup.model}, {setup.steps} steps, batch {setup.batch_size}; tol {tol:.2g}",
-                    figure,
-                    verdict(dist <= tol),
-                )
-            )
+                figure += f" (CPU fp32 {scale:.1e})"
+            result = f"{setup.model} b{setup.batch_size}; tol {FIRST_STEP_TOL:g} / {tol:.2g}"
+            ok = first <= FIRST_STEP_TOL and dist <= tol
+            rows.append(Row(f"1 {m.kind} fp32 vs CPU float64: {label}", result, figure, verdict(ok)))
         if m.kind == "cuda":
             rows.append(repeat_is_bit_identical(m, setup))
     if notes:
