@@ -15,7 +15,7 @@ import torch
 
 from sampa.backends.fastpath import FastPath
 from sampa.cli import main as cli_main
-from sampa.doctor import GROUPS, Group, format_table, main, run_group, selected_groups
+from sampa.doctor import GROUPS, Group, format_table, run_group, selected_groups
 from sampa.doctor.common import (
     FAIL,
     PASS,
@@ -96,9 +96,17 @@ def test_a_spent_budget_fails_the_group_without_running_it(tmp_path):
     assert row.status == FAIL and "budget" in row.result
 
 
-def test_unknown_group_is_a_one_line_error_naming_the_choices(tmp_path):
-    with pytest.raises(SystemExit, match=r"unknown group 'nope'; choose from: float64, fused, pair"):
-        main(["--out", str(tmp_path / "doc"), "--only", "float64,nope"])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--only", "float64,nope"], "unknown group 'nope'; choose from: float64, fused, pair"),
+        (["--budget-s", "0"], "--budget-s must be a positive number of seconds (got 0)"),
+    ],
+)
+def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, flags, message):
+    assert cli_main(["doctor", "--out", str(tmp_path / "doc"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "doc").exists()
     assert selected_groups("") == list(GROUPS) and selected_groups(" pair, fused") == ["pair", "fused"]
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sampa import io
+from sampa.config import ConfigError
 from sampa.doctor.common import FAIL, ROOT, SKIP, Row
 
 DEFAULT_BUDGET_S = 480.0  # 8 minutes on one H100/H200
@@ -57,7 +58,11 @@ GROUPS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(parser().parse_args(argv))
+    try:
+        return run(parser().parse_args(argv))
+    except ConfigError as err:
+        print(f"sampa doctor: error: {err}", file=sys.stderr)
+        return 2
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +77,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the selected groups, print and write the verdict table; 1 if any check failed."""
     groups = selected_groups(args.only)
+    if not args.budget_s > 0:
+        raise ConfigError(f"--budget-s must be a positive number of seconds (got {args.budget_s:g})")
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     print(machine_line(), flush=True)
@@ -118,7 +125,7 @@ def selected_groups(spec: str) -> list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()] or list(GROUPS)
     for name in names:
         if name not in GROUPS:
-            raise SystemExit(f"sampa doctor: error: unknown group {name!r}; choose from: {', '.join(GROUPS)}")
+            raise ConfigError(f"unknown group {name!r}; choose from: {', '.join(GROUPS)}")
     return names
 
 
