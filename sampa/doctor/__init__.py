@@ -48,7 +48,7 @@ GROUPS = {
         "sampa.doctor.suite:check_cuda_tests", 90, "3: CUDA-only tests (host sync)", "they skip without CUDA"
     ),
     "compile": Group(
-        "sampa.doctor.numerics:check_compile", 120, "3: compiled step vs eager", "CPU: slow tests (-m slow)"
+        "sampa.doctor.numerics:check_compile", 150, "3: compiled step vs eager", "CPU: slow tests (-m slow)"
     ),
     "speed": Group("sampa.doctor.speed:check_speed", 200, "6: step times, ratios, SGD epoch"),
     "workflow": Group(
