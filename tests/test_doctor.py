@@ -133,7 +133,7 @@ def test_first_step_tolerance_tells_fp32_from_reduced_precision():
     fp32 = trajectory("sgd", {}, setup, cpu)
     bf16 = trajectory("sgd", {}, setup, cpu, fast=FastPath(amp="bf16"))
     assert relative_distance(fp32, reference, after_first=True) < FIRST_STEP_TOL / 10
-    assert relative_distance(bf16, reference, after_first=True) > FIRST_STEP_TOL * 5
+    assert relative_distance(bf16, reference, after_first=True) > FIRST_STEP_TOL * 3
 
 
 @pytest.mark.parametrize(("gpus", "arms"), [(1, 4), (2, 5)])

@@ -40,7 +40,7 @@ METHODS = {
     "SAMPa-0.2": ("sampa", {"rho": 0.1, "lam": 0.2}),
 }
 FLOAT64_TOL = 0.15  # device fp32 vs CPU float64 (CPU fp32 measured 0.006-0.03 at batch 16-32, 0.02-0.08 at 4)
-FIRST_STEP_TOL = 1e-2  # the same after the first step (fp32 measured 2e-4; bf16 0.17: precision shows here)
+FIRST_STEP_TOL = 3e-2  # after the first step (fp32 measured: SGD 2e-4, SAM 8e-3 at batch 4; bf16 0.17)
 FLOAT64_TOL_FACTOR = 5.0  # ... or within 5x of CPU fp32's own distance, whichever is larger
 FUSED_TOL = 0.15  # fused vs sequential SAMPa, fp32 (grouped convolutions: another summation order)
 BF16_LOSS_BAND = 0.05  # max over steps of |L_bf16 - L_fp32| / L_fp32 (CPU measured 0.002-0.003)
