@@ -7,6 +7,7 @@ with one line naming the extra to install.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 #: extra -> the modules it provides (pyproject.toml ``[project.optional-dependencies]``)
@@ -33,4 +34,7 @@ def require(extra: str, module: str) -> ModuleType:
 
 def available(extra: str) -> bool:
     """Whether every module of ``extra`` can be imported."""
-    return all(importlib.util.find_spec(m) is not None for m in EXTRAS[extra])
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in EXTRAS[extra])
+    except ValueError:  # a module set to None in sys.modules (blocked)
+        return False

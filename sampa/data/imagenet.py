@@ -39,7 +39,7 @@ EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
 def imagenet_folder(root: str | os.PathLike | None = None) -> Path:
-    """``<root>/imagenet`` with ``train/`` and ``val/`` class folders, or a one-line error: what to put where."""
+    """``<root>/imagenet`` with ``train/`` and ``val/`` class folders, or a one-line error saying so."""
     folder = resolve_root(root) / FOLDER
     missing = [s for s in SPLITS if not (folder / s).is_dir()]
     if missing:

@@ -122,3 +122,27 @@ def evaluate_topk(
         count += targets.shape[0]
     model.train(was_training)
     return {"loss": loss_sum / count} | {("acc" if k == 1 else f"top{k}_acc"): hits[k] / count for k in ks}
+
+
+@torch.no_grad()
+def evaluate_text(
+    model: torch.nn.Module, batches: Iterable[tuple[Mapping[str, Tensor], Tensor, Tensor]], task: str | None
+) -> dict[str, float]:
+    """Mean loss (cross-entropy; squared error for regression) and ``task``'s GLUE metrics over ``batches``.
+
+    ``task=None``: a classification task scored by accuracy (e.g. the synthetic one).
+    """
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    for inputs, targets, _ in batches:
+        outputs.append(model(inputs).float())
+        labels.append(targets)
+    model.train(was_training)
+    logits, targets = torch.cat(outputs), torch.cat(labels)
+    if logits.shape[1] == 1:  # regression (STS-B)
+        loss, predictions = (logits[:, 0] - targets).square().mean(), logits[:, 0]
+    else:
+        loss, predictions = torch.nn.functional.cross_entropy(logits, targets), logits.argmax(dim=1)
+    scores = glue_scores(task, predictions, targets) if task else {"acc": accuracy(predictions, targets)}
+    return {"loss": float(loss)} | scores

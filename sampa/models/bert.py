@@ -45,8 +45,8 @@ def bert_base(
     transformers = require("nlp", "transformers")
     source = _weights_source(weights, allow_download)
     bert = transformers.BertForSequenceClassification.from_pretrained(
-        source, num_labels=num_labels, local_files_only=not allow_download
-    )
+        source, num_labels=num_labels, local_files_only=not allow_download, ignore_mismatched_sizes=True
+    )  # ignore_mismatched_sizes: a fine-tuned checkpoint's classifier is replaced, as bert-base has none
     return BertClassifier(bert)
 
 
