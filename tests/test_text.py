@@ -15,6 +15,7 @@ from sampa.data.glue import (
     glue_task,
     read_glue,
     synthetic_text,
+    synthetic_text_data,
     text_batches,
     tokenize,
 )
@@ -211,6 +212,16 @@ def test_text_batches_cover_the_split_in_a_seeded_order():
     other = torch.cat([b[2] for b in text_batches(split, 4, seed=5, epoch=3)])
     assert torch.equal(indices, again) and not torch.equal(indices, other)
     assert torch.cat([b[2] for b in text_batches(split, 4)]).tolist() == list(range(10))  # eval: in order
+
+
+def test_text_data_batches_its_two_splits():
+    data = synthetic_text_data(num_labels=3, train_size=20, eval_size=8)
+    assert (data.name, data.num_labels, len(data.train), len(data.eval)) == ("synthetic-text", 3, 20, 8)
+    train = [b[2] for b in data.train_batches(8, seed=1, epoch=0)]
+    expected = [b[2] for b in text_batches(data.train, 8, seed=1, epoch=0)]
+    assert all(torch.equal(a, b) for a, b in zip(train, expected, strict=True))
+    assert torch.cat([b[2] for b in data.eval_batches(8)]).tolist() == list(range(8))
+    assert not torch.equal(data.train.tokens["input_ids"][:8], data.eval.tokens["input_ids"])
 
 
 def test_synthetic_text_holds_its_label_marker():

@@ -226,6 +226,27 @@ class TextData:
     def regression(self) -> bool:
         return self.num_labels == 1
 
+    def train_batches(self, batch_size: int, *, seed: int, epoch: int) -> Iterator[TextBatch]:
+        """One epoch of the train split in the (seed, epoch) order; the last partial batch is kept."""
+        return text_batches(self.train, batch_size, seed=seed, epoch=epoch)
+
+    def eval_batches(self, batch_size: int) -> Iterator[TextBatch]:
+        """The eval split in order."""
+        return text_batches(self.eval, batch_size)
+
+
+def synthetic_text_data(
+    *, num_labels: int = 2, train_size: int = 512, eval_size: int = 256, device: str | torch.device = "cpu"
+) -> TextData:
+    """The synthetic text task (:func:`synthetic_text`) as train and eval splits, for tests and toy runs."""
+    train = synthetic_text(train_size, num_labels=num_labels, seed=0).to(device)
+    return TextData(
+        "synthetic-text",
+        num_labels,
+        train,
+        synthetic_text(eval_size, num_labels=num_labels, seed=1).to(device),
+    )
+
 
 def tokenize(
     tokenizer: Callable[..., dict], raw: RawSplit, *, regression: bool, max_length: int = 128
