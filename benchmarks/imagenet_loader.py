@@ -1,6 +1,6 @@
 """Throughput of the ImageNet training pipeline (sampa.data.imagenet) on this machine's CPUs.
 
-    python benchmarks/imagenet_loader.py                      # 512 generated JPEGs, workers 0,1,2
+    python benchmarks/imagenet_loader.py                      # 320 generated JPEGs, workers 0,1,2
     python benchmarks/imagenet_loader.py --root /data --workers 8,16   # a real ImageNet copy
 
 Without ``--root``, writes ``--images`` random JPEGs of ImageNet's typical size (500x375, quality 90,
@@ -30,7 +30,7 @@ def write_fake_imagenet(root: Path, images: int, classes: int = 8) -> None:
 
     gen = torch.Generator().manual_seed(0)
     for i in range(images):
-        folder = root / "imagenet" / ("train" if i % 8 else "val") / f"n{i % classes:08d}"
+        folder = root / "imagenet" / ("train" if i % 8 else "val") / f"n{(i // 8) % classes:08d}"
         folder.mkdir(parents=True, exist_ok=True)
         smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 47, 63, generator=gen), size=(375, 500))
         noise = 0.1 * torch.rand(1, 3, 375, 500, generator=gen)
@@ -51,7 +51,7 @@ def images_per_second(root: Path, workers: int, batch_size: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", help="data root holding imagenet/train and imagenet/val (default: generated)")
-    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--images", type=int, default=320)
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args()

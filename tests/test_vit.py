@@ -43,10 +43,12 @@ def test_vit_loads_a_local_checkpoint_with_a_new_head(tmp_path, monkeypatch):
     assert all(torch.equal(v, loaded[k]) for k, v in source.state_dict().items())
     assert net.head.weight.shape == (10, 192)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)  # CIFAR input, resized inside
+    from_dir = vit.vit_b16(num_classes=10, weights=tmp_path, tag="augreg_in21k")  # a --local-dir download
+    assert torch.equal(from_dir[1].pos_embed, source.pos_embed)
 
 
 def test_missing_weights_name_what_to_put_where(tmp_path):
-    with pytest.raises(vit.WeightsUnavailableError, match=r"no file .*absent.safetensors\); put the file"):
+    with pytest.raises(vit.WeightsUnavailableError, match=r"no file .*absent.safetensors\); put model.safe"):
         vit.vit_b16(10, weights=tmp_path / "absent.safetensors")
     with pytest.raises(ValueError, match="unknown ViT-B/16 checkpoint tag 'in1k'; choose one of: orig_in21k"):
         vit.vit_b16(10, weights=None, tag="in1k")

@@ -28,6 +28,7 @@ ARCHITECTURE = "vit_base_patch16_224"
 DEFAULT_TAG = "orig_in21k"
 TAGS = ("orig_in21k", "augreg_in21k")
 IMAGE_SIZE = 224
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -56,8 +57,8 @@ def vit_b16(
 ) -> nn.Module:
     """Pretrained ViT-B/16 with a new ``num_classes`` head, preceded by a resize to 224.
 
-    ``weights``: a local file, ``"hub"`` (the hub cache of timm's ``vit_base_patch16_224.<tag>``) or
-    ``None`` (random initialisation, e.g. to time steps).
+    ``weights``: a local file or a directory holding ``model.safetensors``, ``"hub"`` (the hub cache of
+    timm's ``vit_base_patch16_224.<tag>``) or ``None`` (random initialisation, e.g. to time steps).
     """
     if tag not in TAGS:
         raise ValueError(f"unknown ViT-B/16 checkpoint tag {tag!r}; choose one of: {', '.join(TAGS)}")
@@ -76,7 +77,7 @@ def vit_b16(
 def _weights_overlay(name: str, weights: str | os.PathLike, allow_download: bool) -> dict[str, object] | None:
     """timm's ``pretrained_cfg_overlay`` pointing at a local file (None: let timm download)."""
     if str(weights) != "hub":
-        path = Path(weights).expanduser()
+        path = _weights_file(Path(weights).expanduser())
         if not path.is_file():
             raise WeightsUnavailableError(_missing(name, f"no file {path}"))
         return {"file": str(path), "custom_load": path.suffix == ".npz"}
@@ -88,11 +89,19 @@ def _weights_overlay(name: str, weights: str | os.PathLike, allow_download: bool
     raise WeightsUnavailableError(_missing(name, "not in the hugging face hub cache"))
 
 
+def _weights_file(path: Path) -> Path:
+    """``path``, or the weights file inside a directory (a hub download with ``--local-dir``)."""
+    if not path.is_dir():
+        return path
+    found = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
+    return found[0] if found else path / WEIGHT_FILES[0]
+
+
 def _hub_cached_file(repo_id: str) -> str | None:
     """The cached weights file of hub repository ``repo_id``, if any (never downloads)."""
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in ("model.safetensors", "pytorch_model.bin"):
+    for filename in WEIGHT_FILES:
         found = try_to_load_from_cache(repo_id, filename)
         if isinstance(found, str):
             return found
@@ -101,9 +110,9 @@ def _hub_cached_file(repo_id: str) -> str | None:
 
 def _missing(name: str, reason: str) -> str:
     return (
-        f"ViT-B/16 weights {name} unavailable ({reason}); put the file (e.g. model.safetensors from "
-        f"https://huggingface.co/timm/{name}) at a path and pass it as weights, or fill the hub cache with "
-        f"`huggingface-cli download timm/{name}`"
+        f"ViT-B/16 weights {name} unavailable ({reason}); put model.safetensors of "
+        f"https://huggingface.co/timm/{name} there (huggingface-cli download timm/{name} --local-dir DIR) "
+        f"or fill the hub cache (huggingface-cli download timm/{name})"
     )
 
 
