@@ -6,8 +6,11 @@ import math
 
 import pytest
 import torch
+from problems import LeastSquares, ls_batches, ls_grad, squared_error
 
-from sampa.clipping import clip_by_global_norm, clip_by_global_norm_, global_norm
+from sampa.optim import build_method
+from sampa.optim.clipping import clip_by_global_norm, clip_by_global_norm_
+from sampa.optim.tensors import global_norm
 from sampa.schedules import SCHEDULE_NAMES, changes_every_step, learning_rate, linear_warmup_decay
 
 
@@ -94,3 +97,57 @@ def test_learning_rate_per_schedule():
 def test_learning_rate_rejects_unknown_schedule():
     with pytest.raises(ValueError, match="unknown schedule 'step'; choose one of: constant, cosine"):
         learning_rate("step", 0.1, 0, 0, epochs=1, steps_per_epoch=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Clipping inside the methods (Method.clip_norm): G, and the look-ahead gradient of SAMPa
+
+
+def _clip(v: torch.Tensor, max_norm: float) -> torch.Tensor:
+    return v * min(1.0, max_norm / (float(v.norm()) + 1e-6))
+
+
+def _least_squares_method(name: str, clip_norm: float | None, **hparams):
+    model = LeastSquares(dim=3, seed=0)
+    method = build_method(name, model, squared_error, torch.optim.SGD(model.parameters(), lr=0.1), **hparams)
+    method.clip_norm = clip_norm
+    return model, method
+
+
+@pytest.mark.usefixtures("float64")
+def test_sgd_step_clips_the_update_direction():
+    batch = ls_batches(1, seed=4)[0]
+    model, method = _least_squares_method("sgd", 0.1)
+    w0 = model.w.detach().clone()
+    assert float(ls_grad(w0, batch).norm()) > 0.1  # clipping is active
+    method.step(*batch)
+    assert torch.allclose(model.w, w0 - 0.1 * _clip(ls_grad(w0, batch), 0.1))
+
+
+@pytest.mark.usefixtures("float64")
+def test_sampa_clips_g_t_for_the_look_ahead_and_the_update():
+    rho, lam, clip = 0.05, 0.2, 0.1
+    b0, b1 = ls_batches(2, seed=5)
+    model, method = _least_squares_method("sampa", clip, rho=rho, lam=lam)
+    w0 = model.w.detach().clone()
+    method.step(*b0)  # first call: base step with g_0 = grad f(x_0; B_0)
+    g0 = ls_grad(w0, b0)
+    w1 = w0 - 0.1 * _clip(g0, clip)
+    assert torch.allclose(model.w, w1)
+    method.step(*b1)
+    x_tilde = w1 + rho * g0 / (g0.norm() + 1e-12)  # normalised: clipping g_t would not change it
+    y_next = w1 - 0.1 * _clip(g0, clip)  # the look-ahead predicts the clipped update
+    direction = (1 - lam) * ls_grad(x_tilde, b0) + lam * ls_grad(y_next, b1)
+    assert torch.allclose(model.w, w1 - 0.1 * _clip(direction, clip))
+    unclipped_y = w1 - 0.1 * g0
+    other = (1 - lam) * ls_grad(x_tilde, b0) + lam * ls_grad(unclipped_y, b1)
+    assert not torch.allclose(model.w, w1 - 0.1 * _clip(other, clip))  # the choice is visible
+
+
+@pytest.mark.usefixtures("float64")
+def test_without_clip_norm_nothing_is_clipped():
+    batch = ls_batches(1, seed=4)[0]
+    model, method = _least_squares_method("sgd", None)
+    w0 = model.w.detach().clone()
+    method.step(*batch)
+    assert torch.allclose(model.w, w0 - 0.1 * ls_grad(w0, batch))
