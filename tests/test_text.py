@@ -262,10 +262,11 @@ def test_tiny_bert_takes_a_batch_mapping_and_ignores_padding():
     model = bert_tiny(num_labels=3).eval()
     split = synthetic_text(4, length=12, seed=0)
     inputs, _, _ = next(text_batches(split, 4))
-    logits = model(inputs)
+    logits = model(**inputs)
     assert logits.shape == (4, 3)
+    assert torch.equal(model(inputs), logits)  # the mapping itself works too
     padded = {k: torch.nn.functional.pad(v, (0, 5)) for k, v in inputs.items()}  # 5 more pad tokens
-    assert torch.allclose(model(padded), logits, atol=1e-5)
+    assert torch.allclose(model(**padded), logits, atol=1e-5)
 
 
 def test_bert_base_loads_a_local_directory(tmp_path):
@@ -300,8 +301,8 @@ def test_methods_fine_tune_tiny_bert_on_text_batches(method, hparams, one_thread
 
 def test_evaluate_text_regression_scores_stsb():
     class Echo(torch.nn.Module):  # predicts the first token id as the similarity score
-        def forward(self, batch):
-            return batch["input_ids"][:, :1].float()
+        def forward(self, input_ids, attention_mask):
+            return input_ids[:, :1].float()
 
     tokens = {"input_ids": torch.tensor([[1], [2], [4]]), "attention_mask": torch.ones(3, 1)}
     labels = torch.tensor([1.0, 2.0, 3.0])

@@ -136,7 +136,7 @@ def evaluate_text(
     model.eval()
     outputs, labels = [], []
     for inputs, targets, _ in batches:
-        outputs.append(model(inputs).float())
+        outputs.append(model(**inputs).float())  # a mapping batch: model(**inputs), as the methods call it
         labels.append(targets)
     model.train(was_training)
     logits, targets = torch.cat(outputs), torch.cat(labels)

@@ -1,8 +1,8 @@
 r"""BERT for GLUE fine-tuning (Table 6), through Hugging Face ``transformers`` (the ``nlp`` extra).
 
-:class:`BertClassifier` takes one batch *mapping* of tensors (``input_ids``, ``attention_mask``,
-``token_type_ids``) and returns the logits tensor [B, num_labels], so the methods call it like an
-image model: ``model(inputs)``. ``num_labels=1`` is regression (STS-B).
+:class:`BertClassifier` takes a batch's tensors as keyword arguments (``model(**inputs)`` with
+``input_ids``, ``attention_mask``, ``token_type_ids``) and returns the logits tensor [B, num_labels],
+not a ``ModelOutput``, so the methods use it like an image model. ``num_labels=1`` is regression (STS-B).
 
 Weights (``bert-base-uncased``) come from a local directory (``save_pretrained`` layout: config.json,
 model.safetensors, vocab.txt, ...) or the hub cache, never downloaded unless ``allow_download``.
@@ -28,14 +28,26 @@ class WeightsUnavailableError(RuntimeError):
 
 
 class BertClassifier(nn.Module):
-    """A ``BertForSequenceClassification`` called with a batch mapping, returning plain logits."""
+    """A ``BertForSequenceClassification`` returning plain logits [B, num_labels].
+
+    Called as ``model(**inputs)`` (the method contract's form for a mapping batch) or ``model(inputs)``.
+    """
 
     def __init__(self, bert: nn.Module) -> None:
         super().__init__()
         self.bert = bert
 
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.bert(**{k: batch[k] for k in INPUT_KEYS if k in batch}).logits
+    def forward(
+        self,
+        input_ids: Tensor | Mapping[str, Tensor],
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        if isinstance(input_ids, Mapping):
+            return self.forward(**{k: input_ids[k] for k in INPUT_KEYS if k in input_ids})
+        return self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
 
 
 def bert_base(
