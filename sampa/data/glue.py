@@ -248,6 +248,18 @@ def synthetic_text_data(
     )
 
 
+def load_tokenizer(
+    weights: str | os.PathLike = "hub", *, allow_download: bool = False
+) -> Callable[..., dict]:
+    """The tokenizer stored with the BERT weights (a local directory or ``"hub"``; the ``nlp`` extra)."""
+    from sampa.extras import require
+    from sampa.models.bert import weights_source
+
+    transformers = require("nlp", "transformers")
+    source = weights_source(weights, allow_download)
+    return transformers.AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+
+
 def tokenize(
     tokenizer: Callable[..., dict], raw: RawSplit, *, regression: bool, max_length: int = 128
 ) -> TextSplit:

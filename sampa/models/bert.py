@@ -55,21 +55,15 @@ def bert_base(
 ) -> BertClassifier:
     """Pretrained BERT-base(-uncased) from a local directory or ``"hub"`` (the cache of ``HUB_NAME``)."""
     transformers = require("nlp", "transformers")
-    source = _weights_source(weights, allow_download)
+    source = weights_source(weights, allow_download)
     bert = transformers.BertForSequenceClassification.from_pretrained(
         source, num_labels=num_labels, local_files_only=not allow_download, ignore_mismatched_sizes=True
     )  # ignore_mismatched_sizes: a fine-tuned checkpoint's classifier is replaced, as bert-base has none
     return BertClassifier(bert)
 
 
-def load_tokenizer(weights: str | os.PathLike = "hub", *, allow_download: bool = False):
-    """The tokenizer stored with the BERT weights (a ``transformers`` fast tokenizer)."""
-    transformers = require("nlp", "transformers")
-    source = _weights_source(weights, allow_download)
-    return transformers.AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
-
-
-def _weights_source(weights: str | os.PathLike, allow_download: bool) -> str:
+def weights_source(weights: str | os.PathLike, allow_download: bool = False) -> str:
+    """The directory or hub name to load BERT-base from, or a one-line error naming what to put where."""
     if str(weights) != "hub":
         path = Path(weights).expanduser()
         if not (path / "config.json").is_file():
