@@ -13,7 +13,7 @@ from types import ModuleType
 #: extra -> the modules it provides (pyproject.toml ``[project.optional-dependencies]``)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "vision": ("timm", "PIL"),
-    "nlp": ("transformers",),
+    "nlp": ("transformers", "pyarrow"),
 }
 
 

@@ -180,6 +180,10 @@ def _label(task: GlueTask, value: str, path: Path) -> float:
 def _read_parquet(task: GlueTask, paths: Sequence[Path]) -> RawSplit:
     import pandas as pd
 
+    from sampa.extras import require
+
+    require("nlp", "pyarrow")  # pandas' parquet engine
+
     table = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
     return RawSplit([table[c].astype(str).tolist() for c in task.text], table["label"].astype(float).tolist())
 
