@@ -350,7 +350,11 @@ def test_scorecard_verdicts(results):
         6: scorecard.REPRODUCED,  # 2100 <= 1.02 x 2290
         7: scorecard.NOT_RUN,  # Table 10 is not in this config
         8: scorecard.NOT_RUN,
+        9: scorecard.NOT_RUN,  # Tables 3, 5, 6 are not in this config
+        10: scorecard.NOT_RUN,
+        11: scorecard.NOT_RUN,
     }
+    assert outcome(card, 11).finding.startswith(f"{scorecard.NOT_IN_CONFIG}: Table 6")
     assert outcome(card, 7).finding.startswith(f"{scorecard.NOT_IN_CONFIG}: Table 10")
     assert list(outcome(card, 7).evidence["lower"]) == ["OptSAM"]  # Table 9's evidence is still shown
     assert outcome(card, 8).finding.startswith(scorecard.NOT_IN_CONFIG)
@@ -363,7 +367,7 @@ def test_scorecard_verdicts(results):
     assert "SAMPa-0.2 / SAM = 0.58 (paper 0.58)" in outcome(card, 2).finding
     md = scorecard_text.render_markdown(card)
     assert md.startswith("# Reproduction scorecard")
-    assert "3 reproduced" not in md and "5 reproduced, 1 not reproduced, 2 not run" in md
+    assert "3 reproduced" not in md and "5 reproduced, 1 not reproduced, 5 not run" in md
     for claim in scorecard.CLAIMS:
         assert f"## {claim.number}. {claim.statement}" in md and claim.rule in md
     assert "| Table 10 " in md and scorecard.NOT_IN_CONFIG in md  # coverage lists every paper table
@@ -432,3 +436,13 @@ def test_scorecard_command(results, tmp_path, capsys):
     assert main(["scorecard", "--runs", str(tmp_path / "none.csv"), "--specs", specs]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--runs" in err and "does not exist" in err
+
+
+def test_claims_of_unsupported_tables_are_not_run_and_say_what_they_need():
+    from types import SimpleNamespace
+
+    spec = {"kind": "unsupported", "unsupported": {"reason": "no data", "requires": ["imagenet/train"]}}
+    inputs = SimpleNamespace(experiment=lambda ref: spec if ref == "Table 3" else None)
+    claim = next(c for c in scorecard.CLAIMS if c.number == 9)
+    result = claim.assess(inputs)
+    assert (result.verdict, result.finding) == (scorecard.NOT_RUN, "Table 3 not run: needs imagenet/train")

@@ -230,7 +230,7 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     card = (work / "results/mini/tables/reproduction.md").read_text()
     assert card.startswith("> **SMOKE PROFILE") and "# Reproduction scorecard" in card
     assert (
-        "8 not run" in card and "experiment not in this config: Table 1" in card
+        "11 not run" in card and "experiment not in this config: Table 1" in card
     )  # no paper experiment here
     tables_before = {p.name: p.read_bytes() for p in (work / "results/mini/tables").iterdir()}
 

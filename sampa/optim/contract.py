@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from sampa.batch import Inputs
 from sampa.optim.checks import HyperparameterError, Hyperparameters, make_hparams
+from sampa.optim.clipping import clip_by_global_norm
 from sampa.optim.evaluation import (
     GradJob,
     GradResult,
@@ -114,6 +115,8 @@ class Method:
         self.epoch, self.epochs, self.steps_per_epoch = 0, 0, 0  # set by start_epoch
         self.batch_indices: Tensor | None = None  # dataset indices of the current batch, if given
         self.autocast: torch.dtype | None = None  # forward dtype under torch.autocast (engine's fast path)
+        #: clip G (and a look-ahead's gradient, see :meth:`lookahead`) to this global norm; None: off
+        self.clip_norm: float | None = None
         self.flat: FlatParameters | None = None  # parameters as one buffer (``flat.flatten_parameters``)
         self._plain_layout = FlatLayout(self.params)
         self._passes = PassCount()  # pass counts of the current step
@@ -141,7 +144,10 @@ class Method:
 
     def apply_update(self, direction: TensorList) -> None:
         """x_{t+1} = BaseOpt(x_t, G): G into ``p.grad`` (with the parameter's strides: fused kernels read raw
-        memory), then the base optimizer's step."""
+        memory), then the base optimizer's step. With ``clip_norm`` set, G is first clipped to that global
+        norm (a copy: a method may keep G)."""
+        if self.clip_norm is not None:
+            direction, _ = clip_by_global_norm(direction, self.clip_norm)
         for p, g in zip(self.params, direction, strict=True):
             p.grad = laid_out_like(g, p)
         base_step(self.base_optimizer)
@@ -189,7 +195,13 @@ class Method:
         return self.flat.point() if self.flat is not None else [p.detach() for p in self.params]
 
     def lookahead(self, grads: TensorList) -> TensorList:
-        """Point the base optimizer would reach from x_t with gradient ``grads``; its state is unchanged."""
+        """Point the base optimizer would reach from x_t with gradient ``grads``; its state is unchanged.
+
+        With ``clip_norm`` set, ``grads`` is clipped first, as :meth:`apply_update` clips G: the look-ahead
+        predicts the next iterate, which the clipped update produces (SAMPa's y_{t+1} from g_t).
+        """
+        if self.clip_norm is not None:
+            grads, _ = clip_by_global_norm(grads, self.clip_norm)
         return lookahead(self.base_optimizer, self.params, grads)
 
     def method_state(self) -> dict[str, Any]:

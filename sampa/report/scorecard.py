@@ -18,6 +18,7 @@ The scorecard also counts, per paper table, how many of the paper's cells were c
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,6 +478,51 @@ def _vsam(inputs: Inputs) -> Outcome:
 
 
 # ----------------------------------------------------------------------------------------------
+# Claims 9-11: ImageNet, ViT fine-tuning, GLUE (Tables 3, 5, 6)
+
+
+def _unless_unsupported(ref: str, assess: Callable[[Inputs], Outcome]) -> Callable[[Inputs], Outcome]:
+    """``assess``, or "not run" with the reason while the config describes ``ref`` as unsupported."""
+
+    def guarded(inputs: Inputs) -> Outcome:
+        spec = inputs.experiment(ref)
+        if spec is not None and spec["kind"] == "unsupported":
+            needs = ", ".join(spec["unsupported"].get("requires", []))
+            return Outcome(NOT_RUN, f"{ref} not run: needs {needs or 'code'}")
+        return assess(inputs)
+
+    return guarded
+
+
+def _glue_average(inputs: Inputs) -> Outcome:
+    """SAMPa-0.1's GLUE average (mean over the task lines of the task score ``test_acc``) above SAM's."""
+    spec = inputs.experiment("Table 6")
+    if spec is None:
+        return Outcome(NOT_RUN, f"{NOT_IN_CONFIG}: Table 6")
+    runs = _arm_runs(spec, inputs, ["SAMPa-0.1", "SAM"], ["test_acc"])
+    lines = _lines(spec)
+    means = _means(runs.obs, ["arm", *lines]) if len(runs.obs) else pd.DataFrame()
+    labels = _line_labels(runs.obs, lines) if len(runs.obs) else []
+    average = {
+        a: statistics.fmean([_pick(means, a, lab)["mean"] for lab in labels] or [math.nan])
+        for a in ("SAM", "SAMPa-0.1")
+    }
+    rows = [{"Method": a, "GLUE average (%)": _fmt(v), "tasks": len(labels)} for a, v in average.items()]
+    outcome = _blocked([runs], []) or _decide([average["SAMPa-0.1"] > average["SAM"]] if labels else [])
+    outcome.finding = "; ".join(
+        filter(
+            None,
+            [
+                outcome.finding,
+                f"SAMPa-0.1 − SAM = {_fmt(average['SAMPa-0.1'] - average['SAM'], sign=True)} (paper +1.40)",
+            ],
+        )
+    )
+    outcome.evidence = pd.DataFrame(rows)
+    return outcome
+
+
+# ----------------------------------------------------------------------------------------------
 # The claims
 
 
@@ -543,6 +589,27 @@ CLAIMS: tuple[Claim, ...] = (
         f"{VSAM_TIME_RATIO[1]:.2f}x SAM's (0.60x: 40% less time; 0.71x: 1.4x the speed) and its mean test "
         f"accuracy is at most {VSAM_ACCURACY_DROP} pp below SAM's.",
         _vsam,
+    ),
+    Claim(
+        9,
+        "SAMPa-0.2 beats SAM on ImageNet-1K (top-1)",
+        "Table 3",
+        "SAMPa-0.2's mean top-1 test accuracy (ResNet-50, 90 epochs) is higher than SAM's.",
+        _unless_unsupported("Table 3", _above([("Table 3", "SAMPa-0.2", "SAM")])),
+    ),
+    Claim(
+        10,
+        "SAMPa-0.2 beats SAM when fine-tuning ViT-B/16",
+        "Table 5",
+        "On CIFAR-10 and CIFAR-100, SAMPa-0.2's mean test accuracy after fine-tuning is higher than SAM's.",
+        _unless_unsupported("Table 5", _above([("Table 5", "SAMPa-0.2", "SAM")])),
+    ),
+    Claim(
+        11,
+        "SAMPa-0.1 beats SAM on the GLUE average (BERT-base)",
+        "Table 6",
+        "The mean over the nine GLUE tasks of SAMPa-0.1's mean task score is higher than SAM's.",
+        _unless_unsupported("Table 6", _glue_average),
     ),
 )
 

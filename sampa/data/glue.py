@@ -1,0 +1,335 @@
+r"""GLUE's nine tasks (Table 6) from a local copy, tokenised once and held on the device; a synthetic task.
+
+Two on-disk layouts under ``<data root>/glue/`` (data root: ``--data-root`` > ``$SAMPA_DATA`` > ``./data``):
+
+* the GLUE TSVs as the benchmark's download script writes them: ``CoLA/train.tsv``, ``CoLA/dev.tsv``,
+  ``SST-2/``, ``MRPC/``, ``STS-B/``, ``QQP/``, ``MNLI/`` (``dev_matched.tsv``), ``QNLI/``, ``RTE/``,
+  ``WNLI/``;
+* the Hugging Face hub's parquet files of ``nyu-mll/glue`` (``huggingface-cli download nyu-mll/glue
+  --repo-type dataset --local-dir <data root>/glue``): ``cola/train-*.parquet``,
+  ``cola/validation-*.parquet``, ...
+
+GLUE's test labels are hidden, so the score is taken on the dev set (``validation``; MNLI: matched), as
+fine-tuning papers report. Labels follow the hub's coding (MNLI: entailment 0, neutral 1, contradiction 2;
+QNLI/RTE: entailment 0, not_entailment 1); STS-B is a regression on [0, 5].
+
+A split is tokenised once (pairs as ``[CLS] a [SEP] b [SEP]``), padded to its longest sequence (at most
+``max_length``) and held on the device as int32; batches are mappings of int64 tensors
+(``input_ids``, ``attention_mask``, ``token_type_ids``) with their labels and sample indices, drawn in a
+seeded order per (seed, epoch) like the image batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
+from sampa.data.seeding import STREAM_EPOCH, STREAM_SYNTHETIC, cpu_generator
+
+FOLDER = "glue"
+KEYS = ("input_ids", "attention_mask", "token_type_ids")
+TextBatch = tuple[dict[str, Tensor], Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class TsvLayout:
+    """Where a task's fields are in its GLUE TSVs: column names (or indices when there is no header)."""
+
+    folder: str
+    text: tuple[str | int, ...]
+    label: str | int
+    header: bool = True
+    dev_file: str = "dev.tsv"
+    label_codes: tuple[str, ...] = ()  # string labels in the hub's order ("" : labels are numbers)
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """One GLUE task with the paper's fine-tuning settings (Table 6: epochs, rho)."""
+
+    name: str
+    display: str
+    text: tuple[str, ...]  # the hub's column names of the one or two texts
+    num_labels: int  # 1: regression (STS-B)
+    eval_split: str
+    tsv: TsvLayout
+    epochs: int = 3
+    rho: float = 0.05
+
+    @property
+    def regression(self) -> bool:
+        return self.num_labels == 1
+
+
+_NLI = ("entailment", "not_entailment")
+GLUE_TASKS: dict[str, GlueTask] = {
+    t.name: t
+    for t in (
+        GlueTask(
+            "cola", "CoLA", ("sentence",), 2, "validation", TsvLayout("CoLA", (3,), 1, header=False), rho=0.01
+        ),
+        GlueTask("sst2", "SST-2", ("sentence",), 2, "validation", TsvLayout("SST-2", ("sentence",), "label")),
+        GlueTask(
+            "mrpc", "MRPC", ("sentence1", "sentence2"), 2, "validation",
+            TsvLayout("MRPC", ("#1 String", "#2 String"), "Quality"), epochs=5,
+        ),
+        GlueTask(
+            "stsb", "STS-B", ("sentence1", "sentence2"), 1, "validation",
+            TsvLayout("STS-B", ("sentence1", "sentence2"), "score"), rho=0.005,
+        ),
+        GlueTask(
+            "qqp", "QQP", ("question1", "question2"), 2, "validation",
+            TsvLayout("QQP", ("question1", "question2"), "is_duplicate"),
+        ),
+        GlueTask(
+            "mnli", "MNLI", ("premise", "hypothesis"), 3, "validation_matched",
+            TsvLayout(
+                "MNLI", ("sentence1", "sentence2"), "gold_label", dev_file="dev_matched.tsv",
+                label_codes=("entailment", "neutral", "contradiction"),
+            ),
+        ),
+        GlueTask(
+            "qnli", "QNLI", ("question", "sentence"), 2, "validation",
+            TsvLayout("QNLI", ("question", "sentence"), "label", label_codes=_NLI),
+        ),
+        GlueTask(
+            "rte", "RTE", ("sentence1", "sentence2"), 2, "validation",
+            TsvLayout("RTE", ("sentence1", "sentence2"), "label", label_codes=_NLI), rho=0.005,
+        ),
+        GlueTask(
+            "wnli", "WNLI", ("sentence1", "sentence2"), 2, "validation",
+            TsvLayout("WNLI", ("sentence1", "sentence2"), "label"), epochs=5,
+        ),
+    )
+}  # fmt: skip
+TASK_NAMES = tuple(GLUE_TASKS)
+
+
+def glue_task(name: str) -> GlueTask:
+    """The task called ``name`` (one of ``TASK_NAMES``)."""
+    if name not in GLUE_TASKS:
+        raise ValueError(f"unknown GLUE task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
+    return GLUE_TASKS[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading raw texts and labels
+
+
+@dataclass
+class RawSplit:
+    """Texts (one list per text field) and labels (floats for STS-B, class ids otherwise)."""
+
+    texts: list[list[str]]
+    labels: list[float]
+
+
+def read_glue(name: str, split: str, root: str | os.PathLike | None = None) -> RawSplit:
+    """``split`` ("train" or "eval") of task ``name`` from the TSV or parquet layout in ``<root>/glue``."""
+    task = glue_task(name)
+    if split not in ("train", "eval"):
+        raise ValueError(f"unknown GLUE split {split!r}; choose one of: train, eval")
+    folder = resolve_root(root) / FOLDER
+    tsv_file = folder / task.tsv.folder / ("train.tsv" if split == "train" else task.tsv.dev_file)
+    if tsv_file.is_file():
+        return _read_tsv(task, tsv_file)
+    hub_split = "train" if split == "train" else task.eval_split
+    parquet = sorted((folder / task.name).glob(f"{hub_split}-*.parquet"))
+    if parquet:
+        return _read_parquet(task, parquet)
+    raise DataUnavailableError(
+        f"GLUE {task.display} not found: put the GLUE TSVs at {tsv_file} or the hub's parquet files at "
+        f"{folder / task.name}/{hub_split}-*.parquet (huggingface-cli download nyu-mll/glue "
+        f"--repo-type dataset --local-dir {folder}), or set {ENV_VAR} to the folder above glue/"
+    )
+
+
+def _read_tsv(task: GlueTask, path: Path) -> RawSplit:
+    import pandas as pd
+
+    layout = task.tsv
+    table = pd.read_csv(
+        path, sep="\t", header=0 if layout.header else None, quoting=csv.QUOTE_NONE, dtype=str,
+        keep_default_na=False, on_bad_lines="skip",
+    )  # fmt: skip
+    missing = [c for c in (*layout.text, layout.label) if c not in table.columns]
+    if missing:
+        raise DataUnavailableError(
+            f"{path} lacks column(s) {missing}; expected the GLUE TSV of {task.display}"
+        )
+    labels = [_label(task, value, path) for value in table[layout.label]]
+    return RawSplit([table[c].tolist() for c in layout.text], labels)
+
+
+def _label(task: GlueTask, value: str, path: Path) -> float:
+    codes = task.tsv.label_codes
+    if codes:
+        if value not in codes:
+            raise DataUnavailableError(f"{path}: label {value!r} is not one of {', '.join(codes)}")
+        return float(codes.index(value))
+    return float(value)
+
+
+def _read_parquet(task: GlueTask, paths: Sequence[Path]) -> RawSplit:
+    import pandas as pd
+
+    from sampa.extras import require
+
+    require("nlp", "pyarrow")  # pandas' parquet engine
+
+    table = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    return RawSplit([table[c].astype(str).tolist() for c in task.text], table["label"].astype(float).tolist())
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenised splits on the device
+
+
+@dataclass
+class TextSplit:
+    """Token ids, attention mask, segment ids (int32 [N, L]); labels (int64, float32 for regression)."""
+
+    tokens: dict[str, Tensor]
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        shapes = {k: tuple(v.shape) for k, v in self.tokens.items()}
+        if (
+            set(self.tokens) != set(KEYS)
+            or len(set(shapes.values())) != 1
+            or len(self.labels) != len(self.tokens["input_ids"])
+        ):
+            raise ValueError(
+                f"a text split needs {', '.join(KEYS)} of one shape [N, L] and N labels, got {shapes}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: str | torch.device) -> TextSplit:
+        return TextSplit({k: v.to(device) for k, v in self.tokens.items()}, self.labels.to(device))
+
+
+@dataclass
+class TextData:
+    """A text classification (or regression) task: train and eval splits on one device."""
+
+    name: str
+    num_labels: int
+    train: TextSplit
+    eval: TextSplit
+
+    @property
+    def regression(self) -> bool:
+        return self.num_labels == 1
+
+    def train_batches(self, batch_size: int, *, seed: int, epoch: int) -> Iterator[TextBatch]:
+        """One epoch of the train split in the (seed, epoch) order; the last partial batch is kept."""
+        return text_batches(self.train, batch_size, seed=seed, epoch=epoch)
+
+    def eval_batches(self, batch_size: int) -> Iterator[TextBatch]:
+        """The eval split in order."""
+        return text_batches(self.eval, batch_size)
+
+
+def synthetic_text_data(
+    *, num_labels: int = 2, train_size: int = 512, eval_size: int = 256, device: str | torch.device = "cpu"
+) -> TextData:
+    """The synthetic text task (:func:`synthetic_text`) as train and eval splits, for tests and toy runs."""
+    train = synthetic_text(train_size, num_labels=num_labels, seed=0).to(device)
+    return TextData(
+        "synthetic-text",
+        num_labels,
+        train,
+        synthetic_text(eval_size, num_labels=num_labels, seed=1).to(device),
+    )
+
+
+def load_tokenizer(
+    weights: str | os.PathLike = "hub", *, allow_download: bool = False
+) -> Callable[..., dict]:
+    """The tokenizer stored with the BERT weights (a local directory or ``"hub"``; the ``nlp`` extra)."""
+    from sampa.extras import require
+    from sampa.models.bert import weights_source
+
+    transformers = require("nlp", "transformers")
+    source = weights_source(weights, allow_download)
+    return transformers.AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+
+
+def tokenize(
+    tokenizer: Callable[..., dict], raw: RawSplit, *, regression: bool, max_length: int = 128
+) -> TextSplit:
+    """Tokenise single texts or pairs with a ``transformers`` tokenizer, padded to the split's longest."""
+    encoded = tokenizer(
+        *raw.texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt",
+        return_token_type_ids=True, return_attention_mask=True,
+    )  # fmt: skip
+    tokens = {k: encoded[k].to(torch.int32) for k in KEYS}
+    dtype = torch.float32 if regression else torch.int64
+    return TextSplit(tokens, torch.tensor(raw.labels, dtype=dtype))
+
+
+def load_glue(
+    name: str,
+    tokenizer: Callable[..., dict],
+    *,
+    root: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    max_length: int = 128,
+) -> TextData:
+    """GLUE task ``name`` read from ``root`` and tokenised with ``tokenizer``, on ``device``."""
+    task = glue_task(name)
+    splits = [
+        tokenize(tokenizer, read_glue(name, s, root), regression=task.regression, max_length=max_length).to(
+            device
+        )
+        for s in ("train", "eval")
+    ]
+    return TextData(name, task.num_labels, *splits)
+
+
+def text_batches(
+    split: TextSplit, batch_size: int, *, seed: int | None = None, epoch: int = 0
+) -> Iterator[TextBatch]:
+    """(int64 token tensors by name, labels, indices) batches, in (seed, epoch) order unless seed is None."""
+    n = len(split)
+    if seed is None:
+        order = torch.arange(n)
+    else:
+        order = torch.randperm(n, generator=cpu_generator(seed, STREAM_EPOCH, epoch))
+    order = order.to(split.labels.device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield {k: v[idx].long() for k, v in split.tokens.items()}, split.labels[idx], idx
+
+
+def synthetic_text(
+    n: int, *, num_labels: int = 2, vocab_size: int = 64, length: int = 16, seed: int = 0
+) -> TextSplit:
+    """A learnable toy task: each sequence ``[CLS=1] w ... w [SEP=2] pad=0 ...`` holds one marker token
+    ``3 + label`` at a random position among random filler words ``>= 3 + num_labels``; lengths vary."""
+    if vocab_size < 4 + num_labels or length < 4 or n < 1:
+        raise ValueError(
+            f"need vocab_size >= {4 + num_labels}, length >= 4, n >= 1; got {vocab_size}, {length}, {n}"
+        )
+    gen = cpu_generator(seed, STREAM_SYNTHETIC)
+    labels = torch.randint(0, num_labels, (n,), generator=gen)
+    used = torch.randint(3, length + 1, (n,), generator=gen)  # tokens incl. [CLS] and [SEP]
+    ids = torch.randint(3 + num_labels, vocab_size, (n, length), generator=gen)
+    positions = torch.arange(length)
+    mark = 1 + (torch.rand(n, generator=gen) * (used - 2)).long()  # strictly between [CLS] and [SEP]
+    ids = torch.where(positions == mark[:, None], 3 + labels[:, None], ids)
+    ids[:, 0] = 1
+    ids = torch.where(positions == (used - 1)[:, None], torch.tensor(2), ids)
+    mask = positions < used[:, None]
+    ids = torch.where(mask, ids, torch.tensor(0))
+    tokens = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return TextSplit({k: v.to(torch.int32) for k, v in tokens.items()}, labels)

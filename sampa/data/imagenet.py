@@ -1,0 +1,191 @@
+r"""ImageNet-1K (Table 3) from the standard ImageFolder layout, decoded and augmented on worker processes.
+
+Layout under the data root (``--data-root`` > ``$SAMPA_DATA`` > ``./data``)::
+
+    imagenet/train/<wnid>/*.JPEG     1,281,167 images in 1000 class folders
+    imagenet/val/<wnid>/*.JPEG       50,000 images, sorted into the same 1000 class folders
+
+Training batches: RandomResizedCrop(224) + horizontal flip (the standard ResNet recipe); evaluation:
+resize to 256, centre crop 224. Workers decode JPEGs with torchvision (libjpeg-turbo) and return uint8
+tensors (4x less to copy than float); normalisation with the ImageNet statistics runs on the device.
+Each sample's augmentation is drawn from a generator seeded by (seed, epoch, index) and the order from
+one seeded by (seed, epoch), so an epoch's batches are the same whatever the number of workers, and
+after a resume. ``val/`` is the paper's test set: its table reports the best top-1/top-5 over epochs
+("maximum test accuracies"); the engine's validation split is the same folder.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
+from sampa.data.seeding import STREAM_EPOCH, cpu_generator, derive_seed
+
+FOLDER = "imagenet"
+SPLITS = ("train", "val")
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+CROP = 224
+RESIZE = 256
+EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+def imagenet_folder(root: str | os.PathLike | None = None) -> Path:
+    """``<root>/imagenet`` with ``train/`` and ``val/`` class folders, or a one-line error saying so."""
+    folder = resolve_root(root) / FOLDER
+    missing = [s for s in SPLITS if not (folder / s).is_dir()]
+    if missing:
+        raise DataUnavailableError(
+            f"ImageNet-1K not found: put the ImageFolder layout at {folder}/train/<class>/*.JPEG and "
+            f"{folder}/val/<class>/*.JPEG (val sorted into the same class folders), or set {ENV_VAR} to the "
+            f"folder above imagenet/ (missing: {', '.join(missing)})"
+        )
+    return folder
+
+
+def list_samples(
+    split_dir: Path, classes: list[str] | None = None
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, class index) of every image under ``split_dir/<class>/`` (sorted) and the class names."""
+    if classes is None:
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    samples = [
+        (str(path), label)
+        for label, name in enumerate(classes)
+        if (split_dir / name).is_dir()
+        for path in sorted((split_dir / name).iterdir())
+        if path.suffix.lower() in EXTENSIONS
+    ]
+    if not classes or not samples:
+        raise DataUnavailableError(f"no images (*.JPEG in class folders) under {split_dir}; check the layout")
+    return samples, classes
+
+
+def decode(path: str) -> Tensor:
+    """uint8 [3, H, W] RGB image (greyscale and CMYK JPEGs are converted)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec's
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+
+def train_transform(size: int = CROP) -> Callable[[Tensor], Tensor]:
+    """RandomResizedCrop(size) + horizontal flip on a uint8 image, drawing from torch's global RNG."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def eval_transform(size: int = CROP, resize: int = RESIZE) -> Callable[[Tensor], Tensor]:
+    """Resize the short side to ``resize`` then centre-crop ``size``."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
+
+
+class ImageFiles(Dataset):
+    """(uint8 image, label, index) of image files; augmentation seeded per (seed, epoch, index)."""
+
+    def __init__(
+        self, samples: list[tuple[str, int]], transform: Callable[[Tensor], Tensor], seed: int = 0
+    ) -> None:
+        self.samples, self.transform, self.seed, self.epoch = samples, transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        path, label = self.samples[index]
+        image = decode(path)
+        with torch.random.fork_rng(devices=[]):  # never disturb the caller's RNG (workers=0)
+            torch.manual_seed(derive_seed(self.seed, STREAM_EPOCH, self.epoch, index))
+            return self.transform(image).contiguous(), label, index
+
+
+@dataclass
+class ImageNet:
+    """ImageNet-1K splits read from disk batch by batch; batches come out normalised on ``device``."""
+
+    train: ImageFiles
+    val: ImageFiles
+    classes: list[str]
+    device: torch.device
+    workers: int = 8
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def train_batches(
+        self, batch_size: int, *, seed: int, epoch: int
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(images, labels, indices) of one shuffled, augmented epoch; the last partial batch is kept."""
+        self.train.seed, self.train.epoch = seed, epoch
+        order = cpu_generator(seed, STREAM_EPOCH, epoch)
+        yield from self._batches(self.train, batch_size, shuffle=True, generator=order)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(images, labels, indices) of ``val/`` in order, resized and centre-cropped."""
+        yield from self._batches(self.val, batch_size, shuffle=False, generator=None)
+
+    def _batches(
+        self, files: ImageFiles, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        loader = DataLoader(
+            files,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if self.workers else None,
+        )
+        for images, labels, indices in loader:
+            yield (
+                normalise(images.to(self.device, non_blocking=True)),
+                labels.to(self.device),
+                indices.to(self.device),
+            )
+
+
+def normalise(images: Tensor) -> Tensor:
+    """uint8 [B, 3, H, W] -> float32 (x/255 - mean) / std with the ImageNet statistics."""
+    mean = torch.tensor(MEAN, device=images.device).mul(255).view(1, 3, 1, 1)
+    inv_std = torch.tensor(STD, device=images.device).mul(255).reciprocal().view(1, 3, 1, 1)
+    return images.float().sub_(mean).mul_(inv_std)
+
+
+def load_imagenet(
+    root: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    workers: int = 8,
+    max_classes: int | None = None,
+    crop: int = CROP,
+) -> ImageNet:
+    """ImageNet-1K under ``root`` (or a subset: the first ``max_classes`` classes, for quick runs)."""
+    if workers < 0 or (max_classes is not None and max_classes < 2):
+        raise ValueError(f"need workers >= 0 and max_classes >= 2 or None, got {workers} and {max_classes}")
+    folder = imagenet_folder(root)
+    train_samples, classes = list_samples(folder / "train")
+    if max_classes is not None:
+        classes = classes[:max_classes]
+        train_samples = [s for s in train_samples if s[1] < max_classes]
+    val_samples, _ = list_samples(folder / "val", classes)
+    return ImageNet(
+        train=ImageFiles(train_samples, train_transform(crop)),
+        val=ImageFiles(val_samples, eval_transform(crop, round(crop * RESIZE / CROP))),
+        classes=classes,
+        device=torch.device(device),
+        workers=workers,
+    )

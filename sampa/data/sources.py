@@ -1,0 +1,163 @@
+r"""Datasets that do not fit the on-device CIFAR path: ImageNet-1K, the GLUE tasks and a synthetic text task.
+
+Each is a *source* with one interface for the engine (:class:`Source`): ``num_classes``, ``train_size``,
+``train_batches(batch_size, seed=, epoch=)`` and ``eval_batches(batch_size)`` yielding
+``(inputs, targets, indices)``, and ``evaluate(model, batch_size)`` returning ``loss``, ``acc`` and the
+source's own metrics (ImageNet: ``top5_acc``; GLUE: the task's metrics, with ``acc`` = the task's GLUE
+score, so best-checkpoint selection uses it). There is no held-out validation split: validation and
+test are the same eval set (ImageNet's ``val/``, GLUE's dev set), as the paper reports them (ImageNet:
+"maximum test accuracies" over epochs; GLUE: dev scores).
+
+Names: ``imagenet``; ``glue-<task>`` (``glue-cola`` ... ``glue-wnli``); ``synthetic-text`` (toy, no files).
+Pretrained weights live under ``<data root>/weights/`` (:data:`WEIGHTS`) or in the Hugging Face hub cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from sampa.data.cifar import resolve_root
+from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
+
+#: training-set sizes, known without reading data (steps per epoch, batch-size checks)
+TRAIN_SIZES: dict[str, int] = {
+    "imagenet": 1_281_167,
+    "glue-cola": 8_551,
+    "glue-sst2": 67_349,
+    "glue-mrpc": 3_668,
+    "glue-stsb": 5_749,
+    "glue-qqp": 363_846,
+    "glue-mnli": 392_702,
+    "glue-qnli": 104_743,
+    "glue-rte": 2_490,
+    "glue-wnli": 635,
+    "synthetic-text": 512,
+}
+SOURCE_NAMES = tuple(TRAIN_SIZES)
+#: pretrained weights under the data root: a ``save_pretrained`` directory (BERT) or a hub
+#: ``--local-dir`` download holding ``model.safetensors`` (ViT)
+WEIGHTS = {"bert-base": "weights/bert-base-uncased", "vit-b16": "weights/vit-b16-imagenet21k"}
+
+
+class Source(Protocol):
+    """What the engine needs from a dataset that is not a CIFAR-style in-memory one."""
+
+    num_classes: int
+
+    @property
+    def train_size(self) -> int: ...
+
+    def train_batches(
+        self, batch_size: int, *, seed: int, epoch: int
+    ) -> Iterator[tuple[Any, Tensor, Tensor]]: ...
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Any, Tensor, Tensor]]: ...
+
+    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]: ...
+
+
+def is_source(name: str) -> bool:
+    """Whether dataset ``name`` is one of these sources (not the on-device CIFAR/synthetic path)."""
+    return name in TRAIN_SIZES
+
+
+def load_source(
+    name: str,
+    *,
+    root: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    workers: int = 8,
+) -> Source:
+    """The source called ``name``; ImageNet and GLUE read ``root`` (one-line errors name what is missing)."""
+    if name not in TRAIN_SIZES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(SOURCE_NAMES)}")
+    if name == "imagenet":
+        from sampa.data.imagenet import load_imagenet
+
+        return ImageNetSource(load_imagenet(root, device=device, workers=workers))
+    if name == "synthetic-text":
+        return TextSource(synthetic_text_data(device=device), task=None)
+    task = name.removeprefix("glue-")
+    tokenizer = load_tokenizer(weights_location("bert-base", root))
+    return TextSource(load_glue(task, tokenizer, root=root, device=device), task=task)
+
+
+def weights_location(model: str, root: str | os.PathLike | None = None) -> str:
+    """``<data root>/weights/...`` for ``model`` if it exists there, else ``"hub"`` (the hub cache)."""
+    path = resolve_root(root) / WEIGHTS[model]
+    return str(path) if Path(path).exists() else "hub"
+
+
+class ImageNetSource:
+    """ImageNet-1K batches from disk (:mod:`sampa.data.imagenet`), evaluated with top-1 and top-5."""
+
+    def __init__(self, data: Any) -> None:
+        self.data, self.num_classes = data, data.num_classes
+
+    @property
+    def train_size(self) -> int:
+        return len(self.data.train)
+
+    def train_batches(
+        self, batch_size: int, *, seed: int, epoch: int
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        return self.data.train_batches(batch_size, seed=seed, epoch=epoch)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        return self.data.eval_batches(batch_size)
+
+    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
+        from sampa.metrics.scores import evaluate_topk
+
+        return evaluate_topk(model, self.eval_batches(batch_size), ks=(1, 5))
+
+
+class TextSource:
+    """A tokenised text task on the device; ``task`` names its GLUE metrics (None: accuracy)."""
+
+    def __init__(self, data: TextData, task: str | None) -> None:
+        self.data, self.task, self.num_classes = data, task, data.num_labels
+
+    @property
+    def train_size(self) -> int:
+        return len(self.data.train)
+
+    @property
+    def regression(self) -> bool:
+        return self.data.regression
+
+    def train_batches(
+        self, batch_size: int, *, seed: int, epoch: int
+    ) -> Iterator[tuple[Any, Tensor, Tensor]]:
+        return self.data.train_batches(batch_size, seed=seed, epoch=epoch)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Any, Tensor, Tensor]]:
+        return self.data.eval_batches(batch_size)
+
+    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
+        from sampa.metrics.scores import GLUE_METRICS, evaluate_text
+
+        scores = evaluate_text(model, self.eval_batches(batch_size), self.task)
+        if self.task is not None:  # acc: the task's GLUE score (selection and tables use it)
+            metrics = GLUE_METRICS[self.task]
+            scores["acc"] = sum(scores[m] for m in metrics) / len(metrics)
+        return scores
+
+
+def squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample regression loss (STS-B): (output - target)^2 of a [B, 1] output."""
+    return (outputs[:, 0].float() - targets) ** 2
+
+
+def source_task_settings(name: str) -> dict[str, Any]:
+    """The paper's per-task settings of a GLUE source (epochs, rho); empty for other sources."""
+    if not name.startswith("glue-"):
+        return {}
+    task = glue_task(name.removeprefix("glue-"))
+    return {"epochs": task.epochs, "rho": task.rho}

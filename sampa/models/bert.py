@@ -1,0 +1,103 @@
+r"""BERT for GLUE fine-tuning (Table 6), through Hugging Face ``transformers`` (the ``nlp`` extra).
+
+:class:`BertClassifier` takes a batch's tensors as keyword arguments (``model(**inputs)`` with
+``input_ids``, ``attention_mask``, ``token_type_ids``) and returns the logits tensor [B, num_labels],
+not a ``ModelOutput``, so the methods use it like an image model. ``num_labels=1`` is regression (STS-B).
+
+Weights (``bert-base-uncased``) come from a local directory (``save_pretrained`` layout: config.json,
+model.safetensors, vocab.txt, ...) or the hub cache, never downloaded unless ``allow_download``.
+The pooler and encoder are pretrained; the classifier is new (as in ``run_glue``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from sampa.extras import require
+
+HUB_NAME = "google-bert/bert-base-uncased"
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are not on disk (message: one line naming what to put where)."""
+
+
+class BertClassifier(nn.Module):
+    """A ``BertForSequenceClassification`` returning plain logits [B, num_labels].
+
+    Called as ``model(**inputs)`` (the method contract's form for a mapping batch) or ``model(inputs)``.
+    """
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(
+        self,
+        input_ids: Tensor | Mapping[str, Tensor],
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        if isinstance(input_ids, Mapping):
+            return self.forward(**{k: input_ids[k] for k in INPUT_KEYS if k in input_ids})
+        return self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+
+
+def bert_base(
+    num_labels: int, weights: str | os.PathLike = "hub", *, allow_download: bool = False
+) -> BertClassifier:
+    """Pretrained BERT-base(-uncased) from a local directory or ``"hub"`` (the cache of ``HUB_NAME``)."""
+    transformers = require("nlp", "transformers")
+    source = weights_source(weights, allow_download)
+    bert = transformers.BertForSequenceClassification.from_pretrained(
+        source, num_labels=num_labels, local_files_only=not allow_download, ignore_mismatched_sizes=True
+    )  # ignore_mismatched_sizes: a fine-tuned checkpoint's classifier is replaced, as bert-base has none
+    return BertClassifier(bert)
+
+
+def weights_source(weights: str | os.PathLike, allow_download: bool = False) -> str:
+    """The directory or hub name to load BERT-base from, or a one-line error naming what to put where."""
+    if str(weights) != "hub":
+        path = Path(weights).expanduser()
+        if not (path / "config.json").is_file():
+            raise WeightsUnavailableError(_missing(f"no config.json in {path}"))
+        return str(path)
+    if allow_download or _in_hub_cache(HUB_NAME):
+        return HUB_NAME
+    raise WeightsUnavailableError(_missing("not in the hugging face hub cache"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _missing(reason: str) -> str:
+    return (
+        f"BERT-base weights unavailable ({reason}); put a save_pretrained directory of {HUB_NAME} "
+        f"(config.json, model.safetensors, vocab.txt, tokenizer files) at a path and pass it as weights, "
+        f"or fill the hub cache with `huggingface-cli download {HUB_NAME}`"
+    )
+
+
+def bert_tiny(num_labels: int, vocab_size: int = 64, max_length: int = 32) -> BertClassifier:
+    """A small randomly initialised BERT (width 32, 2 layers, 2 heads) for tests and toy runs."""
+    transformers = require("nlp", "transformers")
+    config = transformers.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_length,
+        num_labels=num_labels,
+    )
+    return BertClassifier(transformers.BertForSequenceClassification(config))

@@ -1,0 +1,123 @@
+"""ImageNet-1K pipeline on a tiny generated ImageFolder (real JPEGs), top-k accuracy and ResNet-50."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import decode_image, write_jpeg
+
+from sampa.data.cifar import DataUnavailableError
+from sampa.data.imagenet import MEAN, STD, eval_transform, load_imagenet, normalise
+from sampa.metrics.scores import evaluate_topk, topk_correct
+from sampa.models.resnet50 import resnet50
+
+CLASSES = ("n01440764", "n01443537", "n01484850")
+
+
+def _write_folder(root: Path, per_class: dict[str, int], *, grey_first: bool = False) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for split, count in per_class.items():
+        for label, name in enumerate(CLASSES):
+            folder = root / "imagenet" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                channels = 1 if grey_first and i == 0 else 3
+                image = torch.randint(0, 256, (channels, 40 + 4 * i, 52), generator=gen, dtype=torch.uint8)
+                image[:, :4] = 40 * label  # a class-dependent band, to check labels
+                write_jpeg(image, str(folder / f"{name}_{i}.JPEG"), quality=95)
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path: Path) -> Path:
+    _write_folder(tmp_path, {"train": 4, "val": 2}, grey_first=True)
+    return tmp_path
+
+
+def test_missing_data_names_what_to_put_where(tmp_path):
+    with pytest.raises(
+        DataUnavailableError, match=r"put the ImageFolder layout at .*imagenet/train/<class>"
+    ) as err:
+        load_imagenet(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_classes_labels_and_shapes(tiny_imagenet):
+    data = load_imagenet(tiny_imagenet, workers=0, crop=32)
+    assert data.classes == list(CLASSES) and data.num_classes == 3
+    assert len(data.train) == 12 and len(data.val) == 6
+    batches = list(data.train_batches(5, seed=0, epoch=0))
+    assert [b[0].shape for b in batches] == [(5, 3, 32, 32), (5, 3, 32, 32), (2, 3, 32, 32)]
+    assert all(b[0].dtype == torch.float32 for b in batches)
+    indices = torch.cat([b[2] for b in batches])
+    assert sorted(indices.tolist()) == list(range(12))  # every sample once
+    labels = torch.cat([b[1] for b in batches])
+    assert torch.equal(labels, torch.tensor([data.train.samples[i][1] for i in indices.tolist()]))
+
+
+def test_epoch_is_deterministic_whatever_the_workers(tiny_imagenet):
+    one = load_imagenet(tiny_imagenet, workers=0, crop=32)
+    two = load_imagenet(tiny_imagenet, workers=2, crop=32)
+    a = list(one.train_batches(4, seed=3, epoch=1))
+    b = list(two.train_batches(4, seed=3, epoch=1))
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[2], y[2]) for x, y in zip(a, b, strict=True))
+    other = torch.cat([x[2] for x in one.train_batches(4, seed=3, epoch=2)])
+    assert not torch.equal(torch.cat([x[2] for x in a]), other)  # a new order each epoch
+
+
+def test_training_rng_is_not_disturbed(tiny_imagenet):
+    data = load_imagenet(tiny_imagenet, workers=0, crop=32)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    list(data.train_batches(4, seed=0, epoch=0))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_eval_batches_are_resized_centre_crops(tiny_imagenet):
+    data = load_imagenet(tiny_imagenet, workers=0, crop=32)
+    images, labels, _ = next(data.eval_batches(6))
+    path, label = data.val.samples[0]
+    raw = decode_image(path)
+    assert raw.shape[0] == 1 and images.shape == (6, 3, 32, 32)  # greyscale file, RGB batch
+    expected = normalise(eval_transform(32, round(32 * 256 / 224))(raw.expand(3, -1, -1))[None])
+    assert torch.allclose(images[0], expected[0]) and labels[0] == label
+
+
+def test_max_classes_keeps_a_subset(tiny_imagenet):
+    data = load_imagenet(tiny_imagenet, workers=0, max_classes=2, crop=32)
+    assert data.classes == list(CLASSES[:2]) and len(data.train) == 8 and len(data.val) == 4
+
+
+def test_normalise_uses_imagenet_statistics():
+    pixel = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    out = normalise(pixel).flatten()
+    expected = [(v / 255 - m) / s for v, m, s in zip((0, 128, 255), MEAN, STD, strict=True)]
+    assert out.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_topk_correct_on_a_small_example():
+    logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
+    targets = torch.tensor([2, 0, 0])
+    counts = topk_correct(logits, targets, ks=(1, 2, 3))
+    assert {k: int(v) for k, v in counts.items()} == {1: 1, 2: 2, 3: 3}
+    with pytest.raises(ValueError, match="1 <= k <= 3"):
+        topk_correct(logits, targets, ks=(5,))
+
+
+def test_evaluate_topk_reports_top1_and_top5():
+    model = torch.nn.Linear(6, 6, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(6))
+    inputs = torch.eye(6)[[0, 1, 2, 3]] + torch.tensor([0, 0, 0, 0, 0, 0.5])
+    targets = torch.tensor([0, 1, 5, 5])  # rows 2, 3 are wrong at top-1, right at top-2
+    out = evaluate_topk(model, [(inputs, targets, torch.arange(4))], ks=(1, 5))
+    assert out["acc"] == 0.5 and out["top5_acc"] == 1.0 and out["loss"] > 0
+
+
+def test_resnet50_is_torchvisions_without_in_place_ops():
+    model = resnet50(num_classes=7)
+    assert sum(p.numel() for p in model.parameters()) == 23_522_375  # 25,557,032 - 2048*993 - 993
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
