@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from sampa.experiments import PlannedRun, plan_experiment
+from sampa.experiments import PlannedRun, plan_experiment, run_defaults
 from sampa.report import style
+from sampa.report.cells import axis_name, observations, warning_lines
 from sampa.report.metrics import metric
 from sampa.report.runs import collect_epochs
-from sampa.report.tables import axis_name, observations, warning_lines
 
 
 class FigureError(ValueError):
@@ -69,7 +69,7 @@ def make_figure(
 
 def banner_lines(spec: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
     """The config's note and, whenever runs used synthetic data, a line saying so."""
-    datasets = [str(d) for d in frame.get("dataset", pd.Series(dtype=str)).dropna().unique()]
+    datasets = [str(d) for d in frame.get("trained_on", pd.Series(dtype=str)).dropna().unique()]
     return warning_lines(spec, datasets)
 
 
@@ -168,7 +168,7 @@ def _epochs(
     epochs = collect_epochs([root / run.path for run in planned], root)
     cells = pd.DataFrame(
         [
-            {"run": r.path, "arm": r.cell["arm"], "seed": r.seed, "dataset": r.settings.get("dataset")}
+            {"run": r.path, "arm": r.cell["arm"], "seed": r.seed, "trained_on": _dataset(r)}
             for r in planned
         ]
     )
@@ -189,6 +189,10 @@ def _epochs(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     style.legend_below(axes)
     return fig, FigureData(frame, [f"{r} (missing log)" for r in missing])
+
+
+def _dataset(run: PlannedRun) -> str:
+    return str(run.settings.get("dataset") or run_defaults().dataset)
 
 
 @contextlib.contextmanager
