@@ -92,7 +92,8 @@ def test_escape_maps_symbols_to_macros():
     expected = r"$\Delta$ $\le$ 0.1 $\pm$ 2 $\times$ $\lambda$ -- x\_t 50\%"
     assert latex.escape("Δ ≤ 0.1 ± 2 × λ — x_t 50%") == expected
     assert latex.plain("Δ ≤ ±") == "Delta <= +-"
-    assert latex.number_cell("94.70 ± 0.14 (n=2)", bold=True) == r"\textbf{94.70} $\pm$ 0.14 (n=2)"
+    cell = latex.number_cell("94.70 ± 0.14 (n=2)", bold=True)
+    assert cell == r"\textbf{94.70}{\scriptsize\,$\pm$ 0.14 (n=2)}"  # bold: the mean only
     assert latex.number_cell("1.00", underline=True) == r"\underline{1.00}"
 
 

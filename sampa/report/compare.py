@@ -94,7 +94,9 @@ def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) ->
     )
     if synthetic:
         frame = frame.assign(delta=math.nan, tolerance=math.nan, verdict=NO_VERDICT_SYNTHETIC)
-    frame["ours_text"] = [_ours_text(r) for r in frame.itertuples()]
+    host = cells.loc[frame.index, "fallback"].to_numpy() & frame["ratio"].to_numpy(dtype=bool)
+    texts = zip(frame.itertuples(), host, strict=True)
+    frame["ours_text"] = ["host memory" if h else _ours_text(r) for r, h in texts]
     frame["paper_text"] = [_paper_text(r) for r in frame.itertuples()]
     frame["delta_text"] = [_delta_text(r) for r in frame.itertuples()]
     used = set(matches.values())
@@ -200,15 +202,15 @@ def _compared(
     raw = {"paper_value": row["mean"], "paper_value_std": row["std"]}
     if name not in RATIO_METRICS:
         return raw | _verdict(name, False, cell["mean"], cell["std"], int(cell["n"]), row["mean"], row["std"])
-    if cell["fallback"]:  # host RSS in place of device memory: not the paper's quantity
-        return raw | _verdict(name, True, math.nan, math.nan, 0, math.nan, math.nan, NO_VERDICT_HOST)
     base_index = _base_cell(cell, axes, base, cells)
     if base_index is None or base_index not in matches:
         return raw | _verdict(name, True, math.nan, math.nan, 0, math.nan, math.nan, "no base cell")
+    paper_ratio = row["mean"] / rows.loc[matches[base_index], "mean"]
+    if cell["fallback"] or cells.loc[base_index, "fallback"]:  # host RSS: not the paper's device memory
+        return raw | _verdict(name, True, math.nan, math.nan, 0, paper_ratio, math.nan, NO_VERDICT_HOST)
     if base_index == cell.name:
         return raw | _verdict(name, True, 1.0, math.nan, int(cell["n"]), 1.0, math.nan, "ratio base")
     ratios = seed_ratios(obs, cell, cells.loc[base_index], axes)
-    paper_ratio = row["mean"] / rows.loc[matches[base_index], "mean"]
     std = ratios.std(ddof=1) if len(ratios) > 1 else math.nan
     mean = ratios.mean() if len(ratios) else math.nan
     return raw | _verdict(name, True, mean, std, len(ratios), paper_ratio, math.nan)
@@ -376,7 +378,8 @@ def comparison_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: C
         return f"% {latex.plain(caption)}\n" + comments
     header = [" & ".join(latex.escape(c) for c in compared.columns) + r" \\"]
     rows = [[latex.escape(v) for v in row] for row in compared.itertuples(index=False)]
-    columns = "l" * (len(compared.columns) - 4) + "c" * 4
+    values = [c for c in compared.columns if c in ("Ours", "Paper", "Δ", "Verdict")]
+    columns = "l" * (len(compared.columns) - len(values)) + "c" * len(values)
     body = latex.fit_to_width(latex.tabular(header, rows, columns))
     return "\n" + latex.float_table(body, latex.escape(caption), f"tab:{spec['id']}-paper") + comments
 

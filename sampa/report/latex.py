@@ -16,6 +16,8 @@ PREAMBLE = (
     r"\documentclass{article}\usepackage[T1]{fontenc}\usepackage{booktabs,graphicx}"
     r"\usepackage[table]{xcolor}"
 )
+#: column headers longer than this go on two lines
+HEADER_CHARS = 14
 #: the grey of the paper's reference columns (Tables 1-2)
 REFERENCE_GREY = "black!10"
 
@@ -97,14 +99,25 @@ def _ascii(char: str) -> str:
 
 
 def number_cell(text: str, *, bold: bool = False, underline: bool = False) -> str:
-    """A formatted cell (``"94.70 ± 0.14 (n=2)"``) with only its leading number in bold or underlined."""
-    number, sep, rest = str(text).partition(" ")
+    """A formatted cell (``"94.70 ± 0.14 (n=2)"``): only its leading number in bold or underlined, the rest
+    (spread, run count) in small type."""
+    number, _, rest = str(text).partition(" ")
     head = escape(number)
     if bold:
         head = rf"\textbf{{{head}}}"
     if underline:
         head = rf"\underline{{{head}}}"
-    return head + sep + escape(rest)
+    return head + (rf"{{\scriptsize\,{escape(rest)}}}" if rest else "")
+
+
+def header(label: str, width: int = HEADER_CHARS) -> str:
+    """A column header; one longer than ``width`` characters is set on two lines."""
+    words = str(label).split(" ")
+    if len(label) <= width or len(words) < 2:
+        return escape(label)
+    cut = min(range(1, len(words)), key=lambda i: abs(len(" ".join(words[:i])) - len(label) / 2))
+    lines = (escape(" ".join(words[:cut])), escape(" ".join(words[cut:])))
+    return rf"\begin{{tabular}}[b]{{@{{}}c@{{}}}}{lines[0]}\\{lines[1]}\end{{tabular}}"
 
 
 def fit_to_width(tabular: str) -> str:

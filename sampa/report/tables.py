@@ -35,6 +35,8 @@ __all__ = ["AVERAGE", "COST", "TableError", "TableText", "cell_table", "render",
 
 #: paper tables that underline the second best method of each line (besides the best in bold)
 SECOND_BEST_UNDERLINED = ("Table 4",)
+#: a single-line table with more columns is set as one column (LaTeX)
+MAX_COLUMNS_IN_A_LINE = 5
 #: column axes whose labels read without a spanning header (method names, metric names)
 SELF_EXPLAINING_AXES = ("arm", "metric")
 
@@ -195,7 +197,10 @@ def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Compa
 
 
 def _tabular(table: pd.DataFrame, references: set[str]) -> str:
-    """The pivot as a tabular: spanning headers for column axes that need a name, grey reference columns."""
+    """The pivot as a tabular: spanning headers for column axes that need a name, grey reference columns
+    (or rows). A single line of many columns is set as a column (it would not fit the page as a line)."""
+    if len(table) == 1 and len(table.columns) > MAX_COLUMNS_IN_A_LINE:
+        table = table.T
     n_index = table.index.nlevels
     columns = table.columns
     if not isinstance(columns, pd.MultiIndex):
@@ -212,7 +217,10 @@ def _tabular(table: pd.DataFrame, references: set[str]) -> str:
         previous = tuple(key)
         if key[0] == COST or (i + 1 < len(table) and _first_label(table.index[i + 1]) == AVERAGE):
             rules.append(i)
-        rows.append([*labels[:-1], latex.escape(key[-1]), *values.tolist()])
+        row = [*labels[:-1], latex.escape(key[-1]), *values.tolist()]
+        if "arm" in table.index.names and key[table.index.names.index("arm")] in references:
+            row[0] = rf"\rowcolor{{{latex.REFERENCE_GREY}}}" + row[0]
+        rows.append(row)
     return latex.tabular(header, rows, spec, rules_after=rules)
 
 
@@ -233,7 +241,7 @@ def _header_lines(columns: pd.MultiIndex, n_index: int, index_names: Sequence[st
             lines.append(rf"\cmidrule(lr){{{n_index + 1}-{n_index + len(columns)}}}")
         lead = " & ".join(latex.escape(n) for n in index_names) if last else " & " * (n_index - 1)
         cells = [
-            latex.escape(label) if width == 1 else rf"\multicolumn{{{width}}}{{c}}{{{latex.escape(label)}}}"
+            latex.header(label) if width == 1 else rf"\multicolumn{{{width}}}{{c}}{{{latex.header(label)}}}"
             for label, width in spans
         ]
         lines.append(lead + " & " + " & ".join(cells) + r" \\")
