@@ -232,7 +232,7 @@ def test_diverged_runs_are_listed_not_averaged(runs):
 def test_synthetic_runs_are_flagged():
     spec = {"note": "", "title": "x"}
     assert tables.warning_lines(spec, ["synthetic"]) == [
-        "Synthetic data (synthetic): these numbers are not the paper's results."
+        "Synthetic data (Synthetic-10): these numbers are not the paper's results."  # display name
     ]
     assert tables.warning_lines(spec, ["cifar10"]) == []
 
@@ -334,3 +334,35 @@ def test_optional_metrics_are_not_applicable_rather_than_missing(runs):
     assert not comm["missing"].str.contains("no value|not applicable").any()
     md = tables.render_markdown(spec, cells)
     assert md.count("Missing runs (1)") == 1  # only the interrupted SAMPa run
+
+
+def test_every_optimizer_has_a_look_told_apart_without_colour():
+    from sampa.optim import METHOD_NAMES
+    from sampa.report import style
+
+    assert set(style.STYLES) == set(METHOD_NAMES)
+    pairs = [(c, m) for c, m, _ in style.STYLES.values()]
+    assert len(set(pairs)) == len(pairs)  # colour and marker never both shared
+    assert {c for c, _, _ in style.STYLES.values()} <= set(style.OKABE_ITO)
+    looks = style.looks([("SAMPa-0", "sampa"), ("SAMPa-0.2", "sampa"), ("SAM", "sam")])
+    assert looks["SAMPa-0"].linestyle != looks["SAMPa-0.2"].linestyle  # one optimizer, two arms
+    assert looks["SAMPa-0"].marker != looks["SAMPa-0.2"].marker
+
+
+def test_arms_all_follow_the_paper_order():
+    from sampa.optim import METHOD_NAMES
+
+    arms = ex.all_arms({})
+    names = [arm["optimizer"] for arm in arms]
+    assert sorted(names) == sorted(METHOD_NAMES)
+    assert names[:3] == ["sgd", "sam", "sampa"]
+    assert names.index("looksam") < names.index("esam") < names.index("msam") < names.index("sampa-msam")
+
+
+def test_toy_figure_lines_are_the_upper_envelope():
+    from sampa.report.figures import TOY_WINDOW, toy_envelope
+
+    steps = pd.Series([1.0, 0.1, 1.0, 0.1] * 50)  # a step-to-step oscillation
+    envelope = toy_envelope(steps)
+    assert (envelope >= steps).all()
+    assert envelope.iloc[TOY_WINDOW:-TOY_WINDOW].eq(1.0).all()  # the oscillation's top, not a band

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from sampa.config import config_from_dict
-from sampa.experiments import MACHINE_KEYS, PlannedRun, plan_experiment, run_defaults
+from sampa.experiments import MACHINE_KEYS, PlannedRun, axis_label, plan_experiment, run_defaults
 from sampa.report.metrics import Metric, metric
 
 AVERAGE = "Average"
@@ -29,7 +29,8 @@ COST_METRIC = "cost"
 NOT_APPLICABLE = "not applicable"
 #: statuses a cell without any value shows in place of its number (e.g. "-- (failed)")
 QUIET_STATUSES = ("missing", "incomplete", NOT_APPLICABLE)
-#: how axes read as table headers (grid values get their display names in sampa.experiments.axis_label)
+#: how axes read as table headers; grid values (models, datasets) get their display names from
+#: sampa.experiments.axis_label, the one source the report uses
 AXIS_NAMES = {
     "arm": "Method",
     "model": "Model",
@@ -345,7 +346,7 @@ def metric_label(name: str) -> str:
 def warning_lines(spec: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
     """The config's note and, whenever runs used synthetic data, a line saying so."""
     lines = [spec["note"]] if spec.get("note") else []
-    synthetic = sorted(d for d in datasets if d.startswith("synthetic"))
+    synthetic = sorted(axis_label("dataset", d) for d in datasets if d.startswith("synthetic"))
     if synthetic and not any("synthetic" in line.lower() for line in lines):
         lines.append(f"Synthetic data ({', '.join(synthetic)}): these numbers are not the paper's results.")
     return lines
