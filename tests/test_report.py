@@ -366,3 +366,41 @@ def test_toy_figure_lines_are_the_upper_envelope():
     envelope = toy_envelope(steps)
     assert (envelope >= steps).all()
     assert envelope.iloc[TOY_WINDOW:-TOY_WINDOW].eq(1.0).all()  # the oscillation's top, not a band
+
+
+def test_report_layers_import_one_way_without_function_level_imports():
+    import ast
+
+    import sampa.report
+
+    root = Path(sampa.report.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {
+            (node.module or "").removeprefix("sampa.report.")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sampa.report.")
+        }
+        graph[path.stem] = names & {p.stem for p in root.glob("*.py")}
+        if path.stem in ("cells", "compare", "latex", "tables"):
+            nested = [
+                inner
+                for func in ast.walk(tree)
+                if isinstance(func, ast.FunctionDef)
+                for inner in ast.walk(func)
+                if isinstance(inner, ast.Import | ast.ImportFrom)
+            ]
+            assert not nested, f"{path.stem}: import inside a function"
+    assert "compare" not in graph["cells"] and "tables" not in graph["cells"] | graph["compare"]
+    done: set[str] = set()
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        assert name not in stack, f"import cycle: {' -> '.join((*stack, name))}"
+        if name not in done:
+            for other in graph.get(name, ()):
+                visit(other, (*stack, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
