@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import textwrap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from sampa.report.runs import collect_epochs
 
 #: steps per window of Figure 1's envelope
 TOY_WINDOW = 50
+#: characters per line of a bar panel's axis label
+BAR_LABEL_CHARS = 22
 
 
 #: axis labels typeset as formulas (the tables' labels are plain text)
@@ -162,7 +165,7 @@ def _bars(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame)
         )
         with _fixed_global_rng():  # seaborn jitters the dots with numpy's global RNG
             sns.stripplot(**common, color="black", edgecolor="white", linewidth=0.3, size=2.5, ax=ax)  # seeds
-        ax.set_xlabel(_label(name))
+        ax.set_xlabel(textwrap.fill(_label(name), BAR_LABEL_CHARS))  # side by side panels: no overlap
         ax.set_ylabel("")
     style.panel_labels(axes)
     return fig, FigureData(obs, missing)

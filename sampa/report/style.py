@@ -64,7 +64,7 @@ STYLES: dict[str, tuple[str, str, str]] = {
     "sampa-vasso": ("vermillion", "P", "-"),
     "sampa-bisam": ("vermillion", "X", "--"),
     "gnp": ("grey", "P", "-."),
-    "vsam": ("orange", "v", ":"),
+    "vsam": ("sky", "v", ":"),
 }
 COLORS: dict[str, str] = {name: OKABE_ITO[c] for name, (c, _, _) in STYLES.items()}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
