@@ -51,6 +51,10 @@ DATASET_DISPLAY = {
     "synthetic": "Synthetic-10",
     "synthetic100": "Synthetic-100",
 }
+#: the order of methods in the paper's tables and figures (``arms: all``); others follow in registry order
+PAPER_ORDER = ("sgd", "sam", "sampa", "randsam", "optsam", "samdb", "looksam", "aesam", "saf", "mesa", "esam")
+PAPER_ORDER += ("msam", "sampa-msam", "asam", "sampa-asam", "samon", "sampa-samon", "vasso", "sampa-vasso")
+PAPER_ORDER += ("bisam", "sampa-bisam", "gnp", "vsam")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -279,7 +283,8 @@ def all_arms(method_hparams: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
             f"method_hparams: unknown optimizer {unknown[0]!r}; choose one of: {', '.join(METHOD_NAMES)}"
         )
     arms = []
-    for name in METHOD_NAMES:
+    rank = {name: i for i, name in enumerate(PAPER_ORDER)}
+    for name in sorted(METHOD_NAMES, key=lambda n: rank.get(n, len(rank))):
         hparams = dict(method_hparams.get(name, {}))
         arms.append(
             {

@@ -192,7 +192,8 @@ def test_renderings(runs):
     assert "Synthetic" not in md
     tex = text.latex
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
-    assert r"\bfseries 94.70 $\pm$ 0.14 (n=2)" in tex and r"$\times$2/200" in tex
+    assert r"\textbf{94.70}{\scriptsize\,$\pm$ 0.14 (n=2)}" in tex  # bold: the mean only
+    assert r"$\times$2/200" in tex
     csv = pd.read_csv(pd.io.common.StringIO(text.csv))
     assert {"mean", "std", "n", "n_planned", "best", "missing"} <= set(csv.columns)
     assert set(csv["arm"]) == {"SGD", "SAM", "SAMPa-0.2", "SAMPa-0.2 (400 ep)"}
@@ -231,7 +232,7 @@ def test_diverged_runs_are_listed_not_averaged(runs):
 def test_synthetic_runs_are_flagged():
     spec = {"note": "", "title": "x"}
     assert tables.warning_lines(spec, ["synthetic"]) == [
-        "Synthetic data (synthetic): these numbers are not the paper's results."
+        "Synthetic data (Synthetic-10): these numbers are not the paper's results."  # display name
     ]
     assert tables.warning_lines(spec, ["cifar10"]) == []
 
@@ -333,3 +334,73 @@ def test_optional_metrics_are_not_applicable_rather_than_missing(runs):
     assert not comm["missing"].str.contains("no value|not applicable").any()
     md = tables.render_markdown(spec, cells)
     assert md.count("Missing runs (1)") == 1  # only the interrupted SAMPa run
+
+
+def test_every_optimizer_has_a_look_told_apart_without_colour():
+    from sampa.optim import METHOD_NAMES
+    from sampa.report import style
+
+    assert set(style.STYLES) == set(METHOD_NAMES)
+    pairs = [(c, m) for c, m, _ in style.STYLES.values()]
+    assert len(set(pairs)) == len(pairs)  # colour and marker never both shared
+    assert {c for c, _, _ in style.STYLES.values()} <= set(style.OKABE_ITO)
+    looks = style.looks([("SAMPa-0", "sampa"), ("SAMPa-0.2", "sampa"), ("SAM", "sam")])
+    assert looks["SAMPa-0"].linestyle != looks["SAMPa-0.2"].linestyle  # one optimizer, two arms
+    assert looks["SAMPa-0"].marker != looks["SAMPa-0.2"].marker
+
+
+def test_arms_all_follow_the_paper_order():
+    from sampa.optim import METHOD_NAMES
+
+    arms = ex.all_arms({})
+    names = [arm["optimizer"] for arm in arms]
+    assert sorted(names) == sorted(METHOD_NAMES)
+    assert names[:3] == ["sgd", "sam", "sampa"]
+    assert names.index("looksam") < names.index("esam") < names.index("msam") < names.index("sampa-msam")
+
+
+def test_toy_figure_lines_are_the_upper_envelope():
+    from sampa.report.figures import TOY_WINDOW, toy_envelope
+
+    steps = pd.Series([1.0, 0.1, 1.0, 0.1] * 50)  # a step-to-step oscillation
+    envelope = toy_envelope(steps)
+    assert (envelope >= steps).all()
+    assert envelope.iloc[TOY_WINDOW:-TOY_WINDOW].eq(1.0).all()  # the oscillation's top, not a band
+
+
+def test_report_layers_import_one_way_without_function_level_imports():
+    import ast
+
+    import sampa.report
+
+    root = Path(sampa.report.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {
+            (node.module or "").removeprefix("sampa.report.")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sampa.report.")
+        }
+        graph[path.stem] = names & {p.stem for p in root.glob("*.py")}
+        if path.stem in ("cells", "compare", "latex", "tables"):
+            nested = [
+                inner
+                for func in ast.walk(tree)
+                if isinstance(func, ast.FunctionDef)
+                for inner in ast.walk(func)
+                if isinstance(inner, ast.Import | ast.ImportFrom)
+            ]
+            assert not nested, f"{path.stem}: import inside a function"
+    assert "compare" not in graph["cells"] and "tables" not in graph["cells"] | graph["compare"]
+    done: set[str] = set()
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        assert name not in stack, f"import cycle: {' -> '.join((*stack, name))}"
+        if name not in done:
+            for other in graph.get(name, ()):
+                visit(other, (*stack, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())

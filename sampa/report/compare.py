@@ -13,7 +13,10 @@ over seeds, the paper's), or |Δ| ≤ 0.1 where the paper gives no std; else *ou
 compared as ratios to the same table's SAM cell on both sides (absolute times depend on the hardware):
 ours per seed (the method's value / SAM's value of the same seed, then mean ± std over seeds), the
 paper's from its two numbers. Table 12 has no SAM column: its ratios are to the batch-size-128 cell.
-Runs on synthetic data get the paper column but no Δ and no verdict.
+Runs on synthetic data get the paper column but no Δ and no verdict. Memory measured on the host (runs on
+CPU have no device memory) is never compared with the paper's device memory.
+
+Layers: :mod:`sampa.report.cells` -> this module (the comparison and its text) -> :mod:`sampa.report.tables`.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from typing import Any
 
 import pandas as pd
 
-from sampa.experiments import PlannedRun, plan_experiment, run_defaults
-from sampa.report import paper
+from sampa.experiments import PlannedRun, axis_label, plan_experiment, run_defaults
+from sampa.report import latex, paper
+from sampa.report.cells import AVERAGE, COST_METRIC, axis_name, metric_label, observations
 from sampa.report.metrics import metric
-from sampa.report.tables import AVERAGE, COST_METRIC, observations
 
 #: compared as ratios to the table's base cell (absolute values depend on the hardware)
 RATIO_METRICS = ("time_per_epoch_s", "time_per_batch_ms", "memory_per_device_mib")
@@ -40,6 +43,7 @@ DEFAULT_RATIO_BASE = ("arm", "SAM")
 NO_STD_TOLERANCE = 0.1
 WITHIN, OUTSIDE = "within", "outside"
 NO_VERDICT_SYNTHETIC = "no verdict (synthetic data)"
+NO_VERDICT_HOST = "no verdict (host memory, no device)"
 UNMATCHED = "Paper cells without a counterpart here"
 _PARENTHESIS = re.compile(r"\s*\([^)]*\)$")
 
@@ -65,7 +69,7 @@ class Comparison:
 
 
 def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) -> Comparison | None:
-    """The comparison of a table's cells (:func:`sampa.report.tables.cell_table`) with its paper table.
+    """The comparison of a table's cells (:func:`sampa.report.cells.cell_table`) with its paper table.
 
     None when the experiment names no paper table with numbers we can compare.
     """
@@ -78,7 +82,7 @@ def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) ->
     planned = plan_experiment(spec)
     matches = _match_cells(cells, rows, axes, planned)
     obs = observations(planned, runs, layout["metrics"])
-    synthetic = any(str(d).startswith("synthetic") for d in obs["dataset"].dropna())
+    synthetic = any(str(d).startswith("synthetic") for d in obs["trained_on"].dropna())
     base_axis, base_label = RATIO_BASES.get(spec["paper"], DEFAULT_RATIO_BASE)
     frame = pd.DataFrame(
         [
@@ -90,7 +94,9 @@ def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) ->
     )
     if synthetic:
         frame = frame.assign(delta=math.nan, tolerance=math.nan, verdict=NO_VERDICT_SYNTHETIC)
-    frame["ours_text"] = [_ours_text(r) for r in frame.itertuples()]
+    host = cells.loc[frame.index, "fallback"].to_numpy() & frame["ratio"].to_numpy(dtype=bool)
+    texts = zip(frame.itertuples(), host, strict=True)
+    frame["ours_text"] = ["host memory" if h else _ours_text(r) for r, h in texts]
     frame["paper_text"] = [_paper_text(r) for r in frame.itertuples()]
     frame["delta_text"] = [_delta_text(r) for r in frame.itertuples()]
     used = set(matches.values())
@@ -165,10 +171,7 @@ def _cell_keys(
     if "model" in varies and "model" not in axes:
         if run is None:
             return None
-        from sampa.models import DISPLAY_NAMES
-
-        model = run.settings.get("model", run_defaults().model)
-        keys["model"] = DISPLAY_NAMES.get(model, model)
+        keys["model"] = axis_label("model", run.settings.get("model", run_defaults().model))
     return keys
 
 
@@ -202,10 +205,12 @@ def _compared(
     base_index = _base_cell(cell, axes, base, cells)
     if base_index is None or base_index not in matches:
         return raw | _verdict(name, True, math.nan, math.nan, 0, math.nan, math.nan, "no base cell")
+    paper_ratio = row["mean"] / rows.loc[matches[base_index], "mean"]
+    if cell["fallback"] or cells.loc[base_index, "fallback"]:  # host RSS: not the paper's device memory
+        return raw | _verdict(name, True, math.nan, math.nan, 0, paper_ratio, math.nan, NO_VERDICT_HOST)
     if base_index == cell.name:
         return raw | _verdict(name, True, 1.0, math.nan, int(cell["n"]), 1.0, math.nan, "ratio base")
     ratios = seed_ratios(obs, cell, cells.loc[base_index], axes)
-    paper_ratio = row["mean"] / rows.loc[matches[base_index], "mean"]
     std = ratios.std(ddof=1) if len(ratios) > 1 else math.nan
     mean = ratios.mean() if len(ratios) else math.nan
     return raw | _verdict(name, True, mean, std, len(ratios), paper_ratio, math.nan)
@@ -227,7 +232,7 @@ def seed_ratios(obs: pd.DataFrame, cell: pd.Series, base: pd.Series, axes: list[
     """Per seed: the cell's value / the base cell's value of the same seed (seeds with both values)."""
 
     def values(target: pd.Series) -> pd.Series:
-        mask = obs["metric"] == target["metric"]
+        mask = (obs["metric"] == target["metric"]) & (obs["source"] != "fallback")
         for axis in axes:
             mask &= obs[axis] == target[axis]
         return obs[mask].set_index("seed")["value"]
@@ -322,3 +327,79 @@ def rule_lines(comparison: Comparison) -> list[str]:
         shown = "; ".join(comparison.unmatched)
         lines.append(f"{UNMATCHED} ({len(comparison.unmatched)}): {shown}")
     return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering (under the main table, by sampa.report.tables)
+
+
+def comparison_frame(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison) -> pd.DataFrame:
+    """The compared cells as text: axis labels, metric, ours, the paper's, Δ and the verdict.
+
+    Synthetic runs get no Δ and no verdict columns.
+    """
+    layout = spec["table"]
+    axes = [a for a in [*layout["rows"], *layout["columns"]] if a != "metric"]
+    frame = comparison.frame
+    out = pd.DataFrame({axis_name(a): cells.loc[frame.index, a] for a in axes}, index=frame.index)
+    base = comparison.ratio_base
+    labels = zip(frame["metric"], frame["ratio"], strict=True)
+    out["Metric"] = [_compared_label(m, r, base) for m, r in labels]
+    out["Ours"] = frame["ours_text"]
+    out["Paper"] = frame["paper_text"]
+    if not comparison.synthetic:
+        out["Δ"] = frame["delta_text"]
+        out["Verdict"] = frame["verdict"]
+    return out.reset_index(drop=True)
+
+
+def _compared_label(name: str, ratio: bool, base: str) -> str:
+    label = metric_label(name)
+    return f"{label.rsplit(' (', 1)[0]} (× {base})" if ratio else label
+
+
+def comparison_markdown(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison) -> list[str]:
+    """The comparison's Markdown blocks: heading, table (if any cell matched) and how to read it."""
+    compared = comparison_frame(spec, cells, comparison)
+    parts = [f"**Against the paper ({comparison.paper})**"]
+    parts += [compared.to_markdown(index=False, disable_numparse=True)] if len(compared) else []
+    return [*parts, "\n".join(rule_lines(comparison))]
+
+
+def comparison_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison) -> str:
+    """The comparison as a second table float; the unmatched paper cells as comments."""
+    lines = rule_lines(comparison)
+    unmatched = [line for line in lines if line.startswith(UNMATCHED)]
+    caption = f"Against the paper ({comparison.paper}). "
+    caption += " ".join(line for line in lines if line not in unmatched)
+    compared = comparison_frame(spec, cells, comparison)
+    comments = "".join(f"% {latex.plain(line)}\n" for line in unmatched)
+    if compared.empty:
+        return f"% {latex.plain(caption)}\n" + comments
+    header = [" & ".join(latex.escape(c) for c in compared.columns) + r" \\"]
+    rows = [[latex.escape(v) for v in row] for row in compared.itertuples(index=False)]
+    values = [c for c in compared.columns if c in ("Ours", "Paper", "Δ", "Verdict")]
+    columns = "l" * (len(compared.columns) - len(values)) + "c" * len(values)
+    body = latex.fit_to_width(latex.tabular(header, rows, columns))
+    return "\n" + latex.float_table(body, latex.escape(caption), f"tab:{spec['id']}-paper") + comments
+
+
+def comparison_columns(comparison: Comparison) -> pd.DataFrame:
+    """Per compared cell: the paper's table, mean and std, what was compared (the value, or the ratio to the
+    base cell) on both sides, Δ, the tolerance and the verdict (CSV columns)."""
+    frame = comparison.frame
+    compared_as = ["ratio to " + comparison.ratio_base if r else "value" for r in frame["ratio"]]
+    columns = {
+        "paper": comparison.paper,
+        "paper_mean": frame["paper_value"],
+        "paper_std": frame["paper_value_std"],
+        "compared_as": compared_as,
+        "ours_compared": frame["ours_mean"],
+        "ours_compared_std": frame["ours_std"],
+        "ours_compared_n": frame["ours_n"],
+        "paper_compared": frame["paper_mean"],
+        "delta": frame["delta"],
+        "tolerance": frame["tolerance"],
+        "verdict": frame["verdict"],
+    }
+    return pd.DataFrame(columns, index=frame.index)

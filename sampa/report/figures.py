@@ -2,7 +2,9 @@
 
 Plot kinds (``figure.plot`` in the config):
 
-* ``toy``: Figure 1, distance to the minimiser of f(x) = ||x||^2 per step (from ``python -m sampa toy``).
+* ``toy``: Figure 1, distance to the minimiser of f(x) = ||x||^2 per step (from ``python -m sampa toy``):
+  the upper envelope over a window of steps as the line (SAMPa oscillates from step to step), every step
+  faint.
 * ``bars``: one bar per arm and one panel per metric (Figure 2: sequential gradients per update,
   time per epoch), mean with the standard deviation over seeds, every seed as a dot.
 * ``line``: a metric against a grid axis (Figure 3: test accuracy against lambda), one panel per
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import textwrap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +27,23 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from sampa.experiments import PlannedRun, plan_experiment
+from sampa.experiments import PlannedRun, plan_experiment, run_defaults
 from sampa.report import style
+from sampa.report.cells import axis_name, observations, warning_lines
 from sampa.report.metrics import metric
 from sampa.report.runs import collect_epochs
-from sampa.report.tables import axis_name, observations, warning_lines
+
+#: steps per window of Figure 1's envelope
+TOY_WINDOW = 50
+#: characters per line of a bar panel's axis label
+BAR_LABEL_CHARS = 22
+
+
+#: axis labels typeset as formulas (the tables' labels are plain text)
+MATH_LABELS = {
+    "grad_cosine": r"$\cos(\nabla f(y_t), \nabla f(x_t))$",
+    "grad_distance": r"$\|\nabla f(y_t) - \nabla f(x_t)\|$",
+}
 
 
 class FigureError(ValueError):
@@ -62,19 +77,23 @@ def make_figure(
         else:
             obs = observations(planned, pd.read_csv(data), spec["figure"].get("metrics", ["test_acc"]))
             fig, result = _bars(spec, planned, obs) if plot == "bars" else _line(spec, planned, obs)
-    style.banner(fig, banner_lines(spec, result.frame))
+    style.banner(fig, [] if plot == "toy" else banner_lines(spec, result.frame))
     style.save(fig, pdf, png)
     return result
 
 
 def banner_lines(spec: Mapping[str, Any], frame: pd.DataFrame) -> list[str]:
     """The config's note and, whenever runs used synthetic data, a line saying so."""
-    datasets = [str(d) for d in frame.get("dataset", pd.Series(dtype=str)).dropna().unique()]
+    datasets = [str(d) for d in frame.get("trained_on", pd.Series(dtype=str)).dropna().unique()]
     return warning_lines(spec, datasets)
 
 
+def _looks(planned: list[PlannedRun]) -> dict[str, style.Look]:
+    return style.looks([(run.cell["arm"], run.settings["optimizer"]) for run in planned])
+
+
 def _palette(planned: list[PlannedRun]) -> dict[str, Any]:
-    return style.palette([(run.cell["arm"], run.settings["optimizer"]) for run in planned])
+    return {arm: look.color for arm, look in _looks(planned).items()}
 
 
 def _complete(obs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -88,19 +107,36 @@ def _complete(obs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _toy(spec: Mapping[str, Any], traj: pd.DataFrame) -> tuple[Any, FigureData]:
+    """Figure 1: per method the upper envelope of the distance (max over :data:`TOY_WINDOW` steps) and,
+    faint, every step; the toy is deterministic and data-free, so it needs no warning banner."""
     fig, (ax,) = style.figure(1)
     methods = list(dict.fromkeys(traj["method"]))
-    colors = style.palette([(m, m.split("-")[0].lower()) for m in methods])  # "SAMPa-0.2" -> sampa
-    for i, method in enumerate(methods):
+    looks = style.looks([(m, m.split("-")[0].lower()) for m in methods])  # "SAMPa-0.2" -> sampa
+    for method in methods:
         rows = traj[traj["method"] == method]
-        dash = ("-", "--", ":", "-.")[i % 4]
-        ax.plot(rows["step"], rows["distance"], label=method, color=colors[method], linestyle=dash)
+        look = looks[method]
+        envelope = toy_envelope(rows["distance"])
+        ax.plot(rows["step"], rows["distance"], color=look.color, linewidth=0.3, alpha=0.15)
+        ax.plot(
+            rows["step"],
+            envelope,
+            label=method,
+            color=look.color,
+            linestyle=look.linestyle,
+            marker=look.marker,
+            markevery=(methods.index(method) * 37 % 200, 250),  # staggered, so markers do not stack
+        )
     ax.set_yscale("log")
-    ax.set_xlabel("iteration t")
-    ax.set_ylabel("‖x_t − x*‖")
-    ax.set_title("f(x) = ‖x‖²")
-    style.legend_below([ax], columns=4)
+    ax.set_xlabel("iteration $t$")
+    ax.set_ylabel(r"$\|x_t - x^\star\|$")
+    ax.set_title(rf"$f(x) = \|x\|^2$: max over {TOY_WINDOW} steps (faint: every step)")
+    style.legend_below(fig, [ax], columns=4)
     return fig, FigureData(traj, [])
+
+
+def toy_envelope(distance: pd.Series) -> pd.Series:
+    """The distance's upper envelope: the largest value within :data:`TOY_WINDOW` steps around each step."""
+    return distance.rolling(TOY_WINDOW, center=True, min_periods=1).max()
 
 
 def _bars(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame) -> tuple[Any, FigureData]:
@@ -122,14 +158,16 @@ def _bars(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame)
             hue_order=arms,
             palette=colors,
             errorbar="sd",
+            saturation=1.0,
             legend=False,
             ax=ax,
             err_kws={"linewidth": 0.8},
         )
         with _fixed_global_rng():  # seaborn jitters the dots with numpy's global RNG
-            sns.stripplot(**common, color="black", size=2, ax=ax)  # every seed
-        ax.set_xlabel(metric(name).label)
+            sns.stripplot(**common, color="black", edgecolor="white", linewidth=0.3, size=2.5, ax=ax)  # seeds
+        ax.set_xlabel(textwrap.fill(_label(name), BAR_LABEL_CHARS))  # side by side panels: no overlap
         ax.set_ylabel("")
+    style.panel_labels(axes)
     return fig, FigureData(obs, missing)
 
 
@@ -146,15 +184,15 @@ def _line(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame)
     done, missing = _complete(obs)
     panels = list(dict.fromkeys(run.cell[facet] for run in planned)) if facet else [None]
     fig, axes = style.figure(len(panels), sharey=True)
-    colors = _palette(planned)
     for ax, panel in zip(axes, panels, strict=True):
         rows = done if panel is None else done[done[facet] == panel]
-        sns.lineplot(data=rows, x="x", y="value", hue="arm", palette=colors, errorbar="sd", marker="o", ax=ax)
+        sns.lineplot(data=rows, x="x", y="value", errorbar="sd", ax=ax, **_arm_styles(planned))
         ax.set_xlabel(axis_name(x))
-        ax.set_ylabel(metric(name).label)
+        ax.set_ylabel(_label(name))
         if panel is not None:
             ax.set_title(panel)
-    style.legend_below(axes)
+    style.panel_labels(axes)
+    style.legend_below(fig, axes)
     return fig, FigureData(obs, missing)
 
 
@@ -168,14 +206,13 @@ def _epochs(
     epochs = collect_epochs([root / run.path for run in planned], root)
     cells = pd.DataFrame(
         [
-            {"run": r.path, "arm": r.cell["arm"], "seed": r.seed, "dataset": r.settings.get("dataset")}
+            {"run": r.path, "arm": r.cell["arm"], "seed": r.seed, "trained_on": _dataset(r)}
             for r in planned
         ]
     )
     frame = cells.merge(epochs, on="run", how="left")
     missing = sorted(set(cells["run"]) - set(epochs["run"]))
     fig, axes = style.figure(len(metrics), sharex=True)
-    colors = _palette(planned)
     for ax, name in zip(axes, metrics, strict=True):
         m = metric(name)
         if m.column not in frame.columns:
@@ -183,12 +220,37 @@ def _epochs(
                 f"{spec['id']}: the runs' logs have no {m.column!r} (is diagnostics_every set?)"
             )
         rows = frame.dropna(subset=[m.column]).assign(value=lambda f, m=m: f[m.column] * m.scale)
-        sns.lineplot(data=rows, x="epoch", y="value", hue="arm", palette=colors, errorbar="sd", ax=ax)
+        sns.lineplot(data=rows, x="epoch", y="value", errorbar="sd", ax=ax, **_arm_styles(planned))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(m.label)
+        ax.set_ylabel(_label(name))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    style.legend_below(axes)
+    style.panel_labels(axes)
+    style.legend_below(fig, axes)
     return fig, FigureData(frame, [f"{r} (missing log)" for r in missing])
+
+
+def _arm_styles(planned: list[PlannedRun]) -> dict[str, Any]:
+    """seaborn keywords that draw every arm in its colour, marker and dash pattern (legend in plan order)."""
+    looks = _looks(planned)
+    arms = list(looks)
+    return {
+        "hue": "arm",
+        "hue_order": arms,
+        "style": "arm",
+        "style_order": arms,
+        "palette": {a: look.color for a, look in looks.items()},
+        "markers": {a: look.marker for a, look in looks.items()},
+        "dashes": {a: style.dashes(look.linestyle) for a, look in looks.items()},
+    }
+
+
+def _label(name: str) -> str:
+    """A metric's axis label: mathtext where the metric is a formula, else the table label."""
+    return MATH_LABELS.get(name, metric(name).label)
+
+
+def _dataset(run: PlannedRun) -> str:
+    return str(run.settings.get("dataset") or run_defaults().dataset)
 
 
 @contextlib.contextmanager

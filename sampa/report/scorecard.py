@@ -28,9 +28,9 @@ import pandas as pd
 
 from sampa.experiments import plan_experiment
 from sampa.report import paper
+from sampa.report.cells import axis_name, cell_table, observations
 from sampa.report.compare import OUTSIDE, WITHIN, compare
 from sampa.report.runs import collect_epochs
-from sampa.report.tables import axis_name, cell_table, observations
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
 NOT_EVIDENCE = "not evidence (synthetic data)"
@@ -111,7 +111,7 @@ def _arm_runs(spec: Mapping[str, Any], inputs: Inputs, arms: Sequence[str], metr
     absent = [a for a in arms if a not in {r.cell["arm"] for r in planned}]
     bad = obs[obs["status"] != "complete"] if len(obs) else obs
     missing = list(dict.fromkeys(f"{r.run} ({r.status})" for r in bad.itertuples()))
-    synthetic = any(str(d).startswith("synthetic") for d in obs.get("dataset", pd.Series()).dropna())
+    synthetic = any(str(d).startswith("synthetic") for d in obs.get("trained_on", pd.Series()).dropna())
     return _Runs(spec, obs, missing, synthetic, absent)
 
 

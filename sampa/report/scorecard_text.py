@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sampa.report import latex
 from sampa.report.scorecard import NOT_EVIDENCE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, Scorecard
-from sampa.report.tables import latex_cell, latex_escape
 
 
 def _first_lines(card: Scorecard) -> list[str]:
@@ -79,10 +79,12 @@ def render_markdown(card: Scorecard) -> str:
 
 
 def render_latex(card: Scorecard) -> str:
-    lines = [f"% {line}" for line in _first_lines(card)]
+    """A document body (sections and tables) that compiles in :data:`sampa.report.latex.PREAMBLE`."""
+    latex_escape = latex.prose
+    lines = [f"% {latex.plain(line)}" for line in _first_lines(card)]
     lines.append(r"\section*{Reproduction scorecard: the SAMPa paper's claims}")
     lines.append(latex_escape(f"Config {card.profile}: {_counts(card)}. {VERDICT_NOTE}"))
-    lines.append(_latex_table(_summary(card), "rp{4.5cm}llp{5cm}"))
+    lines.append(_latex_table(_summary(card), "rp{3.6cm}llp{4.4cm}"))
     for claim, outcome in card.outcomes:
         lines.append(rf"\subsection*{{{claim.number}. {latex_escape(claim.statement)} ({claim.source})}}")
         lines.append(
@@ -92,17 +94,18 @@ def render_latex(card: Scorecard) -> str:
         if len(outcome.evidence):
             lines.append(_latex_table(outcome.evidence, "l" * len(outcome.evidence.columns)))
         if outcome.missing:
-            lines.append(
-                latex_escape(f"Missing runs ({len(outcome.missing)}): " + "; ".join(outcome.missing))
-            )
+            missing = latex_escape(f"Missing runs ({len(outcome.missing)}): " + "; ".join(outcome.missing))
+            lines.append(rf"{{\sloppy\small {missing}\par}}")
     lines.append(r"\subsection*{The paper's tables, cell by cell}")
     coverage = card.coverage.drop(columns=["synthetic"])
-    lines.append(_latex_table(coverage, "l" * (len(coverage.columns) - 1) + "p{6cm}"))
-    lines += [f"% {line}" for line in card.not_compared]
+    lines.append(_latex_table(coverage, "l" * (len(coverage.columns) - 1) + "p{5cm}"))
+    lines += [f"% {latex.plain(line)}" for line in card.not_compared]
     return "\n\n".join(lines) + "\n"
 
 
 def _latex_table(frame: pd.DataFrame, columns: str) -> str:
-    text = frame.astype(str).map(latex_cell)
-    styler = text.style.hide(axis="index").format_index(escape="latex", axis=1)
-    return styler.to_latex(hrules=True, column_format=columns).strip()
+    """A booktabs tabular, centred and scaled down to the text width when wider."""
+    header = [" & ".join(latex.escape(c) for c in frame.columns) + r" \\"]
+    rows = [[latex.prose(v) for v in row] for row in frame.astype(str).itertuples(index=False)]
+    body = latex.fit_to_width(latex.tabular(header, rows, columns))
+    return "\\begin{center}\\small\n" + body + "\\end{center}"

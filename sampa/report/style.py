@@ -2,7 +2,8 @@
 
 Single-column width, 8 pt fonts, TrueType fonts in PDFs (``pdf.fonttype`` 42), no timestamps in
 PDF or PNG files (equal inputs give byte-equal files), and one fixed colour per optimizer across all
-figures (keyed by registry name; several arms of one optimizer get shades of its colour).
+figures (keyed by registry name) from a colour-blind-safe palette, and a marker and line style per optimizer
+so that no method is told apart by colour alone (several arms of one optimizer get their own).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import colorsys
 import hashlib
 import io as _io
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
@@ -26,33 +28,47 @@ PANEL_HEIGHT_IN = 2.3
 PNG_DPI = 200
 BANNER_COLOR = "#b00020"
 
-#: one colour per optimizer (registry name), fixed across all figures
-COLORS: dict[str, str] = {
-    "sgd": "#7f7f7f",
-    "sam": "#1f77b4",
-    "sampa": "#d62728",
-    "randsam": "#bcbd22",
-    "optsam": "#8c564b",
-    "samdb": "#17becf",
-    "gnp": "#9467bd",
-    "looksam": "#2ca02c",
-    "aesam": "#ff7f0e",
-    "saf": "#e377c2",
-    "mesa": "#7b4173",
-    "esam": "#393b79",
-    "msam": "#637939",
-    "vsam": "#8c6d31",
-    "asam": "#3182bd",
-    "samon": "#31a354",
-    "vasso": "#756bb1",
-    "bisam": "#e6550d",
-    "sampa-msam": "#a50f15",
-    "sampa-asam": "#cb181d",
-    "sampa-samon": "#ef3b2c",
-    "sampa-vasso": "#fb6a4a",
-    "sampa-bisam": "#99000d",
+#: Okabe & Ito's colour-blind-safe palette (Color Universal Design), plus a grey
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+    "grey": "#8C8C8C",
 }
+#: per optimizer (registry name), fixed across all figures: (colour, marker, line style); no two
+#: optimizers share colour and marker, so every method reads without colour too
+STYLES: dict[str, tuple[str, str, str]] = {
+    "sgd": ("black", "o", "-"),
+    "sam": ("blue", "s", "-"),
+    "sampa": ("vermillion", "o", "-"),
+    "randsam": ("sky", "^", "--"),
+    "optsam": ("purple", "D", ":"),
+    "samdb": ("green", "v", "-."),
+    "looksam": ("green", "^", "-"),
+    "aesam": ("orange", "D", "--"),
+    "saf": ("purple", "v", "-."),
+    "mesa": ("sky", "P", ":"),
+    "esam": ("black", "X", "--"),
+    "msam": ("blue", "D", "--"),
+    "asam": ("sky", "s", "-."),
+    "samon": ("green", "o", ":"),
+    "vasso": ("orange", "s", "-"),
+    "bisam": ("purple", "o", "--"),
+    "sampa-msam": ("vermillion", "D", "--"),
+    "sampa-asam": ("vermillion", "s", "-."),
+    "sampa-samon": ("vermillion", "^", ":"),
+    "sampa-vasso": ("vermillion", "P", "-"),
+    "sampa-bisam": ("vermillion", "X", "--"),
+    "gnp": ("grey", "P", "-."),
+    "vsam": ("sky", "v", ":"),
+}
+COLORS: dict[str, str] = {name: OKABE_ITO[c] for name, (c, _, _) in STYLES.items()}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", ":", "-.")
 
 RC: dict[str, Any] = {
     "font.size": 8,
@@ -87,22 +103,53 @@ def color(optimizer: str) -> str:
     return mcolors.to_hex(colorsys.hsv_to_rgb(hue, 0.65, 0.75))
 
 
-def palette(labels_and_optimizers: list[tuple[str, str]]) -> dict[str, Any]:
-    """Colours per arm label: the optimizer's colour, in shades when one optimizer has several arms."""
+@dataclass(frozen=True)
+class Look:
+    """How one arm is drawn: colour, marker and line style (matplotlib keyword values)."""
+
+    color: Any
+    marker: str
+    linestyle: str
+
+
+def looks(labels_and_optimizers: list[tuple[str, str]]) -> dict[str, Look]:
+    """The look of each arm label: its optimizer's colour, marker and line style; several arms of one
+    optimizer (SAMPa-0, SAMPa-0.2, ...) get darker shades and their own marker and line style."""
     by_optimizer: dict[str, list[str]] = {}
     for label, optimizer in labels_and_optimizers:
         by_optimizer.setdefault(optimizer, [])
         if label not in by_optimizer[optimizer]:
             by_optimizer[optimizer].append(label)
-    out: dict[str, Any] = {}
+    out: dict[str, Look] = {}
     for optimizer, labels in by_optimizer.items():
         base = color(optimizer)
+        _, marker, linestyle = STYLES.get(optimizer, ("", MARKERS[0], LINESTYLES[0]))
         if len(labels) == 1:
-            out[labels[0]] = base
+            out[labels[0]] = Look(base, marker, linestyle)
             continue
         shades = sns.light_palette(base, n_colors=len(labels) + 2)[2:]
-        out |= dict(zip(labels, shades, strict=True))
+        for i, label in enumerate(labels):
+            look = (MARKERS[i % len(MARKERS)], LINESTYLES[i % len(LINESTYLES)])
+            out[label] = Look(mcolors.to_hex(shades[i]), *look)
     return out
+
+
+def palette(labels_and_optimizers: list[tuple[str, str]]) -> dict[str, Any]:
+    """Colours per arm label (see :func:`looks`)."""
+    return {label: look.color for label, look in looks(labels_and_optimizers).items()}
+
+
+def dashes(linestyle: str) -> tuple[float, ...] | str:
+    """A matplotlib line style as a seaborn dash pattern ("" is solid)."""
+    return {"-": "", "--": (4, 2), ":": (1, 1.5), "-.": (4, 1.5, 1, 1.5)}[linestyle]
+
+
+def panel_labels(axes: list[Any]) -> None:
+    """(a), (b), ... at the top left of each panel, when there are several."""
+    if len(axes) < 2:
+        return
+    for i, ax in enumerate(axes):
+        ax.set_title(f"({chr(ord('a') + i)})", loc="left", fontweight="bold")
 
 
 def figure(
@@ -115,6 +162,7 @@ def figure(
         rows,
         columns,
         figsize=(COLUMN_WIDTH_IN, PANEL_HEIGHT_IN * rows),
+        layout="constrained",  # panels, banner and legend packed without gaps
         squeeze=False,
         sharex=sharex,
         sharey=sharey,
@@ -125,22 +173,20 @@ def figure(
     return fig, flat[:panels]
 
 
-def legend_below(axes: list[Any], columns: int = 3) -> None:
-    """One legend (from the last panel) under the last panel, without frame or title; none for one entry."""
+def legend_below(fig: plt.Figure, axes: list[Any], columns: int = 3) -> None:
+    """One legend (from the last panel) under the panels, without frame or title; none for one entry."""
     for ax in axes:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
     handles, labels = axes[-1].get_legend_handles_labels()
     if len(labels) > 1:
-        axes[-1].legend(
-            handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=columns, frameon=False
-        )
+        fig.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
 
 
 def banner(fig: plt.Figure, lines: list[str]) -> None:
-    """Warning lines above the panels (e.g. "synthetic data")."""
+    """Warning lines above the panels (e.g. "synthetic data"), placed by the layout engine."""
     if lines:
-        fig.suptitle("\n".join(lines), fontsize=7, color=BANNER_COLOR, y=1.0, va="bottom")
+        fig.suptitle("\n".join(lines), fontsize=7, color=BANNER_COLOR)
 
 
 def save(fig: plt.Figure, pdf: str | os.PathLike, png: str | os.PathLike) -> None:

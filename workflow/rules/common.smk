@@ -55,10 +55,10 @@ RUNS = PLAN.unique_runs()
 TABLES = PLAN.of_kind("table")
 FIGURE_IDS = PLAN.of_kind("figure")
 UNSUPPORTED = PLAN.of_kind("unsupported")
-TABLE_CODE = [str(REPO / "sampa/report" / f) for f in ("tables.py", "metrics.py", "compare.py")]
+TABLE_CODE = [str(REPO / "sampa/report" / f) for f in ("cells.py", "compare.py", "latex.py", "metrics.py", "tables.py")]
 TABLE_CODE += [str(REPO / "sampa/report/paper" / f) for f in ("__init__.py", "results.csv")]
 SCORECARD_CODE = [*TABLE_CODE, *(str(REPO / "sampa/report" / f) for f in ("scorecard.py", "scorecard_text.py"))]
-FIGURE_CODE = [str(REPO / "sampa/report" / f) for f in ("figures.py", "metrics.py", "style.py")]
+FIGURE_CODE = [str(REPO / "sampa/report" / f) for f in ("cells.py", "figures.py", "metrics.py", "style.py")]
 
 # GPUs: `--resources gpu=N` bounds concurrent GPU jobs; without it, use the GPUs of this machine
 # (a workflow profile is static YAML and cannot detect them). Which GPU a job gets is decided by
