@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "sampa"
-#: cycles that exist on purpose until their fix lands; remove an entry when it does (issue 14 item 4)
-KNOWN_CYCLES = {frozenset({"sampa.report.compare", "sampa.report.tables"})}
 #: (importer prefix, forbidden prefixes): the layers of DEVELOPERS.md
 FORBIDDEN = (
     ("sampa.optim", ("sampa.backends", "sampa.train", "sampa.data", "sampa.cli", "sampa.report")),
@@ -93,8 +91,8 @@ def test_cycles_are_found():
 
 
 def test_no_import_cycles_in_sampa():
-    new = cycles(import_graph()) - KNOWN_CYCLES
-    assert not new, f"import cycles: {[sorted(c) for c in new]}"
+    found = cycles(import_graph())
+    assert not found, f"import cycles: {[sorted(c) for c in found]}"
 
 
 @pytest.mark.parametrize(("importer", "forbidden"), FORBIDDEN, ids=[f[0] for f in FORBIDDEN])
