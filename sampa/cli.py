@@ -17,60 +17,34 @@ import yaml
 
 from sampa import io
 from sampa.config import (
-    BASE_OPTIMIZERS,
-    SCHEDULES,
+    FIELD_TYPES,
+    FIELDS,
     ConfigError,
     RunConfig,
+    check_value,
     config_from_dict,
     load_config_file,
     validate,
 )
 from sampa.doctor import add_parser as add_doctor_parser
+from sampa.report.commands import OneLineParser
 from sampa.report.commands import add_parsers as add_report_parsers
 
-#: command-line flag -> RunConfig field, for the flags that map one to one
-_FIELD_FLAGS = {
-    "model": str,
-    "dataset": str,
-    "optimizer": str,
-    "base_optimizer": str,
-    "lr": float,
-    "momentum": float,
-    "weight_decay": float,
-    "batch_size": int,
-    "epochs": int,
-    "schedule": str,
-    "label_smoothing": float,
-    "label_noise": float,
-    "cutout": int,
-    "val_fraction": float,
-    "seed": int,
-    "device": str,
-    "devices": int,
-    "backend": str,
-    "amp": str,
-    "optimizer_impl": str,
-    "compile": str,
-    "dist_timeout_s": float,
-    "data_root": str,
-    "synthetic_train_size": int,
-    "synthetic_test_size": int,
-    "eval_batch_size": int,
-    "threads": int,
-}
-
-#: on/off flags that set a RunConfig field to true (fast path)
-_BOOL_FLAGS = ("channels_last", "cudnn_benchmark", "flat_buffers")
+#: RunConfig fields with a command-line flag (``--name-with-dashes``), from the fields' metadata
+FLAG_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["flag"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_command(argv)
     try:
         return args.handler(args)
     except ConfigError as err:
         print(f"sampa {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write failed: permission, no space, not a directory
+        print(f"sampa {args.command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,13 +68,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="claim this many free GPUs (lock files, CUDA_VISIBLE_DEVICES; 0 hides every GPU): sampa.gpus",
     )
     p.add_argument("--gpu-lock-dir", help="lock directory for --gpus (default $SAMPA_GPU_LOCK_DIR or /tmp)")
-    for name, kind in _FIELD_FLAGS.items():
-        extra: dict[str, Any] = {}
-        if name == "base_optimizer":
-            extra["choices"] = BASE_OPTIMIZERS
-        if name == "schedule":
-            extra["choices"] = SCHEDULES
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, **extra)
+    for name in FLAG_FIELDS:
+        _add_field_flag(p, name)
     p.add_argument("--rho", type=float, help="perturbation radius (method hyperparameter)")
     p.add_argument("--lam", type=float, help="SAMPa interpolation lambda in [0, 1]")
     p.add_argument(
@@ -110,27 +79,39 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="any method hyperparameter, e.g. --hp k=5 (repeatable)",
     )
-    p.add_argument(
-        "--no-download",
-        dest="download",
-        action="store_false",
-        default=None,
-        help="never try to download CIFAR",
-    )
-    p.add_argument("--test-every-epoch", dest="test_every_epoch", action="store_true", default=None)
-    for flag in _BOOL_FLAGS:
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action="store_true", default=None)
     p.set_defaults(handler=_train)
+
+
+def _add_field_flag(p: argparse.ArgumentParser, name: str) -> None:
+    """One flag per RunConfig field: ``--x/--no-x`` for booleans, two numbers for a pair, else a value."""
+    kind, meta = FIELD_TYPES[name], FIELDS[name].metadata
+    flag = f"--{name.replace('_', '-')}"
+    default = getattr(RunConfig(), name)
+    help_text = f"{meta['help']} (default: {default})"
+    if kind is bool:
+        p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif kind in (int, float):
+        p.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+    elif kind in (str, str | None):
+        p.add_argument(flag, dest=name, default=None, help=help_text)
+    else:  # a pair of numbers (betas)
+        p.add_argument(
+            flag, dest=name, type=float, nargs=2, default=None, metavar=("B1", "B2"), help=help_text
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Config file values, overridden by flags, validated."""
+    if not args.out.strip():
+        raise ConfigError(f"--out must name the run's directory (got {args.out!r})")
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
     values |= _parse_settings(args.settings)
-    for name in [*_FIELD_FLAGS, *_BOOL_FLAGS, "download", "test_every_epoch"]:
+    for name in FLAG_FIELDS:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    hparams = dict(values.get("hparams") or {})
+    hparams = values.get("hparams") or {}
+    check_value("hparams", hparams, FIELD_TYPES["hparams"], FIELDS["hparams"].metadata)
+    hparams = dict(hparams)
     hparams |= _parse_hparams(args.hp)
     for key in ("rho", "lam"):
         if getattr(args, key) is not None:
@@ -171,7 +152,10 @@ def _parse_hparams(items: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--hp expects KEY=VALUE (got {item!r})")
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--hp {item!r}: the value is not valid YAML ({err.problem})") from None
     return out
 
 
@@ -240,27 +224,26 @@ def _toy(args: argparse.Namespace) -> int:
 
 
 def _toy_setup(args: argparse.Namespace, cls: type) -> Any:
+    """The toy's settings from the flags, every value checked before anything is written."""
+    from sampa.toy import check_setup
+
     try:
         lams = tuple(float(x) for x in args.lams.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"--lams must be comma-separated numbers (got {args.lams!r})") from None
-    if args.steps < 2:
-        raise ConfigError(f"--steps must be an integer >= 2 (got {args.steps})")
-    if args.lr <= 0:
-        raise ConfigError(f"--lr must be > 0 (got {args.lr})")
-    if args.rho < 0:
-        raise ConfigError(f"--rho must be >= 0 (got {args.rho})")
-    if any(not 0 <= lam <= 1 for lam in lams):
-        raise ConfigError(f"--lams values must be in [0, 1] (got {args.lams!r})")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    return cls(lr=args.lr, decay=args.decay, rho=args.rho, steps=args.steps, lams=lams, seed=args.seed)
+    for flag in ("out", "summary"):
+        path = getattr(args, flag)
+        if path is not None and (not path.strip() or Path(path).is_dir()):
+            raise ConfigError(f"--{flag} must be a file path (got {path!r})")
+    setup = cls(lr=args.lr, decay=args.decay, rho=args.rho, steps=args.steps, lams=lams, seed=args.seed)
+    return check_setup(setup, prefix="--")
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sampa", description="sampa-bench: SAM / SAMPa benchmark suite")
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog="sampa", description="sampa-bench: SAM / SAMPa benchmark suite")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_toy_parser(sub)

@@ -1,74 +1,169 @@
 """One training run's configuration, its defaults (the SAMPa paper's protocol) and its validation.
 
-Validation is cheap (no I/O, no data) and runs before anything is loaded; every error is one line
-naming the bad value and the valid choices (:class:`ConfigError`).
+Each field of :class:`RunConfig` carries its facts as metadata (:func:`setting`): help text, valid
+range or choices, whether it is a *machine* setting (does not change results). From them come the
+command-line flags (``sampa.cli``), the machine keys (``MACHINE_KEYS``) and :func:`validate`: one
+type-driven check per field (booleans are booleans, numbers are finite and in range, paths are
+non-empty strings), then the checks that relate fields. Validation is cheap (no I/O, no data) and
+runs before anything is written; every error is one line naming the key, the value and what is
+valid (:class:`ConfigError`). Importing this module does not import torch (the registries of
+models, datasets and methods are read on first validation).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sampa import io
-from sampa.backends.fastpath import AMP_MODES, COMPILE_MODES, OPTIMIZER_IMPLS, FastPath
-from sampa.data import DATASET_NAMES, check_dataset_args
-from sampa.models import MODEL_NAMES
-from sampa.optim import HyperparameterError, check_method
-from sampa.optim.checks import check_int, check_range
 
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "cosine_iter", "constant")
 BACKENDS = ("single", "fused")  # one device: reference, or independent gradients in one fused pass
 CIFAR_TRAIN_SIZE = 50_000
+SEED_LIMIT = 2**63  # seeds must fit torch's generators and the derived 63-bit streams
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
 
 class ConfigError(ValueError):
     """Invalid run configuration (message: one line)."""
 
 
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    machine: bool = False,
+    flag: bool = True,
+) -> Any:
+    """A :class:`RunConfig` field with its facts: ``choices`` (or a function returning them, for
+    registries), a ``low``/``high`` range (open ends with ``*_open``), ``machine`` (does not change
+    results: set per machine, may differ on restart) and ``flag`` (exposed as a CLI flag)."""
+    meta = {
+        "help": help,
+        "choices": choices,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+        "machine": machine,
+        "flag": flag,
+    }
+    if isinstance(default, dict | list):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _models() -> tuple[str, ...]:
+    from sampa.models import MODEL_NAMES
+
+    return tuple(MODEL_NAMES)
+
+
+def _datasets() -> tuple[str, ...]:
+    from sampa.data import DATASET_NAMES
+
+    return tuple(DATASET_NAMES)
+
+
+def _methods() -> tuple[str, ...]:
+    from sampa.optim import METHOD_NAMES
+
+    return tuple(METHOD_NAMES)
+
+
+def _fast_path_choices(name: str) -> Callable[[], tuple[str, ...]]:
+    def choices() -> tuple[str, ...]:
+        from sampa.backends import fastpath
+
+        return getattr(fastpath, name)
+
+    return choices
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. Defaults follow the SAMPa paper, Section 5.1."""
 
-    model: str = "resnet56"
-    dataset: str = "cifar10"
-    optimizer: str = "sgd"  # method name, see sampa.optim.METHOD_NAMES
-    hparams: dict[str, Any] = field(default_factory=dict)  # method hyperparameters (rho, lam, ...)
-    base_optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-4  # coupled L2 for SGD, decoupled for AdamW
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
-    batch_size: int = 128
-    epochs: int = 200
-    schedule: str = "cosine"  # per-epoch cosine to 0 (official code); cosine_iter: per step; constant
-    label_smoothing: float = 0.1  # 1-s on the true class, s/(C-1) on the others
-    label_noise: float = 0.0  # symmetric noise rate on training labels
-    cutout: int = 0  # Cutout patch size (0 = off; the official code uses 16)
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    devices: int = 1  # 1, or 2k for the pair backend (SAMPa: two groups of k; others: data parallel)
-    backend: str = "single"  # one device: single (reference) | fused (independent gradients in one pass)
+    model: str = setting("resnet56", "network architecture", choices=_models)
+    dataset: str = setting("cifar10", "dataset", choices=_datasets)
+    optimizer: str = setting("sgd", "method name (sampa.optim.METHOD_NAMES)", choices=_methods)
+    hparams: dict[str, Any] = setting({}, "method hyperparameters (rho, lam, ...)", flag=False)  # noqa: RUF009
+    base_optimizer: str = setting("sgd", "base optimizer", choices=BASE_OPTIMIZERS)
+    lr: float = setting(0.1, "peak learning rate", low=0.0, low_open=True)
+    momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0, high_open=True)
+    weight_decay: float = setting(5e-4, "coupled L2 for SGD, decoupled for AdamW", low=0.0)
+    nesterov: bool = setting(False, "Nesterov momentum (SGD)")
+    betas: tuple[float, float] = setting(
+        (0.9, 0.999), "AdamW betas (two numbers)", low=0.0, high=1.0, high_open=True
+    )
+    batch_size: int = setting(128, "training batch size", low=1)
+    epochs: int = setting(200, "training epochs", low=1)
+    schedule: str = setting(
+        "cosine",
+        "per-epoch cosine to 0 (official code); cosine_iter: per step; constant",
+        choices=SCHEDULES,
+    )
+    label_smoothing: float = setting(
+        0.1, "1-s on the true class, s/(C-1) on the others", low=0.0, high=1.0, high_open=True
+    )
+    label_noise: float = setting(
+        0.0, "symmetric noise rate on training labels", low=0.0, high=1.0, high_open=True
+    )
+    cutout: int = setting(0, "Cutout patch size (0 = off; the official code uses 16)", low=0)
+    val_fraction: float = setting(
+        0.1, "share of training samples held out for validation", low=0.0, high=1.0, low_open=True,
+        high_open=True,
+    )  # fmt: skip
+    seed: int = setting(0, "run seed (data order, initialisation, method randomness)", low=0,
+                        high=SEED_LIMIT, high_open=True)  # fmt: skip
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", machine=True)
+    devices: int = setting(
+        1, "1, or 2k for the pair backend (SAMPa: two groups of k; others: data parallel)", low=1
+    )
+    backend: str = setting(
+        "single", "one device: single (reference) | fused (independent gradients in one pass)",
+        choices=BACKENDS,
+    )  # fmt: skip
     # fast path (sampa.backends.fastpath); all off = the fp32 eager reference
-    amp: str = "off"  # off | bf16 (forward passes under bf16 autocast, loss and updates in fp32)
-    channels_last: bool = False  # model and batches in channels_last memory format
-    cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark during the run
-    optimizer_impl: str = "default"  # base optimizer kernels: default (torch's choice) | foreach | fused
-    compile: str = "off"  # torch.compile: off | model (forward/backward) | step (the whole method step)
-    flat_buffers: bool = False  # parameters, points and gradients as one contiguous buffer each
-    dist_timeout_s: float = 300.0  # two devices: a dead or hung rank stops the run after this long
-    data_root: str | None = None  # default: $SAMPA_DATA, then ./data
-    download: bool = True
-    synthetic_train_size: int = 5000
-    synthetic_test_size: int = 1000
-    eval_batch_size: int = 1000
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    test_every_epoch: bool = False  # also evaluate the test set each epoch (for curves)
+    amp: str = setting(
+        "off", "bf16: forward passes under bf16 autocast, loss and updates in fp32",
+        choices=_fast_path_choices("AMP_MODES"),
+    )  # fmt: skip
+    channels_last: bool = setting(False, "model and batches in channels_last memory format")
+    cudnn_benchmark: bool = setting(False, "torch.backends.cudnn.benchmark during the run")
+    optimizer_impl: str = setting(
+        "default", "base optimizer kernels (default: torch's choice)",
+        choices=_fast_path_choices("OPTIMIZER_IMPLS"),
+    )  # fmt: skip
+    compile: str = setting(
+        "off", "torch.compile: model (forward/backward) | step (the whole method step)",
+        choices=_fast_path_choices("COMPILE_MODES"),
+    )  # fmt: skip
+    flat_buffers: bool = setting(False, "parameters, points and gradients as one contiguous buffer each")
+    dist_timeout_s: float = setting(
+        300.0, "two devices: a dead or hung rank stops the run after this long", low=0.0, low_open=True,
+        machine=True,
+    )  # fmt: skip
+    data_root: str | None = setting(None, "dataset directory (default: $SAMPA_DATA, then ./data)",
+                                    machine=True)  # fmt: skip
+    download: bool = setting(True, "download CIFAR when it is missing", machine=True)
+    synthetic_train_size: int = setting(5000, "synthetic datasets: training samples", low=10)
+    synthetic_test_size: int = setting(1000, "synthetic datasets: test samples", low=1)
+    eval_batch_size: int = setting(1000, "evaluation batch size", low=1)
+    threads: int = setting(0, "torch CPU threads (0 = torch's default)", low=0, machine=True)
+    test_every_epoch: bool = setting(False, "also evaluate the test set each epoch (for curves)")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -76,16 +171,20 @@ class RunConfig:
         return out
 
 
-FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig))
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+FIELD_NAMES = tuple(FIELDS)
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
+#: settings that do not change results: set per machine (never by an experiment), may differ on restart
+MACHINE_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["machine"])
 
 
-def config_from_dict(values: dict[str, Any]) -> RunConfig:
+def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
     """Build a config from a mapping (e.g. a YAML file); unknown keys are an error."""
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(FIELD_NAMES)}")
     values = dict(values)
-    if "betas" in values:
+    if isinstance(values.get("betas"), list):
         values["betas"] = tuple(values["betas"])
     if values.get("hparams") is None:
         values["hparams"] = {}
@@ -103,78 +202,125 @@ def train_set_size(cfg: RunConfig) -> int:
     return total - round(total * cfg.val_fraction)
 
 
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check every field; return the config unchanged or raise :class:`ConfigError`."""
-    _choice("model", cfg.model, MODEL_NAMES)
-    _choice("dataset", cfg.dataset, DATASET_NAMES)
-    _choice("base_optimizer", cfg.base_optimizer, BASE_OPTIMIZERS)
-    _choice("schedule", cfg.schedule, SCHEDULES)
-    try:
-        check_method(cfg.optimizer, cfg.hparams)
-        check_dataset_args(cfg.dataset, cfg.val_fraction, cfg.label_noise)
-    except (HyperparameterError, ValueError) as err:
-        raise ConfigError(str(err)) from None
-    _number("lr", cfg.lr, low=0.0, low_open=True)
-    _number("momentum", cfg.momentum, low=0.0, high=1.0, high_open=True)
-    _number("weight_decay", cfg.weight_decay, low=0.0)
-    _number("label_smoothing", cfg.label_smoothing, low=0.0, high=1.0, high_open=True)
-    for i, beta in enumerate(cfg.betas):
-        _number(f"betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
-    _integer("epochs", cfg.epochs, low=1)
-    _integer("batch_size", cfg.batch_size, low=1)
-    _integer("cutout", cfg.cutout, low=0)
-    _integer("seed", cfg.seed, low=0)
-    _integer("synthetic_train_size", cfg.synthetic_train_size, low=10)
-    _integer("synthetic_test_size", cfg.synthetic_test_size, low=1)
-    _integer("eval_batch_size", cfg.eval_batch_size, low=1)
-    _integer("threads", cfg.threads, low=0)
-    if type(cfg.devices) is not int or cfg.devices < 1 or (cfg.devices % 2 and cfg.devices != 1):
-        raise ConfigError(f"devices must be 1 or an even number (2, 4, 8, ...) (got {cfg.devices!r})")
-    _check_fast_path(cfg)
-    _number("dist_timeout_s", cfg.dist_timeout_s, low=0.0, low_open=True)
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
-        raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N (got {cfg.device!r})")
-    n_train = train_set_size(cfg)
-    if cfg.batch_size > n_train:
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} is larger than the training set "
-            f"({n_train} samples of {cfg.dataset})"
-        )
+    """Check every field by its type and metadata, then the relations between fields; return the
+    config unchanged or raise :class:`ConfigError`."""
+    for name, f in FIELDS.items():
+        check_value(name, getattr(cfg, name), FIELD_TYPES[name], f.metadata)
+    _check_relations(cfg)
     return cfg
 
 
-def _check_fast_path(cfg: RunConfig) -> None:
-    _choice("backend", cfg.backend, BACKENDS)
+def check_value(name: str, value: Any, kind: Any, meta: Mapping[str, Any]) -> None:
+    """One field: its type first (bool, int, finite float, string, optional path, pair, mapping),
+    then its choices or range."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false (got {value!r})")
+    elif kind is int:
+        _check_int(name, value, meta)
+    elif kind is float:
+        _check_float(name, value, meta)
+    elif kind is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name} must be a non-empty string (got {value!r})")
+    elif kind == str | None:
+        if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+            raise ConfigError(f"{name} must be a path (a non-empty string) or null (got {value!r})")
+    elif typing.get_origin(kind) is tuple:
+        _check_numbers(name, value, typing.get_args(kind), meta)
+    elif typing.get_origin(kind) is dict and not _is_mapping(value):
+        raise ConfigError(f"{name} must be a mapping of names to values (got {value!r})")
+    choices = meta.get("choices")
+    if choices is not None:
+        valid = tuple(choices() if callable(choices) else choices)
+        if value not in valid:
+            raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, valid))}")
+
+
+def _check_int(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    low, high = meta.get("low"), meta.get("high")
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        raise ConfigError(f"{name} must be an integer >= {low} (got {value!r})")
+    if high is not None and (value >= high if meta.get("high_open") else value > high):
+        end = ")" if meta.get("high_open") else "]"
+        raise ConfigError(f"{name} must be an integer in [{low}, {high}{end} (got {value!r})")
+
+
+def _check_float(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number (got {value!r})")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number (got {value!r})")
+    low = -math.inf if meta.get("low") is None else meta["low"]
+    high = math.inf if meta.get("high") is None else meta["high"]
+    too_low = value <= low if meta.get("low_open") else value < low
+    too_high = value >= high if meta.get("high_open") else value > high
+    if too_low or too_high:
+        lo, hi = "(" if meta.get("low_open") else "[", ")" if meta.get("high_open") else "]"
+        raise ConfigError(f"{name} must be in {lo}{_fmt(low)}, {_fmt(high)}{hi} (got {value!r})")
+
+
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+
+
+def _check_numbers(name: str, value: Any, items: tuple[Any, ...], meta: Mapping[str, Any]) -> None:
+    """A tuple of numbers: a fixed count (``tuple[float, float]``) or one or more (``tuple[float, ...]``)."""
+    variadic = items[-1] is Ellipsis
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        wrong = True
+    else:
+        wrong = len(value) < 1 if variadic else len(value) != len(items)
+    if wrong:
+        what = "one or more numbers" if variadic else f"{len(items)} numbers"
+        raise ConfigError(f"{name} must be {what} (got {value!r})")
+    for i, item in enumerate(value):
+        _check_float(f"{name}[{i}]", item, meta)
+
+
+def _fmt(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:g}"
+
+
+def _check_relations(cfg: RunConfig) -> None:
+    """Checks that involve several fields, the method's hyperparameters or the data's size."""
+    from sampa.backends.fastpath import FastPath
+    from sampa.optim import HyperparameterError, check_method
+
+    for key, value in cfg.hparams.items():  # written to config.json: JSON numbers are finite
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"hparams.{key} must be a finite number (got {value!r})")
+    try:
+        check_method(cfg.optimizer, dict(cfg.hparams))
+    except HyperparameterError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.devices % 2 and cfg.devices != 1:
+        raise ConfigError(f"devices must be 1 or an even number (2, 4, 8, ...) (got {cfg.devices!r})")
+    if not re.fullmatch(DEVICE_PATTERN, cfg.device):
+        raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N (got {cfg.device!r})")
+    if cfg.device.startswith("cuda") and cfg.devices == 1:  # two devices: the launcher counts them
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {cfg.device!r}: CUDA is not available here; use --device cpu or auto")
     if cfg.backend == "fused" and cfg.devices != 1:
         raise ConfigError(f"backend 'fused' runs on one device; devices must be 1 (got {cfg.devices})")
-    _choice("amp", cfg.amp, AMP_MODES)
-    _choice("compile", cfg.compile, COMPILE_MODES)
     if cfg.compile == "step" and cfg.devices != 1:
         raise ConfigError(f"compile 'step' runs on one device; devices must be 1 (got {cfg.devices})")
-    _choice("optimizer_impl", cfg.optimizer_impl, OPTIMIZER_IMPLS)
-    for name in ("channels_last", "cudnn_benchmark", "flat_buffers"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ConfigError(f"{name} must be true or false (got {getattr(cfg, name)!r})")
     try:
         FastPath(compile=cfg.compile)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-
-def _choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, choices))}")
-
-
-def _number(name: str, value: Any, **bounds: Any) -> None:
-    try:
-        check_range(name, value, **bounds)
-    except HyperparameterError as err:
-        raise ConfigError(str(err)) from None
-
-
-def _integer(name: str, value: Any, *, low: int) -> None:
-    try:
-        check_int(name, value, low)
-    except HyperparameterError as err:
-        raise ConfigError(str(err)) from None
+    n_train = train_set_size(cfg)
+    if n_train < 1 or cfg.batch_size > n_train:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is larger than the training set "
+            f"({n_train} samples of {cfg.dataset})"
+        )

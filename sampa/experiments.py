@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sampa.config import MACHINE_KEYS  # set per machine, never by an experiment (RunConfig's metadata)
+
 if TYPE_CHECKING:
     from sampa.config import RunConfig
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-#: set per machine by the workflow, never by an experiment (they do not change results)
-MACHINE_KEYS = ("device", "threads", "data_root", "download", "dist_timeout_s")
 #: given by arms and seeds, not by ``run`` mappings
 RESERVED_KEYS = ("optimizer", "hparams", "seed")
 #: the first path levels of a run directory (the remaining settings form the last levels)

@@ -1,4 +1,9 @@
-"""Atomic file output: write to a temporary file in the same directory, then rename."""
+"""Atomic file output: write to a temporary file in the same directory, then rename.
+
+A failed write (permission, no space, not a directory) raises ``OSError`` carrying the path of the
+file it was writing; its temporary file is removed. A process killed mid-write leaves the temporary
+file (``.<name>.<random>.tmp``) behind: :func:`stale_temp_files` finds them for cleanup.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sampa.faults import kill_point
+
 if TYPE_CHECKING:
     import torch
+
+
+TEMP_SUFFIX = ".tmp"
 
 
 def _umask() -> int:
@@ -20,18 +30,33 @@ def _umask() -> int:
 
 
 def _atomic(path: Path, write: Any, mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(err.filename or path)) from None
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        kill_point(f"write:{path.name}")
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Temporary files of interrupted atomic writes in ``directory`` (none if it does not exist)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob(f".*{TEMP_SUFFIX}") if p.is_file())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -55,10 +80,17 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically ``torch.save`` (tensors, numbers, strings, lists and dicts only)."""
+    """Atomically ``torch.save`` (tensors, numbers, strings, lists and dicts only).
+
+    Serialised in memory first, so a failed write is the plain ``OSError`` (e.g. "No space left on
+    device") rather than torch's "unexpected pos" from inside its zip writer."""
+    import io as stdio
+
     import torch  # here, not at the top: the presentation commands write files without torch
 
-    _atomic(Path(path), lambda h: torch.save(obj, h), "wb")
+    buffer = stdio.BytesIO()
+    torch.save(obj, buffer)
+    _atomic(Path(path), lambda h: h.write(buffer.getbuffer()), "wb")
 
 
 def load_torch(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
@@ -82,6 +114,8 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception]
         data = yaml.safe_load(Path(path).read_text())
     except OSError as err:
         raise error(f"cannot read {what} {str(path)!r}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         raise error(f"{what} {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

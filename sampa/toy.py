@@ -15,28 +15,31 @@ of x). A method counts as converged when its mean distance over the last 10% of 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import statistics
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from sampa.config import SEED_LIMIT, check_value, setting
 from sampa.optim import build_method
 
 
 @dataclass(frozen=True)
 class ToySetup:
-    """Figure 1 settings."""
+    """Figure 1 settings (checked by :func:`check_setup`, with the run config's mechanism)."""
 
-    x0: tuple[float, ...] = (1.0, 1.0)
-    lr: float = 0.1  # eta_0
-    decay: float = 0.6  # eta_t = eta_0 / (1 + t)^decay
-    rho: float = 0.1
-    steps: int = 2000
-    lams: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0)
-    seed: int = 0
+    x0: tuple[float, ...] = setting((1.0, 1.0), "starting point")
+    lr: float = setting(0.1, "eta_0; eta_t = eta_0/(1+t)^decay", low=0.0, low_open=True)
+    decay: float = setting(0.6, "step-size decay exponent", low=0.0)
+    rho: float = setting(0.1, "perturbation radius", low=0.0)
+    steps: int = setting(2000, "optimisation steps", low=2)
+    lams: tuple[float, ...] = setting((0.0, 0.2, 0.5, 1.0), "SAMPa lambdas", low=0.0, high=1.0)
+    seed: int = setting(0, "RandSAM's seed", low=0, high=SEED_LIMIT, high_open=True)
 
     def lr_at(self, t: int) -> float:
         return self.lr / (1 + t) ** self.decay
@@ -44,6 +47,14 @@ class ToySetup:
     def threshold(self) -> float:
         """Converged = tail-mean distance <= 4 eta_T rho (the order of SAM's limit cycle)."""
         return 4 * self.lr_at(self.steps - 1) * self.rho
+
+
+def check_setup(setup: ToySetup, prefix: str = "") -> ToySetup:
+    """Every field by its type and range (``ConfigError`` naming ``prefix + field``)."""
+    hints = typing.get_type_hints(ToySetup)
+    for f in dataclasses.fields(ToySetup):
+        check_value(prefix + f.name, getattr(setup, f.name), hints[f.name], f.metadata)
+    return setup
 
 
 class _Point(nn.Module):

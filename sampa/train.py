@@ -1,78 +1,106 @@
-"""The training engine: one run = one directory; method-agnostic (methods come from ``sampa.optim``).
+"""The training engine: one run = one directory (:mod:`sampa.rundir`); method-agnostic (methods come
+from ``sampa.optim``).
 
-Run directory (deterministic names, no timestamps):
-
-* ``config.json``     the resolved configuration (written first; a restart must match it)
-* ``log.jsonl``       one line per finished epoch (rewritten atomically from the checkpoint)
-* ``checkpoint.pt``   model + method + engine state after the last finished epoch (atomic; removed
-                      when the run completes)
-* ``best.pt``         model weights of the best validation epoch (atomic)
-* ``metrics.json``    final results + provenance, written atomically last: its presence means
-                      "complete" (or ``"diverged": true``); an interrupted run never has it.
-
-Restarting the same command resumes from ``checkpoint.pt`` and ends with the same results as an
-uninterrupted run (deterministic data order, RNG states in the checkpoint).
+:meth:`_Run.execute` is the paper's protocol (Section 5.1) read top to bottom: train an epoch, stop if
+the loss is not finite, evaluate on the validation split, record the epoch (best-validation weights,
+log, checkpoint), and at the end report the test accuracy of the best-validation weights. Restarting
+the same command resumes from the checkpoint and ends with the same results as an uninterrupted run
+(deterministic data order, RNG states in the checkpoint); see :mod:`sampa.rundir` for what is on
+disk at every moment.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import dataclasses
 import math
 import os
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sampa import io
 from sampa.backends import Backend
 from sampa.backends.fastpath import FastPath, optimizer_kwargs
 from sampa.backends.fused import FusedSingleDevice
 from sampa.backends.single import SingleDevice, resolve_device
-from sampa.config import RunConfig, validate
+from sampa.config import MACHINE_KEYS, RunConfig, train_set_size, validate
 from sampa.data import Augment, Dataset, eval_batches, load_dataset, num_batches, train_batches
+from sampa.faults import kill_point
 from sampa.losses import make_loss
 from sampa.metrics import MemoryMonitor, Stopwatch, provenance
 from sampa.models import build_model
 from sampa.optim import Method, StepRecord, build_method
+from sampa.rundir import DamagedFileError, RunDir, RunError, os_error_message
+
+__all__ = ["DamagedFileError", "EngineState", "RunError", "evaluate", "lr_at", "train"]
 
 #: config keys that do not change results; a restart may change them
-NON_RESULT_KEYS = frozenset({"device", "threads", "data_root", "download", "dist_timeout_s"})
-
-
-class RunError(RuntimeError):
-    """A run cannot start or continue (message: one line)."""
-
-
-class RunPaths:
-    """The files of one run directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.config = root / "config.json"
-        self.log = root / "log.jsonl"
-        self.checkpoint = root / "checkpoint.pt"
-        self.best = root / "best.pt"
-        self.metrics = root / "metrics.json"
-        self.lock = root / ".lock"
+NON_RESULT_KEYS = frozenset(MACHINE_KEYS)
+#: what a checkpoint holds
+CHECKPOINT_KEYS = ("model", "method", "torch_rng", "engine")
 
 
 @dataclass
 class EngineState:
-    """What the engine carries between epochs (saved in the checkpoint)."""
+    """What the engine carries between epochs (saved in the checkpoint as one mapping)."""
 
     epoch: int = 0  # epochs finished
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one log row per finished epoch
     best_val_acc: float = -1.0
     best_epoch: int = 0
-    memory: dict[str, Any] | None = None
+    memory: dict[str, Any] | list[dict[str, Any]] | None = None  # per process once gathered
     resumes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], rank: int) -> EngineState:
+        """The state saved by :meth:`to_dict`; ``rank`` picks this process's memory report."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(values) != names:
+            raise ValueError(f"engine state keys {sorted(values)} are not {sorted(names)}")
+        state = cls(**values)
+        if isinstance(state.memory, list):
+            state.memory = state.memory[rank]
+        return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning rate: a pure function of the config, the epoch and the step within it
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+#: schedule -> (factor of the peak lr at a progress in [0, 1], stepped every iteration?)
+SCHEDULE_FACTORS: dict[str, tuple[Callable[[float], float], bool]] = {
+    "constant": (lambda _progress: 1.0, False),
+    "cosine": (_cosine, False),  # stepped once per epoch, as CosineAnnealingLR(T_max=epochs)
+    "cosine_iter": (_cosine, True),
+}
+
+
+def steps_per_epoch(cfg: RunConfig) -> int:
+    """Training steps per epoch (the last partial batch is kept); no data is read."""
+    return num_batches(train_set_size(cfg), cfg.batch_size)
+
+
+def lr_at(cfg: RunConfig, epoch: int, step: int) -> float:
+    """The learning rate of step ``step`` (0-based) of epoch ``epoch`` (0-based)."""
+    factor, per_step = SCHEDULE_FACTORS[cfg.schedule]
+    if per_step:
+        n = steps_per_epoch(cfg)
+        progress = (epoch * n + step) / (cfg.epochs * n)
+    else:
+        progress = epoch / cfg.epochs
+    return cfg.lr * factor(progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,39 +118,36 @@ def train(
     """Train one run into ``out_dir``; return the metrics (None if stopped early by ``stop_after``).
 
     ``stop_after`` ends this invocation after that many epochs (as an interruption would), leaving a
-    resumable checkpoint; the same call later continues the run.
+    resumable checkpoint; the same call later continues the run. Bad values, a damaged run file or a
+    failed write raise a one-line ``ConfigError``/``RunError`` (``DamagedFileError`` for a file).
     """
     validate(cfg)
-    paths = RunPaths(Path(out_dir))
-    _check_same_run(paths, cfg)
-    if paths.metrics.exists():
-        return io.read_json(paths.metrics)
-    if backend is None:
-        backend = single_device_backend(cfg)
-    with _exclusive(paths, backend.is_writer):
-        if backend.is_writer and not paths.config.exists():
-            io.write_json(paths.config, cfg.to_dict())
-        return _Run(cfg, paths, backend, log_progress).execute(stop_after)
-
-
-@contextlib.contextmanager
-def _exclusive(paths: RunPaths, is_writer: bool) -> Iterator[None]:
-    """Hold a lock on the run directory so two processes never write the same run."""
-    if not is_writer:
-        yield
-        return
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.lock, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"another process is already training into {paths.root}") from None
-        yield
+    run_dir = RunDir(out_dir)
+    try:
+        run_dir.check_same_run(cfg.to_dict(), RunConfig().to_dict(), MACHINE_KEYS)
+        finished = run_dir.finished_metrics()
+        is_writer = backend.is_writer if backend is not None else True
+        if finished is not None:
+            if is_writer:
+                run_dir.tidy()  # a kill after metrics.json may have left the checkpoint
+            return finished
+        if backend is None:
+            backend = single_device_backend(cfg)
+        lock = run_dir.exclusive() if is_writer else contextlib.nullcontext()
+        with lock:
+            if is_writer:
+                run_dir.begin(cfg.to_dict())
+            return _Run(cfg, run_dir, backend, log_progress).execute(stop_after)
+    except OSError as err:
+        raise RunError(os_error_message(err)) from None
 
 
 def single_device_backend(cfg: RunConfig) -> Backend:
     """The one-device backend ``cfg.backend`` names: the reference, or the fused one."""
-    device = resolve_device(cfg.device)
+    try:
+        device = resolve_device(cfg.device)
+    except RuntimeError as err:  # e.g. --device cuda without CUDA
+        raise RunError(str(err)) from None
     return FusedSingleDevice(device) if cfg.backend == "fused" else SingleDevice(device)
 
 
@@ -137,37 +162,22 @@ def fast_path(cfg: RunConfig) -> FastPath:
     )
 
 
-def _check_same_run(paths: RunPaths, cfg: RunConfig) -> None:
-    """An existing run directory must describe the same run (settings that change results)."""
-    if not paths.config.exists():
-        return
-    # keys added since the directory was written mean their defaults (e.g. backend "single")
-    existing, wanted = RunConfig().to_dict() | io.read_json(paths.config), cfg.to_dict()
-    diff = sorted(
-        k
-        for k in set(existing) | set(wanted)
-        if k not in NON_RESULT_KEYS and existing.get(k) != wanted.get(k)
-    )
-    if diff:
-        key = diff[0]
-        raise RunError(
-            f"{paths.root} holds a different run ({key}: {existing.get(key)!r} there, "
-            f"{wanted.get(key)!r} now); use another output directory or delete it"
-        )
-
-
 # ----------------------------------------------------------------------------------------------
 # One run
 
 
 class _Run:
-    def __init__(self, cfg: RunConfig, paths: RunPaths, backend: Backend, log_progress: bool) -> None:
-        self.cfg, self.paths, self.backend = cfg, paths, backend
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, backend: Backend, log_progress: bool) -> None:
+        self.cfg, self.run_dir, self.backend = cfg, run_dir, backend
         self.device = backend.device
         self.log_progress = log_progress and backend.is_writer
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = self._load_data()
+        self.steps_per_epoch = num_batches(len(self.data.train), cfg.batch_size)
+        if self.steps_per_epoch != steps_per_epoch(cfg):  # lr_at counts steps from the config alone
+            raise RunError(f"{cfg.dataset} has {len(self.data.train)} training samples, not the expected "
+                           f"{train_set_size(cfg)}")  # fmt: skip
         self.fast = fast_path(cfg)
         torch.manual_seed(cfg.seed)  # model initialisation
         model = build_model(cfg.model, self.data.num_classes).to(self.device)
@@ -182,7 +192,6 @@ class _Run:
             **cfg.hparams,
         )
         self.augment = Augment(cutout=cfg.cutout)
-        self.steps_per_epoch = num_batches(len(self.data.train), cfg.batch_size)
         self.step = self.fast.prepare_method(self.method)  # method.step, or its compiled form
         self.state = self._resume_or_start()  # after prepare_method: flat buffers must exist first
         self.memory = MemoryMonitor([self.device])
@@ -202,47 +211,57 @@ class _Run:
         )
 
     def _resume_or_start(self) -> EngineState:
-        if not self.paths.checkpoint.exists():
+        ckpt = self.run_dir.load_checkpoint(self.device, CHECKPOINT_KEYS)
+        if ckpt is None:
             return EngineState()
-        ckpt = io.load_torch(self.paths.checkpoint, self.device)
-        self.model.load_state_dict(ckpt["model"])
-        self.method.load_state_dict(ckpt["method"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        engine = dict(ckpt["engine"])
-        if isinstance(engine["memory"], list):  # one report per process
-            engine["memory"] = engine["memory"][self.backend.rank]
-        state = EngineState(**engine)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.method.load_state_dict(ckpt["method"])
+            torch.set_rng_state(ckpt["torch_rng"].cpu())
+            state = EngineState.from_dict(ckpt["engine"], self.backend.rank)
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise self.run_dir.damaged(self.run_dir.checkpoint, str(err).splitlines()[0][:100]) from None
         state.resumes += 1
+        if self.backend.is_writer:
+            self.run_dir.write_log(state.history)  # a kill between log and checkpoint: log = checkpoint
         if self.log_progress:
             print(
-                f"[{self.paths.root}] resuming after epoch {state.epoch}/{self.cfg.epochs}", file=sys.stderr
+                f"[{self.run_dir.root}] resuming after epoch {state.epoch}/{self.cfg.epochs}", file=sys.stderr
             )
         return state
 
-    # -- main loop --------------------------------------------------------------------------
+    # -- the protocol ---------------------------------------------------------------------------
 
     def execute(self, stop_after: int | None) -> dict[str, Any] | None:
+        """Train epoch by epoch from wherever the run stands; the metrics, or None if stopped early."""
+        cfg, state = self.cfg, self.state
+        epochs_run = 0
         self.memory.start()
         try:
             with self.fast.session():
-                return self._train_epochs(stop_after)
+                while state.epoch < cfg.epochs:
+                    epoch = state.epoch  # 0-based: the epoch about to run
+                    # 1. one pass over the training split (timed and synchronised; evaluation excluded)
+                    row = self._train_epoch(epoch)
+                    # 2. a non-finite training loss ends the run as diverged: its model is not evaluated
+                    row["diverged"] = not math.isfinite(row["train_loss"])
+                    # 3. validation accuracy after the epoch (and test accuracy, for curves)
+                    if not row["diverged"]:
+                        row |= self._evaluate_epoch(epoch + 1)
+                    # 4. record: history, best-validation weights, log line, checkpoint
+                    self._record_epoch(row)
+                    epochs_run += 1
+                    if row["diverged"]:
+                        break
+                    # 5. an interruption may end this process here; the same command resumes
+                    if stop_after is not None and epochs_run >= stop_after and state.epoch < cfg.epochs:
+                        return None
+                # 6. final numbers: the last model on val/test, the best-validation weights on test
+                return self._finish()
         finally:
             self.memory.stop()
 
-    def _train_epochs(self, stop_after: int | None) -> dict[str, Any] | None:
-        epochs_run = 0
-        while self.state.epoch < self.cfg.epochs:
-            row = self._epoch(self.state.epoch)
-            self._finish_epoch(row)
-            epochs_run += 1
-            if row["diverged"]:
-                return self._finish_run(diverged_epoch=row["epoch"])
-            if stop_after is not None and epochs_run >= stop_after and self.state.epoch < self.cfg.epochs:
-                return None
-        return self._finish_run(diverged_epoch=None)
-
-    def _epoch(self, epoch: int) -> dict[str, Any]:
-        """Train one epoch (timed, synchronised, evaluation excluded), then evaluate."""
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
         totals = _EpochTotals(self.method.trace_keys)
         self.backend.stats()  # reset backend counters
@@ -261,17 +280,21 @@ class _Run:
                 self._set_lr(epoch, step)
                 inputs = self.fast.prepare_batch(inputs)
                 totals.add(self.step(*self.backend.shard(inputs, targets, indices)))
-        row = {
+                if step == 0:
+                    kill_point(f"epoch{epoch + 1}:step")
+        return {
             "epoch": epoch + 1,
-            "lr": self._lr(epoch, 0),
+            "lr": lr_at(self.cfg, epoch, 0),
             **totals.summary(self.backend.sum_over_replicas),
             "epoch_time_s": watch.seconds,
             **{f"backend_{k}": v for k, v in self.backend.stats().items()},
         }
-        row["diverged"] = not math.isfinite(row["train_loss"])
-        if not row["diverged"]:
-            row.update(self._evaluate_epoch(epoch + 1))
-        return row
+
+    def _set_lr(self, epoch: int, step: int) -> None:
+        if step == 0 or SCHEDULE_FACTORS[self.cfg.schedule][1]:
+            lr = lr_at(self.cfg, epoch, step)
+            for group in self.method.base_optimizer.param_groups:
+                group["lr"] = lr
 
     def _evaluate_epoch(self, epoch: int) -> dict[str, Any]:
         watch = Stopwatch(self.device)
@@ -284,48 +307,40 @@ class _Run:
         out["eval_time_s"] = watch.seconds
         return out
 
-    def _finish_epoch(self, row: dict[str, Any]) -> None:
+    def _record_epoch(self, row: dict[str, Any]) -> None:
         state = self.state
         state.epoch += 1
-        state.history.append(row)
+        state.history.append(_json_safe(row))
         improved = not row["diverged"] and row["val_acc"] > state.best_val_acc
         if improved:
             state.best_val_acc, state.best_epoch = row["val_acc"], row["epoch"]
         state.memory = self.memory.report(state.memory)
         memory_per_process = self.backend.gather(state.memory)
         if self.backend.is_writer:
-            if improved:
-                io.save_torch(self.paths.best, self.model.state_dict())
-            io.save_torch(self.paths.checkpoint, self._checkpoint(memory_per_process))
-            io.write_jsonl(self.paths.log, [_json_safe(r) for r in state.history])
+            checkpoint = {
+                "model": self.model.state_dict(),
+                "method": self.method.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "engine": dataclasses.replace(
+                    state,
+                    memory=memory_per_process[0] if len(memory_per_process) == 1 else memory_per_process,
+                ).to_dict(),
+            }
+            best = self.model.state_dict() if improved else None
+            self.run_dir.save_epoch(state.epoch, state.history, checkpoint, best)
         if self.log_progress:
             print(_progress_line(self.cfg, row, state), file=sys.stderr, flush=True)
 
-    def _checkpoint(self, memory_per_process: list[dict[str, Any]]) -> dict[str, Any]:
-        s = self.state
-        return {
-            "model": self.model.state_dict(),
-            "method": self.method.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "engine": {
-                "epoch": s.epoch,
-                "history": [_json_safe(r) for r in s.history],
-                "best_val_acc": s.best_val_acc,
-                "best_epoch": s.best_epoch,
-                "memory": memory_per_process[0] if len(memory_per_process) == 1 else memory_per_process,
-                "resumes": s.resumes,
-            },
-        }
-
-    def _finish_run(self, diverged_epoch: int | None) -> dict[str, Any]:
+    def _finish(self) -> dict[str, Any]:
         memory = self._gathered_memory()  # every process: also waits until best.pt is written
-        self.backend.before_eval(self.model)
-        final_val = evaluate(self.model, self.data, "val", self.cfg.eval_batch_size)
-        final_test = evaluate(self.model, self.data, "test", self.cfg.eval_batch_size)
-        best_test = self._best_checkpoint_test()
-        metrics = build_metrics(
-            self.cfg, self.state, final_val, final_test, best_test, diverged_epoch, self.steps_per_epoch
-        )
+        final_val = final_test = best_test = None
+        if not self.state.history[-1]["diverged"]:
+            self.backend.before_eval(self.model)
+            kill_point("final:eval")
+            final_val = evaluate(self.model, self.data, "val", self.cfg.eval_batch_size)
+            final_test = evaluate(self.model, self.data, "test", self.cfg.eval_batch_size)
+            best_test = self._best_checkpoint_test()
+        metrics = build_metrics(self.cfg, self.state, final_val, final_test, best_test, self.steps_per_epoch)
         metrics["provenance"] = provenance([self.device]) | {"resumes": self.state.resumes}
         metrics["backend"] = {
             "name": type(self.backend).__name__,
@@ -335,16 +350,16 @@ class _Run:
             **_backend_time(self.state.history, metrics["time"]["train_total_s"]),
         }
         metrics["memory"] = memory
+        metrics = _json_safe(metrics)
         if self.backend.is_writer:
-            io.write_json(self.paths.metrics, _json_safe(metrics))
-            self.paths.checkpoint.unlink(missing_ok=True)
+            self.run_dir.finish(self.state.history, metrics)
         return metrics
 
     def _best_checkpoint_test(self) -> dict[str, float] | None:
-        if self.state.best_epoch == 0 or not self.paths.best.exists():
+        if self.state.best_epoch == 0 or not self.run_dir.best.exists():
             return None
         best_model = build_model(self.cfg.model, self.data.num_classes).to(self.device)
-        best_model.load_state_dict(io.load_torch(self.paths.best, self.device))
+        best_model.load_state_dict(self.run_dir.load_best(self.device))
         return evaluate(best_model, self.data, "test", self.cfg.eval_batch_size)
 
     def _gathered_memory(self) -> dict[str, Any]:
@@ -352,24 +367,6 @@ class _Run:
         if len(reports) == 1:
             return reports[0]
         return {"per_rank": reports}
-
-    # -- learning rate ------------------------------------------------------------------------
-
-    def _lr(self, epoch: int, step: int) -> float:
-        cfg = self.cfg
-        if cfg.schedule == "constant":
-            return cfg.lr
-        if cfg.schedule == "cosine":  # stepped once per epoch, as CosineAnnealingLR(T_max=epochs)
-            progress = epoch / cfg.epochs
-        else:  # cosine_iter: stepped every iteration
-            progress = (epoch * self.steps_per_epoch + step) / (cfg.epochs * self.steps_per_epoch)
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
-
-    def _set_lr(self, epoch: int, step: int) -> None:
-        if step == 0 or self.cfg.schedule == "cosine_iter":
-            lr = self._lr(epoch, step)
-            for group in self.method.base_optimizer.param_groups:
-                group["lr"] = lr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,33 +454,38 @@ class _EpochTotals:
 def build_metrics(
     cfg: RunConfig,
     state: EngineState,
-    final_val: dict[str, float],
-    final_test: dict[str, float],
+    final_val: dict[str, float] | None,
+    final_test: dict[str, float] | None,
     best_test: dict[str, float] | None,
-    diverged_epoch: int | None,
     steps_per_epoch: int,
 ) -> dict[str, Any]:
-    """The final ``metrics.json`` content (before provenance/memory are attached)."""
+    """The final ``metrics.json`` content (before provenance/backend/memory are attached). A diverged
+    run (its last epoch's loss not finite) has status, epochs and times, and null results."""
     rows = state.history
+    diverged = bool(rows[-1]["diverged"])
     times = [r["epoch_time_s"] for r in rows]
     steady = times[1:] if len(times) > 1 else times
-    last = rows[-1]
-    return {
-        "status": "diverged" if diverged_epoch is not None else "complete",
-        "diverged": diverged_epoch is not None,
-        "diverged_epoch": diverged_epoch,
-        "epochs": cfg.epochs,
-        "epochs_completed": state.epoch,
+    results = {
         "best_epoch": state.best_epoch or None,
         "best_val_acc": state.best_val_acc if state.best_epoch else None,
-        "test_acc": best_test["acc"] if best_test else None,  # the paper's number: best-validation checkpoint
+        "test_acc": best_test["acc"] if best_test else None,  # the paper's number: best-validation weights
         "test_loss": best_test["loss"] if best_test else None,
-        "final_val_acc": final_val["acc"],
-        "final_val_loss": final_val["loss"],
-        "final_test_acc": final_test["acc"],
-        "final_test_loss": final_test["loss"],
-        "final_train_loss": last["train_loss"],
-        "final_train_acc": last["train_acc"],
+        "final_val_acc": final_val["acc"] if final_val else None,
+        "final_val_loss": final_val["loss"] if final_val else None,
+        "final_test_acc": final_test["acc"] if final_test else None,
+        "final_test_loss": final_test["loss"] if final_test else None,
+        "final_train_loss": rows[-1]["train_loss"],
+        "final_train_acc": rows[-1]["train_acc"],
+    }
+    if diverged:
+        results = dict.fromkeys(results)
+    return {
+        "status": "diverged" if diverged else "complete",
+        "diverged": diverged,
+        "diverged_epoch": rows[-1]["epoch"] if diverged else None,
+        "epochs": cfg.epochs,
+        "epochs_completed": state.epoch,
+        **results,
         "time": {
             "first_epoch_s": times[0],
             "epoch_median_s": statistics.median(steady),

@@ -136,4 +136,4 @@ def test_toy_command_writes_trajectories(tmp_path, capsys):
     assert len(lines) == 1 + 5 * 51  # SAM, RandSAM, OptSAM, SAMPa-0, SAMPa-0.2; steps 0..50
     assert "SAMPa-0.2" in summary.read_text()
     assert main(["toy", "--out", str(out), "--lams", "0,1.5"]) == 2
-    assert "--lams values must be in [0, 1]" in capsys.readouterr().err
+    assert "--lams[1] must be in [0, 1] (got 1.5)" in capsys.readouterr().err

@@ -156,6 +156,11 @@ def test_divergence_is_a_result_not_a_traceback(tmp_path):
     assert metrics["diverged"] and on_disk["diverged"] and on_disk["status"] == "diverged"
     assert on_disk["diverged_epoch"] == on_disk["epochs_completed"] <= 3
     assert on_disk["final_train_loss"] is None  # non-finite values become null in JSON
+    # no numbers of a non-finite model: every result is null, in the file and in what train returns
+    from sampa.rundir import RESULT_KEYS
+
+    assert all(on_disk[k] is None and metrics[k] is None for k in RESULT_KEYS)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_finished_run_is_not_retrained(tmp_path):

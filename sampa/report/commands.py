@@ -11,18 +11,35 @@ import argparse
 import json
 import os
 import sys
+import typing
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 DEFAULT_RUNS_ROOT = "results/runs"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``prog: error: message``, exit 2); the usage
+    block is shown by ``--help`` only. Its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_command(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        """Parse; unknown arguments are reported by the subcommand they were given to."""
+        args, unknown = self.parse_known_args(argv)
+        if unknown:
+            self.exit(2, f"{self.prog} {args.command}: error: unrecognized arguments: {' '.join(unknown)}\n")
+        return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """The presentation commands alone (``python -m sampa aggregate`` starts here, without torch)."""
-    parser = argparse.ArgumentParser(prog="sampa", description="sampa-bench presentation commands")
+    parser = OneLineParser(prog="sampa", description="sampa-bench presentation commands")
     add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = parser.parse_command(argv)
     return args.handler(args)
 
 
@@ -44,10 +61,10 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     from sampa.experiments import PlanError, check_schema, load_config, resolve
 
     if args.spec:
-        try:
-            return json.loads(args.spec)
-        except json.JSONDecodeError as err:
-            raise PlanError(f"--spec is not valid JSON: {err.msg} (column {err.colno})") from None
+        spec = _json_mapping(args.spec, "--spec")
+        if not isinstance(spec.get("kind"), str) or not isinstance(spec.get("id"), str):
+            raise PlanError("--spec must be a resolved experiment (a JSON object with 'id' and 'kind')")
+        return spec
     if not (args.config and args.experiment):
         raise PlanError("give --spec, or --config and --experiment")
     config = load_config(args.config)
@@ -61,12 +78,67 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(command: str, handler: Any, args: argparse.Namespace) -> int:
     try:
+        _check_outputs(args)
         return handler(args)
     except ValueError as err:
         if not isinstance(err, _input_errors()):
             raise
         print(f"sampa {command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write failed: permission, no space, not a directory
+        print(f"sampa {command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
+
+
+#: flags that name files a command writes
+_OUTPUT_FLAGS = ("out", "epochs_out", "md", "tex", "csv", "pdf", "png")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output is a file path: not empty, not an existing directory (checked before any work)."""
+    from sampa.experiments import PlanError
+
+    for name in _OUTPUT_FLAGS:
+        path = getattr(args, name, None)
+        if path is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not path.strip():
+            raise PlanError(f"{flag} is empty; give a file path")
+        if Path(path).is_dir():
+            raise PlanError(f"{flag} {path!r} is a directory; give a file path")
+
+
+def _json_mapping(text: str, flag: str) -> dict[str, Any]:
+    """A JSON object given on the command line (``--spec``, ``--specs``)."""
+    from sampa.experiments import PlanError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PlanError(f"{flag} is not valid JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(value, dict):
+        raise PlanError(f"{flag} must be a JSON object (got {type(value).__name__})")
+    return value
+
+
+def _runs_table(path: str | None, flag: str = "--runs") -> Any:
+    """The runs table of ``python -m sampa aggregate``; one-line error if it is missing or is not one."""
+    import pandas as pd
+
+    from sampa.experiments import PlanError
+
+    if not path:
+        raise PlanError(f"{flag} is required (the runs table from python -m sampa aggregate)")
+    if not Path(path).is_file():
+        raise PlanError(f"{flag} {path!r} does not exist or is not a file")
+    try:
+        runs = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as err:  # empty, or not CSV
+        raise PlanError(f"{flag} {path!r} is not a CSV table ({str(err).splitlines()[0]})") from None
+    if "run" not in runs.columns:
+        raise PlanError(f"{flag} {path!r} has no 'run' column; give the table of python -m sampa aggregate")
+    return runs
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -164,7 +236,6 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
 
 
 def _table(args: argparse.Namespace) -> int:
-    import pandas as pd
 
     from sampa import io
     from sampa.report.compare import compare
@@ -176,9 +247,7 @@ def _table(args: argparse.Namespace) -> int:
         raise TableError(unsupported_message(spec, root))
     if spec["kind"] != "table":
         raise TableError(f"experiment {spec['id']!r} is a {spec['kind']}, not a table")
-    if not args.runs:
-        raise TableError("--runs is required (the runs table from python -m sampa aggregate)")
-    runs = pd.read_csv(args.runs)
+    runs = _runs_table(args.runs)
     cells = cell_table(spec, runs)
     text = render(spec, cells, compare(spec, cells, runs))
     for path, content in ((args.md, text.markdown), (args.tex, text.latex), (args.csv, text.csv)):
@@ -248,19 +317,18 @@ def _scorecard(args: argparse.Namespace) -> int:
     from sampa.report.scorecard_text import render_latex, render_markdown
 
     if args.specs:
-        try:
-            specs = json.loads(args.specs)
-        except json.JSONDecodeError as err:
-            raise PlanError(f"--specs is not valid JSON: {err.msg} (column {err.colno})") from None
+        specs = _json_mapping(args.specs, "--specs")
+        if not all(isinstance(v, dict) for v in specs.values()):
+            raise PlanError("--specs must map experiment ids to resolved experiments (JSON objects)")
     elif args.config:
         specs = plan(load_config(args.config)).specs
     else:
         raise PlanError("give --specs or --config")
-    for flag, path in (("--runs", args.runs), ("--toy", args.toy)):
-        if path and not Path(path).exists():
-            raise PlanError(f"{flag} {path!r} does not exist")
+    runs = _runs_table(args.runs)
+    if args.toy and not Path(args.toy).is_file():
+        raise PlanError(f"--toy {args.toy!r} does not exist or is not a file")
     toy = pd.read_csv(args.toy) if args.toy else None
-    inputs = Inputs(specs, pd.read_csv(args.runs), toy, Path(args.runs_root))
+    inputs = Inputs(specs, runs, toy, Path(args.runs_root))
     card = scorecard(inputs)
     if args.md:
         io.write_text(args.md, render_markdown(card))

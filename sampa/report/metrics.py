@@ -1,8 +1,30 @@
-"""The quantities tables and figures show: where each comes from in the runs table and how it reads."""
+"""The quantities tables and figures show: where each comes from in the runs table and how it reads;
+and the reader of a run's ``metrics.json`` (keys defined once, in :mod:`sampa.rundir`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
+
+from sampa.rundir import METRICS_KEYS, DamagedFileError, read_metrics
+
+__all__ = [
+    "METRICS",
+    "METRICS_KEYS",
+    "DamagedFileError",
+    "Metric",
+    "MetricError",
+    "metric",
+    "read_run_metrics",
+]
+
+
+def read_run_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """A finished run's ``metrics.json``. A damaged one (empty, truncated, not JSON, no status) raises
+    :class:`DamagedFileError` with one line naming the file, so an aggregation can skip that run with
+    a warning."""
+    return read_metrics(path)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""RunConfig as the one source of its facts (flags, machine keys, checks); the pure learning rate;
+the engine state and metrics keys shared by writer and reader."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from problems import tiny_run
+
+from sampa import experiments
+from sampa.cli import _parser, config_from_args
+from sampa.config import FIELDS, MACHINE_KEYS, RunConfig
+from sampa.report.metrics import METRICS
+from sampa.rundir import METRICS_KEYS, metrics_record
+from sampa.train import NON_RESULT_KEYS, SCHEDULE_FACTORS, EngineState, lr_at, steps_per_epoch
+
+
+def test_machine_keys_come_from_field_metadata_and_match_the_schema():
+    assert set(MACHINE_KEYS) == {"device", "threads", "data_root", "download", "dist_timeout_s"}
+    assert experiments.MACHINE_KEYS is MACHINE_KEYS and set(MACHINE_KEYS) == NON_RESULT_KEYS
+    forbidden = experiments.load_schema()["$defs"]["settings"]["propertyNames"]["not"]["enum"]
+    assert set(forbidden) == set(MACHINE_KEYS) | set(experiments.RESERVED_KEYS)
+
+
+def test_every_field_but_hparams_is_a_flag_that_sets_it():
+    """Each flag sets its field to a non-default value (booleans both ways, betas as two numbers)."""
+    for name, f in FIELDS.items():
+        if name == "hparams":
+            assert not f.metadata["flag"]
+            continue
+        default = getattr(RunConfig(), name)
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(default, bool):
+            argv, want = ([f"--no-{flag[2:]}"], False) if default else ([flag], True)
+        elif isinstance(default, tuple):
+            argv, want = [flag, "0.5", "0.75"], [0.5, 0.75]
+        elif isinstance(default, int | float):
+            want = default + 1 if isinstance(default, int) else default / 2
+            argv = [flag, repr(want)]
+        else:
+            argv, want = [flag, "somewhere"], "somewhere"
+        args = _parser().parse_args(["train", "--out", "x", *argv])
+        assert getattr(args, name) == want, name
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: tinycnn\ndataset: synthetic\nnesterov: true\ndevice: cpu\nbetas: [0.8, 0.9]\n")
+    args = _parser().parse_args(["train", "--config", str(path), "--out", "x", "--no-nesterov"])
+    cfg = config_from_args(args)
+    assert cfg.nesterov is False and cfg.betas == (0.8, 0.9)
+    args = _parser().parse_args(["train", "--config", str(path), "--out", "x", "--betas", "0.5", "0.6"])
+    assert config_from_args(args).betas == (0.5, 0.6)
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULE_FACTORS))
+def test_lr_at_matches_the_schedules_formula(schedule):
+    cfg = tiny_run(schedule=schedule, epochs=4, lr=0.2)
+    n = steps_per_epoch(cfg)
+    assert n == math.ceil(180 / 32)  # 200 samples, 10% validation, batches of 32, the last one partial
+    for epoch in range(4):
+        for step in range(n):
+            if schedule == "constant":
+                want = 0.2
+            elif schedule == "cosine":  # once per epoch, as CosineAnnealingLR(T_max=epochs)
+                want = 0.5 * 0.2 * (1 + math.cos(math.pi * epoch / 4))
+            else:  # every iteration
+                progress = (epoch * n + step) / (4 * n)
+                want = 0.5 * 0.2 * (1 + math.cos(math.pi * progress))
+            assert lr_at(cfg, epoch, step) == want  # bitwise: the refactor changed no learning rate
+    assert lr_at(cfg, 0, 0) == 0.2
+
+
+def test_lr_in_the_log_follows_lr_at(tmp_path):
+    from sampa import io
+    from sampa.train import train
+
+    cfg = tiny_run(schedule="cosine_iter", epochs=2)
+    train(cfg, tmp_path / "run", log_progress=False)
+    rows = [io.json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [lr_at(cfg, 0, 0), lr_at(cfg, 1, 0)]
+
+
+def test_engine_state_round_trips_as_one_mapping():
+    state = EngineState(
+        epoch=2, history=[{"epoch": 1}, {"epoch": 2}], best_val_acc=0.5, best_epoch=1, resumes=1
+    )
+    state.memory = [{"rank": 0}, {"rank": 1}]
+    again = EngineState.from_dict(state.to_dict(), rank=1)
+    assert again.memory == {"rank": 1} and again.history == state.history and again.epoch == 2
+    with pytest.raises(ValueError, match="engine state keys"):
+        EngineState.from_dict({**state.to_dict(), "extra": 1}, rank=0)
+    with pytest.raises(ValueError, match="engine state keys"):
+        EngineState.from_dict({"epoch": 1}, rank=0)
+
+
+def test_metrics_keys_are_defined_once():
+    record = metrics_record(dict.fromkeys(reversed(METRICS_KEYS)))
+    assert list(record) == list(METRICS_KEYS)
+    with pytest.raises(ValueError, match="extra"):
+        metrics_record(dict.fromkeys(METRICS_KEYS) | {"extra": 1})
+    # the report's columns name metrics.json keys (or log.jsonl keys for per-epoch series)
+    for name, m in METRICS.items():
+        if not m.per_epoch:
+            assert m.column.split(".")[0] in METRICS_KEYS, name
+
+
+def test_schedules_are_the_configs_choices():
+    from sampa.config import SCHEDULES
+
+    assert set(SCHEDULE_FACTORS) == set(SCHEDULES)
+
+
+def test_config_and_run_files_import_without_torch():
+    """The presentation side (aggregate) reads run files and plans without importing torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    modules = "sampa.config, sampa.experiments, sampa.rundir, sampa.report.metrics"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr

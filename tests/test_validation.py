@@ -1,0 +1,188 @@
+"""Bad input on every subcommand: one line naming the key, the value and what is valid; exit 2; nothing
+written. The train checks come from RunConfig's field types and metadata (one mechanism)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from sampa.cli import main
+from sampa.config import FIELDS, ConfigError, RunConfig, config_from_dict, validate
+
+TRAIN = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu"]
+
+
+def one_line_error(argv: list[str], capsys, command: str) -> str:
+    try:
+        code = main(argv) if argv[0] != "aggregate" else _aggregate(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"sampa {command}: error: "), err
+    assert "usage:" not in err
+    return err
+
+
+def _aggregate(argv: list[str]) -> int:
+    from sampa.report.commands import main as report_main
+
+    return report_main(argv)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("nesterov: 'no'", r"nesterov must be true or false \(got 'no'\)"),
+        ("test_every_epoch: 1", r"test_every_epoch must be true or false \(got 1\)"),
+        ("download: 'no'", r"download must be true or false \(got 'no'\)"),
+        ("channels_last: yes please", r"channels_last must be true or false"),
+        ("data_root: 5", r"data_root must be a path \(a non-empty string\) or null \(got 5\)"),
+        ("data_root: ''", r"data_root must be a path"),
+        ("lr: .inf", r"lr must be a finite number \(got inf\)"),
+        ("weight_decay: .inf", r"weight_decay must be a finite number \(got inf\)"),
+        ("momentum: .nan", r"momentum must be a finite number \(got nan\)"),
+        ("lr: '0.1'", r"lr must be a number \(got '0.1'\)"),
+        ("batch_size: 2.5", r"batch_size must be an integer >= 1 \(got 2.5\)"),
+        ("batch_size: true", r"batch_size must be an integer >= 1 \(got True\)"),
+        ("seed: 18446744073709551616", r"seed must be an integer in \[0, 9223372036854775808\)"),
+        ("seed: -1", r"seed must be an integer >= 0 \(got -1\)"),
+        ("betas: 5", r"betas must be 2 numbers \(got 5\)"),
+        ("betas: [0.9]", r"betas must be 2 numbers \(got \(0.9,\)\)"),
+        ("betas: [0.9, 1.5]", r"betas\[1\] must be in \[0, 1\) \(got 1.5\)"),
+        ("hparams: [1, 2]", r"hparams must be a mapping of names to values \(got \[1, 2\]\)"),
+        ("hparams: rho", r"hparams must be a mapping"),
+        ("val_fraction: 0", r"val_fraction must be in \(0, 1\) \(got 0\)"),
+        ("dist_timeout_s: 0", r"dist_timeout_s must be in \(0, inf\]"),
+        ("schedule: linear", r"unknown schedule 'linear'; choose one of: cosine, cosine_iter, constant"),
+        ("base_optimizer: adam", r"unknown base_optimizer 'adam'; choose one of: sgd, adamw"),
+        ("schedule: 5", r"schedule must be a non-empty string \(got 5\)"),
+        ("hparams: {rho: .inf}", r"hparams.rho must be a finite number \(got inf\)"),
+        ("learning_rate: 0.1", r"unknown config key 'learning_rate'"),
+        ("- 1", r"config file .* must hold a mapping"),
+    ],
+)
+def test_bad_config_file_values(tmp_path, capsys, yaml_text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text + "\n")
+    out = tmp_path / "run"
+    err = one_line_error([*TRAIN, "--config", str(path), "--out", str(out)], capsys, "train")
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "abc"], r"argument --lr: invalid float value: 'abc'"),
+        (["--lr", "inf"], r"lr must be a finite number \(got inf\)"),
+        (["--epochs", "1.5"], r"argument --epochs: invalid int value: '1.5'"),
+        (["--betas", "0.9"], r"argument --betas: expected 2 arguments"),
+        (["--hp", "rho=[1"], r"--hp 'rho=\[1': the value is not valid YAML"),
+        (["--optimizer", "sam", "--hp", "rho=.inf"], r"hparams.rho must be a finite number \(got inf\)"),
+        (["--optimizer", "sam", "--rho", "inf"], r"hparams.rho must be a finite number \(got inf\)"),
+        (["--settings", "[1]"], r"--settings must be a JSON mapping"),
+        (["--settings", '{"lr": Infinity}'], r"lr must be a finite number"),
+        (["--seed", str(2**64)], r"seed must be an integer in \[0, "),
+        (["--bogus"], r"unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    err = one_line_error([*TRAIN, "--out", str(out), *flags], capsys, "train")
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_empty_out_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error([*TRAIN, "--out", ""], capsys, "train")
+    assert "--out must name the run's directory (got '')" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cuda_without_cuda(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = one_line_error([*TRAIN, "--out", str(tmp_path / "r"), "--device", "cuda"], capsys, "train")
+    assert "device 'cuda': CUDA is not available here; use --device cpu or auto" in err
+
+
+def test_config_file_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"model: tiny\xffcnn\n")
+    err = one_line_error([*TRAIN, "--config", str(path), "--out", str(tmp_path / "r")], capsys, "train")
+    assert "is not UTF-8 text" in err
+
+
+def test_help_shows_usage_and_every_field_flag(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage:")
+    for name in FIELDS:
+        if name != "hparams":
+            assert f"--{name.replace('_', '-')}" in text, name
+    assert "--no-nesterov" in text and "--no-download" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "message"),
+    [
+        (["toy", "--out", "{tmp}/t.csv", "--rho", "nan"], "toy", r"--rho must be a finite number"),
+        (["toy", "--out", "{tmp}/t.csv", "--lr", "nan"], "toy", r"--lr must be a finite number"),
+        (["toy", "--out", "{tmp}/t.csv", "--decay", "-5"], "toy", r"--decay must be in \[0, inf\]"),
+        (["toy", "--out", "{tmp}/t.csv", "--steps", "1"], "toy", r"--steps must be an integer >= 2"),
+        (["toy", "--out", "{tmp}/t.csv", "--lams", "a,b"], "toy", r"--lams must be comma-separated numbers"),
+        (["toy", "--out", "{tmp}/t.csv", "--lams", ","], "toy", r"--lams must be one or more numbers"),
+        (["toy", "--out", "{tmp}"], "toy", r"--out must be a file path"),
+        (["toy", "--out", "{tmp}/t.csv", "--steps", "x"], "toy", r"argument --steps: invalid int value"),
+        (["aggregate", "--out", "{tmp}"], "aggregate", r"--out '.*' is a directory; give a file path"),
+        (["aggregate", "--out", ""], "aggregate", r"--out is empty"),
+        (["table", "--spec", "[1]"], "table", r"--spec must be a JSON object \(got list\)"),
+        (["table", "--spec", '{"id": "t"}'], "table", r"--spec must be a resolved experiment"),
+        (["table", "--spec", '{"id": "t", "kind": "table"}'], "table", r"--runs is required"),
+        (["table", "--spec", '{"id": "t", "kind": "table"}', "--runs", "{tmp}/no.csv"], "table",
+         r"--runs '.*no.csv' does not exist"),
+        (["table", "--spec", '{"id": "t", "kind": "table"}', "--runs", "{tmp}/norun.csv"], "table",
+         r"--runs '.*' has no 'run' column"),
+        (["table", "--spec", '{"id": "t", "kind": "table"}', "--runs", "{tmp}/empty.csv"], "table",
+         r"--runs '.*' is not a CSV table"),
+        (["scorecard", "--specs", "3", "--runs", "{tmp}/norun.csv"], "scorecard", r"--specs must be a JSON"),
+        (["scorecard", "--specs", '{"a": 1}', "--runs", "{tmp}/norun.csv"], "scorecard",
+         r"--specs must map experiment ids"),
+        (["scorecard", "--specs", "{}", "--runs", "{tmp}/norun.csv"], "scorecard", r"has no 'run' column"),
+    ],
+)  # fmt: skip
+def test_report_commands_bad_input(tmp_path, capsys, argv, command, message):
+    (tmp_path / "norun.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty.csv").write_text("")
+    before = sorted(tmp_path.iterdir())
+    err = one_line_error([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys, command)
+    assert re.search(message, err), err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_validation_is_driven_by_field_types():
+    """Every bool, int and float field rejects a value of the wrong type, with no special case."""
+    for name, f in FIELDS.items():
+        default = getattr(RunConfig(), name)
+        if isinstance(default, bool):
+            bad = "true"
+        elif isinstance(default, int | float):
+            bad = "1"
+        else:
+            continue
+        with pytest.raises(ConfigError, match=rf"^{name} must be"):
+            validate(config_from_dict({name: bad}))
+        assert f.metadata["help"]
+
+
+def test_settings_mapping_round_trip(tmp_path):
+    """A valid config survives JSON (the workflow's --settings) unchanged."""
+    cfg = RunConfig(model="tinycnn", dataset="synthetic", betas=(0.8, 0.99), nesterov=True, device="cpu")
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == validate(cfg)
