@@ -33,6 +33,8 @@ AVERAGE = "Average"
 COST = "Temporal cost/Epochs"
 COST_METRIC = "cost"
 NOT_APPLICABLE = "not applicable"
+#: what an empty cell says, the first that one of its runs has (sampa.jobs records failures)
+STATUS_WORDS = ("needs data", "failed", "diverged", "incomplete", "missing", "stale", "no value")
 
 
 class TableError(ValueError):
@@ -290,8 +292,8 @@ def _best_flags(cells: pd.DataFrame, layout: Mapping[str, Any]) -> list[bool]:
 def _cell_text(row: Any) -> str:
     if row.metric == COST_METRIC:
         return row.text
-    if row.n == 0:
-        return "—"  # no value (the footer lists the runs) or not applicable
+    if row.n == 0:  # why, in one word (the footer lists the runs), or "—" where not applicable
+        return next((s for s in STATUS_WORDS if f"({s}" in str(row.missing)), "—")
     m = metric(row.metric)
     text = f"{row.mean:.{m.decimals}f}"
     if m.spread and row.n > 1:

@@ -18,5 +18,5 @@ rule aggregate_runs:
     message:
         f"aggregate the runs of config {NAME} into {{output.runs}}"
     shell:
-        "python -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
+        "{PYTHON:q} -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
         "{input:q} > {log:q} 2>&1"

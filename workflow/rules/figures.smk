@@ -13,7 +13,7 @@ rule run_toy:
     message:
         "toy problem f(x)=||x||^2 for {wildcards.figure}"
     shell:
-        "python -m sampa toy --out {output.trajectories:q} --summary {output.summary:q} "
+        "{PYTHON:q} -m sampa toy --out {output.trajectories:q} --summary {output.summary:q} "
         "{params.toy:q} > {log:q} 2>&1"
 
 
@@ -46,6 +46,6 @@ rule make_figure:
     message:
         "figure {wildcards.figure}"
     shell:
-        "python -m sampa figure --spec {params.spec:q} --data {input.data:q} "
+        "{PYTHON:q} -m sampa figure --spec {params.spec:q} --data {input.data:q} "
         "--runs-root {params.runs_root:q} --pdf {output.pdf:q} --png {output.png:q} "
         "--csv {output.csv:q} > {log:q} 2>&1"
