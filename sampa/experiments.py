@@ -83,14 +83,14 @@ class PlannedRun:
 
 @dataclass
 class Plan:
-    """All experiments of a config, expanded. ``prepare``: datasets verified/extracted before their runs;
-    ``timing``: experiments whose numbers are measured on the machine (time, memory)."""
+    """All experiments of a config, expanded. ``data``: run path -> the dataset to verify/extract before
+    it (none for generated data); ``timing``: experiments whose numbers are measured on the machine."""
 
     name: str
     use_gpus: bool
     specs: dict[str, dict[str, Any]]
     runs: dict[str, list[PlannedRun]] = field(default_factory=dict)
-    prepare: list[str] = field(default_factory=list)
+    data: dict[str, str] = field(default_factory=dict)
     timing: list[str] = field(default_factory=list)
 
     def timing_runs(self) -> set[str]:
@@ -98,7 +98,7 @@ class Plan:
         return {run.path for name in self.timing for run in self.runs.get(name, [])}
 
     def prepared_datasets(self) -> list[str]:
-        return list(self.prepare)
+        return sorted(set(self.data.values()))
 
     def unique_runs(self) -> dict[str, PlannedRun]:
         """One planned run per run directory (shared runs counted once), in plan order."""
@@ -495,18 +495,18 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         result.runs[name] = plan_experiment(spec)
         check_layout(spec, result.runs[name])
     result.timing = [name for name, spec in specs.items() if any(map(is_measured, _metrics_of(spec)))]
-    result.prepare = _prepared(result)
+    result.data = _prepared(result)
     check_runtime(config.get("runtime", {}))
     return result
 
 
-def _prepared(result: Plan) -> list[str]:
-    """Datasets of the planned runs that are files to verify (not generated, like synthetic data)."""
+def _prepared(result: Plan) -> dict[str, str]:
+    """Run path -> its dataset, for datasets that are files to verify (not generated like synthetic data)."""
     from sampa.data.cifar import CIFAR_SOURCES
 
     default = run_defaults().dataset
-    used = {run.settings.get("dataset", default) for run in result.unique_runs().values()}
-    return sorted(used & set(CIFAR_SOURCES))
+    datasets = {path: run.settings.get("dataset", default) for path, run in result.unique_runs().items()}
+    return {path: name for path, name in datasets.items() if name in CIFAR_SOURCES}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -664,7 +664,7 @@ def _plan_key(config: Mapping[str, Any]) -> str:
 
 def _plan_from_dict(data: Mapping[str, Any]) -> Plan:
     runs = {name: [PlannedRun(**run) for run in planned] for name, planned in data["runs"].items()}
-    fields = {k: data[k] for k in ("name", "use_gpus", "specs", "prepare", "timing")}
+    fields = {k: data[k] for k in ("name", "use_gpus", "specs", "data", "timing")}
     return Plan(**fields, runs=runs)
 
 

@@ -279,3 +279,5 @@ def test_cluster_runtime_follows_epochs_and_model_with_override():
 def test_cifar_runs_get_their_dataset_prepared():
     assert ex.plan(config()).prepared_datasets() == []
     assert ex.plan(config(run__dataset="cifar100")).prepared_datasets() == ["cifar100"]
+    cifar10 = ex.plan(config(run__dataset="cifar10"))  # the default dataset: not in the run's settings
+    assert set(cifar10.data) == set(cifar10.unique_runs()) and cifar10.prepared_datasets() == ["cifar10"]

@@ -137,8 +137,8 @@ def get_run_runtime(wildcards):
 
 def get_run_data(wildcards):
     """The data record of the run's dataset (none for synthetic data)."""
-    dataset = get_run(wildcards).settings.get("dataset", "")
-    return [f"{DATA_RECORDS}/{dataset}.json"] if dataset in PLAN.prepared_datasets() else []
+    dataset = PLAN.data.get(get_run(wildcards).path)
+    return [f"{DATA_RECORDS}/{dataset}.json"] if dataset else []
 
 
 def get_run_threads(wildcards):
