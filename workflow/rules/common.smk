@@ -21,7 +21,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from sampa import experiments, jobs  # noqa: E402
-from sampa.gpus import detect_gpus  # noqa: E402
+from sampa.gpus import available as available_gpus  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "smoke.yaml"
 
@@ -71,11 +71,11 @@ jobs.forget_failures(
     [Path(DATA_RECORDS, f"{dataset}.json") for dataset in PLAN.prepared_datasets()],
 )
 
-# GPUs: `--resources gpu=N` bounds concurrent GPU jobs; without it, use the GPUs of this machine
-# (a workflow profile is static YAML and cannot detect them). Which GPU a job gets is decided by
+# GPUs: `--resources gpu=N` bounds concurrent GPU jobs; without it, use the GPUs of this machine, or
+# those CUDA_VISIBLE_DEVICES names (a workflow profile is static YAML and cannot detect them). Which GPU a job gets is decided by
 # the job itself (lock files, see sampa/gpus.py).
 if "gpu" not in workflow.global_resources:
-    _detected = len(detect_gpus())
+    _detected = len(available_gpus())
     if _detected:
         workflow.register_resource("gpu", _detected)
 # timing protection: a training job takes one `machine` share, a run whose numbers enter a time or
