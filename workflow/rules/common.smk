@@ -4,10 +4,12 @@
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,9 +18,7 @@ REPO = Path(workflow.basedir)
 # Jobs run `python -m sampa ...` from the working directory (which --directory may move): make
 # them, and this Snakefile, use this checkout's package.
 sys.path.insert(0, str(REPO))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-)
+os.environ.update(PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 from sampa import experiments, jobs  # noqa: E402
 from sampa.gpus import available as available_gpus  # noqa: E402
@@ -61,8 +61,13 @@ COMMANDS = [str(REPO / "sampa" / "report" / "commands.py")]
 TABLE_CODE = [*jobs.module_files("sampa.report.tables"), *COMMANDS]
 SCORECARD_CODE = [*jobs.module_files("sampa.report.scorecard", "sampa.report.scorecard_text"), *COMMANDS]
 FIGURE_CODE = [*jobs.module_files("sampa.report.figures"), *COMMANDS]
-# jobs run with the interpreter that runs Snakemake (or the config's `python`), not the first on PATH
-PYTHON = config.get("python") or sys.executable
+# jobs run with the interpreter that runs Snakemake (or the config's `python`), not the first on PATH;
+# with `--sdm conda` the python of the rule's environment (workflow/envs/sampa.yaml)
+ENV = "../envs/sampa.yaml"
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    os.environ.update(SAMPA_PYTHON="python")
+else:
+    os.environ.update(SAMPA_PYTHON=shlex.quote(config.get("python") or sys.executable))
 TIMING = PLAN.timing_runs() if config.get("protect_timing", False) else set()
 
 # a failed run or an unavailable dataset is a record, not a result: forget it, so it is retried
@@ -86,7 +91,8 @@ if "machine" not in workflow.global_resources:
     workflow.register_resource("machine", MACHINE_SHARES)
 if PLAN.use_gpus and "gpu" in workflow.global_resources:
     try:
-        experiments.check_devices(PLAN, workflow.global_resources["gpu"])
+        _gpus = workflow.global_resources["gpu"]
+        experiments.check_devices(PLAN, int(getattr(_gpus, "value", _gpus)))
     except experiments.PlanError as err:
         fail(err)
 

@@ -28,8 +28,10 @@ rule make_table:
         spec=get_spec,
     message:
         "table {wildcards.table}"
+    conda:
+        ENV
     shell:
-        "{PYTHON:q} -m sampa table --spec {params.spec:q} --runs {input.runs:q} "
+        "$SAMPA_PYTHON -m sampa table --spec {params.spec:q} --runs {input.runs:q} "
         "--md {output.md:q} --tex {output.tex:q} --csv {output.csv:q} > {log:q} 2>&1"
 
 
@@ -45,8 +47,10 @@ rule explain_unsupported:
         spec=get_spec,
     message:
         "table {wildcards.unsupported}: not run (no training code yet)"
+    conda:
+        ENV
     shell:
-        "{PYTHON:q} -m sampa.jobs not-run --spec {params.spec:q} --md {output.md:q} --tex {output.tex:q} "
+        "$SAMPA_PYTHON -m sampa.jobs not-run --spec {params.spec:q} --md {output.md:q} --tex {output.tex:q} "
         "--csv {output.csv:q} > {log:q} 2>&1"
 
 
@@ -73,6 +77,8 @@ rule make_scorecard:
         runs_root=RUNS_ROOT,
     message:
         f"reproduction scorecard of config {NAME}"
+    conda:
+        ENV
     shell:
-        "{PYTHON:q} -m sampa scorecard --specs {params.specs:q} --runs {input.runs:q} {params.toy:q} "
+        "$SAMPA_PYTHON -m sampa scorecard --specs {params.specs:q} --runs {input.runs:q} {params.toy:q} "
         "--runs-root {params.runs_root:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"

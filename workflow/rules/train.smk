@@ -27,8 +27,10 @@ rule train_run:
         slurm_extra=get_run_slurm_extra,
     message:
         "train {wildcards.run} ({resources.gpu} GPU)"
+    conda:
+        ENV
     shell:
-        "{PYTHON:q} -m sampa.jobs train --out {params.out:q} {params.data:q} -- "
+        "$SAMPA_PYTHON -m sampa.jobs train --out {params.out:q} {params.data:q} -- "
         "--settings {params.settings:q} --gpus {resources.gpu} --threads 1 >> {log:q} 2>&1"
 
 
@@ -41,5 +43,7 @@ rule prepare_data:
         "logs/data/{dataset}.log",
     message:
         "prepare dataset {wildcards.dataset}"
+    conda:
+        ENV
     shell:
-        "{PYTHON:q} -m sampa.jobs prepare-data {wildcards.dataset:q} --record {output.record:q} > {log:q} 2>&1"
+        "$SAMPA_PYTHON -m sampa.jobs prepare-data {wildcards.dataset:q} --record {output.record:q} > {log:q} 2>&1"
