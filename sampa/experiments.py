@@ -304,14 +304,14 @@ def all_arms(method_hparams: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
 
 
 def method_label(name: str, hparams: Mapping[str, Any]) -> str:
-    """The paper's name for a method; SAMPa's label carries lambda ("SAMPa-0.2")."""
+    """The paper's name for a method, with the value of its ``label_hparam`` ("SAMPa-0.2")."""
     from sampa.optim import method_class
 
     cls = method_class(name)
-    label = getattr(cls, "display_name", name)
-    if name == "sampa":
-        lam = hparams.get("lam", getattr(cls.Hparams(), "lam", None))
-        label = f"{label}-{canonical(lam)}"
+    label = cls.display_name or name
+    if cls.label_hparam:
+        value = hparams.get(cls.label_hparam, getattr(cls.Hparams(), cls.label_hparam))
+        label = f"{label}-{canonical(value)}"
     return label
 
 

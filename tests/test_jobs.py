@@ -146,3 +146,23 @@ def test_a_damaged_metrics_file_is_skipped_with_a_warning(tmp_path, capsys, cont
     assert frame.loc["good", "status"] == "complete" and frame.loc["bad", "status"] == "missing"
     warning = capsys.readouterr().err.strip()
     assert warning.startswith(f"warning: {bad / 'metrics.json'} is damaged") and "\n" not in warning
+
+
+def test_timing_caveats_name_mixed_devices_commits_dirty_trees_and_shared_machines():
+    from sampa.report.runs import timing_caveats
+
+    runs = pd.DataFrame(
+        {
+            "run": ["a", "b", "c", "other"],
+            "provenance.device_name": ["NVIDIA A100", "NVIDIA A100", "NVIDIA H100", "NVIDIA V100"],
+            "provenance.git_sha": ["abc", "abc", "abc", "def"],
+            "provenance.git_dirty": [False, True, False, True],
+            "shared.other_training_jobs_max": [0, 0, 2, 5],
+        }
+    )
+    assert timing_caveats(runs, ["a", "b", "c"]) == [
+        "Caution, times and memory of runs: 2 devices (NVIDIA A100: 2 runs, NVIDIA H100: 1 runs); "
+        "1 runs from a checkout with uncommitted changes; 1 runs beside other training jobs."
+    ]
+    clean = runs.assign(**{"provenance.git_dirty": False, "shared.other_training_jobs_max": 0})
+    assert timing_caveats(clean, ["a", "b"]) == []  # one device, one commit, alone: nothing to say

@@ -144,6 +144,29 @@ def _provenance_columns(provenance: Mapping[str, Any], backend: Mapping[str, Any
     }
 
 
+def timing_caveats(runs: pd.DataFrame, paths: Iterable[str]) -> list[str]:
+    """What may bias the time and memory of these runs: mixed GPU models or code commits, uncommitted
+    changes, other training jobs on the machine (one line, or none)."""
+    if "run" not in runs.columns:
+        return []
+    rows = runs[runs["run"].isin(set(paths))]
+    found = []
+    for column, what in (("provenance.device_name", "devices"), ("provenance.git_sha", "code commits")):
+        counts = rows[column].dropna().value_counts() if column in rows else pd.Series(dtype=int)
+        if len(counts) > 1:
+            each = ", ".join(f"{value}: {n} runs" for value, n in counts.items())
+            found.append(f"{len(counts)} {what} ({each})")
+    for column, what in (
+        ("provenance.git_dirty", "from a checkout with uncommitted changes"),
+        ("shared.other_training_jobs_max", "beside other training jobs"),
+    ):
+        if column in rows:
+            n = int((pd.to_numeric(rows[column], errors="coerce").fillna(0) > 0).sum())
+            if n:
+                found.append(f"{n} runs {what}")
+    return [f"Caution, times and memory of runs: {'; '.join(found)}."] if found else []
+
+
 def _column_order(columns: Iterable[str]) -> list[str]:
     columns = list(columns)
     head = [c for c in ID_COLUMNS if c in columns]

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from sampa.config import config_from_dict
-from sampa.experiments import MACHINE_KEYS, PlannedRun, plan_experiment
+from sampa.experiments import MACHINE_KEYS, PlannedRun, is_measured, plan_experiment
 from sampa.report.metrics import Metric, metric
+from sampa.report.runs import timing_caveats
 
 if TYPE_CHECKING:
     from sampa.report.compare import Comparison
@@ -79,7 +80,10 @@ def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         "missing",
         "datasets",
     ]
-    return cells[columns]
+    cells = cells[columns]
+    if any(is_measured(name) for name in layout["metrics"]):  # time/memory: say what may bias them
+        cells.attrs["caveats"] = timing_caveats(runs, [run.path for run in planned])
+    return cells
 
 
 def observations(planned: Sequence[PlannedRun], runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -183,6 +187,7 @@ def _aggregate(obs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     keys = [*axes, "metric"]
     rows = []
     for key, group in obs.groupby(keys, sort=False, dropna=False):
+        not_applicable = int((group["status"] == NOT_APPLICABLE).sum())
         group = group[group["status"] != NOT_APPLICABLE]
         values = group["value"].dropna()
         missing = group[group["value"].isna()]
@@ -196,6 +201,7 @@ def _aggregate(obs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
                 "missing": "; ".join(f"{r.run} ({r.status})" for r in missing.itertuples()),
                 "datasets": "+".join(sorted({str(d) for d in group["dataset"].dropna()})),
                 "reference": bool(group["reference"].any()),
+                "not_applicable": not_applicable,
             }
         )
     return pd.DataFrame(rows)
@@ -293,6 +299,8 @@ def _cell_text(row: Any) -> str:
     if row.metric == COST_METRIC:
         return row.text
     if row.n == 0:  # why, in one word (the footer lists the runs), or "—" where not applicable
+        if getattr(row, "not_applicable", 0) > 0:
+            return "—"
         return next((s for s in STATUS_WORDS if f"({s}" in str(row.missing)), "—")
     m = metric(row.metric)
     text = f"{row.mean:.{m.decimals}f}"
@@ -389,7 +397,7 @@ def footer_lines(spec: Mapping[str, Any], cells: pd.DataFrame) -> list[str]:
     missing = list(dict.fromkeys(m for text in cells["missing"] for m in str(text).split("; ") if m))
     if missing:
         lines.append(f"Missing runs ({len(missing)}): " + "; ".join(missing))
-    return lines
+    return lines + cells.attrs.get("caveats", [])
 
 
 def render_markdown(
