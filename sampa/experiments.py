@@ -84,7 +84,8 @@ class PlannedRun:
 @dataclass
 class Plan:
     """All experiments of a config, expanded. ``data``: run path -> the dataset to verify/extract before
-    it (none for generated data); ``timing``: experiments whose numbers are measured on the machine."""
+    it (none for generated data); ``timing``: experiments whose numbers are measured on the machine;
+    ``minutes``: run path -> its time limit on a cluster (:func:`runtime_minutes`)."""
 
     name: str
     use_gpus: bool
@@ -92,6 +93,7 @@ class Plan:
     runs: dict[str, list[PlannedRun]] = field(default_factory=dict)
     data: dict[str, str] = field(default_factory=dict)
     timing: list[str] = field(default_factory=list)
+    minutes: dict[str, int] = field(default_factory=dict)
 
     def timing_runs(self) -> set[str]:
         """Paths of the runs whose numbers enter a time or memory table or figure."""
@@ -497,6 +499,10 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
     result.timing = [name for name, spec in specs.items() if any(map(is_measured, _metrics_of(spec)))]
     result.data = _prepared(result)
     check_runtime(config.get("runtime", {}))
+    result.minutes = {
+        path: runtime_minutes(run.settings, config.get("runtime", {}))
+        for path, run in result.unique_runs().items()
+    }
     return result
 
 
@@ -664,7 +670,7 @@ def _plan_key(config: Mapping[str, Any]) -> str:
 
 def _plan_from_dict(data: Mapping[str, Any]) -> Plan:
     runs = {name: [PlannedRun(**run) for run in planned] for name, planned in data["runs"].items()}
-    fields = {k: data[k] for k in ("name", "use_gpus", "specs", "data", "timing")}
+    fields = {k: data[k] for k in ("name", "use_gpus", "specs", "data", "timing", "minutes")}
     return Plan(**fields, runs=runs)
 
 

@@ -138,7 +138,7 @@ def get_run_slurm_extra(wildcards):
 
 def get_run_runtime(wildcards):
     """Minutes a run may take on a cluster: epochs x a per-model estimate (config `runtime`)."""
-    return experiments.runtime_minutes(get_run(wildcards).settings, config.get("runtime", {}))
+    return PLAN.minutes[get_run(wildcards).path]
 
 
 def get_run_data(wildcards):
