@@ -329,7 +329,9 @@ def test_failed_and_impossible_runs_never_block_the_other_tables(tmp_path):
     assert f"  failed: logs/runs/{sgd}.log" in first
     tables = tmp_path / "results/partial/tables"
     synth = (tables / "synth.md").read_text()
-    assert re.search(r"\| SAM +\| SGD +\|", synth) and re.search(r"\| \**\d+\.\d+\** +\| failed +\|", synth), synth
+    assert re.search(r"\| SAM +\| SGD +\|", synth) and re.search(
+        r"\| \**\d+\.\d+\** +\| failed +\|", synth
+    ), synth
     assert "| needs data |" in (tables / "cifar.md").read_text()
     assert "not run: no code for ImageNet yet" in (tables / "later.md").read_text()
     assert (tmp_path / "results/partial/tables/reproduction.md").exists()
