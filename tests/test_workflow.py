@@ -176,6 +176,23 @@ def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message
     assert not (tmp_path / "results").exists()
 
 
+def test_too_few_gpus_stop_the_plan_with_one_line(tmp_path):
+    config = ex.load_config(REPO / "configs" / "smoke.yaml") | {"use_gpus": True}  # Table 11: 2 devices
+    path = str(write_config(tmp_path / "gpus.yaml", config))
+    proc = snakemake("-n", "--resources", "gpu=1", "--configfile", path, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"sampa workflow: config error: run synthetic/tinycnn/\S+ needs 2 GPUs but the workflow may use 1 "
+        r"\(--resources gpu=1\); give more GPUs or disable its experiment",
+        last,
+    ), last
+    assert (
+        "needs 2 GPUs"
+        not in snakemake("-n", "--resources", "gpu=2", "--configfile", path, cwd=tmp_path).stdout
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end: a miniature of the smoke profile
 
