@@ -15,6 +15,25 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 
 
+localrules:
+    all,
+    aggregate_runs,
+    make_table,
+    explain_unsupported,
+    make_scorecard,
+    make_figure,
+    run_toy,
+    prepare_data,
+
+
+onsuccess:
+    print_summary()
+
+
+onerror:
+    print_summary()
+
+
 rule all:
     default_target: True
     input:

@@ -87,12 +87,24 @@ class PlannedRun:
 
 @dataclass
 class Plan:
-    """All experiments of a config, expanded."""
+    """All experiments of a config, expanded. ``data``: run path -> the dataset to verify/extract before
+    it (none for generated data); ``timing``: experiments whose numbers are measured on the machine;
+    ``minutes``: run path -> its time limit on a cluster (:func:`runtime_minutes`)."""
 
     name: str
     use_gpus: bool
     specs: dict[str, dict[str, Any]]
     runs: dict[str, list[PlannedRun]] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
+    timing: list[str] = field(default_factory=list)
+    minutes: dict[str, int] = field(default_factory=dict)
+
+    def timing_runs(self) -> set[str]:
+        """Paths of the runs whose numbers enter a time or memory table or figure."""
+        return {run.path for name in self.timing for run in self.runs.get(name, [])}
+
+    def prepared_datasets(self) -> list[str]:
+        return sorted(set(self.data.values()))
 
     def unique_runs(self) -> dict[str, PlannedRun]:
         """One planned run per run directory (shared runs counted once), in plan order."""
@@ -299,14 +311,14 @@ def all_arms(method_hparams: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
 
 
 def method_label(name: str, hparams: Mapping[str, Any]) -> str:
-    """The paper's name for a method; SAMPa's label carries lambda ("SAMPa-0.2")."""
+    """The paper's name for a method, with the value of its ``label_hparam`` ("SAMPa-0.2")."""
     from sampa.optim import method_class
 
     cls = method_class(name)
-    label = getattr(cls, "display_name", name)
-    if name == "sampa":
-        lam = hparams.get("lam", getattr(cls.Hparams(), "lam", None))
-        label = f"{label}-{canonical(lam)}"
+    label = cls.display_name or name
+    if cls.label_hparam:
+        value = hparams.get(cls.label_hparam, getattr(cls.Hparams(), cls.label_hparam))
+        label = f"{label}-{canonical(value)}"
     return label
 
 
@@ -488,7 +500,150 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
     result = Plan(name=config["name"], use_gpus=bool(config.get("use_gpus", False)), specs=specs)
     for name, spec in specs.items():
         result.runs[name] = plan_experiment(spec)
+        check_layout(spec, result.runs[name])
+    result.timing = [name for name, spec in specs.items() if any(map(is_measured, _metrics_of(spec)))]
+    result.data = _prepared(result)
+    check_runtime(config.get("runtime", {}))
+    result.minutes = {
+        path: runtime_minutes(run.settings, config.get("runtime", {}))
+        for path, run in result.unique_runs().items()
+    }
     return result
+
+
+def _prepared(result: Plan) -> dict[str, str]:
+    """Run path -> its dataset, for datasets that are files to verify (not generated like synthetic data)."""
+    from sampa.data.cifar import CIFAR_SOURCES
+
+    default = run_defaults().dataset
+    datasets = {path: run.settings.get("dataset", default) for path, run in result.unique_runs().items()}
+    return {path: name for path, name in datasets.items() if name in CIFAR_SOURCES}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and figures: every setting checked when the plan is built
+
+
+def _metrics_of(spec: Mapping[str, Any]) -> list[str]:
+    if spec["kind"] == "table":
+        return list(spec["table"]["metrics"])
+    if spec["kind"] == "figure" and spec["figure"]["plot"] != "toy":
+        default = "val_acc" if spec["figure"]["plot"] == "epochs" else "test_acc"
+        return list(spec["figure"].get("metrics", [default]))
+    return []
+
+
+def is_measured(name: str) -> bool:
+    """A quantity measured on the machine (time, memory, communication), sensitive to other jobs."""
+    from sampa.report.metrics import metric
+
+    return metric(name).column.split(".")[0] in ("time", "memory", "backend")
+
+
+def check_layout(spec: Mapping[str, Any], runs: list[PlannedRun]) -> None:
+    """Metric names, table axes, bolding groups and figure axes of one experiment (one-line PlanError)."""
+    from sampa.report.metrics import METRICS
+
+    where = f"experiment {spec['id']!r}"
+    per_epoch = spec.get("figure", {}).get("plot") == "epochs"
+    for name in _metrics_of(spec):
+        if name not in METRICS:
+            raise PlanError(f"{where}: unknown metric {name!r}; choose one of: {', '.join(METRICS)}")
+        if METRICS[name].per_epoch != per_epoch:
+            kind = "per-epoch" if METRICS[name].per_epoch else "final"
+            raise PlanError(
+                f"{where}: metric {name!r} is a {kind} quantity, not one for this "
+                f"{'figure (plot: epochs)' if per_epoch else spec['kind']}"
+            )
+    axes = list(runs[0].cell) if runs else ["arm"]
+    if spec["kind"] == "table":
+        _check_table(spec["table"], runs, axes, where)
+    elif spec["kind"] == "figure":
+        _check_figure(spec["figure"], axes, where)
+
+
+def _check_table(layout: Mapping[str, Any], runs: list[PlannedRun], axes: list[str], where: str) -> None:
+    shown = [*layout["rows"], *layout["columns"]]
+    for axis in shown:
+        if axis != "metric" and axis not in axes:
+            raise PlanError(f"{where}: table axis {axis!r} is not one of: metric, {', '.join(axes)}")
+    hidden = [a for a in axes if a not in shown and len({run.cell[a] for run in runs}) > 1]
+    if hidden:
+        raise PlanError(f"{where}: axis {hidden[0]!r} varies, so it must be in the table's rows or columns")
+    if "metric" not in shown and len(layout["metrics"]) > 1:
+        raise PlanError(f"{where}: several metrics need 'metric' in the table's rows or columns")
+    labels = {run.cell["arm"] for run in runs}
+    for group in layout.get("best_groups", []):
+        unknown = [label for label in group if label not in labels]
+        if unknown:
+            raise PlanError(
+                f"{where}: best_groups names {unknown[0]!r}, not an arm; arms: {', '.join(sorted(labels))}"
+            )
+
+
+def _check_figure(layout: Mapping[str, Any], axes: list[str], where: str) -> None:
+    grid = [a for a in axes if a != "arm"]
+    if layout["plot"] == "line" and "x" not in layout:
+        raise PlanError(
+            f"{where}: plot 'line' needs 'x', one of the grid axes: {', '.join(grid) or '(none)'}"
+        )
+    for key in ("x", "facet"):
+        if key in layout and layout[key] not in grid:
+            raise PlanError(
+                f"{where}: figure {key} {layout[key]!r} is not a grid axis; grid axes: "
+                f"{', '.join(grid) or '(none)'}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine and cluster resources
+
+
+#: minutes per epoch on one A100-class GPU at batch 128 for one gradient per step (CIFAR, 45k images)
+MINUTES_PER_EPOCH = {
+    "tinycnn": 0.05,
+    "resnet18": 0.3,
+    "resnet20": 0.1,
+    "resnet32": 0.15,
+    "resnet56": 0.25,
+    "wrn28-2": 0.25,
+    "vgg19bn": 0.3,
+    "wrn28-10": 1.5,
+    "densenet121": 1.5,
+    "pyramidnet110": 1.5,
+}
+RUNTIME_MARGIN = 3.0  # two gradients per step (SAM-like methods) and a slower GPU, with room to spare
+RUNTIME_MINIMUM = 15
+
+
+def check_runtime(runtime: Mapping[str, Any]) -> None:
+    """The config's ``runtime`` (minutes per epoch per model, for cluster time limits)."""
+    if not isinstance(runtime, Mapping):
+        raise PlanError(f"runtime must be a mapping model -> minutes per epoch (got {runtime!r})")
+    for model, minutes in runtime.items():
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes < math.inf:
+            raise PlanError(f"runtime.{model}: minutes per epoch must be a positive number (got {minutes!r})")
+
+
+def runtime_minutes(settings: Mapping[str, Any], per_epoch: Mapping[str, float] | None = None) -> int:
+    """Time limit of a run on a cluster: epochs x minutes per epoch of its model (``per_epoch`` overrides
+    :data:`MINUTES_PER_EPOCH`) x a margin, at least :data:`RUNTIME_MINIMUM` minutes."""
+    defaults = run_defaults()
+    model = settings.get("model", defaults.model)
+    minutes = {**MINUTES_PER_EPOCH, **(per_epoch or {})}.get(model, max(MINUTES_PER_EPOCH.values()))
+    epochs = int(settings.get("epochs", defaults.epochs))
+    return max(RUNTIME_MINIMUM, math.ceil(epochs * minutes * RUNTIME_MARGIN))
+
+
+def check_devices(result: Plan, gpus: int) -> None:
+    """Refuse a plan whose runs need more GPUs than the workflow may use (``--resources gpu=N``)."""
+    needs = max((run.gpus(result.use_gpus) for run in result.unique_runs().values()), default=0)
+    if needs > gpus:
+        run = next(r for r in result.unique_runs().values() if r.gpus(result.use_gpus) == needs)
+        raise PlanError(
+            f"run {run.path} needs {needs} GPUs but the workflow may use {gpus} (--resources gpu={gpus}); "
+            "give more GPUs or disable its experiment"
+        )
 
 
 def cached_plan(config: Mapping[str, Any], cache: str | Path) -> Plan:
@@ -520,7 +675,8 @@ def _plan_key(config: Mapping[str, Any]) -> str:
 
 def _plan_from_dict(data: Mapping[str, Any]) -> Plan:
     runs = {name: [PlannedRun(**run) for run in planned] for name, planned in data["runs"].items()}
-    return Plan(name=data["name"], use_gpus=data["use_gpus"], specs=data["specs"], runs=runs)
+    fields = {k: data[k] for k in ("name", "use_gpus", "specs", "data", "timing", "minutes")}
+    return Plan(**fields, runs=runs)
 
 
 def spec_json(spec: Mapping[str, Any]) -> str:

@@ -7,8 +7,11 @@ GPU (named by the GPU's UUID, in a directory shared by all jobs of the machine),
 free, and exports their UUIDs in ``CUDA_VISIBLE_DEVICES``. The locks belong to the training process
 and are released when it exits, however it exits.
 
-* An existing non-empty ``CUDA_VISIBLE_DEVICES`` is left alone (SLURM and other schedulers set it
-  per job; their ids are local to the job, so locking them would be wrong).
+* An existing non-empty ``CUDA_VISIBLE_DEVICES`` defines the pool the job chooses from (a user's
+  ``CUDA_VISIBLE_DEVICES=2,3 snakemake ...``, or the GPUs a scheduler gave the job). Its entries are
+  locked by UUID: an index is resolved through NVML (PCI bus order, as with
+  ``CUDA_DEVICE_ORDER=PCI_BUS_ID``), so jobs whose local indices name different physical GPUs (SLURM
+  jobs on one node) never block each other, and two jobs in one pool never share a GPU.
 * ``--gpus 0`` hides every GPU (``CUDA_VISIBLE_DEVICES=""``): a job that was given no GPU uses none.
 * Asking for more GPUs than the machine has is an error, not an endless wait.
 """
@@ -20,7 +23,7 @@ import fcntl
 import os
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -80,6 +83,18 @@ def try_lock(gpus: Sequence[str], count: int, directory: Path) -> list[tuple[str
     return None
 
 
+def pool(visible: str, machine: Sequence[str]) -> list[str]:
+    """The GPUs ``CUDA_VISIBLE_DEVICES`` names, as UUIDs where an index can be resolved on ``machine``."""
+    ids = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    return [machine[int(i)] if i.isdigit() and int(i) < len(machine) else i for i in ids]
+
+
+def available(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The GPUs jobs may use: those ``CUDA_VISIBLE_DEVICES`` names if set, else the machine's."""
+    machine = detect_gpus()
+    return pool(env[ENV], machine) if env.get(ENV) else machine
+
+
 def claim(
     count: int,
     *,
@@ -88,21 +103,22 @@ def claim(
     env: MutableMapping[str, str] = os.environ,
     poll_s: float = 2.0,
     log: TextIO = sys.stderr,
-) -> list[str] | None:
-    """Give this process ``count`` GPUs; return their ids (None: a scheduler already chose them)."""
+) -> list[str]:
+    """Give this process ``count`` GPUs of :func:`available`; return their ids."""
     if count < 0:
         raise GpuError(f"--gpus must be >= 0 (got {count})")
     if count == 0:
         env[ENV] = ""
         return []
+    machine = detect_gpus() if gpus is None else list(gpus)
     if env.get(ENV):
-        assigned = [g for g in env[ENV].split(",") if g.strip()]
-        if len(assigned) < count:
-            raise GpuError(f"this run needs {count} GPUs but {ENV}={env[ENV]!r} names {len(assigned)}")
-        return None
-    gpus = detect_gpus() if gpus is None else list(gpus)
-    if count > len(gpus):
-        raise GpuError(f"this run needs {count} GPUs but this machine has {len(gpus)}")
+        gpus = pool(env[ENV], machine)
+        if len(gpus) < count:
+            raise GpuError(f"this run needs {count} GPUs but {ENV}={env[ENV]!r} names {len(gpus)}")
+    else:
+        gpus = machine
+        if count > len(gpus):
+            raise GpuError(f"this run needs {count} GPUs but this machine has {len(gpus)}")
     directory = lock_dir(directory)
     waiting = False
     while (taken := try_lock(gpus, count, directory)) is None:

@@ -136,6 +136,30 @@ def test_gpus_per_run():
         ({"experiments__t1__kind": "chart"}, "'chart' is not one of"),
         ({"experiments__t1__grid": {"label_noise": []}}, "should be non-empty"),
         ({"run__epochs": 0}, r"epochs must be an integer >= 1 \(got 0\)"),
+        # table and figure settings: checked when the plan is built, not when the table is made
+        (
+            {"experiments__t1__table__metrics": ["test_accc"]},
+            "unknown metric 'test_accc'; choose one of: test_acc",
+        ),
+        ({"experiments__t1__table__metrics": ["val_acc"]}, "metric 'val_acc' is a per-epoch quantity"),
+        (
+            {"experiments__t1__table__rows": ["label_nosie"]},
+            "table axis 'label_nosie' is not one of: metric, arm",
+        ),
+        (
+            {"experiments__t1__table__rows": []},
+            "axis 'label_noise' varies, so it must be in the table's rows",
+        ),
+        ({"experiments__t1__table__metrics": ["test_acc", "devices"]}, "several metrics need 'metric'"),
+        (
+            {"experiments__t1__table__best_groups": [["SAM", "SAMPa"]]},
+            "best_groups names 'SAMPa', not an arm",
+        ),
+        # new workflow keys: the schema rejects bad values
+        ({"protect_timing": "yes"}, "protect_timing: 'yes' is not of type 'boolean'"),
+        ({"python": ""}, "python: '' should be non-empty"),
+        ({"runtime": {"resnet56": -1}}, "runtime.resnet56: -1 is less than or equal to the minimum of 0"),
+        ({"runtime": [1]}, "runtime: \\[1\\] is not of type 'object'"),
     ],
 )
 def test_bad_config_is_one_line(changes, message):
@@ -187,3 +211,73 @@ def test_machine_keys_are_the_engines_non_result_keys():
     assert set(ex.MACHINE_KEYS) == NON_RESULT_KEYS
     forbidden = ex.load_schema()["$defs"]["settings"]["propertyNames"]["not"]["enum"]
     assert set(ex.MACHINE_KEYS) | set(ex.RESERVED_KEYS) == set(forbidden)
+
+
+def figure_config(**layout):
+    cfg = config()
+    cfg["experiments"]["f"] = {
+        "kind": "figure",
+        "title": "F",
+        "arms": ["sam"],
+        "grid": {"hparams.rho": [0.01, 0.05]},
+        "figure": {"plot": "line", "x": "hparams.rho", **layout},
+    }
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"x": "hparams.rh"}, "figure x 'hparams.rh' is not a grid axis; grid axes: hparams.rho"),
+        ({"facet": "model"}, "figure facet 'model' is not a grid axis"),
+        ({"metrics": ["grad_cosine"]}, "metric 'grad_cosine' is a per-epoch quantity"),
+        ({"metrics": ["tset_acc"]}, "unknown metric 'tset_acc'"),
+        ({"plot": "epochs", "metrics": ["test_acc"]}, "metric 'test_acc' is a final quantity"),
+    ],
+)
+def test_bad_figure_setting_stops_the_plan(layout, message):
+    ex.plan(figure_config())  # the unchanged figure plans
+    with pytest.raises(ex.PlanError, match=message) as err:
+        ex.plan(figure_config(**layout))
+    assert "\n" not in str(err.value)
+
+
+def test_timing_runs_are_those_of_time_and_memory_experiments():
+    cfg = config()
+    cfg["experiments"]["speed"] = {
+        "kind": "table",
+        "title": "speed",
+        "arms": ["sam"],
+        "table": {"rows": ["metric"], "columns": ["arm"], "metrics": ["test_acc", "time_per_epoch_s"]},
+    }
+    plan = ex.plan(cfg)
+    assert plan.timing == ["speed"]
+    assert plan.timing_runs() == {r.path for r in plan.runs["speed"]} and len(plan.timing_runs()) == 2
+    assert ex.is_measured("memory_per_device_mib") and ex.is_measured("communication_share")
+    assert not ex.is_measured("test_acc") and not ex.is_measured("sequential_grads")
+
+
+def test_too_few_gpus_are_refused_at_planning_time():
+    cfg = config(use_gpus=True)
+    cfg["arms"]["sampa"]["run"] = {"devices": 2}
+    plan = ex.plan(cfg)
+    ex.check_devices(plan, 2)
+    with pytest.raises(
+        ex.PlanError, match=r"run synthetic/tinycnn/sampa/.* needs 2 GPUs but the workflow may use 1"
+    ):
+        ex.check_devices(plan, 1)
+    ex.check_devices(ex.plan(config()), 0)  # use_gpus false: no run needs a GPU
+
+
+def test_cluster_runtime_follows_epochs_and_model_with_override():
+    assert ex.runtime_minutes({"model": "resnet56", "epochs": 3}) == ex.RUNTIME_MINIMUM
+    assert ex.runtime_minutes({"model": "wrn28-10", "epochs": 200}) == 200 * 1.5 * ex.RUNTIME_MARGIN
+    assert ex.runtime_minutes({"model": "wrn28-10", "epochs": 200}, {"wrn28-10": 0.5}) == 300
+    assert set(ex.MINUTES_PER_EPOCH) >= set(__import__("sampa.models").models.MODEL_NAMES)
+
+
+def test_cifar_runs_get_their_dataset_prepared():
+    assert ex.plan(config()).prepared_datasets() == []
+    assert ex.plan(config(run__dataset="cifar100")).prepared_datasets() == ["cifar100"]
+    cifar10 = ex.plan(config(run__dataset="cifar10"))  # the default dataset: not in the run's settings
+    assert set(cifar10.data) == set(cifar10.unique_runs()) and cifar10.prepared_datasets() == ["cifar10"]

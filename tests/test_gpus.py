@@ -68,12 +68,22 @@ def test_waits_for_a_gpu_released_by_another_process(tmp_path):
     proc.wait(timeout=30)
 
 
-def test_scheduler_assignment_is_left_alone():
-    env = {gpus.ENV: "0,1"}
-    assert gpus.claim(2, gpus=FAKE, env=env) is None
-    assert env[gpus.ENV] == "0,1"
+def test_visible_devices_define_the_pool_and_are_locked_too(tmp_path):
+    machine = ["GPU-aaaa", "GPU-bbbb", "GPU-cccc"]
+    first, second, third = {gpus.ENV: "1,2"}, {gpus.ENV: "1,2"}, {gpus.ENV: "1,2"}
+    assert gpus.claim(1, gpus=machine, directory=tmp_path, env=first) == ["GPU-bbbb"]
+    assert gpus.claim(1, gpus=machine, directory=tmp_path, env=second) == ["GPU-cccc"]  # never GPU-aaaa
+    assert first[gpus.ENV] == "GPU-bbbb" and second[gpus.ENV] == "GPU-cccc"
+    assert gpus.try_lock(gpus.pool(third[gpus.ENV], machine), 1, tmp_path) is None  # both taken: it waits
     with pytest.raises(gpus.GpuError, match="needs 3 GPUs but CUDA_VISIBLE_DEVICES='0,1' names 2"):
-        gpus.claim(3, gpus=FAKE, env=env)
+        gpus.claim(3, gpus=machine, directory=tmp_path, env={gpus.ENV: "0,1"})
+
+
+def test_visible_devices_resolve_indices_to_uuids():
+    machine = ["GPU-aaaa", "GPU-bbbb"]
+    assert gpus.pool("1, 0", machine) == ["GPU-bbbb", "GPU-aaaa"]
+    assert gpus.pool("GPU-bbbb,MIG-x", machine) == ["GPU-bbbb", "MIG-x"]  # UUIDs as they are
+    assert gpus.pool("0,1", []) == ["0", "1"]  # no driver to ask: the ids themselves are locked
 
 
 def test_no_gpu_hides_all_and_too_many_is_an_error(tmp_path):

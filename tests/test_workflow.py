@@ -26,9 +26,19 @@ SNAKEFILE = REPO / "Snakefile"
 
 
 def snakemake(
-    *args: str, cwd: Path, check: bool = True, timeout: int = 900, snakefile: Path = SNAKEFILE
+    *args: str,
+    cwd: Path,
+    check: bool = True,
+    timeout: int = 900,
+    snakefile: Path = SNAKEFILE,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(snakefile.parent), "SAMPA_GPU_LOCK_DIR": str(cwd / "gpu-locks")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(snakefile.parent),
+        "SAMPA_GPU_LOCK_DIR": str(cwd / "gpu-locks"),
+        **(env or {}),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(cwd), *args],
         cwd=cwd,
@@ -166,6 +176,23 @@ def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message
     assert not (tmp_path / "results").exists()
 
 
+def test_too_few_gpus_stop_the_plan_with_one_line(tmp_path):
+    config = ex.load_config(REPO / "configs" / "smoke.yaml") | {"use_gpus": True}  # Table 11: 2 devices
+    path = str(write_config(tmp_path / "gpus.yaml", config))
+    proc = snakemake("-n", "--resources", "gpu=1", "--configfile", path, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"sampa workflow: config error: run synthetic/tinycnn/\S+ needs 2 GPUs but the workflow may use 1 "
+        r"\(--resources gpu=1\); give more GPUs or disable its experiment",
+        last,
+    ), last
+    assert (
+        "needs 2 GPUs"
+        not in snakemake("-n", "--resources", "gpu=2", "--configfile", path, cwd=tmp_path).stdout
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end: a miniature of the smoke profile
 
@@ -200,10 +227,21 @@ def copy_workflow(dest: Path) -> Path:
     return dest / "Snakefile"
 
 
+def path_without_torch(tmp_path: Path) -> dict[str, str]:
+    """A PATH whose first `python` cannot run the jobs: they must use the interpreter running Snakemake."""
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    for name in ("python", "python3"):
+        (fake / name).write_text("#!/bin/sh\necho 'not the workflow interpreter' >&2\nexit 97\n")
+        (fake / name).chmod(0o755)
+    return {"PATH": f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     from sampa.config import config_from_dict
     from sampa.train import train
 
+    path = path_without_torch(tmp_path)
     snakefile = copy_workflow(tmp_path / "code")
     work = tmp_path / "work"
     work.mkdir()
@@ -217,8 +255,9 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     train(config_from_dict(copy.deepcopy(resumed.settings)), out, stop_after=1, log_progress=False)
     assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
 
-    first = snakemake("--cores", "2", "--configfile", config, cwd=work, snakefile=snakefile).stdout
+    first = snakemake("--cores", "2", "--configfile", config, cwd=work, snakefile=snakefile, env=path).stdout
     assert job_counts(first)["train_run"] == 2
+    assert "sampa workflow: 2 of 2 runs finished" in first
     metrics = pd.read_csv(work / "results/mini/runs.csv")
     assert (metrics["status"] == "complete").all() and len(metrics) == 2
     assert metrics.set_index("run").loc[resumed.path, "provenance.resumes"] == 1  # resumed, not restarted
@@ -236,7 +275,7 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
 
     # one run's metrics deleted: only that run is trained again, then the presentation jobs
     (work / "results/runs" / runs[1] / "metrics.json").unlink()
-    second = snakemake("--cores", "2", "--configfile", config, cwd=work, snakefile=snakefile).stdout
+    second = snakemake("--cores", "2", "--configfile", config, cwd=work, snakefile=snakefile, env=path).stdout
     assert job_counts(second) == {
         "train_run": 1,
         "aggregate_runs": 1,
@@ -264,6 +303,66 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     config = str(write_config(tmp_path / "more.yaml", more))
     counts = job_counts(snakemake("-n", "--configfile", config, cwd=work, snakefile=snakefile).stdout)
     assert counts["train_run"] == 1 and counts["make_table"] == 1
+
+
+def partial_config() -> dict:
+    """A table of synthetic runs, a table whose runs need CIFAR-10 and an experiment without code."""
+    config = mini_config() | {"name": "partial", "seeds": [0]}
+    table = {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]}
+    sam, sgd = {"label": "SAM", "optimizer": "sam"}, {"label": "SGD", "optimizer": "sgd"}
+    config["experiments"] = {
+        "synth": {"kind": "table", "title": "synthetic", "arms": [sam, sgd], "table": table},
+        "cifar": {
+            "kind": "table",
+            "title": "cifar",
+            "run": {"dataset": "cifar10"},
+            "arms": [sam],
+            "table": table,
+        },
+        "later": {
+            "kind": "unsupported",
+            "title": "ImageNet",
+            "unsupported": {
+                "reason": "no ImageNet code",
+                "requires": ["imagenet"],
+                "short": "no code for ImageNet yet",
+            },
+        },
+    }
+    return config
+
+
+def test_failed_and_impossible_runs_never_block_the_other_tables(tmp_path):
+    config = str(write_config(tmp_path / "partial.yaml", partial_config()))
+    plan = ex.plan(ex.load_config(config))
+    sam, sgd = (r.path for r in plan.runs["synth"])
+    env = {"SAMPA_DATA": str(tmp_path / "no-data"), "SAMPA_DOWNLOAD": "0"}
+    broken = tmp_path / "results/runs" / sgd / "config.json"  # the SGD run fails at start
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{ damaged")
+
+    first = snakemake("--cores", "2", "--configfile", config, cwd=tmp_path, env=env).stdout
+    assert "sampa workflow: 1 of 3 runs finished, 1 failed, 1 needs data" in first
+    assert f"  failed: logs/runs/{sgd}.log" in first
+    tables = tmp_path / "results/partial/tables"
+    synth = (tables / "synth.md").read_text()
+    assert re.search(r"\| SAM +\| SGD +\|", synth) and re.search(
+        r"\| \**\d+\.\d+\** +\| — \(failed\) +\|", synth
+    ), synth
+    assert re.search(r"\| +— \(needs data\) +\|", (tables / "cifar.md").read_text())
+    assert "not run: no code for ImageNet yet" in (tables / "later.md").read_text()
+    assert (tmp_path / "results/partial/tables/reproduction.md").exists()
+
+    # the next invocation retries what failed, never what finished
+    counts = job_counts(snakemake("-n", "--configfile", config, cwd=tmp_path, env=env).stdout)
+    assert counts["train_run"] == 2 and counts["prepare_data"] == 1
+    finished = (tmp_path / "results/runs" / sam / "outcome.json").stat().st_mtime_ns
+    broken.unlink()  # the cause is fixed
+    again = snakemake("--cores", "2", "--configfile", config, cwd=tmp_path, env=env).stdout
+    assert "sampa workflow: 2 of 3 runs finished, 1 needs data" in again
+    runs = pd.read_csv(tmp_path / "results/partial/runs.csv").set_index("run")
+    assert runs.loc[sgd, "status"] == "complete" and runs.loc[sam, "status"] == "complete"
+    assert (tmp_path / "results/runs" / sam / "outcome.json").stat().st_mtime_ns == finished
 
 
 # ----------------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class Method:
 
     name: ClassVar[str] = ""  # registry key (lower case, e.g. "sampa", "sampa-asam")
     display_name: ClassVar[str] = ""  # the paper's name for tables (e.g. "SAMPa", "ASAM+SAMPa")
+    label_hparam: ClassVar[str | None] = None  # a hyperparameter the label carries ("SAMPa-0.2")
     Hparams: ClassVar[type[Hyperparameters]] = Hyperparameters
     trace_keys: ClassVar[tuple[str, ...]] = ()  # stats recorded per step by the engine (not only averaged)
     #: independent jobs per step; a two-device backend runs a method with >= 2 task-parallel

@@ -75,8 +75,13 @@ class SAMPa(Method):
 
     name = "sampa"
     display_name = "SAMPa"
+    label_hparam = "lam"
     Hparams = SAMPaHparams
     parallel_jobs = 2  # g~_t and g_{t+1}: one per device on the two-device backend
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.label_hparam = vars(cls).get("label_hparam")  # the combinations are named without lambda
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

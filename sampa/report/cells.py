@@ -20,8 +20,9 @@ from typing import Any
 import pandas as pd
 
 from sampa.config import config_from_dict
-from sampa.experiments import MACHINE_KEYS, PlannedRun, axis_label, plan_experiment, run_defaults
+from sampa.experiments import MACHINE_KEYS, PlannedRun, axis_label, is_measured, plan_experiment, run_defaults
 from sampa.report.metrics import Metric, metric
+from sampa.report.runs import timing_caveats
 
 AVERAGE = "Average"
 COST = "Temporal cost/Epochs"
@@ -83,7 +84,10 @@ def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         "missing",
         "datasets",
     ]
-    return cells[columns]
+    cells = cells[columns]
+    if any(is_measured(name) for name in layout["metrics"]):  # time/memory: say what may bias them
+        cells.attrs["caveats"] = timing_caveats(runs, [run.path for run in planned])
+    return cells
 
 
 def observations(planned: Sequence[PlannedRun], runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:

@@ -1,15 +1,18 @@
 """Read run directories into tidy tables (one row per run, or per run and epoch). Never trains.
 
 A run directory's ``metrics.json`` is written last and atomically, so its presence means the run
-finished (``status`` ``complete`` or ``diverged``). A directory without it is reported as
-``incomplete`` (a checkpoint exists: interrupted or still running) or ``missing``; such runs are
-rows of the table too, never silently dropped.
+finished (``status`` ``complete`` or ``diverged``). A directory without it is reported with the
+status its workflow job recorded in ``outcome.json`` (``failed``, ``needs data``; see
+:mod:`sampa.jobs`), else as ``incomplete`` (a checkpoint exists: interrupted or still running) or
+``missing``. A damaged ``metrics.json`` is skipped with a warning and the run reported ``missing``.
+Such runs are rows of the table too, never silently dropped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,14 +34,14 @@ def run_dir_of(path: str | os.PathLike) -> Path:
 def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
     """One flat row: identity, configuration, final metrics, timing, passes, memory, provenance."""
     row: dict[str, Any] = {"run": _relative(run_dir, runs_root)}
-    metrics_file = run_dir / "metrics.json"
-    if not metrics_file.exists():
-        row["status"] = "incomplete" if (run_dir / "checkpoint.pt").exists() else "missing"
-        config_file = run_dir / "config.json"
-        if config_file.exists():
-            row |= _config_columns(_read_json(config_file))
+    outcome = _read_record(run_dir / "outcome.json")
+    row |= flatten(outcome.get("shared") or {}, "shared.")
+    metrics = _read_record(run_dir / "metrics.json")
+    if not metrics:
+        recorded = outcome.get("status") if outcome.get("status") in ("failed", "needs data") else None
+        row["status"] = recorded or ("incomplete" if (run_dir / "checkpoint.pt").exists() else "missing")
+        row |= _config_columns(_read_record(run_dir / "config.json"))
         return row
-    metrics = _read_json(metrics_file)
     row |= _config_columns(metrics.get("config", {}))
     row |= flatten({k: v for k, v in metrics.items() if k not in _SECTIONS})
     row |= memory_columns(metrics.get("memory", {}))
@@ -141,6 +144,29 @@ def _provenance_columns(provenance: Mapping[str, Any], backend: Mapping[str, Any
     }
 
 
+def timing_caveats(runs: pd.DataFrame, paths: Iterable[str]) -> list[str]:
+    """What may bias the time and memory of these runs: mixed GPU models or code commits, uncommitted
+    changes, other training jobs on the machine (one line, or none)."""
+    if "run" not in runs.columns:
+        return []
+    rows = runs[runs["run"].isin(set(paths))]
+    found = []
+    for column, what in (("provenance.device_name", "devices"), ("provenance.git_sha", "code commits")):
+        counts = rows[column].dropna().value_counts() if column in rows else pd.Series(dtype=int)
+        if len(counts) > 1:
+            each = ", ".join(f"{value}: {n} runs" for value, n in counts.items())
+            found.append(f"{len(counts)} {what} ({each})")
+    for column, what in (
+        ("provenance.git_dirty", "from a checkout with uncommitted changes"),
+        ("shared.other_training_jobs_max", "beside other training jobs"),
+    ):
+        if column in rows:
+            n = int((pd.to_numeric(rows[column], errors="coerce").fillna(0) > 0).sum())
+            if n:
+                found.append(f"{n} runs {what}")
+    return [f"Caution, times and memory of runs: {'; '.join(found)}."] if found else []
+
+
 def _column_order(columns: Iterable[str]) -> list[str]:
     columns = list(columns)
     head = [c for c in ID_COLUMNS if c in columns]
@@ -157,9 +183,24 @@ def _relative(run_dir: Path, root: Path) -> str:
         return run_dir.as_posix()
 
 
-def _read_json(path: Path) -> Any:
-    with open(path) as handle:
-        return json.load(handle)
+def _read_record(path: Path) -> dict[str, Any]:
+    """A JSON object; {} if absent, and {} with a one-line warning if damaged."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        _warn(f"{path} is damaged ({type(err).__name__}): skipped; delete it to train the run again")
+        return {}
+    if not isinstance(data, dict):
+        _warn(f"{path} is damaged (not a JSON object): skipped; delete it to train the run again")
+        return {}
+    return data
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:

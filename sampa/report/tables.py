@@ -122,7 +122,7 @@ def footer_lines(spec: Mapping[str, Any], cells: pd.DataFrame) -> list[str]:
     missing = list(dict.fromkeys(m for text in cells["missing"] for m in str(text).split("; ") if m))
     if missing:
         lines.append(f"Missing runs ({len(missing)}): " + "; ".join(missing))
-    return lines
+    return lines + cells.attrs.get("caveats", [])
 
 
 # ----------------------------------------------------------------------------------------------

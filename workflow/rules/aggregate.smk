@@ -17,6 +17,8 @@ rule aggregate_runs:
         runs_root=RUNS_ROOT,
     message:
         f"aggregate the runs of config {NAME} into {{output.runs}}"
+    conda:
+        ENV
     shell:
-        "python -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
+        "$SAMPA_PYTHON -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
         "{input:q} > {log:q} 2>&1"

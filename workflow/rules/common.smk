@@ -4,10 +4,12 @@
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,12 +18,10 @@ REPO = Path(workflow.basedir)
 # Jobs run `python -m sampa ...` from the working directory (which --directory may move): make
 # them, and this Snakefile, use this checkout's package.
 sys.path.insert(0, str(REPO))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-)
+os.environ.update(PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
-from sampa import experiments  # noqa: E402
-from sampa.gpus import detect_gpus  # noqa: E402
+from sampa import experiments, jobs  # noqa: E402
+from sampa.gpus import available as available_gpus  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "smoke.yaml"
 
@@ -51,22 +51,50 @@ RUNS_ROOT = "results/runs"
 RESULTS = f"results/{NAME}"
 FIGURES = f"figures/{NAME}"
 LOGS = f"logs/{NAME}"
+DATA_RECORDS = "results/data"
 RUNS = PLAN.unique_runs()
 TABLES = PLAN.of_kind("table")
 FIGURE_IDS = PLAN.of_kind("figure")
 UNSUPPORTED = PLAN.of_kind("unsupported")
-TABLE_CODE = [str(REPO / "sampa/report" / f) for f in ("cells.py", "compare.py", "latex.py", "metrics.py", "tables.py")]
-TABLE_CODE += [str(REPO / "sampa/report/paper" / f) for f in ("__init__.py", "results.csv")]
-SCORECARD_CODE = [*TABLE_CODE, *(str(REPO / "sampa/report" / f) for f in ("scorecard.py", "scorecard_text.py"))]
-FIGURE_CODE = [str(REPO / "sampa/report" / f) for f in ("cells.py", "figures.py", "metrics.py", "style.py")]
+# code dependencies, derived: what each command's module imports (the command-line glue itself only)
+COMMANDS = [str(REPO / "sampa" / "report" / "commands.py")]
+TABLE_CODE = [*jobs.module_files("sampa.report.tables"), *COMMANDS]
+SCORECARD_CODE = [*jobs.module_files("sampa.report.scorecard", "sampa.report.scorecard_text"), *COMMANDS]
+FIGURE_CODE = [*jobs.module_files("sampa.report.figures"), *COMMANDS]
+# jobs run with the interpreter that runs Snakemake (or the config's `python`), not the first on PATH;
+# with `--sdm conda` the python of the rule's environment (workflow/envs/sampa.yaml)
+ENV = "../envs/sampa.yaml"
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    os.environ.update(SAMPA_PYTHON="python")
+else:
+    os.environ.update(SAMPA_PYTHON=shlex.quote(config.get("python") or sys.executable))
+TIMING = PLAN.timing_runs() if config.get("protect_timing", False) else set()
 
-# GPUs: `--resources gpu=N` bounds concurrent GPU jobs; without it, use the GPUs of this machine
-# (a workflow profile is static YAML and cannot detect them). Which GPU a job gets is decided by
+# a failed run or an unavailable dataset is a record, not a result: forget it, so it is retried
+jobs.forget_failures(
+    [Path(RUNS_ROOT, path) for path in RUNS],
+    [Path(DATA_RECORDS, f"{dataset}.json") for dataset in PLAN.prepared_datasets()],
+)
+
+# GPUs: `--resources gpu=N` bounds concurrent GPU jobs; without it, use the GPUs of this machine, or
+# those CUDA_VISIBLE_DEVICES names (a workflow profile is static YAML and cannot detect them). Which GPU a job gets is decided by
 # the job itself (lock files, see sampa/gpus.py).
 if "gpu" not in workflow.global_resources:
-    _detected = len(detect_gpus())
+    _detected = len(available_gpus())
     if _detected:
         workflow.register_resource("gpu", _detected)
+# timing protection: a training job takes one `machine` share, a run whose numbers enter a time or
+# memory table takes all of them, so it never runs beside another training job (a cluster profile
+# sets a larger pool and asks the scheduler for exclusive nodes instead)
+MACHINE_SHARES = 1000
+if "machine" not in workflow.global_resources:
+    workflow.register_resource("machine", MACHINE_SHARES)
+if PLAN.use_gpus and "gpu" in workflow.global_resources:
+    try:
+        _gpus = workflow.global_resources["gpu"]
+        experiments.check_devices(PLAN, int(getattr(_gpus, "value", _gpus)))
+    except experiments.PlanError as err:
+        fail(err)
 
 
 def _alternatives(names):
@@ -78,6 +106,7 @@ wildcard_constraints:
     table=_alternatives(TABLES),
     figure=_alternatives(FIGURE_IDS),
     unsupported=_alternatives(UNSUPPORTED),
+    dataset=_alternatives(PLAN.prepared_datasets()),
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,13 +128,33 @@ def get_run_gpus(wildcards):
     return get_run(wildcards).gpus(PLAN.use_gpus)
 
 
+def get_run_machine_share(wildcards):
+    return MACHINE_SHARES if wildcards.run in TIMING else 1
+
+
+def get_run_slurm_extra(wildcards):
+    return "--exclusive" if wildcards.run in TIMING else ""
+
+
+def get_run_runtime(wildcards):
+    """Minutes a run may take on a cluster: epochs x a per-model estimate (config `runtime`)."""
+    return PLAN.minutes[get_run(wildcards).path]
+
+
+def get_run_data(wildcards):
+    """The data record of the run's dataset (none for synthetic data)."""
+    dataset = PLAN.data.get(get_run(wildcards).path)
+    return [f"{DATA_RECORDS}/{dataset}.json"] if dataset else []
+
+
 def get_run_threads(wildcards):
     """One CPU thread per process: a two-device run is two processes (the data live on the device)."""
     return int(get_run(wildcards).settings.get("devices", 1))
 
 
 def run_metrics(paths):
-    return [f"{RUNS_ROOT}/{path}/metrics.json" for path in paths]
+    """The outcome records of runs (written whether the run finished or failed)."""
+    return [f"{RUNS_ROOT}/{path}/{jobs.OUTCOME}" for path in paths]
 
 
 def get_all_metrics(wildcards):
@@ -125,7 +174,7 @@ def get_figure_data(wildcards):
 
 
 def get_figure_logs(wildcards):
-    """Per-epoch figures read log.jsonl of their runs (complete once metrics.json exists)."""
+    """Per-epoch figures read log.jsonl of their runs (complete once the run finished)."""
     spec = PLAN.specs[wildcards.figure]
     if spec["figure"]["plot"] != "epochs":
         return []
@@ -155,14 +204,14 @@ def get_toy_summary(wildcards):
 
 
 def get_scorecard_logs(wildcards):
-    """Runs whose per-epoch logs the scorecard reads (Figure 4's; complete once metrics.json exists)."""
+    """Runs whose per-epoch logs the scorecard reads (Figure 4's; complete once the run finished)."""
     epochs = [f for f in FIGURE_IDS if PLAN.specs[f]["figure"]["plot"] == "epochs"]
     return run_metrics(dict.fromkeys(run.path for f in epochs for run in PLAN.runs[f]))
 
 
 def final_outputs():
     # every run is a target itself: Snakemake does not recreate a missing intermediate file whose
-    # consumers are up to date, so a deleted metrics.json would otherwise go unnoticed
+    # consumers are up to date, so a deleted record would otherwise go unnoticed
     outputs = [*run_metrics(RUNS), f"{RESULTS}/runs.csv"]
     for table in [*TABLES, *UNSUPPORTED]:
         outputs += [f"{RESULTS}/tables/{table}.{ext}" for ext in ("md", "tex", "csv")]
@@ -170,3 +219,11 @@ def final_outputs():
         outputs += [f"{FIGURES}/{figure}.{ext}" for ext in ("pdf", "png", "csv")]
     outputs += [f"{RESULTS}/tables/reproduction.{ext}" for ext in ("md", "tex")]
     return outputs
+
+
+def print_summary():
+    """The last screen of an invocation: runs finished, runs failed with their logs."""
+    print(
+        jobs.summary({p: Path(RUNS_ROOT, p) for p in RUNS}, {p: f"logs/runs/{p}.log" for p in RUNS}),
+        file=sys.stderr,
+    )

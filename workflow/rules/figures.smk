@@ -12,8 +12,10 @@ rule run_toy:
         toy=get_toy_settings,
     message:
         "toy problem f(x)=||x||^2 for {wildcards.figure}"
+    conda:
+        ENV
     shell:
-        "python -m sampa toy --out {output.trajectories:q} --summary {output.summary:q} "
+        "$SAMPA_PYTHON -m sampa toy --out {output.trajectories:q} --summary {output.summary:q} "
         "{params.toy:q} > {log:q} 2>&1"
 
 
@@ -45,7 +47,9 @@ rule make_figure:
         runs_root=RUNS_ROOT,
     message:
         "figure {wildcards.figure}"
+    conda:
+        ENV
     shell:
-        "python -m sampa figure --spec {params.spec:q} --data {input.data:q} "
+        "$SAMPA_PYTHON -m sampa figure --spec {params.spec:q} --data {input.data:q} "
         "--runs-root {params.runs_root:q} --pdf {output.pdf:q} --png {output.png:q} "
         "--csv {output.csv:q} > {log:q} 2>&1"

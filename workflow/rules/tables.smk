@@ -28,12 +28,14 @@ rule make_table:
         spec=get_spec,
     message:
         "table {wildcards.table}"
+    conda:
+        ENV
     shell:
-        "python -m sampa table --spec {params.spec:q} --runs {input.runs:q} "
+        "$SAMPA_PYTHON -m sampa table --spec {params.spec:q} --runs {input.runs:q} "
         "--md {output.md:q} --tex {output.tex:q} --csv {output.csv:q} > {log:q} 2>&1"
 
 
-# Tables the package cannot reproduce (ImageNet, ViT, BERT): the job fails and says why.
+# Experiments without training code yet (ImageNet, ViT, BERT): a table that says "not run" and why.
 rule explain_unsupported:
     output:
         md=f"{RESULTS}/tables/{{unsupported}}.md",
@@ -44,9 +46,12 @@ rule explain_unsupported:
     params:
         spec=get_spec,
     message:
-        "table {wildcards.unsupported}: not reproducible with this package (see its log)"
+        "table {wildcards.unsupported}: not run (no training code yet)"
+    conda:
+        ENV
     shell:
-        "python -m sampa table --spec {params.spec:q} > {log:q} 2>&1"
+        "$SAMPA_PYTHON -m sampa.jobs not-run --spec {params.spec:q} --md {output.md:q} --tex {output.tex:q} "
+        "--csv {output.csv:q} > {log:q} 2>&1"
 
 
 # The reproduction scorecard: each claim of the paper with our evidence and a verdict.
@@ -72,6 +77,8 @@ rule make_scorecard:
         runs_root=RUNS_ROOT,
     message:
         f"reproduction scorecard of config {NAME}"
+    conda:
+        ENV
     shell:
-        "python -m sampa scorecard --specs {params.specs:q} --runs {input.runs:q} {params.toy:q} "
+        "$SAMPA_PYTHON -m sampa scorecard --specs {params.specs:q} --runs {input.runs:q} {params.toy:q} "
         "--runs-root {params.runs_root:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"

@@ -1,24 +1,49 @@
-# One training job per run directory. The output is metrics.json, written last and atomically by
-# the engine, so an interrupted job leaves no output: the next invocation runs it again and the
-# engine resumes from the run's checkpoint.pt (not an output, so Snakemake never deletes it).
+# One training job per run directory. The job (`python -m sampa.jobs train`) runs the engine in a child
+# process and always writes the run's outcome.json: complete or diverged (the engine wrote metrics.json,
+# last and atomically) or failed / needs data (no metrics.json; the record is forgotten when the
+# workflow is planned again, so the run is retried and resumes from its checkpoint.pt). A failed run
+# therefore never blocks the tables, which say which cells' runs failed.
 # params hold exactly the settings spelled in the run's path: they never change for a path, so
 # Snakemake's params trigger cannot discard a finished run. Each process of a run uses one torch
 # thread (`threads` counts the processes); GPUs are claimed by the job itself (sampa/gpus.py).
 
 
 rule train_run:
+    input:
+        data=get_run_data,
     output:
-        metrics=f"{RUNS_ROOT}/{{run}}/metrics.json",
+        outcome=f"{RUNS_ROOT}/{{run}}/{jobs.OUTCOME}",
     log:
         "logs/runs/{run}.log",
     params:
         settings=get_run_settings,
         out=lambda wildcards: f"{RUNS_ROOT}/{wildcards.run}",
+        data=lambda wildcards, input: [f"--data={path}" for path in input.data],
     threads: get_run_threads
     resources:
         gpu=get_run_gpus,
+        machine=get_run_machine_share,
+        runtime=get_run_runtime,
+        slurm_extra=get_run_slurm_extra,
     message:
         "train {wildcards.run} ({resources.gpu} GPU)"
+    conda:
+        ENV
     shell:
-        "python -m sampa train --settings {params.settings:q} --out {params.out:q} "
-        "--gpus {resources.gpu} --threads 1 >> {log:q} 2>&1"
+        "$SAMPA_PYTHON -m sampa.jobs train --out {params.out:q} {params.data:q} -- "
+        "--settings {params.settings:q} --gpus {resources.gpu} --threads 1 >> {log:q} 2>&1"
+
+
+# Each dataset is verified (extracted from its archive, downloaded where allowed) once, under a lock,
+# before its runs; an unavailable dataset is recorded and its runs say "needs data".
+rule prepare_data:
+    output:
+        record=f"{DATA_RECORDS}/{{dataset}}.json",
+    log:
+        "logs/data/{dataset}.log",
+    message:
+        "prepare dataset {wildcards.dataset}"
+    conda:
+        ENV
+    shell:
+        "$SAMPA_PYTHON -m sampa.jobs prepare-data {wildcards.dataset:q} --record {output.record:q} > {log:q} 2>&1"

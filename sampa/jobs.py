@@ -1,0 +1,385 @@
+"""The workflow's job wrappers: a failed run is a record, not a failed job (``python -m sampa.jobs ...``).
+
+Snakemake runs nothing downstream of a failed job, so one crashed run would block every table. The
+training rule therefore runs ``python -m sampa.jobs train``, which runs ``python -m sampa train`` in a
+child process and always writes ``outcome.json`` into the run directory (the rule's output):
+
+* ``complete`` / ``diverged``: the engine wrote ``metrics.json`` (the engine's guarantee: its presence
+  means the run finished); the outcome only adds what the machine was shared with (``shared``);
+* ``failed`` (the last error line as ``reason``) or ``needs data`` (its dataset could not be prepared):
+  no ``metrics.json``. Such a record is never a result: :func:`forget_failures`, called when the
+  workflow is planned, deletes it, so the next invocation retries the run (resuming its checkpoint).
+
+The job exits non-zero only when it is interrupted (Ctrl-C, a time limit), so Snakemake retries it.
+``prepare-data`` does the same for a dataset (``results/data/<dataset>.json``), ``not-run`` writes the
+table of an experiment without training code, and :func:`summary` is the one-screen end of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+OUTCOME = "outcome.json"
+FINISHED = ("complete", "diverged")
+FAILED = "failed"
+NEEDS_DATA = "needs data"
+DATA_READY = "ready"
+POLL_S = 5.0
+
+
+class JobError(ValueError):
+    """Bad arguments of a job (one line)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# What the machine was shared with
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process (Linux /proc; empty elsewhere)."""
+    table = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(entry.name)] = (ppid, cmdline)
+    return table
+
+
+def _is_training(cmdline: str) -> bool:
+    return "-m sampa.jobs train" in cmdline or "-m sampa train" in cmdline
+
+
+def other_training_jobs(me: int, table: Mapping[int, tuple[int, str]] | None = None) -> int:
+    """Training jobs on this machine other than ``me`` and its descendants (a job counts once)."""
+    table = _process_table() if table is None else table
+
+    def related(pid: int) -> bool:  # pid is me or below me
+        seen = set()
+        while pid not in seen and pid in table:
+            if pid == me:
+                return True
+            seen.add(pid)
+            pid = table[pid][0]
+        return pid == me
+
+    count = 0
+    for pid, (ppid, cmdline) in table.items():
+        if not _is_training(cmdline) or related(pid):
+            continue
+        parent_is_training = ppid in table and _is_training(table[ppid][1])
+        count += not parent_is_training  # a job's child processes belong to the job
+    return count
+
+
+class MachineWatch:
+    """Samples, while a run trains, the other training jobs on the machine and the load average."""
+
+    def __init__(self, me: int) -> None:
+        self.me = me
+        self.jobs: list[int] = []
+        self.load: list[float] = []
+
+    def sample(self) -> None:
+        self.jobs.append(other_training_jobs(self.me))
+        if hasattr(os, "getloadavg"):
+            self.load.append(os.getloadavg()[0])
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "other_training_jobs_max": max(self.jobs, default=None),
+            "load_avg_1min_max": round(max(self.load), 2) if self.load else None,
+            "cpu_count": os.cpu_count(),
+            "samples": len(self.jobs),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def run_training(
+    train_args: Sequence[str], out: Path, data_records: Sequence[Path], python: str = sys.executable
+) -> dict[str, Any]:
+    """Train one run in a child process (stdout/stderr inherited); its outcome record."""
+    missing = [r for r in data_records if _read(r).get("status") != DATA_READY]
+    if missing:
+        reasons = "; ".join(_read(r).get("reason", f"{r} not found") for r in missing)
+        print(f"not trained: {reasons}", file=sys.stderr, flush=True)
+        return {"status": NEEDS_DATA, "reason": reasons}
+    command = [python, "-m", "sampa", "train", *train_args, "--out", str(out)]
+    print("$ " + " ".join(command), file=sys.stderr, flush=True)
+    watch = MachineWatch(os.getpid())
+    child = subprocess.Popen(command)
+    _forward_signals(child)
+    tail = _TailReader()
+    watch.sample()
+    while True:
+        try:
+            child.wait(timeout=POLL_S)
+            break
+        except subprocess.TimeoutExpired:
+            watch.sample()
+    if child.returncode < 0 or child.returncode in (130, 143):  # interrupted: let Snakemake retry
+        sys.exit(child.returncode if child.returncode > 0 else 128 - child.returncode)
+    record: dict[str, Any] = {"returncode": child.returncode, "shared": watch.record()}
+    metrics = _read(out / "metrics.json")
+    if child.returncode == 0 and metrics.get("status") in FINISHED:
+        return {"status": metrics["status"], **record}
+    return {"status": FAILED, "reason": tail.last_line(), **record}
+
+
+class _TailReader:
+    """The last line a run printed (its one-line error), read from this job's log after the run."""
+
+    def __init__(self) -> None:
+        self.offset = _stderr_size()
+
+    def last_line(self) -> str:
+        log = _stderr_path()
+        if log is None:
+            return "see the job's log"
+        with open(log, "rb") as handle:
+            handle.seek(self.offset)
+            lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines()]
+        return next((line for line in reversed(lines) if line), "no output")[:500]
+
+
+def _stderr_path() -> Path | None:
+    """The file this job's stderr goes to (the rule redirects it to the run's log), if a file."""
+    try:
+        path = Path(os.readlink(f"/proc/self/fd/{sys.stderr.fileno()}"))
+    except (OSError, ValueError):
+        return None
+    return path if path.is_file() else None
+
+
+def _stderr_size() -> int:
+    path = _stderr_path()
+    return path.stat().st_size if path else 0
+
+
+def _forward_signals(child: subprocess.Popen) -> None:
+    def forward(signum: int, _frame: Any) -> None:
+        child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """A JSON record, {} if absent or damaged."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_record(path: Path, record: Mapping[str, Any]) -> None:
+    from sampa import io
+
+    io.write_text(path, json.dumps(dict(record), indent=1, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def prepare_data(dataset: str, root: str | None = None) -> dict[str, Any]:
+    """Verify (extract, or download where allowed) ``dataset`` once, under a lock; its data record."""
+    import fcntl
+
+    from sampa.data.cifar import CIFAR_SOURCES, DataUnavailableError, ensure_extracted, resolve_root
+
+    if dataset not in CIFAR_SOURCES:
+        raise JobError(f"dataset {dataset!r} needs no preparation; prepared: {', '.join(CIFAR_SOURCES)}")
+    folder = resolve_root(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{dataset}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            path = ensure_extracted(dataset, folder, download=os.environ.get("SAMPA_DOWNLOAD", "1") != "0")
+        except (DataUnavailableError, OSError) as err:
+            return {"status": NEEDS_DATA, "reason": " ".join(str(err).split())}
+    return {"status": DATA_READY, "folder": str(path.resolve())}
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiments without training code
+
+
+def not_run_text(spec: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Markdown, LaTeX and CSV of an experiment that cannot run yet ("not run: <why>")."""
+    info = spec["unsupported"]
+    word = f"not run: {info.get('short') or 'no training code yet'}"
+    title = f"{spec.get('paper') or spec['id']}: {spec['title']}"
+    note = f"> **{spec['note']}**\n\n" if spec.get("note") else ""
+    markdown = f"{note}**{title}**\n\n{word}.\n\n{' '.join(info['reason'].split())}\n"
+    latex = f"% {title}\n% {word}\n\\textit{{{_latex(word)}}}\n"
+    csv = f'experiment,status\n{spec["id"]},"{word}"\n'
+    return markdown, latex, csv
+
+
+def _latex(text: str) -> str:
+    for char in "\\&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning time and the end of a run
+
+
+def forget_failures(run_dirs: Iterable[Path], data_records: Iterable[Path]) -> int:
+    """Delete outcome records without a finished run and data records that are not ready (retried)."""
+    forgotten = 0
+    for run_dir in map(Path, run_dirs):
+        outcome = run_dir / OUTCOME
+        if outcome.exists() and not (run_dir / "metrics.json").exists():
+            outcome.unlink(missing_ok=True)
+            forgotten += 1
+    for record in map(Path, data_records):
+        if record.exists() and _read(record).get("status") != DATA_READY:
+            record.unlink(missing_ok=True)
+            forgotten += 1
+    return forgotten
+
+
+def summary(runs: Mapping[str, Path], log_of: Mapping[str, str], limit: int = 20) -> str:
+    """One screen: how many runs finished, which did not (with their logs)."""
+    status = {}
+    for name, run_dir in runs.items():
+        record = _read(Path(run_dir) / OUTCOME)
+        finished = (Path(run_dir) / "metrics.json").exists()
+        status[name] = record.get("status") or ("complete" if finished else "not run")
+    counts = Counter(status.values())
+    finished = sum(counts[s] for s in FINISHED)
+    lines = [
+        f"sampa workflow: {finished} of {len(runs)} runs finished"
+        + "".join(f", {n} {s}" for s, n in sorted(counts.items()) if s not in ("complete",))
+    ]
+    bad = [name for name, s in status.items() if s not in FINISHED]
+    for name in bad[:limit]:
+        reason = _read(Path(runs[name]) / OUTCOME).get("reason", "")
+        lines.append(f"  {status[name]}: {log_of[name]}" + (f"  ({reason[:120]})" if reason else ""))
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more (results/<name>/runs.csv has every status)")
+    if bad:
+        lines.append("  the next invocation of the same command retries them (finished runs are kept)")
+    return "\n".join(lines)
+
+
+def module_files(*modules: str) -> list[str]:
+    """The source files ``modules`` import from the sampa package, transitively (and package data
+    files beside them, e.g. the paper's numbers): a workflow rule's code dependencies, derived."""
+    package = Path(__file__).resolve().parent
+    seen: set[str] = set()
+    files: set[Path] = set()
+    pending = list(modules)
+    while pending:
+        name = pending.pop()
+        if name in seen or not (name == "sampa" or name.startswith("sampa.")):
+            continue
+        seen.add(name)
+        path = _module_path(package, name)
+        if path is None:
+            continue
+        files.add(path)
+        if path.name == "__init__.py":
+            files |= set(path.parent.glob("*.csv"))
+        pending += _imported(path)
+    return sorted(str(f) for f in files)
+
+
+_FROM = re.compile(
+    r"^[ \t]*from[ \t]+(sampa(?:\.\w+)*)[ \t]+import[ \t]+(?:\(([^)]*)\)|([\w \t,]+))", re.MULTILINE
+)
+_IMPORT = re.compile(r"^[ \t]*import[ \t]+(sampa(?:\.\w+)*)", re.MULTILINE)
+
+
+@functools.cache
+def _imported(path: Path) -> list[str]:
+    """Modules (or module.name candidates) a source file imports from sampa (a fast textual scan)."""
+    text = path.read_text()
+    names = [m.group(1) for m in _IMPORT.finditer(text)]
+    for match in _FROM.finditer(text):
+        module = match.group(1)
+        imported = (match.group(2) or match.group(3)).split(",")
+        names += [module, *(f"{module}.{n.split()[0]}" for n in imported if n.split())]
+    return names
+
+
+def _module_path(package: Path, name: str) -> Path | None:
+    """sampa.x.y -> <package>/x/y.py or <package>/x/y/__init__.py (None: not a module, e.g. a class)."""
+    parts = name.split(".")[1:]
+    candidates = [package.joinpath(*parts, "__init__.py")]
+    if parts:
+        candidates.insert(0, package.joinpath(*parts).with_suffix(".py"))
+    return next((path for path in candidates if path.is_file()), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sampa.jobs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one run, always record its outcome")
+    train.add_argument("--out", required=True, help="the run directory")
+    train.add_argument("--data", action="append", default=[], help="data records the run needs")
+    train.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then python -m sampa train arguments")
+    data = sub.add_parser("prepare-data", help="verify/extract one dataset, record whether it is ready")
+    data.add_argument("dataset")
+    data.add_argument("--record", required=True)
+    data.add_argument("--root", default=None, help="default $SAMPA_DATA or ./data")
+    not_run = sub.add_parser("not-run", help="the table of an experiment without training code")
+    for flag in ("--spec", "--md", "--tex", "--csv"):
+        not_run.add_argument(flag, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            out = Path(args.out)
+            if not args.out.strip():
+                raise JobError("--out must name a run directory (got an empty string)")
+            train_args = [a for a in args.train_args if a != "--"]
+            record = run_training(train_args, out, [Path(d) for d in args.data])
+            out.mkdir(parents=True, exist_ok=True)
+            write_record(out / OUTCOME, record)
+            print(f"outcome: {record['status']}", file=sys.stderr)
+        elif args.command == "prepare-data":
+            record = prepare_data(args.dataset, args.root)
+            write_record(Path(args.record), record)
+            print(f"{args.dataset}: {record['status']} {record.get('reason', '')}".strip(), file=sys.stderr)
+        else:
+            from sampa import io
+
+            spec = json.loads(args.spec)
+            for path, text in zip((args.md, args.tex, args.csv), not_run_text(spec), strict=True):
+                io.write_text(path, text)
+    except (JobError, ValueError, KeyError) as err:
+        print(f"sampa.jobs {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

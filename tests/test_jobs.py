@@ -1,0 +1,168 @@
+"""The workflow's job wrappers (sampa.jobs): a failed run is a record that is retried, never a result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sampa import jobs
+from sampa.report.runs import collect_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_job(*args: str, log: Path) -> subprocess.CompletedProcess:
+    """``python -m sampa.jobs ...`` with stdout/stderr appended to ``log``, as the rule runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(log, "a") as handle:
+        return subprocess.run(
+            [sys.executable, "-m", "sampa.jobs", *args], stdout=handle, stderr=handle, env=env, timeout=300
+        )
+
+
+def test_a_failed_run_is_recorded_with_its_error_and_the_job_succeeds(tmp_path):
+    out, log = tmp_path / "runs/r", tmp_path / "r.log"
+    settings = json.dumps({"optimizer": "sam", "dataset": "synthetic", "model": "tinycnn", "epochs": "two"})
+    proc = run_job("train", "--out", str(out), "--", "--settings", settings, log=log)
+    assert proc.returncode == 0, log.read_text()
+    record = json.loads((out / jobs.OUTCOME).read_text())
+    assert record["status"] == "failed" and record["returncode"] == 2
+    assert "epochs" in record["reason"] and "two" in record["reason"]  # the engine's one-line error
+    assert record["shared"]["samples"] >= 1 and record["shared"]["other_training_jobs_max"] >= 0
+    assert not (out / "metrics.json").exists()
+    # the runs table says failed; planning again forgets the record, so the run is retried
+    assert collect_runs([out], tmp_path / "runs").loc[0, "status"] == "failed"
+    assert jobs.forget_failures([out], []) == 1 and not (out / jobs.OUTCOME).exists()
+
+
+def test_a_run_without_its_data_needs_data_and_does_not_start(tmp_path):
+    out, log = tmp_path / "runs/r", tmp_path / "r.log"
+    record = tmp_path / "data/cifar10.json"
+    env_root = tmp_path / "empty"
+    prep = subprocess.run(
+        [sys.executable, "-m", "sampa.jobs", "prepare-data", "cifar10", "--record", str(record)],
+        env={**os.environ, "PYTHONPATH": str(REPO), "SAMPA_DATA": str(env_root), "SAMPA_DOWNLOAD": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert prep.returncode == 0, prep.stderr
+    data = json.loads(record.read_text())
+    assert data["status"] == "needs data" and "cifar-10-python.tar.gz" in data["reason"]
+    proc = run_job("train", "--out", str(out), f"--data={record}", "--", "--settings", "{}", log=log)
+    assert proc.returncode == 0
+    outcome = json.loads((out / jobs.OUTCOME).read_text())
+    assert outcome["status"] == "needs data" and "$ " not in log.read_text()  # never started training
+    assert jobs.forget_failures([out], [record]) == 2 and not record.exists()
+
+
+def test_finished_runs_are_kept_and_a_deleted_result_is_retried(tmp_path):
+    done, gone = tmp_path / "done", tmp_path / "gone"
+    for run in (done, gone):
+        run.mkdir()
+        (run / jobs.OUTCOME).write_text('{"status": "complete"}')
+    (done / "metrics.json").write_text('{"status": "complete"}')
+    ready = tmp_path / "cifar10.json"
+    ready.write_text('{"status": "ready"}')
+    assert jobs.forget_failures([done, gone], [ready]) == 1
+    assert (done / jobs.OUTCOME).exists() and not (gone / jobs.OUTCOME).exists() and ready.exists()
+
+
+def test_summary_counts_runs_and_names_the_logs_of_failures(tmp_path):
+    runs = {}
+    for name, status in (("a", "complete"), ("b", "diverged"), ("c", "failed"), ("d", None)):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        if status:
+            record = {"status": status, "reason": "boom"} if status == "failed" else {"status": status}
+            (runs[name] / jobs.OUTCOME).write_text(json.dumps(record))
+        if status in ("complete", "diverged"):
+            (runs[name] / "metrics.json").write_text("{}")
+    text = jobs.summary(runs, {n: f"logs/runs/{n}.log" for n in runs})
+    lines = text.splitlines()
+    assert lines[0] == "sampa workflow: 2 of 4 runs finished, 1 diverged, 1 failed, 1 not run"
+    assert "  failed: logs/runs/c.log  (boom)" in lines and "  not run: logs/runs/d.log" in lines
+    assert "retries them" in lines[-1]
+
+
+def test_other_training_jobs_count_each_job_once_and_not_the_own():
+    table = {
+        1: (0, "init"),
+        10: (1, "python -m sampa.jobs train --out a"),  # me
+        11: (10, "python -m sampa train --settings x"),  # my child
+        12: (11, "python -m sampa train rank"),  # my grandchild
+        20: (1, "python -m sampa.jobs train --out b"),  # another job ...
+        21: (20, "python -m sampa train --settings y"),  # ... and its child
+        30: (1, "python -m sampa train --settings z"),  # a run started by hand
+        40: (1, "python -m pytest"),
+    }
+    assert jobs.other_training_jobs(10, table) == 2
+
+
+def test_not_run_table_says_why_in_every_format():
+    spec = {
+        "id": "table3",
+        "title": "ImageNet",
+        "paper": "Table 3",
+        "note": "",
+        "unsupported": {
+            "reason": "no ImageNet\n pipeline",
+            "requires": [],
+            "short": "no code for ImageNet yet",
+        },
+    }
+    markdown, latex, csv = jobs.not_run_text(spec)
+    assert "not run: no code for ImageNet yet." in markdown and "no ImageNet pipeline" in markdown
+    assert "not run: no code for ImageNet yet" in latex
+    assert pd.read_csv(__import__("io").StringIO(csv)).to_dict("records") == [
+        {"experiment": "table3", "status": "not run: no code for ImageNet yet"}
+    ]
+
+
+def test_code_dependencies_are_derived_from_imports():
+    tables = {
+        Path(f).relative_to(REPO / "sampa").as_posix() for f in jobs.module_files("sampa.report.tables")
+    }
+    assert {"experiments.py", "config.py", "report/tables.py", "report/paper/results.csv"} <= tables
+    assert "report/style.py" not in tables and "train.py" not in tables
+    figures = {Path(f).name for f in jobs.module_files("sampa.report.figures")}
+    assert "style.py" in figures
+
+
+@pytest.mark.parametrize("content", ['{"status": "comp', "\x00\x01", "[1, 2]"])
+def test_a_damaged_metrics_file_is_skipped_with_a_warning(tmp_path, capsys, content):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for run in (good, bad):
+        run.mkdir()
+    (good / "metrics.json").write_text(json.dumps({"status": "complete", "test_acc": 0.5}))
+    (bad / "metrics.json").write_text(content)
+    frame = collect_runs([good, bad], tmp_path).set_index("run")
+    assert frame.loc["good", "status"] == "complete" and frame.loc["bad", "status"] == "missing"
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith(f"warning: {bad / 'metrics.json'} is damaged") and "\n" not in warning
+
+
+def test_timing_caveats_name_mixed_devices_commits_dirty_trees_and_shared_machines():
+    from sampa.report.runs import timing_caveats
+
+    runs = pd.DataFrame(
+        {
+            "run": ["a", "b", "c", "other"],
+            "provenance.device_name": ["NVIDIA A100", "NVIDIA A100", "NVIDIA H100", "NVIDIA V100"],
+            "provenance.git_sha": ["abc", "abc", "abc", "def"],
+            "provenance.git_dirty": [False, True, False, True],
+            "shared.other_training_jobs_max": [0, 0, 2, 5],
+        }
+    )
+    assert timing_caveats(runs, ["a", "b", "c"]) == [
+        "Caution, times and memory of runs: 2 devices (NVIDIA A100: 2 runs, NVIDIA H100: 1 runs); "
+        "1 runs from a checkout with uncommitted changes; 1 runs beside other training jobs."
+    ]
+    clean = runs.assign(**{"provenance.git_dirty": False, "shared.other_training_jobs_max": 0})
+    assert timing_caveats(clean, ["a", "b"]) == []  # one device, one commit, alone: nothing to say
