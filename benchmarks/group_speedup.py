@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from pair_speedup import random_batches  # benchmarks/ is on sys.path when a script here runs
 
 from sampa.backends.pair import PairBackend, mode_for
 from sampa.launch import device_kind, listen
@@ -73,15 +74,7 @@ class Bench:
         base = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.backend = PairBackend(rank, device, mode_for(cls))
         self.method = cls(model, make_loss(0.1), base, executor=self.backend.executor, **hparams)
-        gen = torch.Generator().manual_seed(1)
-        n = args.batch_size
-        self.batches = [
-            (
-                torch.randn(n, 3, 32, 32, generator=gen).to(device),
-                torch.randint(0, 10, (n,), generator=gen).to(device),
-            )
-            for _ in range(2)
-        ]
+        self.batches = random_batches(args.batch_size, device)
         self.i = 0
 
     def step(self) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import Tensor
 
 from sampa.backends.pair import PairBackend, mode_for
 from sampa.backends.single import SingleDevice
@@ -55,6 +56,18 @@ BENCHES: list[tuple[str, type[Method], dict[str, Any], int]] = [
     ("SGD", METHODS["sgd"], {}, 1),
     (BOTH_BUSY, METHODS["sgd"], {}, 2),
 ]
+
+
+def random_batches(size: int, device: torch.device, count: int = 2) -> list[tuple[Tensor, Tensor]]:
+    """``count`` fixed CIFAR-shaped batches of random images and labels (seeded), on ``device``."""
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (
+            torch.randn(size, 3, 32, 32, generator=gen).to(device),
+            torch.randint(0, 10, (size,), generator=gen).to(device),
+        )
+        for _ in range(count)
+    ]
 
 
 def parse_args() -> argparse.Namespace:
@@ -82,15 +95,7 @@ class Bench:
         pair = self.devices == 2 and self.label != BOTH_BUSY
         self.backend = PairBackend(rank, device, mode_for(cls)) if pair else SingleDevice(device)
         self.method = cls(self.model, make_loss(0.1), base, executor=self.backend.executor, **hparams)
-        gen = torch.Generator().manual_seed(1)
-        n = args.batch_size
-        self.batches = [
-            (
-                torch.randn(n, 3, 32, 32, generator=gen).to(device),
-                torch.randint(0, 10, (n,), generator=gen).to(device),
-            )
-            for _ in range(2)
-        ]
+        self.batches = random_batches(args.batch_size, device)
         self.i = 0
         self.last: StepRecord | None = None
 
