@@ -310,6 +310,11 @@ def _check_relations(cfg: RunConfig) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError(f"device {cfg.device!r}: CUDA is not available here; use --device cpu or auto")
+        index, count = int(cfg.device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(
+                f"device {cfg.device!r}: this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"
+            )
     if cfg.backend == "fused" and cfg.devices != 1:
         raise ConfigError(f"backend 'fused' runs on one device; devices must be 1 (got {cfg.devices})")
     if cfg.compile == "step" and cfg.devices != 1:

@@ -111,6 +111,17 @@ def test_cuda_without_cuda(tmp_path, capsys, monkeypatch):
     assert "device 'cuda': CUDA is not available here; use --device cpu or auto" in err
 
 
+def test_cuda_index_beyond_the_gpus(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    out = tmp_path / "r"
+    err = one_line_error([*TRAIN, "--out", str(out), "--device", "cuda:2"], capsys, "train")
+    assert "device 'cuda:2': this machine has 2 GPU(s) (cuda:0 to cuda:1)" in err
+    assert not out.exists()
+
+
 def test_config_file_that_is_not_utf8(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_bytes(b"model: tiny\xffcnn\n")
