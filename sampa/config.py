@@ -24,7 +24,7 @@ from typing import Any
 from sampa import io
 
 BASE_OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "cosine_iter", "constant")
+SCHEDULES = ("cosine", "cosine_iter", "constant", "linear")
 BACKENDS = ("single", "fused")  # one device: reference, or independent gradients in one fused pass
 CIFAR_TRAIN_SIZE = 50_000
 SEED_LIMIT = 2**63  # seeds must fit torch's generators and the derived 63-bit streams
@@ -67,14 +67,16 @@ def setting(
 
 def _models() -> tuple[str, ...]:
     from sampa.models import MODEL_NAMES
+    from sampa.models.pretrained import SOURCE_MODEL_NAMES
 
-    return tuple(MODEL_NAMES)
+    return tuple(MODEL_NAMES) + SOURCE_MODEL_NAMES
 
 
 def _datasets() -> tuple[str, ...]:
     from sampa.data import DATASET_NAMES
+    from sampa.data.sources import SOURCE_NAMES
 
-    return tuple(DATASET_NAMES)
+    return tuple(DATASET_NAMES) + SOURCE_NAMES
 
 
 def _methods() -> tuple[str, ...]:
@@ -112,8 +114,16 @@ class RunConfig:
     epochs: int = setting(200, "training epochs", low=1)
     schedule: str = setting(
         "cosine",
-        "per-epoch cosine to 0 (official code); cosine_iter: per step; constant",
+        "per-epoch cosine to 0 (official code); cosine_iter: per step; constant; linear: per step, "
+        "warm-up then decay to 0 (BERT fine-tuning)",
         choices=SCHEDULES,
+    )
+    warmup: float = setting(
+        0.0, "linear schedule: share of all training steps spent warming up from 0", low=0.0, high=1.0,
+        high_open=True,
+    )  # fmt: skip
+    clip_norm: float | None = setting(
+        None, "clip each update direction to this global norm (null = no clipping)", low=0.0, low_open=True
     )
     label_smoothing: float = setting(
         0.1, "1-s on the true class, s/(C-1) on the others", low=0.0, high=1.0, high_open=True
@@ -198,6 +208,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def train_set_size(cfg: RunConfig) -> int:
     """Number of training samples after the train/validation split (no data is read)."""
+    from sampa.data.sources import TRAIN_SIZES  # no held-out split: validation is the eval set
+
+    if cfg.dataset in TRAIN_SIZES:
+        return TRAIN_SIZES[cfg.dataset]
     total = cfg.synthetic_train_size if cfg.dataset.startswith("synthetic") else CIFAR_TRAIN_SIZE
     return total - round(total * cfg.val_fraction)
 
@@ -228,6 +242,9 @@ def check_value(name: str, value: Any, kind: Any, meta: Mapping[str, Any]) -> No
     elif kind is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name} must be a non-empty string (got {value!r})")
+    elif kind == float | None:
+        if value is not None:
+            _check_float(name, value, meta)
     elif kind == str | None:
         if value is not None and (not isinstance(value, str) or not value or "\0" in value):
             raise ConfigError(f"{name} must be a path (a non-empty string) or null (got {value!r})")
@@ -301,6 +318,8 @@ def _check_relations(cfg: RunConfig) -> None:
         check_method(cfg.optimizer, dict(cfg.hparams))
     except HyperparameterError as err:
         raise ConfigError(str(err)) from None
+    if cfg.warmup and cfg.schedule != "linear":
+        raise ConfigError(f"warmup {cfg.warmup!r} needs schedule 'linear' (got schedule {cfg.schedule!r})")
     if cfg.devices % 2 and cfg.devices != 1:
         raise ConfigError(f"devices must be 1 or an even number (2, 4, 8, ...) (got {cfg.devices!r})")
     if not re.fullmatch(DEVICE_PATTERN, cfg.device):

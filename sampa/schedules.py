@@ -4,13 +4,12 @@
 ``cosine_iter`` every step, ``linear`` every step with a linear warm-up from 0 to the peak over
 ``warmup_steps`` and then a linear decay to 0 at ``total_steps`` (the BERT fine-tuning schedule,
 the same values as ``transformers.get_linear_schedule_with_warmup``), ``constant`` never changes.
+The engine's ``sampa.train.lr_at`` picks one per run (``train.SCHEDULE_FACTORS``).
 """
 
 from __future__ import annotations
 
 import math
-
-SCHEDULE_NAMES = ("constant", "cosine", "cosine_iter", "linear")
 
 
 def cosine(peak: float, progress: float) -> float:
@@ -28,31 +27,3 @@ def linear_warmup_decay(peak: float, step: int, total_steps: int, warmup_steps: 
     if step < warmup_steps:
         return peak * step / warmup_steps
     return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-def learning_rate(
-    schedule: str,
-    peak: float,
-    epoch: int,
-    step: int,
-    *,
-    epochs: int,
-    steps_per_epoch: int,
-    warmup_steps: int = 0,
-) -> float:
-    """The learning rate of step ``step`` (0-based) of epoch ``epoch`` (0-based) under ``schedule``."""
-    if schedule not in SCHEDULE_NAMES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
-    global_step, total_steps = epoch * steps_per_epoch + step, epochs * steps_per_epoch
-    if schedule == "constant":
-        return peak
-    if schedule == "cosine":
-        return cosine(peak, epoch / epochs)
-    if schedule == "cosine_iter":
-        return cosine(peak, global_step / total_steps)
-    return linear_warmup_decay(peak, global_step, total_steps, warmup_steps)
-
-
-def changes_every_step(schedule: str) -> bool:
-    """Whether ``schedule`` sets a new rate at every step (otherwise once per epoch)."""
-    return schedule in ("cosine_iter", "linear")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sampa import schedules
 from sampa.backends import Backend
 from sampa.backends.fastpath import FastPath, optimizer_kwargs
 from sampa.backends.fused import FusedSingleDevice
@@ -75,15 +76,17 @@ class EngineState:
 # Learning rate: a pure function of the config, the epoch and the step within it
 
 
-def _cosine(progress: float) -> float:
-    return 0.5 * (1 + math.cos(math.pi * progress))
+def _cosine(step: int, total: int, _warmup: int) -> float:
+    return schedules.cosine(1.0, step / total)
 
 
-#: schedule -> (factor of the peak lr at a progress in [0, 1], stepped every iteration?)
-SCHEDULE_FACTORS: dict[str, tuple[Callable[[float], float], bool]] = {
-    "constant": (lambda _progress: 1.0, False),
+#: schedule -> (factor of the peak lr at (step, total steps, warm-up steps), stepped every iteration?);
+#: a schedule stepped once per epoch sees the step at which the epoch starts
+SCHEDULE_FACTORS: dict[str, tuple[Callable[[int, int, int], float], bool]] = {
+    "constant": (lambda _step, _total, _warmup: 1.0, False),
     "cosine": (_cosine, False),  # stepped once per epoch, as CosineAnnealingLR(T_max=epochs)
     "cosine_iter": (_cosine, True),
+    "linear": (lambda step, total, warmup: schedules.linear_warmup_decay(1.0, step, total, warmup), True),
 }
 
 
@@ -92,15 +95,13 @@ def steps_per_epoch(cfg: RunConfig) -> int:
     return num_batches(train_set_size(cfg), cfg.batch_size)
 
 
-def lr_at(cfg: RunConfig, epoch: int, step: int) -> float:
-    """The learning rate of step ``step`` (0-based) of epoch ``epoch`` (0-based)."""
+def lr_at(cfg: RunConfig, epoch: int, step: int, n_steps: int | None = None) -> float:
+    """The learning rate of step ``step`` (0-based) of epoch ``epoch`` (0-based); ``n_steps``: steps per
+    epoch (default: from the config; ImageNet runs pass the count of the folder they read)."""
     factor, per_step = SCHEDULE_FACTORS[cfg.schedule]
-    if per_step:
-        n = steps_per_epoch(cfg)
-        progress = (epoch * n + step) / (cfg.epochs * n)
-    else:
-        progress = epoch / cfg.epochs
-    return cfg.lr * factor(progress)
+    n = steps_per_epoch(cfg) if n_steps is None else n_steps
+    total = cfg.epochs * n
+    return cfg.lr * factor(epoch * n + (step if per_step else 0), total, round(cfg.warmup * total))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ class _Run:
             seed=cfg.seed,
             **cfg.hparams,
         )
+        self.method.clip_norm = cfg.clip_norm  # clips the update direction G (and SAMPa's look-ahead g)
         self.augment = Augment(cutout=cfg.cutout)
         self.step = self.fast.prepare_method(self.method)  # method.step, or its compiled form
         self.state = self._resume_or_start()  # after prepare_method: flat buffers must exist first

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from problems import LeastSquares, ls_batches, ls_grad, squared_error
 
+from sampa.config import ConfigError, RunConfig, validate
 from sampa.optim import build_method
 from sampa.optim.clipping import clip_by_global_norm, clip_by_global_norm_
 from sampa.optim.tensors import global_norm
-from sampa.schedules import SCHEDULE_NAMES, changes_every_step, learning_rate, linear_warmup_decay
+from sampa.schedules import linear_warmup_decay
+from sampa.train import SCHEDULE_FACTORS, lr_at, steps_per_epoch
 
 
 def _vectors(scale: float) -> list[torch.Tensor]:
@@ -84,19 +84,45 @@ def test_linear_rejects_bad_warmup():
         linear_warmup_decay(1.0, 0, total_steps=10, warmup_steps=11)
 
 
-def test_learning_rate_per_schedule():
-    kw = {"epochs": 4, "steps_per_epoch": 5}
-    assert learning_rate("constant", 0.1, 3, 4, **kw) == 0.1
-    assert learning_rate("cosine", 0.1, 2, 4, **kw) == pytest.approx(0.05)  # per epoch: step ignored
-    assert learning_rate("cosine_iter", 0.1, 2, 0, **kw) == pytest.approx(0.05)
-    assert learning_rate("cosine_iter", 0.1, 1, 0, **kw) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
-    assert learning_rate("linear", 0.1, 2, 0, warmup_steps=0, **kw) == pytest.approx(0.05)
-    assert [changes_every_step(s) for s in SCHEDULE_NAMES] == [False, False, True, True]
+def _text_run(**changes) -> RunConfig:
+    """A synthetic-text run: 512 training samples, no held-out split (batches of 32: 16 steps)."""
+    return RunConfig(model="bert-tiny", dataset="synthetic-text", **changes)
 
 
-def test_learning_rate_rejects_unknown_schedule():
-    with pytest.raises(ValueError, match="unknown schedule 'step'; choose one of: constant, cosine"):
-        learning_rate("step", 0.1, 0, 0, epochs=1, steps_per_epoch=1)
+def test_lr_at_linear_matches_transformers_schedule():
+    transformers = pytest.importorskip("transformers")  # the nlp extra; the next test checks the math
+    cfg = _text_run(schedule="linear", warmup=0.1, epochs=3, batch_size=32, lr=2e-5, base_optimizer="adamw")
+    n = steps_per_epoch(cfg)
+    assert n == 16
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=2e-5)
+    sched = transformers.get_linear_schedule_with_warmup(opt, num_warmup_steps=5, num_training_steps=48)
+    for epoch in range(3):  # round(0.1 * 48) = 5 warm-up steps
+        for step in range(n):
+            assert lr_at(cfg, epoch, step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-20)
+            opt.step()
+            sched.step()
+
+
+def test_lr_at_linear_warmup_values():
+    cfg = _text_run(schedule="linear", warmup=0.25, epochs=1, batch_size=128, lr=1.0)  # 4 steps, 1 warm-up
+    assert [lr_at(cfg, 0, s) for s in range(4)] == pytest.approx([0.0, 1.0, 2 / 3, 1 / 3])
+    assert SCHEDULE_FACTORS["linear"][1]  # stepped every iteration
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"warmup": 0.1}, "warmup 0.1 needs schedule 'linear' \\(got schedule 'cosine'\\)"),
+        ({"schedule": "linear", "warmup": 1.0}, r"warmup must be in \[0, 1\) \(got 1.0\)"),
+        ({"clip_norm": 0.0}, r"clip_norm must be in \(0, inf\] \(got 0.0\)"),
+        ({"clip_norm": float("inf")}, "clip_norm must be a finite number"),
+        ({"clip_norm": "1"}, "clip_norm must be a number"),
+    ],
+)
+def test_schedule_and_clipping_settings_are_validated(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(_text_run(batch_size=32, **changes))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from problems import tiny_run
 
 from sampa import experiments
 from sampa.cli import _parser, config_from_args
-from sampa.config import FIELDS, MACHINE_KEYS, RunConfig
+from sampa.config import FIELD_TYPES, FIELDS, MACHINE_KEYS, RunConfig
 from sampa.report.metrics import METRICS
 from sampa.rundir import METRICS_KEYS, metrics_record
 from sampa.train import NON_RESULT_KEYS, SCHEDULE_FACTORS, EngineState, lr_at, steps_per_epoch
@@ -38,6 +38,8 @@ def test_every_field_but_hparams_is_a_flag_that_sets_it():
         elif isinstance(default, int | float):
             want = default + 1 if isinstance(default, int) else default / 2
             argv = [flag, repr(want)]
+        elif FIELD_TYPES[name] == float | None:  # e.g. clip_norm: default null
+            argv, want = [flag, "0.5"], 0.5
         else:
             argv, want = [flag, "somewhere"], "somewhere"
         args = _parser().parse_args(["train", "--out", "x", *argv])
@@ -65,10 +67,13 @@ def test_lr_at_matches_the_schedules_formula(schedule):
                 want = 0.2
             elif schedule == "cosine":  # once per epoch, as CosineAnnealingLR(T_max=epochs)
                 want = 0.5 * 0.2 * (1 + math.cos(math.pi * epoch / 4))
+            elif schedule == "linear":  # every iteration, no warm-up: peak to 0 in a straight line
+                want = 0.2 * (4 * n - (epoch * n + step)) / (4 * n)
             else:  # every iteration
                 progress = (epoch * n + step) / (4 * n)
                 want = 0.5 * 0.2 * (1 + math.cos(math.pi * progress))
-            assert lr_at(cfg, epoch, step) == want  # bitwise: the refactor changed no learning rate
+            assert lr_at(cfg, epoch, step) == pytest.approx(want, rel=1e-15, abs=0) if schedule == "linear" \
+                else lr_at(cfg, epoch, step) == want  # bitwise: the refactor changed no learning rate
     assert lr_at(cfg, 0, 0) == 0.2
 
 
