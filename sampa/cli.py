@@ -161,13 +161,14 @@ def _parse_hparams(items: Sequence[str]) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from sampa.data import DataUnavailableError
+    from sampa.extras import MissingExtraError
     from sampa.train import RunError, train
 
     cfg = config_from_args(args)
     _claim_gpus(args, cfg)
     try:
         metrics = _train_pair(cfg, args.out) if cfg.devices > 1 else train(cfg, args.out)
-    except DataUnavailableError as err:
+    except (DataUnavailableError, MissingExtraError) as err:
         print(f"sampa train: error: {err}", file=sys.stderr)
         return 2
     except RunError as err:

@@ -306,6 +306,19 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+#: name prefix of a model or dataset -> the optional extra it needs (``sampa.extras``)
+EXTRA_NEEDED = {"bert-": "nlp", "glue-": "nlp", "vit-": "vision"}
+
+
+def _check_extras(cfg: RunConfig) -> None:
+    from sampa import extras
+
+    for key, name in (("model", cfg.model), ("dataset", cfg.dataset)):
+        for prefix, extra in EXTRA_NEEDED.items():
+            if name.startswith(prefix) and not extras.available(extra):
+                raise ConfigError(f"{key} {name!r} needs the {extra} extra: pip install -e '.[{extra}]'")
+
+
 def _check_relations(cfg: RunConfig) -> None:
     """Checks that involve several fields, the method's hyperparameters or the data's size."""
     from sampa.backends.fastpath import FastPath
@@ -318,6 +331,7 @@ def _check_relations(cfg: RunConfig) -> None:
         check_method(cfg.optimizer, dict(cfg.hparams))
     except HyperparameterError as err:
         raise ConfigError(str(err)) from None
+    _check_extras(cfg)
     if cfg.warmup and cfg.schedule != "linear":
         raise ConfigError(f"warmup {cfg.warmup!r} needs schedule 'linear' (got schedule {cfg.schedule!r})")
     if cfg.devices % 2 and cfg.devices != 1:

@@ -39,6 +39,8 @@ RESULT_KEYS = (
     "best_val_acc",
     "test_acc",  # the paper's number: the best-validation checkpoint on the test set
     "test_loss",
+    "test_top5_acc",  # ImageNet (null otherwise)
+    "test_task_metrics",  # text tasks: {metric: value}, GLUE's (mcc, f1, pearson, ...) (null otherwise)
     "final_val_acc",
     "final_val_loss",
     "final_test_acc",

@@ -17,7 +17,7 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +31,12 @@ from sampa.backends.fused import FusedSingleDevice
 from sampa.backends.single import SingleDevice, resolve_device
 from sampa.config import MACHINE_KEYS, RunConfig, train_set_size, validate
 from sampa.data import Augment, Dataset, eval_batches, load_dataset, num_batches, train_batches
+from sampa.data.sources import Source, is_source, load_source, squared_error
 from sampa.faults import kill_point
 from sampa.losses import make_loss
 from sampa.metrics import MemoryMonitor, Stopwatch, provenance
 from sampa.models import build_model
+from sampa.models.pretrained import SOURCE_MODEL_NAMES, build_source_model
 from sampa.optim import Method, StepRecord, build_method
 from sampa.rundir import DamagedFileError, RunDir, RunError, os_error_message
 
@@ -175,18 +177,19 @@ class _Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = self._load_data()
-        self.steps_per_epoch = num_batches(len(self.data.train), cfg.batch_size)
-        if self.steps_per_epoch != steps_per_epoch(cfg):  # lr_at counts steps from the config alone
-            raise RunError(f"{cfg.dataset} has {len(self.data.train)} training samples, not the expected "
+        n_train = self.data.train_size if is_source(cfg.dataset) else len(self.data.train)
+        self.steps_per_epoch = num_batches(n_train, cfg.batch_size)
+        if cfg.dataset != "imagenet" and self.steps_per_epoch != steps_per_epoch(cfg):  # ImageNet: any folder
+            raise RunError(f"{cfg.dataset} has {n_train} training samples, not the expected "
                            f"{train_set_size(cfg)}")  # fmt: skip
         self.fast = fast_path(cfg)
         torch.manual_seed(cfg.seed)  # model initialisation
-        model = build_model(cfg.model, self.data.num_classes).to(self.device)
+        model = self._new_model().to(self.device)
         self.model: nn.Module = self.fast.prepare_model(model)
         self.method: Method = build_method(
             cfg.optimizer,
             self.model,
-            make_loss(cfg.label_smoothing),
+            squared_error if getattr(self.data, "regression", False) else make_loss(cfg.label_smoothing),
             make_base_optimizer(cfg, self.model),
             executor=backend.executor,
             seed=cfg.seed,
@@ -198,8 +201,11 @@ class _Run:
         self.state = self._resume_or_start()  # after prepare_method: flat buffers must exist first
         self.memory = MemoryMonitor([self.device])
 
-    def _load_data(self) -> Dataset:
+    def _load_data(self) -> Dataset | Source:
         cfg = self.cfg
+        if is_source(cfg.dataset):  # ImageNet, GLUE, synthetic text: batches and scores from the source
+            workers = min(8, os.cpu_count() or 1)  # ImageNet's decoding processes
+            return load_source(cfg.dataset, root=cfg.data_root, device=self.device, workers=workers)
         return load_dataset(
             cfg.dataset,
             seed=cfg.seed,
@@ -211,6 +217,25 @@ class _Run:
             synthetic_train_size=cfg.synthetic_train_size,
             synthetic_test_size=cfg.synthetic_test_size,
         )
+
+    def _new_model(self) -> nn.Module:
+        if self.cfg.model in SOURCE_MODEL_NAMES:
+            return build_source_model(self.cfg.model, self.data.num_classes, self.cfg.data_root)
+        return build_model(self.cfg.model, self.data.num_classes)
+
+    def _train_batches(self, epoch: int) -> Iterator[tuple[Any, Tensor, Tensor]]:
+        cfg = self.cfg
+        if is_source(cfg.dataset):
+            return self.data.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
+        return train_batches(
+            self.data, cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=self.augment, with_indices=True
+        )
+
+    def _evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Loss, accuracy (and a source's own scores) on ``split``; a source: its eval set for both."""
+        if is_source(self.cfg.dataset):
+            return self.data.evaluate(model, self.cfg.eval_batch_size)
+        return evaluate(model, self.data, split, self.cfg.eval_batch_size)
 
     def _resume_or_start(self) -> EngineState:
         ckpt = self.run_dir.load_checkpoint(self.device, CHECKPOINT_KEYS)
@@ -270,14 +295,7 @@ class _Run:
         watch = Stopwatch(self.device)
         with watch:
             self.method.start_epoch(epoch, self.cfg.epochs, self.steps_per_epoch)
-            batches = train_batches(
-                self.data,
-                self.cfg.batch_size,
-                seed=self.cfg.seed,
-                epoch=epoch,
-                augment=self.augment,
-                with_indices=True,
-            )
+            batches = self._train_batches(epoch)
             for step, (inputs, targets, indices) in enumerate(batches):
                 self._set_lr(epoch, step)
                 inputs = self.fast.prepare_batch(inputs)
@@ -286,7 +304,7 @@ class _Run:
                     kill_point(f"epoch{epoch + 1}:step")
         return {
             "epoch": epoch + 1,
-            "lr": lr_at(self.cfg, epoch, 0),
+            "lr": lr_at(self.cfg, epoch, 0, self.steps_per_epoch),
             **totals.summary(self.backend.sum_over_replicas),
             "epoch_time_s": watch.seconds,
             **{f"backend_{k}": v for k, v in self.backend.stats().items()},
@@ -294,7 +312,7 @@ class _Run:
 
     def _set_lr(self, epoch: int, step: int) -> None:
         if step == 0 or SCHEDULE_FACTORS[self.cfg.schedule][1]:
-            lr = lr_at(self.cfg, epoch, step)
+            lr = lr_at(self.cfg, epoch, step, self.steps_per_epoch)
             for group in self.method.base_optimizer.param_groups:
                 group["lr"] = lr
 
@@ -303,9 +321,9 @@ class _Run:
         with watch:
             self.backend.check_replicas(self.model, epoch)
             self.backend.before_eval(self.model)
-            out = _prefixed("val", evaluate(self.model, self.data, "val", self.cfg.eval_batch_size))
+            out = _prefixed("val", self._evaluate(self.model, "val"))
             if self.cfg.test_every_epoch:
-                out |= _prefixed("test", evaluate(self.model, self.data, "test", self.cfg.eval_batch_size))
+                out |= _prefixed("test", self._evaluate(self.model, "test"))
         out["eval_time_s"] = watch.seconds
         return out
 
@@ -339,8 +357,8 @@ class _Run:
         if not self.state.history[-1]["diverged"]:
             self.backend.before_eval(self.model)
             kill_point("final:eval")
-            final_val = evaluate(self.model, self.data, "val", self.cfg.eval_batch_size)
-            final_test = evaluate(self.model, self.data, "test", self.cfg.eval_batch_size)
+            final_val = self._evaluate(self.model, "val")
+            final_test = self._evaluate(self.model, "test")
             best_test = self._best_checkpoint_test()
         metrics = build_metrics(self.cfg, self.state, final_val, final_test, best_test, self.steps_per_epoch)
         metrics["provenance"] = provenance([self.device]) | {"resumes": self.state.resumes}
@@ -360,9 +378,9 @@ class _Run:
     def _best_checkpoint_test(self) -> dict[str, float] | None:
         if self.state.best_epoch == 0 or not self.run_dir.best.exists():
             return None
-        best_model = build_model(self.cfg.model, self.data.num_classes).to(self.device)
+        best_model = self._new_model().to(self.device)
         best_model.load_state_dict(self.run_dir.load_best(self.device))
-        return evaluate(best_model, self.data, "test", self.cfg.eval_batch_size)
+        return self._evaluate(best_model, "test")
 
     def _gathered_memory(self) -> dict[str, Any]:
         reports = self.backend.gather(self.memory.report(self.state.memory))
@@ -472,6 +490,8 @@ def build_metrics(
         "best_val_acc": state.best_val_acc if state.best_epoch else None,
         "test_acc": best_test["acc"] if best_test else None,  # the paper's number: best-validation weights
         "test_loss": best_test["loss"] if best_test else None,
+        "test_top5_acc": best_test.get("top5_acc") if best_test else None,  # ImageNet
+        "test_task_metrics": _task_metrics(cfg, best_test),  # text: the task's metric(s)
         "final_val_acc": final_val["acc"] if final_val else None,
         "final_val_loss": final_val["loss"] if final_val else None,
         "final_test_acc": final_test["acc"] if final_test else None,
@@ -502,6 +522,13 @@ def build_metrics(
         },
         "config": cfg.to_dict(),
     }
+
+
+def _task_metrics(cfg: RunConfig, scores: dict[str, float] | None) -> dict[str, float] | None:
+    """A text task's scores beside the loss (GLUE: e.g. ``mcc``, ``f1``; ``acc`` = the task's GLUE score)."""
+    if scores is None or not (cfg.dataset.startswith("glue-") or cfg.dataset == "synthetic-text"):
+        return None
+    return {k: v for k, v in scores.items() if k != "loss"}
 
 
 def _backend_time(history: list[dict[str, Any]], train_total_s: float) -> dict[str, Any]:
