@@ -56,7 +56,7 @@ def _aggregate(argv: list[str]) -> int:
         ("hparams: rho", r"hparams must be a mapping"),
         ("val_fraction: 0", r"val_fraction must be in \(0, 1\) \(got 0\)"),
         ("dist_timeout_s: 0", r"dist_timeout_s must be in \(0, inf\]"),
-        ("schedule: linear", r"unknown schedule 'linear'; choose one of: cosine, cosine_iter, constant"),
+        ("schedule: step", r"unknown schedule 'step'; choose one of: cosine, cosine_iter, constant, linear"),
         ("base_optimizer: adam", r"unknown base_optimizer 'adam'; choose one of: sgd, adamw"),
         ("schedule: 5", r"schedule must be a non-empty string \(got 5\)"),
         ("hparams: {rho: .inf}", r"hparams.rho must be a finite number \(got inf\)"),
