@@ -50,6 +50,7 @@ class Metric:
 METRICS: dict[str, Metric] = {
     # accuracy of the best-validation checkpoint on the test set (the paper's protocol, Section 5.1)
     "test_acc": Metric("Test accuracy (%)", "test_acc", scale=100, best="max"),
+    "test_top5_acc": Metric("Top-5 test accuracy (%)", "test_top5_acc", scale=100, best="max", optional=True),
     "final_test_acc": Metric("Final test accuracy (%)", "final_test_acc", scale=100, best="max"),
     "best_val_acc": Metric("Best validation accuracy (%)", "best_val_acc", scale=100, best="max"),
     # synchronised training time, evaluation excluded; median over epochs after the first
