@@ -75,6 +75,21 @@ def indexed_batches(n: int = 3, size: int = 16, seed: int = 3) -> list[tuple[tor
     return [(x, y, torch.arange(i * size, (i + 1) * size)) for i, (x, y) in enumerate(batches)]
 
 
+#: steps per epoch of the method-level runs (:func:`run_steps`)
+STEPS_PER_EPOCH = 3
+
+
+def run_steps(method, data: list, steps: int, start: int = 0, epochs: int = 4) -> list:
+    """Steps start..steps-1 of a run cycling over indexed ``data``; STEPS_PER_EPOCH batches per epoch."""
+    records = []
+    for t in range(start, steps):
+        if t % STEPS_PER_EPOCH == 0:
+            method.start_epoch(t // STEPS_PER_EPOCH, epochs, STEPS_PER_EPOCH)
+        x, y, idx = data[t % len(data)]
+        records.append(method.step(x, y, indices=idx))
+    return records
+
+
 def sgd(model: nn.Module, lr: float = 0.1, momentum: float = 0.9, wd: float = 5e-4) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
 

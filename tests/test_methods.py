@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from methods_table import COMBINATIONS, ROW_IDS, ROWS, MethodRow, expected_passes
-from problems import BNNet, ce, indexed_batches, sgd, tiny_run
+from problems import STEPS_PER_EPOCH, BNNet, ce, indexed_batches, run_steps, sgd, tiny_run
 
 from sampa import io
 from sampa.config import ConfigError, RunConfig, validate
 from sampa.optim import METHODS, HyperparameterError, build_method, check_method, method_class
 from sampa.train import train
 
-STEPS_PER_EPOCH = 3
 ERRORS = [
     pytest.param(row.name, hp, match, id=f"{row.name}-{sorted(hp)[0]}")
     for row in ROWS
@@ -37,13 +36,7 @@ def build(row: MethodRow, base=None, seed: int = 0, **overrides):
 
 def run(method, steps: int, start: int = 0, epochs: int = 4) -> list:
     """Steps start..steps-1 of a run cycling over three indexed batches, STEPS_PER_EPOCH per epoch."""
-    data, records = indexed_batches(), []
-    for t in range(start, steps):
-        if t % STEPS_PER_EPOCH == 0:
-            method.start_epoch(t // STEPS_PER_EPOCH, epochs, STEPS_PER_EPOCH)
-        x, y, idx = data[t % len(data)]
-        records.append(method.step(x, y, indices=idx))
-    return records
+    return run_steps(method, indexed_batches(), steps, start, epochs)
 
 
 def flat(params) -> torch.Tensor:

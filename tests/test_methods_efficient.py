@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from problems import (
+    STEPS_PER_EPOCH,
     BNNet,
     LeastSquares,
     RecordingExecutor,
@@ -16,6 +17,7 @@ from problems import (
     indexed_batches,
     ls_batches,
     ls_grad,
+    run_steps,
     sgd,
     squared_error,
 )
@@ -55,18 +57,6 @@ def autograd_grad(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -
     return list(torch.autograd.grad(loss_fn(clone(x), y).mean(), list(clone.parameters())))
 
 
-STEPS_PER_EPOCH = 3
-
-
-def run(method, data: list, steps: int, start: int = 0, epochs: int = 4) -> list:
-    """Steps start..steps-1 of a run that cycles over ``data``, one epoch = STEPS_PER_EPOCH batches."""
-    records = []
-    for t in range(start, steps):
-        if t % STEPS_PER_EPOCH == 0:
-            method.start_epoch(t // STEPS_PER_EPOCH, epochs, STEPS_PER_EPOCH)
-        x, y, idx = data[t % len(data)]
-        records.append(method.step(x, y, indices=idx))
-    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +258,7 @@ def test_saf_and_mesa_before_e_start_are_the_base_optimizer():
         model = BNNet()
         hp = {"e_start": 5} if name != "sgd" else {}
         method = build_method(name, model, ce, sgd(model), **hp)
-        run(method, indexed_batches(), 3 * STEPS_PER_EPOCH, epochs=10)
+        run_steps(method, indexed_batches(), 3 * STEPS_PER_EPOCH, epochs=10)
         params[name] = flat(model.parameters())
     assert torch.equal(params["saf"], params["sgd"]) and torch.equal(params["mesa"], params["sgd"])
 
@@ -644,6 +634,6 @@ def test_vsam_warm_up_samples_every_step_and_leaves_one_sample_in_the_window():
     torch.manual_seed(0)
     model = BNNet()
     method = build_method("vsam", model, ce, sgd(model), warmup_epochs=2, window=4, var_blocks=2)
-    records = run(method, indexed_batches(), 2 * STEPS_PER_EPOCH, epochs=4)
+    records = run_steps(method, indexed_batches(), 2 * STEPS_PER_EPOCH, epochs=4)
     assert [r.stats["sam_step"] for r in records] == [1.0] * 6
     assert method.schedule.sampled_in_window == 1 and len(method.schedule.norms) == 4

@@ -9,15 +9,13 @@ import copy
 import pytest
 import torch
 from methods_table import ROW_IDS, ROWS, MethodRow
-from problems import PackedTinyText, TinyText, ce, packed, sgd, text_batches
+from problems import STEPS_PER_EPOCH, PackedTinyText, TinyText, ce, packed, sgd, text_batches
 
 from sampa import batch, io
 from sampa.backends.fused import FusedExecutor
 from sampa.optim import build_method
 
 pytestmark = pytest.mark.usefixtures("float64")
-
-STEPS_PER_EPOCH = 3
 
 
 def twins(row: MethodRow, executor=None) -> tuple:
