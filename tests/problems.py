@@ -3,6 +3,8 @@ classifier, their batches, and an executor that records the jobs it evaluated.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -194,3 +196,12 @@ def text_batches(
 def packed(inputs: dict) -> torch.Tensor:
     """A text batch as the one tensor :class:`PackedTinyText` takes."""
     return torch.stack([inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]], dim=-1)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

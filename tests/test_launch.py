@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from problems import process_alive
 
 from sampa.launch import failure_summary
 from sampa.rank import ORPHANED, one_line
@@ -30,14 +31,6 @@ def _parent(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _rank_children(launcher: int) -> list[int]:
@@ -90,9 +83,9 @@ def test_ranks_die_with_a_killed_launcher_at_every_moment_of_start_up(tmp_path, 
         launcher.kill()
         launcher.wait()
         killed = time.time()
-        while any(_alive(pid) for pid in ranks) and time.time() < killed + DIE_WITHIN_S:
+        while any(process_alive(pid) for pid in ranks) and time.time() < killed + DIE_WITHIN_S:
             time.sleep(0.05)
-        survivors = [pid for pid in ranks if _alive(pid)]
+        survivors = [pid for pid in ranks if process_alive(pid)]
         assert not survivors, f"orphaned ranks {survivors} (torch loaded at the kill: {with_torch})"
     finally:
         launcher.kill()

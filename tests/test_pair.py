@@ -35,6 +35,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from problems import process_alive
 from torch import nn
 
 from sampa import io
@@ -611,14 +612,6 @@ def _ranks(launcher: int) -> list[int]:
     return [ranks[rank] for rank in sorted(ranks)]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _start_and_wait_for_first_epoch(
     cmd: list[str], out: Path, count: int = 2
 ) -> tuple[subprocess.Popen, list[int]]:
@@ -642,9 +635,9 @@ def _assert_failed_cleanly(
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"sampa train: error: {prefix} run failed: "), err
     deadline = time.time() + 10  # the multiprocessing resource tracker exits once the launcher is gone
-    while any(_alive(pid) for pid in family) and time.time() < deadline:
+    while any(process_alive(pid) for pid in family) and time.time() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in family if _alive(pid)]
+    assert not [pid for pid in family if process_alive(pid)]
     assert not (out / "metrics.json").exists()
     return line
 
