@@ -40,13 +40,13 @@ from torch.overrides import TorchFunctionMode
 
 from sampa import batch
 from sampa.backends.single import SingleDevice
-from sampa.optim import GradJob, GradResult, Method
-from sampa.optim.evaluation import evaluate_job, laid_out_like, model_forward, num_correct
+from sampa.optim import GradJob, GradResult, Method, SequentialExecutor
+from sampa.optim.evaluation import laid_out_like, model_forward, num_correct
 from sampa.optim.flat import FlatVector, as_flat
 from sampa.optim.tensors import TensorList
 
 
-class FusedExecutor:
+class FusedExecutor(SequentialExecutor):
     """Evaluates stackable independent jobs in one vmapped forward/backward, others one by one.
 
     Which ran how shows in every step record: ``sequential`` is 1 for a fused pass and the number of
@@ -68,7 +68,7 @@ class FusedExecutor:
 
     def evaluate(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         if not self.can_fuse(jobs):
-            return [evaluate_job(method, job) for job in jobs]
+            return super().evaluate(method, jobs)
         return evaluate_fused(method, jobs)
 
 

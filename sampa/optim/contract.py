@@ -84,6 +84,11 @@ class Executor(Protocol):
         """How many of these independent evaluations run one after the other."""
         ...
 
+    def share_rows(self, indices: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample rows with their sample indices, gathered from every replica that saw part of the
+        batch (data parallel); on one device the rows as they are."""
+        ...
+
 
 class Method:
     """Base class: a subclass sets ``name``, ``display_name``, ``Hparams``; implements :meth:`direction`."""

@@ -99,6 +99,9 @@ class SequentialExecutor:
     def depth(self, jobs: Sequence[GradJob]) -> int:
         return len(jobs)
 
+    def share_rows(self, indices: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        return indices, rows  # one replica holds every sample of the batch
+
 
 def evaluate_job(method: Evaluable, job: GradJob) -> GradResult:
     """Forward and backward of one job on the local device."""

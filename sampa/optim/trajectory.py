@@ -170,9 +170,7 @@ class SAF(TrajectoryMethod):
 
     def record(self, logits: Tensor) -> None:
         indices = self._indices()
-        share = getattr(self.executor, "share_rows", None)  # data parallel: every replica's samples
-        if share is not None:
-            indices, logits = share(indices, logits)
+        indices, logits = self.executor.share_rows(indices, logits)  # data parallel: every replica's samples
         if self.table is None:
             dtype = torch.promote_types(logits.dtype, torch.float32)  # at least fp32 under autocast
             self.table = logits.new_zeros((0, self.hp.lag + 1, logits.shape[1]), dtype=dtype)
