@@ -36,11 +36,13 @@ OUTCOME_KEYS = ("status", "diverged", "diverged_epoch", "epochs", "epochs_comple
 #: metrics.json: the results (all null for a diverged run: no numbers of a non-finite model)
 RESULT_KEYS = (
     "best_epoch",
-    "best_val_acc",
-    "test_acc",  # the paper's number: the best-validation checkpoint on the test set
+    "best_val_acc",  # plain accuracy at the best epoch (null for regression, STS-B)
+    "best_val_task_score",  # text tasks: the selecting task score at the best epoch, in % (null otherwise)
+    "test_acc",  # the paper's number: the best-validation checkpoint on the test set (null for STS-B)
     "test_loss",
     "test_top5_acc",  # ImageNet (null otherwise)
-    "test_task_metrics",  # text tasks: {metric: value}, GLUE's (mcc, f1, pearson, ...) (null otherwise)
+    "test_task_metrics",  # text tasks: {metric: value in %}, GLUE's (mcc, acc, f1, ...) (null otherwise)
+    "test_task_score",  # text tasks: mean of test_task_metrics, the task's GLUE score, in % (null otherwise)
     "final_val_acc",
     "final_val_loss",
     "final_test_acc",

@@ -31,7 +31,7 @@ from sampa.backends.fused import FusedSingleDevice
 from sampa.backends.single import SingleDevice, resolve_device
 from sampa.config import MACHINE_KEYS, RunConfig, train_set_size, validate
 from sampa.data import Augment, Dataset, eval_batches, load_dataset, num_batches, train_batches
-from sampa.data.sources import Source, is_source, load_source, squared_error
+from sampa.data.sources import Source, is_source, load_source, squared_error, task_metric_names
 from sampa.faults import kill_point
 from sampa.losses import make_loss
 from sampa.metrics import MemoryMonitor, Stopwatch, provenance
@@ -54,7 +54,7 @@ class EngineState:
 
     epoch: int = 0  # epochs finished
     history: list[dict[str, Any]] = field(default_factory=list)  # one log row per finished epoch
-    best_val_acc: float = -1.0
+    best_val_score: float = -1.0  # the best validation value of the selection metric (selection_key)
     best_epoch: int = 0
     memory: dict[str, Any] | list[dict[str, Any]] | None = None  # per process once gathered
     resumes: int = 0
@@ -66,6 +66,8 @@ class EngineState:
     def from_dict(cls, values: dict[str, Any], rank: int) -> EngineState:
         """The state saved by :meth:`to_dict`; ``rank`` picks this process's memory report."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if "best_val_acc" in values:  # checkpoints written before text tasks selected by task score
+            values = {("best_val_score" if k == "best_val_acc" else k): v for k, v in values.items()}
         if set(values) != names:
             raise ValueError(f"engine state keys {sorted(values)} are not {sorted(names)}")
         state = cls(**values)
@@ -90,6 +92,12 @@ SCHEDULE_FACTORS: dict[str, tuple[Callable[[int, int, int], float], bool]] = {
     "cosine_iter": (_cosine, True),
     "linear": (lambda step, total, warmup: schedules.linear_warmup_decay(1.0, step, total, warmup), True),
 }
+
+
+def selection_key(cfg: RunConfig) -> str:
+    """The log column that selects the best-validation checkpoint: ``val_acc``, or for a text task
+    (GLUE, synthetic text) ``val_task_score``, the task's GLUE score (mean of its metrics)."""
+    return "val_task_score" if task_metric_names(cfg.dataset) else "val_acc"
 
 
 def steps_per_epoch(cfg: RunConfig) -> int:
@@ -331,9 +339,10 @@ class _Run:
         state = self.state
         state.epoch += 1
         state.history.append(_json_safe(row))
-        improved = not row["diverged"] and row["val_acc"] > state.best_val_acc
+        score = None if row["diverged"] else row[selection_key(self.cfg)]
+        improved = score is not None and score > state.best_val_score
         if improved:
-            state.best_val_acc, state.best_epoch = row["val_acc"], row["epoch"]
+            state.best_val_score, state.best_epoch = score, row["epoch"]
         state.memory = self.memory.report(state.memory)
         memory_per_process = self.backend.gather(state.memory)
         if self.backend.is_writer:
@@ -485,13 +494,17 @@ def build_metrics(
     diverged = bool(rows[-1]["diverged"])
     times = [r["epoch_time_s"] for r in rows]
     steady = times[1:] if len(times) > 1 else times
+    best_row = rows[state.best_epoch - 1] if state.best_epoch else {}
+    task = bool(task_metric_names(cfg.dataset))
     results = {
         "best_epoch": state.best_epoch or None,
-        "best_val_acc": state.best_val_acc if state.best_epoch else None,
+        "best_val_acc": best_row.get("val_acc"),  # plain accuracy (None for regression)
+        "best_val_task_score": _percent(best_row.get("val_task_score")) if task else None,
         "test_acc": best_test["acc"] if best_test else None,  # the paper's number: best-validation weights
         "test_loss": best_test["loss"] if best_test else None,
         "test_top5_acc": best_test.get("top5_acc") if best_test else None,  # ImageNet
-        "test_task_metrics": _task_metrics(cfg, best_test),  # text: the task's metric(s)
+        "test_task_metrics": _task_metrics(cfg, best_test),  # text: the task's metric(s), in %
+        "test_task_score": _percent(best_test["task_score"]) if task and best_test else None,
         "final_val_acc": final_val["acc"] if final_val else None,
         "final_val_loss": final_val["loss"] if final_val else None,
         "final_test_acc": final_test["acc"] if final_test else None,
@@ -524,11 +537,16 @@ def build_metrics(
     }
 
 
-def _task_metrics(cfg: RunConfig, scores: dict[str, float] | None) -> dict[str, float] | None:
-    """A text task's scores beside the loss (GLUE: e.g. ``mcc``, ``f1``; ``acc`` = the task's GLUE score)."""
-    if scores is None or not (cfg.dataset.startswith("glue-") or cfg.dataset == "synthetic-text"):
+def _task_metrics(cfg: RunConfig, scores: dict[str, Any] | None) -> dict[str, float] | None:
+    """A text task's metrics in percent, e.g. ``{"acc": 86.5, "f1": 90.5}`` (MRPC); None otherwise."""
+    names = task_metric_names(cfg.dataset)
+    if scores is None or not names:
         return None
-    return {k: v for k, v in scores.items() if k != "loss"}
+    return {name: _percent(scores[name]) for name in names}
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100.0 * fraction
 
 
 def _backend_time(history: list[dict[str, Any]], train_total_s: float) -> dict[str, Any]:
@@ -560,8 +578,10 @@ def _progress_line(cfg: RunConfig, row: dict[str, Any], state: EngineState) -> s
     head = f"[{cfg.model} {cfg.dataset} {cfg.optimizer} seed={cfg.seed}] epoch {row['epoch']}/{cfg.epochs}"
     if row["diverged"]:
         return f"{head} DIVERGED (non-finite training loss)"
+    key = selection_key(cfg)
+    val = "val" if key == "val_acc" else "val score"
     return (
         f"{head} loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}% | "
-        f"val {100 * row['val_acc']:.2f}% (best {100 * state.best_val_acc:.2f}% @ {state.best_epoch}) | "
+        f"{val} {100 * row[key]:.2f}% (best {100 * state.best_val_score:.2f}% @ {state.best_epoch}) | "
         f"{row['epoch_time_s']:.2f} s train | lr {row['lr']:.4g}"
     )

@@ -205,3 +205,33 @@ def process_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def write_tiny_bert(root: Path) -> Path:
+    """A tiny BERT and its tokenizer where the paper's BERT-base is looked for (``<root>/weights``)."""
+    import transformers  # the nlp extra: callers skip without it
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "."]
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    folder = root / "weights" / "bert-base-uncased"
+    transformers.BertTokenizerFast(str(vocab)).save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    transformers.BertForPreTraining(config).save_pretrained(folder)
+    return folder
+
+
+def write_stsb(root: Path, rows: int = 4) -> None:
+    """STS-B's GLUE TSVs (train and dev alike) with ``rows`` pairs scored 0, 1, ... under ``root/glue``."""
+    folder = root / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    lines = "".join(f"{i}\tm\tf\t2012\t{i}\tn\tn\ta b{' c' * i}.\tc a.\t{i % 6}.0\n" for i in range(rows))
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text(header + lines)

@@ -72,8 +72,11 @@ def test_lr_at_matches_the_schedules_formula(schedule):
             else:  # every iteration
                 progress = (epoch * n + step) / (4 * n)
                 want = 0.5 * 0.2 * (1 + math.cos(math.pi * progress))
-            assert lr_at(cfg, epoch, step) == pytest.approx(want, rel=1e-15, abs=0) if schedule == "linear" \
-                else lr_at(cfg, epoch, step) == want  # bitwise: the refactor changed no learning rate
+            assert (
+                lr_at(cfg, epoch, step) == pytest.approx(want, rel=1e-15, abs=0)
+                if schedule == "linear"
+                else lr_at(cfg, epoch, step) == want
+            )  # bitwise: the refactor changed no learning rate
     assert lr_at(cfg, 0, 0) == 0.2
 
 
@@ -89,11 +92,13 @@ def test_lr_in_the_log_follows_lr_at(tmp_path):
 
 def test_engine_state_round_trips_as_one_mapping():
     state = EngineState(
-        epoch=2, history=[{"epoch": 1}, {"epoch": 2}], best_val_acc=0.5, best_epoch=1, resumes=1
+        epoch=2, history=[{"epoch": 1}, {"epoch": 2}], best_val_score=0.5, best_epoch=1, resumes=1
     )
     state.memory = [{"rank": 0}, {"rank": 1}]
     again = EngineState.from_dict(state.to_dict(), rank=1)
     assert again.memory == {"rank": 1} and again.history == state.history and again.epoch == 2
+    old = {("best_val_acc" if k == "best_val_score" else k): v for k, v in state.to_dict().items()}
+    assert EngineState.from_dict(old, rank=0).best_val_score == 0.5  # a checkpoint of an older engine
     with pytest.raises(ValueError, match="engine state keys"):
         EngineState.from_dict({**state.to_dict(), "extra": 1}, rank=0)
     with pytest.raises(ValueError, match="engine state keys"):

@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
-from problems import tiny_run
+from problems import tiny_run, write_stsb, write_tiny_bert
 
 from sampa.config import ConfigError, RunConfig, validate
 from sampa.models import build_model
-from sampa.train import lr_at, train
+from sampa.rundir import METRICS_KEYS
+from sampa.train import EngineState, build_metrics, lr_at, selection_key, train
 
 
 def _parameters(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -33,6 +34,7 @@ def test_clip_norm_bounds_every_step_of_a_run(tmp_path):
     torch.manual_seed(0)
     start = _parameters(build_model("tinycnn", 10).state_dict())
     steps = runs[1e-3]["time"]["steps_per_epoch"]
+
     def moved(run: str) -> float:
         return float((_parameters(torch.load(tmp_path / run / "best.pt", weights_only=True)) - start).norm())
 
@@ -60,7 +62,8 @@ def test_text_run_with_mapping_batches_resumes_and_records_its_metric(tmp_path, 
     for key in ("test_acc", "test_loss", "final_train_loss", "test_task_metrics"):
         assert resumed[key] == whole[key], key
     assert whole["status"] == "complete" and whole["test_top5_acc"] is None
-    assert whole["test_task_metrics"] == {"acc": whole["test_acc"]}
+    assert whole["test_task_metrics"] == {"acc": 100 * whole["test_acc"]}  # percent, as GLUE reports
+    assert whole["test_task_score"] == 100 * whole["test_acc"]
     rows = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     want = [0.0, pytest.approx(1e-3 * 8 / 14)]
     assert [r["lr"] for r in rows] == [lr_at(cfg, 0, 0), lr_at(cfg, 1, 0)] == want
@@ -71,7 +74,61 @@ def test_text_run_learns_the_synthetic_task(tmp_path):
     pytest.importorskip("transformers")
     cfg = _text_run("sampa", epochs=4, batch_size=32, lr=3e-3, warmup=0.0, weight_decay=0.0)
     metrics = train(cfg, tmp_path, log_progress=False)
-    assert metrics["test_task_metrics"]["acc"] > 0.9  # chance: 0.5
+    assert metrics["test_task_metrics"]["acc"] > 90  # percent; chance: 50
+
+
+#: the paper's Table 6 AdamW cells as fractions, and each task's GLUE score in % (mean of its metrics)
+PAPER_ADAMW = {
+    "cola": ({"mcc": 0.566}, 56.6),
+    "mrpc": ({"acc": 0.856, "f1": 0.899}, 87.75),
+    "stsb": ({"pearson": 0.854, "spearman": 0.853}, 85.35),
+    "qqp": ({"acc": 0.902, "f1": 0.868}, 88.5),
+    "mnli": ({"acc": 0.826}, 82.6),
+}
+
+
+@pytest.mark.parametrize("task", list(PAPER_ADAMW))
+def test_glue_record_has_plain_accuracy_task_metrics_in_percent_and_the_task_score(task):
+    """metrics.json of a GLUE run: test_acc is plain accuracy (null for STS-B), test_task_metrics the
+    task's metrics in %, test_task_score their mean; the best epoch is chosen by the validation task score."""
+    metrics, score = PAPER_ADAMW[task]
+    acc = None if task == "stsb" else 0.7  # plain accuracy, unlike MRPC/QQP's task score
+    evals = {"loss": 0.4, "acc": metrics.get("acc", acc), **metrics, "task_score": score / 100}
+    row = {"epoch": 1, "diverged": False, "train_loss": 0.5, "train_acc": 0.6, "epoch_time_s": 1.0,
+           "passes_per_step": {"forward": 1.0}, "val_acc": evals["acc"],
+           "val_task_score": score / 100}  # fmt: skip
+    state = EngineState(epoch=1, history=[row], best_val_score=score / 100, best_epoch=1)
+    cfg = RunConfig(dataset=f"glue-{task}", model="bert-base", epochs=1)
+    record = build_metrics(cfg, state, evals, evals, evals, steps_per_epoch=10)
+    assert selection_key(cfg) == "val_task_score" and selection_key(RunConfig()) == "val_acc"
+    assert record["test_task_metrics"] == pytest.approx({k: 100 * v for k, v in metrics.items()})
+    assert record["test_task_score"] == pytest.approx(score)
+    assert record["best_val_task_score"] == pytest.approx(score)
+    assert record["test_acc"] == record["best_val_acc"] == evals["acc"]
+    assert (record["test_acc"] is None) == (task == "stsb")
+    assert set(record) | {"provenance", "backend", "memory"} == set(METRICS_KEYS)
+
+
+def test_stsb_run_selects_by_task_score_and_has_no_accuracy(tmp_path, monkeypatch, capsys):
+    """A GLUE regression task through the engine (tiny BERT and a tiny STS-B copy): no accuracy anywhere,
+    the best epoch is the one with the highest validation task score."""
+    pytest.importorskip("transformers")
+    from sampa.data import sources
+
+    write_tiny_bert(tmp_path)
+    write_stsb(tmp_path, rows=12)
+    monkeypatch.setitem(sources.TRAIN_SIZES, "glue-stsb", 12)  # the real STS-B has 5,749 pairs
+    cfg = _text_run("sam", model="bert-base", dataset="glue-stsb", data_root=str(tmp_path), epochs=3,
+                    batch_size=4, hparams={"rho": 0.005})  # fmt: skip
+    metrics = train(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    scores = [r["val_task_score"] for r in rows]
+    assert metrics["best_epoch"] == 1 + scores.index(max(scores))
+    assert metrics["best_val_task_score"] == pytest.approx(100 * max(scores))
+    assert all(r["val_acc"] is None for r in rows) and metrics["test_acc"] is None
+    assert set(metrics["test_task_metrics"]) == {"pearson", "spearman"}
+    assert metrics["test_task_score"] == pytest.approx(sum(metrics["test_task_metrics"].values()) / 2)
+    assert capsys.readouterr().err.count("val score") == 3  # one progress line per epoch
 
 
 def test_imagenet_folder_run_records_top5(tmp_path):
@@ -88,6 +145,7 @@ def test_imagenet_folder_run_records_top5(tmp_path):
     metrics = train(cfg, tmp_path / "run", log_progress=False)
     assert metrics["time"]["steps_per_epoch"] == 3  # 12 images, not ImageNet's 1.28M
     assert metrics["test_top5_acc"] >= metrics["test_acc"] and metrics["test_task_metrics"] is None
+    assert metrics["test_task_score"] is None and metrics["best_val_task_score"] is None
     assert metrics["test_top5_acc"] in {i / 12 for i in range(13)}
 
 

@@ -28,6 +28,8 @@ from sampa.metrics.scores import (
     glue_scores,
     matthews_corrcoef,
     spearman,
+    task_metric_names,
+    task_score,
 )
 
 transformers = pytest.importorskip("transformers")  # the nlp extra (models and tokenizer below)
@@ -63,6 +65,66 @@ def test_glue_scores_per_task():
     assert set(glue_scores("stsb", pred.double(), labels.double())) == {"pearson", "spearman"}
     with pytest.raises(ValueError, match="unknown GLUE task 'glue'; choose one of: cola, sst2"):
         glue_scores("glue", pred, labels)
+
+
+class FixedOutputs(torch.nn.Module):
+    """Returns row ``input_ids[i, 0]`` of a fixed output table: a model whose predictions are chosen."""
+
+    def __init__(self, outputs: torch.Tensor) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        return self.outputs[input_ids[:, 0]]
+
+
+def _scored(task: str | None, outputs: torch.Tensor, labels: torch.Tensor) -> dict:
+    tokens = {"input_ids": torch.arange(len(labels))[:, None], "attention_mask": torch.ones(len(labels), 1)}
+    batches = [({k: v[:2] for k, v in tokens.items()}, labels[:2], torch.arange(2)),
+               ({k: v[2:] for k, v in tokens.items()}, labels[2:], torch.arange(2, len(labels)))]  # fmt: skip
+    return evaluate_text(FixedOutputs(outputs), batches, task)
+
+
+# predictions 1 0 1 1 against labels 1 0 0 1: tp 2, tn 1, fp 1, fn 0
+BINARY_LOGITS = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+BINARY_LABELS = torch.tensor([1, 0, 0, 1])
+BINARY_SCORES = {  # by hand: acc 3/4; F1 2tp/(2tp+fp+fn) = 4/5; MCC (2*1 - 1*0)/sqrt(3*2*2*1)
+    "cola": {"acc": 0.75, "mcc": 2 / 12**0.5, "task_score": 2 / 12**0.5},
+    "sst2": {"acc": 0.75, "task_score": 0.75},
+    "mrpc": {"acc": 0.75, "f1": 0.8, "task_score": 0.775},
+    "qqp": {"acc": 0.75, "f1": 0.8, "task_score": 0.775},
+    "rte": {"acc": 0.75, "task_score": 0.75},
+    None: {"acc": 0.75, "task_score": 0.75},  # a plain classification task (synthetic text)
+}
+
+
+@pytest.mark.parametrize("task", list(BINARY_SCORES))
+def test_evaluate_text_records_accuracy_the_task_metrics_and_their_mean(task):
+    out = _scored(task, BINARY_LOGITS, BINARY_LABELS)
+    assert set(out) == {"loss", "acc", "task_score", *task_metric_names(task)}
+    want = BINARY_SCORES[task]
+    assert {k: out[k] for k in want} == pytest.approx(want)
+    assert out["loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(BINARY_LOGITS, BINARY_LABELS))
+    )
+
+
+def test_evaluate_text_three_classes_and_regression():
+    mnli = _scored("mnli", torch.eye(3)[[0, 1, 2, 2]], torch.tensor([0, 1, 2, 0]))
+    assert mnli["acc"] == mnli["task_score"] == 0.75
+    stsb = _scored("stsb", torch.tensor([[1.0], [2.0], [4.0], [3.0]]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert set(stsb) == {"loss", "acc", "pearson", "spearman", "task_score"} and stsb["acc"] is None
+    # by hand: deviations (-1.5, -0.5, 1.5, 0.5) and (-1.5, -0.5, 0.5, 1.5): 4.0 / 5.0; ranks 1 2 4 3
+    assert stsb["pearson"] == pytest.approx(0.8) and stsb["spearman"] == pytest.approx(0.8)
+    assert stsb["task_score"] == pytest.approx(0.8) and stsb["loss"] == pytest.approx(0.5)
+
+
+def test_task_score_is_the_mean_of_the_tasks_metrics():
+    assert task_score("mrpc", {"acc": 0.856, "f1": 0.899, "mcc": 0.0}) == pytest.approx(0.8775)
+    assert task_score("stsb", {"pearson": 0.854, "spearman": 0.853}) == pytest.approx(0.8535)
+    assert task_score(None, {"acc": 0.5}) == 0.5
+    with pytest.raises(ValueError, match="unknown GLUE task 'mnli-mm'; choose one of: cola"):
+        task_metric_names("mnli-mm")
 
 
 def test_glue_average_reproduces_the_papers_adamw_score():

@@ -2,11 +2,12 @@ r"""Datasets that do not fit the on-device CIFAR path: ImageNet-1K, the GLUE tas
 
 Each is a *source* with one interface for the engine (:class:`Source`): ``num_classes``, ``train_size``,
 ``train_batches(batch_size, seed=, epoch=)`` and ``eval_batches(batch_size)`` yielding
-``(inputs, targets, indices)``, and ``evaluate(model, batch_size)`` returning ``loss``, ``acc`` and the
-source's own metrics (ImageNet: ``top5_acc``; GLUE: the task's metrics, with ``acc`` = the task's GLUE
-score, so best-checkpoint selection uses it). There is no held-out validation split: validation and
-test are the same eval set (ImageNet's ``val/``, GLUE's dev set), as the paper reports them (ImageNet:
-"maximum test accuracies" over epochs; GLUE: dev scores).
+``(inputs, targets, indices)``, and ``evaluate(model, batch_size)`` returning ``loss``, ``acc`` (plain
+top-1 accuracy) and the source's own scores (ImageNet: ``top5_acc``; text tasks: the task's metrics,
+:func:`task_metric_names`, and ``task_score``, their mean, which selects the best checkpoint; STS-B's
+``acc`` is None). There is no held-out validation split: validation and test are the same eval set
+(ImageNet's ``val/``, GLUE's dev set: GLUE's test labels are hidden), as the paper reports them
+(ImageNet: "maximum test accuracies" over epochs; GLUE: dev scores, MNLI on the matched dev set).
 
 Names: ``imagenet``; ``glue-<task>`` (``glue-cola`` ... ``glue-wnli``); ``synthetic-text`` (toy, no files).
 Pretrained weights live under ``<data root>/weights/`` (:data:`WEIGHTS`) or in the Hugging Face hub cache.
@@ -140,14 +141,21 @@ class TextSource:
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Any, Tensor, Tensor]]:
         return self.data.eval_batches(batch_size)
 
-    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
-        from sampa.metrics.scores import GLUE_METRICS, evaluate_text
+    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float | None]:
+        """``loss``, ``acc`` (None for regression), the task's metrics and ``task_score`` (fractions)."""
+        from sampa.metrics.scores import evaluate_text
 
-        scores = evaluate_text(model, self.eval_batches(batch_size), self.task)
-        if self.task is not None:  # acc: the task's GLUE score (selection and tables use it)
-            metrics = GLUE_METRICS[self.task]
-            scores["acc"] = sum(scores[m] for m in metrics) / len(metrics)
-        return scores
+        return evaluate_text(model, self.eval_batches(batch_size), self.task)
+
+
+def task_metric_names(name: str) -> tuple[str, ...]:
+    """The task metrics a source records (GLUE: its task's; the synthetic text task: ``acc``); none for
+    other datasets. Known from the name alone."""
+    from sampa.metrics.scores import task_metric_names as names_of
+
+    if name == "synthetic-text":
+        return names_of(None)
+    return names_of(name.removeprefix("glue-")) if name.startswith("glue-") else ()
 
 
 def squared_error(outputs: Tensor, targets: Tensor) -> Tensor:

@@ -2,8 +2,10 @@
 
 The GLUE metrics follow the benchmark's definitions (the same values as scikit-learn/scipy):
 Matthews correlation (CoLA), F1 of the positive class with accuracy (MRPC, QQP), Pearson and
-Spearman correlation (STS-B; Spearman with average ranks for ties), accuracy otherwise. A task
-with two metrics scores their mean, and the GLUE score is the mean of the task scores.
+Spearman correlation (STS-B; Spearman with average ranks for ties), accuracy otherwise. A task's
+score is the mean of its metrics (:func:`task_score`), and the GLUE score is the mean of the task
+scores (:func:`glue_average`), as the GLUE leaderboard computes them. Values are fractions here;
+``metrics.json`` records the task metrics in percent (``sampa.train``).
 """
 
 from __future__ import annotations
@@ -79,6 +81,21 @@ GLUE_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
+def task_metric_names(task: str | None) -> tuple[str, ...]:
+    """The metrics of GLUE task ``task``; ``None`` (a plain classification task): accuracy."""
+    if task is None:
+        return ("acc",)
+    if task not in GLUE_METRICS:
+        raise ValueError(f"unknown GLUE task {task!r}; choose one of: {', '.join(GLUE_METRICS)}")
+    return GLUE_METRICS[task]
+
+
+def task_score(task: str | None, scores: Mapping[str, float]) -> float:
+    """A task's GLUE score: the mean of its metrics in ``scores`` (e.g. MRPC: (acc + f1) / 2)."""
+    names = task_metric_names(task)
+    return sum(scores[m] for m in names) / len(names)
+
+
 def glue_scores(task: str, predictions: Tensor, labels: Tensor) -> dict[str, float]:
     """The GLUE metrics of ``task`` (fractions, not percent): class ids, or scores for ``stsb``."""
     if task not in GLUE_METRICS:
@@ -102,8 +119,7 @@ def glue_average(per_task: Mapping[str, Mapping[str, float]]) -> float:
     missing = sorted(set(GLUE_METRICS) - set(per_task))
     if missing:
         raise ValueError(f"the GLUE average needs all nine tasks; missing: {', '.join(missing)}")
-    task_scores = [sum(per_task[t][m] for m in metrics) / len(metrics) for t, metrics in GLUE_METRICS.items()]
-    return sum(task_scores) / len(task_scores)
+    return sum(task_score(t, per_task[t]) for t in GLUE_METRICS) / len(GLUE_METRICS)
 
 
 @torch.no_grad()
@@ -127,10 +143,13 @@ def evaluate_topk(
 @torch.no_grad()
 def evaluate_text(
     model: torch.nn.Module, batches: Iterable[tuple[Mapping[str, Tensor], Tensor, Tensor]], task: str | None
-) -> dict[str, float]:
-    """Mean loss (cross-entropy; squared error for regression) and ``task``'s GLUE metrics over ``batches``.
+) -> dict[str, float | None]:
+    """Scores of ``model`` over ``batches`` of a text task (fractions):
 
-    ``task=None``: a classification task scored by accuracy (e.g. the synthetic one).
+    ``loss`` (cross-entropy; squared error for regression), ``acc`` (plain accuracy; None for the
+    regression task STS-B), the task's metrics (:func:`task_metric_names`: e.g. ``mcc``, ``f1``,
+    ``pearson``) and ``task_score``, their mean. ``task=None``: a classification task scored by
+    accuracy alone (e.g. the synthetic one).
     """
     was_training = model.training
     model.eval()
@@ -141,8 +160,9 @@ def evaluate_text(
     model.train(was_training)
     logits, targets = torch.cat(outputs), torch.cat(labels)
     if logits.shape[1] == 1:  # regression (STS-B)
-        loss, predictions = (logits[:, 0] - targets).square().mean(), logits[:, 0]
+        loss, predictions, acc = (logits[:, 0] - targets).square().mean(), logits[:, 0], None
     else:
         loss, predictions = torch.nn.functional.cross_entropy(logits, targets), logits.argmax(dim=1)
-    scores = glue_scores(task, predictions, targets) if task else {"acc": accuracy(predictions, targets)}
-    return {"loss": float(loss)} | scores
+        acc = accuracy(predictions, targets)
+    metrics = glue_scores(task, predictions, targets) if task else {"acc": acc}
+    return {"loss": float(loss), "acc": acc, **metrics, "task_score": task_score(task, metrics)}
