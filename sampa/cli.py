@@ -90,8 +90,9 @@ def _add_field_flag(p: argparse.ArgumentParser, name: str) -> None:
     help_text = f"{meta['help']} (default: {default})"
     if kind is bool:
         p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-    elif kind in (int, float, float | None):
-        p.add_argument(flag, dest=name, type=int if kind is int else float, default=None, help=help_text)
+    elif kind in (int, float, int | None, float | None):
+        integer = kind in (int, int | None)
+        p.add_argument(flag, dest=name, type=int if integer else float, default=None, help=help_text)
     elif kind in (str, str | None):
         p.add_argument(flag, dest=name, default=None, help=help_text)
     else:  # a pair of numbers (betas)

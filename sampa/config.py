@@ -173,6 +173,10 @@ class RunConfig:
     synthetic_test_size: int = setting(1000, "synthetic datasets: test samples", low=1)
     eval_batch_size: int = setting(1000, "evaluation batch size", low=1)
     threads: int = setting(0, "torch CPU threads (0 = torch's default)", low=0, machine=True)
+    num_workers: int | None = setting(
+        None, "ImageNet: JPEG-decoding worker processes per training process (null = min(8, CPUs); "
+        "0 = decode in the training process)", low=0, machine=True,
+    )  # fmt: skip
     test_every_epoch: bool = setting(False, "also evaluate the test set each epoch (for curves)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,6 +241,9 @@ def check_value(name: str, value: Any, kind: Any, meta: Mapping[str, Any]) -> No
             raise ConfigError(f"{name} must be true or false (got {value!r})")
     elif kind is int:
         _check_int(name, value, meta)
+    elif kind == int | None:
+        if value is not None:
+            _check_int(name, value, meta)
     elif kind is float:
         _check_float(name, value, meta)
     elif kind is str:

@@ -31,6 +31,7 @@ from sampa.backends.fused import FusedSingleDevice
 from sampa.backends.single import SingleDevice, resolve_device
 from sampa.config import MACHINE_KEYS, RunConfig, train_set_size, validate
 from sampa.data import Augment, Dataset, eval_batches, load_dataset, num_batches, train_batches
+from sampa.data.imagenet import loader_workers
 from sampa.data.sources import Source, is_source, load_source, squared_error, task_metric_names
 from sampa.faults import kill_point
 from sampa.losses import make_loss
@@ -212,7 +213,7 @@ class _Run:
     def _load_data(self) -> Dataset | Source:
         cfg = self.cfg
         if is_source(cfg.dataset):  # ImageNet, GLUE, synthetic text: batches and scores from the source
-            workers = min(8, os.cpu_count() or 1)  # ImageNet's decoding processes
+            workers = loader_workers(cfg.num_workers)  # ImageNet's decoding processes
             return load_source(cfg.dataset, root=cfg.data_root, device=self.device, workers=workers)
         return load_dataset(
             cfg.dataset,

@@ -17,7 +17,7 @@ from sampa.train import NON_RESULT_KEYS, SCHEDULE_FACTORS, EngineState, lr_at, s
 
 
 def test_machine_keys_come_from_field_metadata_and_match_the_schema():
-    assert set(MACHINE_KEYS) == {"device", "threads", "data_root", "download", "dist_timeout_s"}
+    assert set(MACHINE_KEYS) == {"device", "threads", "num_workers", "data_root", "download", "dist_timeout_s"}
     assert experiments.MACHINE_KEYS is MACHINE_KEYS and set(MACHINE_KEYS) == NON_RESULT_KEYS
     forbidden = experiments.load_schema()["$defs"]["settings"]["propertyNames"]["not"]["enum"]
     assert set(forbidden) == set(MACHINE_KEYS) | set(experiments.RESERVED_KEYS)
@@ -40,6 +40,8 @@ def test_every_field_but_hparams_is_a_flag_that_sets_it():
             argv = [flag, repr(want)]
         elif FIELD_TYPES[name] == float | None:  # e.g. clip_norm: default null
             argv, want = [flag, "0.5"], 0.5
+        elif FIELD_TYPES[name] == int | None:  # e.g. num_workers: default null
+            argv, want = [flag, "3"], 3
         else:
             argv, want = [flag, "somewhere"], "somewhere"
         args = _parser().parse_args(["train", "--out", "x", *argv])

@@ -9,7 +9,9 @@ import pytest
 import torch
 from problems import tiny_run, write_stsb, write_tiny_bert
 
+from sampa import train as engine
 from sampa.config import ConfigError, RunConfig, validate
+from sampa.data.sources import load_source
 from sampa.models import build_model
 from sampa.rundir import METRICS_KEYS
 from sampa.train import EngineState, build_metrics, lr_at, selection_key, train
@@ -131,7 +133,7 @@ def test_stsb_run_selects_by_task_score_and_has_no_accuracy(tmp_path, monkeypatc
     assert capsys.readouterr().err.count("val score") == 3  # one progress line per epoch
 
 
-def test_imagenet_folder_run_records_top5(tmp_path):
+def test_imagenet_folder_run_records_top5(tmp_path, monkeypatch):
     """A generated ImageFolder (6 classes, 2 JPEGs each) trains through the engine; top-5 is recorded."""
     write_jpeg = pytest.importorskip("torchvision.io").write_jpeg
     for split in ("train", "val"):
@@ -141,8 +143,12 @@ def test_imagenet_folder_run_records_top5(tmp_path):
             for i in range(2):
                 write_jpeg(torch.full((3, 48, 48), 40 * k + i, dtype=torch.uint8), str(folder / f"{i}.JPEG"))
     cfg = RunConfig(model="tinycnn", dataset="imagenet", optimizer="sam", epochs=1, batch_size=4, lr=0.01,
-                    data_root=str(tmp_path), device="cpu", threads=1, eval_batch_size=8)  # fmt: skip
+                    data_root=str(tmp_path), device="cpu", threads=1, eval_batch_size=8,
+                    num_workers=1)  # fmt: skip
+    loads = []
+    monkeypatch.setattr(engine, "load_source", lambda *a, **kw: loads.append(kw) or load_source(*a, **kw))
     metrics = train(cfg, tmp_path / "run", log_progress=False)
+    assert [kw["workers"] for kw in loads] == [1]  # the run's num_workers reaches the loader
     assert metrics["time"]["steps_per_epoch"] == 3  # 12 images, not ImageNet's 1.28M
     assert metrics["test_top5_acc"] >= metrics["test_acc"] and metrics["test_task_metrics"] is None
     assert metrics["test_task_score"] is None and metrics["best_val_task_score"] is None

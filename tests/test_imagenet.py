@@ -9,7 +9,7 @@ import torch
 from torchvision.io import decode_image, write_jpeg
 
 from sampa.data.cifar import DataUnavailableError
-from sampa.data.imagenet import MEAN, STD, eval_transform, load_imagenet, normalise
+from sampa.data.imagenet import MEAN, STD, eval_transform, load_imagenet, loader_workers, normalise
 from sampa.metrics.scores import evaluate_topk, topk_correct
 from sampa.models.resnet50 import resnet50
 
@@ -64,6 +64,15 @@ def test_epoch_is_deterministic_whatever_the_workers(tiny_imagenet):
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[2], y[2]) for x, y in zip(a, b, strict=True))
     other = torch.cat([x[2] for x in one.train_batches(4, seed=3, epoch=2)])
     assert not torch.equal(torch.cat([x[2] for x in a]), other)  # a new order each epoch
+
+
+def test_loader_workers_default_to_at_most_eight_cpus(monkeypatch):
+    for cpus, want in ((64, 8), (8, 8), (2, 2), (None, 1)):  # os.cpu_count() may be None
+        monkeypatch.setattr("os.cpu_count", lambda cpus=cpus: cpus)
+        assert loader_workers(None) == want
+    assert loader_workers(0) == 0 and loader_workers(12) == 12  # an explicit count is taken as it is
+    with pytest.raises(ValueError, match=r"num_workers must be >= 0 or None \(got -1\)"):
+        loader_workers(-1)
 
 
 def test_training_rng_is_not_disturbed(tiny_imagenet):

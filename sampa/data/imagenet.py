@@ -35,7 +35,18 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CROP = 224
 RESIZE = 256
+MAX_DEFAULT_WORKERS = 8  # the default worker count: this many, or fewer where the machine has fewer CPUs
 EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+def loader_workers(requested: int | None = None) -> int:
+    """Decoding processes for ``requested`` (the run's ``num_workers``): ``None`` means
+    min(8, CPUs of this machine); 0 decodes in the calling process."""
+    if requested is None:
+        return min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
+    if requested < 0:
+        raise ValueError(f"num_workers must be >= 0 or None (got {requested})")
+    return requested
 
 
 def imagenet_folder(root: str | os.PathLike | None = None) -> Path:
