@@ -17,7 +17,8 @@ from sampa.train import NON_RESULT_KEYS, SCHEDULE_FACTORS, EngineState, lr_at, s
 
 
 def test_machine_keys_come_from_field_metadata_and_match_the_schema():
-    assert set(MACHINE_KEYS) == {"device", "threads", "num_workers", "data_root", "download", "dist_timeout_s"}
+    machine = {"device", "threads", "num_workers", "data_root", "download", "dist_timeout_s"}
+    assert set(MACHINE_KEYS) == machine
     assert experiments.MACHINE_KEYS is MACHINE_KEYS and set(MACHINE_KEYS) == NON_RESULT_KEYS
     forbidden = experiments.load_schema()["$defs"]["settings"]["propertyNames"]["not"]["enum"]
     assert set(forbidden) == set(MACHINE_KEYS) | set(experiments.RESERVED_KEYS)
