@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from problems import tiny_run, write_stsb, write_tiny_bert
 
 from sampa import train as engine
 from sampa.config import ConfigError, RunConfig, validate
+from sampa.data import sources
 from sampa.data.sources import load_source
 from sampa.models import build_model
 from sampa.rundir import METRICS_KEYS
@@ -115,8 +117,6 @@ def test_stsb_run_selects_by_task_score_and_has_no_accuracy(tmp_path, monkeypatc
     """A GLUE regression task through the engine (tiny BERT and a tiny STS-B copy): no accuracy anywhere,
     the best epoch is the one with the highest validation task score."""
     pytest.importorskip("transformers")
-    from sampa.data import sources
-
     write_tiny_bert(tmp_path)
     write_stsb(tmp_path, rows=12)
     monkeypatch.setitem(sources.TRAIN_SIZES, "glue-stsb", 12)  # the real STS-B has 5,749 pairs
@@ -166,3 +166,46 @@ def test_missing_extra_or_data_is_one_line(tmp_path, monkeypatch, capsys):
     needs = r"model 'bert-tiny' needs the nlp extra: pip install -e '.\[nlp\]'"
     with pytest.raises(ConfigError, match=needs):
         validate(_text_run("sgd"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--model", "vit-b16", "--dataset", "synthetic"],
+            r"ViT-B/16 weights vit_base_patch16_224.orig_in21k unavailable \(not in the hugging face hub "
+            r"cache\); put model.safetensors of https://huggingface.co/timm/\S+ "
+            r"into \S+/weights/vit-b16-imagenet21k ",
+        ),
+        (
+            ["--model", "bert-base", "--dataset", "synthetic-text"],
+            r"BERT-base weights unavailable \(not in the hugging face hub cache\); put a save_pretrained "
+            r"directory .* at \S+/weights/bert-base-uncased ",
+        ),
+        (
+            ["--model", "bert-base", "--dataset", "glue-cola"],  # the data is named before the weights
+            r"GLUE CoLA not found: put the GLUE TSVs at \S+/glue/CoLA/train.tsv or the hub's parquet files",
+        ),
+        (
+            ["--model", "bert-base", "--dataset", "glue-stsb"],  # the data is there, the tokenizer is not
+            r"BERT-base weights unavailable .* at \S+/weights/bert-base-uncased ",
+        ),
+        (["--model", "resnet50", "--dataset", "imagenet"], r"ImageNet-1K not found: put the ImageFolder"),
+    ],
+)
+def test_missing_weights_or_data_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    """Every missing piece of an ImageNet, GLUE or ViT run: one line naming what to put where, status 2."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("timm")
+    from sampa.cli import main
+    from sampa.models import bert, vit
+
+    monkeypatch.setattr(bert, "_in_hub_cache", lambda repo: False)  # whatever this machine's cache holds
+    monkeypatch.setattr(vit, "_hub_cached_file", lambda repo: None)
+    write_stsb(tmp_path)
+    common = ["train", "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--data-root", str(tmp_path)]
+    monkeypatch.setitem(sources.TRAIN_SIZES, "glue-stsb", 4)
+    assert main([*common, *argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sampa train: error: "), err
+    assert re.search(message, err), err

@@ -21,6 +21,10 @@ class DataUnavailableError(RuntimeError):
     """The requested dataset is not on disk and could not be downloaded."""
 
 
+class WeightsUnavailableError(DataUnavailableError):
+    """Pretrained weights are not on disk (message: one line naming what to put where)."""
+
+
 class ChecksumError(DataUnavailableError):
     """A dataset file on disk does not have the expected MD5 checksum."""
 

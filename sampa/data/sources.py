@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from sampa.data.cifar import resolve_root
-from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
+from sampa.data.glue import TextData, glue_files, glue_task, load_glue, load_tokenizer, synthetic_text_data
 
 #: training-set sizes, known without reading data (steps per epoch, batch-size checks)
 TRAIN_SIZES: dict[str, int] = {
@@ -85,14 +85,21 @@ def load_source(
     if name == "synthetic-text":
         return TextSource(synthetic_text_data(device=device), task=None)
     task = name.removeprefix("glue-")
-    tokenizer = load_tokenizer(weights_location("bert-base", root))
+    glue_files(task, root)  # a missing task names its files before the tokenizer is looked for
+    location = weights_location("bert-base", root)
+    tokenizer = load_tokenizer(location, local_dir=local_weights("bert-base", root))
     return TextSource(load_glue(task, tokenizer, root=root, device=device), task=task)
+
+
+def local_weights(model: str, root: str | os.PathLike | None = None) -> Path:
+    """Where ``model``'s pretrained weights are looked for under the data root."""
+    return resolve_root(root) / WEIGHTS[model]
 
 
 def weights_location(model: str, root: str | os.PathLike | None = None) -> str:
     """``<data root>/weights/...`` for ``model`` if it exists there, else ``"hub"`` (the hub cache)."""
-    path = resolve_root(root) / WEIGHTS[model]
-    return str(path) if Path(path).exists() else "hub"
+    path = local_weights(model, root)
+    return str(path) if path.exists() else "hub"
 
 
 class ImageNetSource:

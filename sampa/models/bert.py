@@ -17,14 +17,11 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from sampa.data.cifar import WeightsUnavailableError
 from sampa.extras import require
 
 HUB_NAME = "google-bert/bert-base-uncased"
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are not on disk (message: one line naming what to put where)."""
 
 
 class BertClassifier(nn.Module):
@@ -51,27 +48,34 @@ class BertClassifier(nn.Module):
 
 
 def bert_base(
-    num_labels: int, weights: str | os.PathLike = "hub", *, allow_download: bool = False
+    num_labels: int,
+    weights: str | os.PathLike = "hub",
+    *,
+    allow_download: bool = False,
+    local_dir: str | os.PathLike | None = None,
 ) -> BertClassifier:
-    """Pretrained BERT-base(-uncased) from a local directory or ``"hub"`` (the cache of ``HUB_NAME``)."""
+    """Pretrained BERT-base(-uncased) from a local directory or ``"hub"`` (the cache of ``HUB_NAME``);
+    ``local_dir``: where the caller looks for local weights, named by the error when none are found."""
     transformers = require("nlp", "transformers")
-    source = weights_source(weights, allow_download)
+    source = weights_source(weights, allow_download, local_dir)
     bert = transformers.BertForSequenceClassification.from_pretrained(
         source, num_labels=num_labels, local_files_only=not allow_download, ignore_mismatched_sizes=True
     )  # ignore_mismatched_sizes: a fine-tuned checkpoint's classifier is replaced, as bert-base has none
     return BertClassifier(bert)
 
 
-def weights_source(weights: str | os.PathLike, allow_download: bool = False) -> str:
+def weights_source(
+    weights: str | os.PathLike, allow_download: bool = False, local_dir: str | os.PathLike | None = None
+) -> str:
     """The directory or hub name to load BERT-base from, or a one-line error naming what to put where."""
     if str(weights) != "hub":
         path = Path(weights).expanduser()
         if not (path / "config.json").is_file():
-            raise WeightsUnavailableError(_missing(f"no config.json in {path}"))
+            raise WeightsUnavailableError(_missing(f"no config.json in {path}", path))
         return str(path)
     if allow_download or _in_hub_cache(HUB_NAME):
         return HUB_NAME
-    raise WeightsUnavailableError(_missing("not in the hugging face hub cache"))
+    raise WeightsUnavailableError(_missing("not in the hugging face hub cache", local_dir))
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -80,10 +84,12 @@ def _in_hub_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
-def _missing(reason: str) -> str:
+def _missing(reason: str, local_dir: str | os.PathLike | None) -> str:
+    where = local_dir or "a directory passed as weights"
     return (
         f"BERT-base weights unavailable ({reason}); put a save_pretrained directory of {HUB_NAME} "
-        f"(config.json, model.safetensors, vocab.txt, tokenizer files) at a path and pass it as weights, "
+        f"(config.json, model.safetensors, vocab.txt, tokenizer files) at {where} "
+        f"(huggingface-cli download {HUB_NAME} --local-dir {local_dir or 'DIR'}), "
         f"or fill the hub cache with `huggingface-cli download {HUB_NAME}`"
     )
 

@@ -30,14 +30,17 @@ def build_source_model(name: str, num_classes: int, data_root: str | os.PathLike
 
 
 def _builders(data_root: str | os.PathLike | None) -> dict[str, Callable[[int], nn.Module]]:
-    from sampa.data.sources import weights_location
+    from sampa.data.sources import local_weights, weights_location
     from sampa.models import bert, vit
     from sampa.models.resnet50 import resnet50
 
+    def where(model: str) -> dict[str, object]:
+        return {"weights": weights_location(model, data_root), "local_dir": local_weights(model, data_root)}
+
     return {
-        "bert-base": lambda n: bert.bert_base(n, weights_location("bert-base", data_root)),
+        "bert-base": lambda n: bert.bert_base(n, **where("bert-base")),
         "bert-tiny": lambda n: bert.bert_tiny(n),
         "resnet50": resnet50,
-        "vit-b16": lambda n: vit.vit_b16(n, weights_location("vit-b16", data_root)),
+        "vit-b16": lambda n: vit.vit_b16(n, **where("vit-b16")),
         "vit-tiny": lambda n: vit.vit_tiny(n),
     }

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sampa.data.cifar import WeightsUnavailableError
 from sampa.extras import require
 
 ARCHITECTURE = "vit_base_patch16_224"
@@ -29,10 +30,6 @@ DEFAULT_TAG = "orig_in21k"
 TAGS = ("orig_in21k", "augreg_in21k")
 IMAGE_SIZE = 224
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are not on disk (message: one line naming what to put where)."""
 
 
 class Resize(nn.Module):
@@ -54,11 +51,13 @@ def vit_b16(
     *,
     tag: str = DEFAULT_TAG,
     allow_download: bool = False,
+    local_dir: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Pretrained ViT-B/16 with a new ``num_classes`` head, preceded by a resize to 224.
 
     ``weights``: a local file or a directory holding ``model.safetensors``, ``"hub"`` (the hub cache of
     timm's ``vit_base_patch16_224.<tag>``) or ``None`` (random initialisation, e.g. to time steps).
+    ``local_dir``: where the caller looks for local weights, named by the error when none are found.
     """
     if tag not in TAGS:
         raise ValueError(f"unknown ViT-B/16 checkpoint tag {tag!r}; choose one of: {', '.join(TAGS)}")
@@ -67,26 +66,28 @@ def vit_b16(
     if weights is None:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     else:
-        overlay = _weights_overlay(name, weights, allow_download)
+        overlay = _weights_overlay(name, weights, allow_download, local_dir)
         model = timm.create_model(
             name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
         )
     return nn.Sequential(Resize(IMAGE_SIZE), model)
 
 
-def _weights_overlay(name: str, weights: str | os.PathLike, allow_download: bool) -> dict[str, object] | None:
+def _weights_overlay(
+    name: str, weights: str | os.PathLike, allow_download: bool, local_dir: str | os.PathLike | None
+) -> dict[str, object] | None:
     """timm's ``pretrained_cfg_overlay`` pointing at a local file (None: let timm download)."""
     if str(weights) != "hub":
         path = _weights_file(Path(weights).expanduser())
         if not path.is_file():
-            raise WeightsUnavailableError(_missing(name, f"no file {path}"))
+            raise WeightsUnavailableError(_missing(name, f"no file {path}", path.parent))
         return {"file": str(path), "custom_load": path.suffix == ".npz"}
     cached = _hub_cached_file(f"timm/{name}")
     if cached is not None:
         return {"file": cached, "custom_load": False}
     if allow_download:
         return None
-    raise WeightsUnavailableError(_missing(name, "not in the hugging face hub cache"))
+    raise WeightsUnavailableError(_missing(name, "not in the hugging face hub cache", local_dir))
 
 
 def _weights_file(path: Path) -> Path:
@@ -108,11 +109,12 @@ def _hub_cached_file(repo_id: str) -> str | None:
     return None
 
 
-def _missing(name: str, reason: str) -> str:
+def _missing(name: str, reason: str, local_dir: str | os.PathLike | None) -> str:
+    where = local_dir or "DIR"
     return (
         f"ViT-B/16 weights {name} unavailable ({reason}); put model.safetensors of "
-        f"https://huggingface.co/timm/{name} there (huggingface-cli download timm/{name} --local-dir DIR) "
-        f"or fill the hub cache (huggingface-cli download timm/{name})"
+        f"https://huggingface.co/timm/{name} into {where} (huggingface-cli download timm/{name} "
+        f"--local-dir {where}) or fill the hub cache (huggingface-cli download timm/{name})"
     )
 
 
