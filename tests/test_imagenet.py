@@ -43,6 +43,17 @@ def test_missing_data_names_what_to_put_where(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_unsorted_validation_images_are_a_one_line_error(tmp_path):
+    _write_folder(tmp_path, {"train": 1, "val": 1})
+    val = tmp_path / "imagenet" / "val"
+    for image in list(val.glob("*/*.JPEG")):
+        image.rename(val / image.name)  # as ILSVRC2012's validation archive unpacks
+    with pytest.raises(
+        DataUnavailableError, match=r"val holds 3 images directly, not in class folders: sort"
+    ):
+        load_imagenet(tmp_path, workers=0)
+
+
 def test_classes_labels_and_shapes(tiny_imagenet):
     data = load_imagenet(tiny_imagenet, workers=0, crop=32)
     assert data.classes == list(CLASSES) and data.num_classes == 3

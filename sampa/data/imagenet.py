@@ -76,6 +76,12 @@ def list_samples(
         if path.suffix.lower() in EXTENSIONS
     ]
     if not classes or not samples:
+        flat = sum(1 for path in split_dir.iterdir() if path.suffix.lower() in EXTENSIONS)
+        if flat:  # ILSVRC2012's validation archive unpacks without class folders
+            raise DataUnavailableError(
+                f"{split_dir} holds {flat} images directly, not in class folders: sort them into "
+                f"{split_dir}/<wnid>/ folders (ILSVRC2012_validation_ground_truth.txt, e.g. with valprep.sh)"
+            )
         raise DataUnavailableError(f"no images (*.JPEG in class folders) under {split_dir}; check the layout")
     return samples, classes
 
