@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
@@ -169,43 +168,49 @@ def test_missing_extra_or_data_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("settings", "message"),
     [
         (
-            ["--model", "vit-b16", "--dataset", "synthetic"],
+            {"model": "vit-b16", "dataset": "synthetic"},
             r"ViT-B/16 weights vit_base_patch16_224.orig_in21k unavailable \(not in the hugging face hub "
             r"cache\); put model.safetensors of https://huggingface.co/timm/\S+ "
             r"into \S+/weights/vit-b16-imagenet21k ",
         ),
         (
-            ["--model", "bert-base", "--dataset", "synthetic-text"],
+            {"model": "bert-base", "dataset": "synthetic-text"},
             r"BERT-base weights unavailable \(not in the hugging face hub cache\); put a save_pretrained "
             r"directory .* at \S+/weights/bert-base-uncased ",
         ),
-        (
-            ["--model", "bert-base", "--dataset", "glue-cola"],  # the data is named before the weights
-            r"GLUE CoLA not found: put the GLUE TSVs at \S+/glue/CoLA/train.tsv or the hub's parquet files",
-        ),
-        (
-            ["--model", "bert-base", "--dataset", "glue-stsb"],  # the data is there, the tokenizer is not
+        (  # the data is there, the tokenizer (it comes with the weights) is not
+            {"model": "bert-base", "dataset": "glue-stsb"},
             r"BERT-base weights unavailable .* at \S+/weights/bert-base-uncased ",
         ),
-        (["--model", "resnet50", "--dataset", "imagenet"], r"ImageNet-1K not found: put the ImageFolder"),
+        (
+            {"model": "bert-tiny", "dataset": "glue-cola", "tiny_bert": True},
+            r"GLUE CoLA not found: put the GLUE TSVs at \S+/glue/CoLA/train.tsv or the hub's parquet files",
+        ),
+        ({"model": "resnet50", "dataset": "imagenet"}, r"ImageNet-1K not found: put the ImageFolder"),
     ],
 )
-def test_missing_weights_or_data_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
-    """Every missing piece of an ImageNet, GLUE or ViT run: one line naming what to put where, status 2."""
+def test_loaders_name_missing_weights_or_data_in_one_line(tmp_path, monkeypatch, capsys, settings, message):
+    """Every missing piece of an ImageNet, GLUE or ViT run, when the engine reaches it: one line naming
+    what to put where, a DataUnavailableError (``sampa train``: exit status 2), no run results."""
     pytest.importorskip("transformers")
     pytest.importorskip("timm")
     from sampa.cli import main
+    from sampa.data import DataUnavailableError
     from sampa.models import bert, vit
 
     monkeypatch.setattr(bert, "_in_hub_cache", lambda repo: False)  # whatever this machine's cache holds
     monkeypatch.setattr(vit, "_hub_cached_file", lambda repo: None)
-    write_stsb(tmp_path)
-    common = ["train", "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--data-root", str(tmp_path)]
     monkeypatch.setitem(sources.TRAIN_SIZES, "glue-stsb", 4)
-    assert main([*common, *argv, "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("sampa train: error: "), err
-    assert re.search(message, err), err
+    write_stsb(tmp_path)
+    if settings.pop("tiny_bert", False):
+        write_tiny_bert(tmp_path)
+    cfg = RunConfig(**settings, epochs=1, batch_size=2, device="cpu", data_root=str(tmp_path))
+    with pytest.raises(DataUnavailableError, match=message) as err:
+        train(cfg, tmp_path / "run", log_progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "run" / "metrics.json").exists()
+    argv = ["train", "--settings", json.dumps(cfg.to_dict()), "--out", str(tmp_path / "cli")]
+    capsys.readouterr()  # drop what writing the tiny weights printed
+    assert main(argv) == 2 and capsys.readouterr().err.count("\n") == 1  # one line, whichever check

@@ -136,25 +136,14 @@ def read_glue(name: str, split: str, root: str | os.PathLike | None = None) -> R
     task = glue_task(name)
     if split not in ("train", "eval"):
         raise ValueError(f"unknown GLUE split {split!r}; choose one of: train, eval")
-    files = _split_files(task, split, root)
-    return _read_tsv(task, files[0]) if files[0].suffix == ".tsv" else _read_parquet(task, files)
-
-
-def glue_files(name: str, root: str | os.PathLike | None = None) -> dict[str, list[Path]]:
-    """The files of task ``name``'s ``train`` and ``eval`` splits (a TSV, or the hub's parquet shards),
-    or a one-line :class:`DataUnavailableError` naming what to put where."""
-    return {split: _split_files(glue_task(name), split, root) for split in ("train", "eval")}
-
-
-def _split_files(task: GlueTask, split: str, root: str | os.PathLike | None) -> list[Path]:
     folder = resolve_root(root) / FOLDER
     tsv_file = folder / task.tsv.folder / ("train.tsv" if split == "train" else task.tsv.dev_file)
     if tsv_file.is_file():
-        return [tsv_file]
+        return _read_tsv(task, tsv_file)
     hub_split = "train" if split == "train" else task.eval_split
     parquet = sorted((folder / task.name).glob(f"{hub_split}-*.parquet"))
     if parquet:
-        return parquet
+        return _read_parquet(task, parquet)
     raise DataUnavailableError(
         f"GLUE {task.display} not found: put the GLUE TSVs at {tsv_file} or the hub's parquet files at "
         f"{folder / task.name}/{hub_split}-*.parquet (huggingface-cli download nyu-mll/glue "

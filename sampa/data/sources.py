@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from sampa.data.cifar import resolve_root
-from sampa.data.glue import TextData, glue_files, glue_task, load_glue, load_tokenizer, synthetic_text_data
+from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
 
 #: training-set sizes, known without reading data (steps per epoch, batch-size checks)
 TRAIN_SIZES: dict[str, int] = {
@@ -85,7 +85,6 @@ def load_source(
     if name == "synthetic-text":
         return TextSource(synthetic_text_data(device=device), task=None)
     task = name.removeprefix("glue-")
-    glue_files(task, root)  # a missing task names its files before the tokenizer is looked for
     location = weights_location("bert-base", root)
     tokenizer = load_tokenizer(location, local_dir=local_weights("bert-base", root))
     return TextSource(load_glue(task, tokenizer, root=root, device=device), task=task)
