@@ -176,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"sampa train: error: {err}", file=sys.stderr)
         return 1
     if metrics is not None:
-        keys = ("status", "test_acc", "best_val_acc", "best_epoch", "final_test_acc")
+        keys = ("status", "test_acc", "test_task_score", "best_val_acc", "best_epoch", "final_test_acc")
         print(json.dumps({k: metrics.get(k) for k in keys} | {"out": str(args.out)}))
     return 0
 
