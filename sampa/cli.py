@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,7 +136,7 @@ def _parse_settings(text: str | None) -> dict[str, Any]:
 
 def _claim_gpus(args: argparse.Namespace, cfg: RunConfig) -> None:
     """Give this process its GPUs before anything touches CUDA (see sampa.gpus)."""
-    if args.gpus is None:
+    if args.gpus is None or _started_by_launcher(cfg):
         return
     if 0 < args.gpus < cfg.devices:  # e.g. Snakemake capped the job's gpu resource at --resources gpu=1
         raise ConfigError(f"this run needs {cfg.devices} GPUs but was given {args.gpus} (--gpus)")
@@ -145,6 +146,16 @@ def _claim_gpus(args: argparse.Namespace, cfg: RunConfig) -> None:
         claim(args.gpus, directory=args.gpu_lock_dir)
     except GpuError as err:
         raise ConfigError(str(err)) from None
+
+
+def _started_by_launcher(cfg: RunConfig) -> bool:
+    """This process is one rank of a group that torchrun or srun started (the launcher bound each rank's
+    GPU, so ``--gpus`` claims nothing; one task per rank of a multi-node workflow job)."""
+    if cfg.devices == 1:
+        return False
+    from sampa.launch import external_launcher
+
+    return external_launcher(os.environ, cfg.devices) is not None
 
 
 def _parse_hparams(items: Sequence[str]) -> dict[str, Any]:

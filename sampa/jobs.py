@@ -13,6 +13,8 @@ child process and always writes ``outcome.json`` into the run directory (the rul
 The job exits non-zero only when it is interrupted (Ctrl-C, a time limit), so Snakemake retries it.
 ``prepare-data`` does the same for a dataset (``results/data/<dataset>.json``), ``not-run`` writes the
 table of an experiment without training code, and :func:`summary` is the one-screen end of a run.
+:func:`placement` decides, when the workflow is planned, whether a run's ranks fit one cluster node (one
+task: our launcher starts them) or span several (``srun`` starts one task per rank, see :class:`Placement`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import functools
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +116,20 @@ class MachineWatch:
 
 
 def run_training(
-    train_args: Sequence[str], out: Path, data_records: Sequence[Path], python: str = sys.executable
+    train_args: Sequence[str],
+    out: Path,
+    data_records: Sequence[Path],
+    python: str = sys.executable,
+    launcher: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Train one run in a child process (stdout/stderr inherited); its outcome record."""
+    """Train one run in a child process (stdout/stderr inherited), started through ``launcher`` (e.g.
+    ``srun ...``: one process per rank, see :class:`Placement`) if given; its outcome record."""
     missing = [r for r in data_records if _read(r).get("status") != DATA_READY]
     if missing:
         reasons = "; ".join(_read(r).get("reason", f"{r} not found") for r in missing)
         print(f"not trained: {reasons}", file=sys.stderr, flush=True)
         return {"status": NEEDS_DATA, "reason": reasons}
-    command = [python, "-m", "sampa", "train", *train_args, "--out", str(out)]
+    command = [*launcher, python, "-m", "sampa", "train", *train_args, "--out", str(out)]
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     watch = MachineWatch(os.getpid())
     child = subprocess.Popen(command)
@@ -241,6 +250,81 @@ def _latex(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Placement of a run on a cluster (SLURM)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the ranks of one run go on a cluster.
+
+    One node (``nodes == 1``): one task that runs ``python -m sampa train``, whose launcher starts the
+    ranks (today's path; nothing below is set). Several nodes: one task per rank (GPU), started by
+    ``srun`` (:meth:`launcher`); each task joins the group through the SLURM environment
+    (:mod:`sampa.launch`). ``cpus_per_rank``: CPU cores per rank (None: the profile's default).
+    """
+
+    devices: int
+    nodes: int = 1
+    cpus_per_rank: int | None = None
+
+    @property
+    def tasks(self) -> int:
+        return self.devices if self.nodes > 1 else 1
+
+    @property
+    def tasks_per_node(self) -> int:
+        return self.tasks // self.nodes
+
+    def launcher(self) -> str:
+        """The command prefix that starts the ranks: ``srun ...`` across nodes, '' on one node."""
+        if self.nodes == 1:
+            return ""
+        flags = [
+            f"--nodes={self.nodes}",
+            f"--ntasks={self.tasks}",
+            f"--ntasks-per-node={self.tasks_per_node}",
+            "--gpus-per-task=1",
+            f"--cpus-per-task={self.cpus_per_rank or 1}",
+            "--kill-on-bad-exit=1",  # a dead rank ends every task of the step
+        ]
+        return shlex.join(["srun", *flags])
+
+    def resources(self) -> dict[str, int | str | None]:
+        """snakemake-executor-plugin-slurm resources of the job (None: not set).
+
+        Several nodes make an MPI-style job (resource ``mpi``: the plugin then runs the rule's command
+        in the batch script instead of in a one-task ``srun``, and the command starts its own step).
+        ``tasks_per_gpu=1`` is given because the plugin turns ``tasks`` of a GPU job into
+        ``--ntasks-per-gpu`` otherwise; sbatch gets ``--nodes --ntasks --ntasks-per-gpu=1 --gpus``.
+        """
+        one_node = self.nodes == 1
+        cpus = self.cpus_per_rank and self.cpus_per_rank * (max(1, self.devices) if one_node else 1)
+        return {
+            "nodes": None if one_node else self.nodes,
+            "tasks": None if one_node else self.tasks,
+            "tasks_per_gpu": None if one_node else 1,
+            "mpi": self.launcher() or None,
+            "cpus_per_task": cpus or None,
+        }
+
+
+def placement(
+    devices: int, gpus: bool, gpus_per_node: int | None = None, cpus_per_rank: int | None = None
+) -> Placement:
+    """The placement of a run of ``devices`` ranks (``gpus``: one GPU each) on nodes of ``gpus_per_node``
+    GPUs (None: every run on one node). A run that needs more GPUs than a node has is spread over the
+    fewest nodes that take the same number of its ranks each (8 on 4-GPU nodes: 2 x 4, so each SAMPa
+    group is one node; 8 on 3-GPU nodes: 4 x 2). A bad setting is a one-line :class:`JobError`."""
+    for name, value in (("gpus_per_node", gpus_per_node), ("cpus_per_rank", cpus_per_rank)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise JobError(f"{name} must be a positive integer, or unset for one node (got {value!r})")
+    if not gpus or gpus_per_node is None or devices <= gpus_per_node:
+        return Placement(devices, 1, cpus_per_rank)
+    nodes = next(n for n in range(-(-devices // gpus_per_node), devices + 1) if devices % n == 0)
+    return Placement(devices, nodes, cpus_per_rank)
+
+
+# ----------------------------------------------------------------------------------------------
 # Planning time and the end of a run
 
 
@@ -342,6 +426,9 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one run, always record its outcome")
     train.add_argument("--out", required=True, help="the run directory")
     train.add_argument("--data", action="append", default=[], help="data records the run needs")
+    train.add_argument(
+        "--launcher", default="", help="command prefix that starts the ranks, e.g. 'srun --ntasks=8 ...'"
+    )
     train.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then python -m sampa train arguments")
     data = sub.add_parser("prepare-data", help="verify/extract one dataset, record whether it is ready")
     data.add_argument("dataset")
@@ -353,6 +440,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_launcher(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise JobError(f"--launcher is not a valid command prefix ({err}): {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -361,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.out.strip():
                 raise JobError("--out must name a run directory (got an empty string)")
             train_args = [a for a in args.train_args if a != "--"]
-            record = run_training(train_args, out, [Path(d) for d in args.data])
+            launcher = _split_launcher(args.launcher)
+            record = run_training(train_args, out, [Path(d) for d in args.data], launcher=launcher)
             out.mkdir(parents=True, exist_ok=True)
             write_record(out / OUTCOME, record)
             print(f"outcome: {record['status']}", file=sys.stderr)

@@ -89,6 +89,20 @@ if "gpu" not in workflow.global_resources:
 MACHINE_SHARES = 1000
 if "machine" not in workflow.global_resources:
     workflow.register_resource("machine", MACHINE_SHARES)
+# cluster placement (profiles/slurm sets gpus_per_node and cpus_per_rank): a run that needs more GPUs
+# than one node has spans several nodes, one srun task per rank (sampa.jobs.placement); unset: every
+# run is one task on one node, its own launcher starts the ranks
+PLACEMENTS = {}
+for _path, _run in RUNS.items():
+    try:
+        PLACEMENTS[_path] = jobs.placement(
+            int(_run.settings.get("devices", 1)),
+            PLAN.use_gpus,
+            config.get("gpus_per_node"),
+            config.get("cpus_per_rank"),
+        )
+    except jobs.JobError as err:
+        fail(f"run {_path}: {err}")
 if PLAN.use_gpus and "gpu" in workflow.global_resources:
     try:
         _gpus = workflow.global_resources["gpu"]
@@ -134,6 +148,16 @@ def get_run_machine_share(wildcards):
 
 def get_run_slurm_extra(wildcards):
     return "--exclusive" if wildcards.run in TIMING else ""
+
+
+def get_run_placement(resource):
+    """An input function for one SLURM resource of the run's placement (None: not set)."""
+    return lambda wildcards: PLACEMENTS[get_run(wildcards).path].resources()[resource]
+
+
+def get_run_launcher(wildcards):
+    """The command prefix that starts the run's ranks ('' on one node: the run's own launcher does)."""
+    return PLACEMENTS[get_run(wildcards).path].launcher()
 
 
 def get_run_runtime(wildcards):

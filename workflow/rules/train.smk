@@ -6,6 +6,8 @@
 # params hold exactly the settings spelled in the run's path: they never change for a path, so
 # Snakemake's params trigger cannot discard a finished run. Each process of a run uses one torch
 # thread (`threads` counts the processes); GPUs are claimed by the job itself (sampa/gpus.py).
+# A run wider than one cluster node (config gpus_per_node, set by profiles/slurm) is an MPI-style SLURM
+# job: resources nodes/tasks/mpi, and `--launcher` starts one rank per task with srun (sampa.jobs.Placement).
 
 
 rule train_run:
@@ -25,12 +27,19 @@ rule train_run:
         machine=get_run_machine_share,
         runtime=get_run_runtime,
         slurm_extra=get_run_slurm_extra,
+        nodes=get_run_placement("nodes"),
+        tasks=get_run_placement("tasks"),
+        tasks_per_gpu=get_run_placement("tasks_per_gpu"),
+        mpi=get_run_placement("mpi"),
+        cpus_per_task=get_run_placement("cpus_per_task"),
+        launcher=get_run_launcher,
     message:
         "train {wildcards.run} ({resources.gpu} GPU)"
     conda:
         ENV
     shell:
-        "$SAMPA_PYTHON -m sampa.jobs train --out {params.out:q} {params.data:q} -- "
+        "$SAMPA_PYTHON -m sampa.jobs train --out {params.out:q} {params.data:q} "
+        "--launcher={resources.launcher:q} -- "
         "--settings {params.settings:q} --gpus {resources.gpu} --threads 1 >> {log:q} 2>&1"
 
 
