@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -166,3 +167,86 @@ def test_timing_caveats_name_mixed_devices_commits_dirty_trees_and_shared_machin
     ]
     clean = runs.assign(**{"provenance.git_dirty": False, "shared.other_training_jobs_max": 0})
     assert timing_caveats(clean, ["a", "b"]) == []  # one device, one commit, alone: nothing to say
+
+
+# ----------------------------------------------------------------------------------------------
+# Placement of a run on a cluster
+
+
+@pytest.mark.parametrize(
+    ("devices", "gpus", "per_node", "nodes", "tasks", "prefix"),
+    [
+        (8, True, 4, 2, 8, "srun --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=4"),
+        (8, True, 8, 1, 1, ""),  # fits one node: one task, the run's own launcher starts the ranks
+        (8, True, None, 1, 1, ""),  # no gpus_per_node (local workflow): one node, as before
+        (8, True, 3, 4, 8, "srun --nodes=4 --ntasks=8 --ntasks-per-node=2 "),  # fewest equal nodes
+        (2, True, 1, 2, 2, "srun --nodes=2 --ntasks=2 --ntasks-per-node=1 "),
+        (8, False, 4, 1, 1, ""),  # CPU ranks are processes of one node
+    ],
+)
+def test_placement_puts_a_run_on_one_node_or_several(devices, gpus, per_node, nodes, tasks, prefix):
+    placed = jobs.placement(devices, gpus, per_node, 4)
+    assert (placed.nodes, placed.tasks) == (nodes, tasks)
+    assert placed.launcher().startswith(prefix) and bool(placed.launcher()) == bool(prefix)
+    resources = placed.resources()
+    if nodes == 1:
+        assert resources == {
+            "nodes": None,
+            "tasks": None,
+            "tasks_per_gpu": None,
+            "mpi": None,
+            "cpus_per_task": 4 * devices,
+        }
+    else:
+        assert resources == {
+            "nodes": nodes,
+            "tasks": devices,
+            "tasks_per_gpu": 1,
+            "mpi": placed.launcher(),
+            "cpus_per_task": 4,
+        }
+        assert "--kill-on-bad-exit=1" in placed.launcher()
+
+
+@pytest.mark.parametrize("value", [0, -4, True, "4", 2.0])
+def test_bad_gpus_per_node_is_one_line(value):
+    with pytest.raises(jobs.JobError) as err:
+        jobs.placement(8, True, value)
+    assert str(err.value) == f"gpus_per_node must be a positive integer, or unset for one node (got {value!r})"
+
+
+def test_the_slurm_plugin_submits_the_placement():
+    """The sbatch line the installed executor plugin builds from a run's resources."""
+    submit = pytest.importorskip("snakemake_executor_plugin_slurm.submit_string", reason="needs the plugin")
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    def sbatch(devices: int, per_node: int) -> list[str]:
+        placed = jobs.placement(devices, True, per_node, 4)
+        given = {k: v for k, v in placed.resources().items() if v is not None}
+        job = SimpleNamespace(resources=Resources(given, gpu=devices, runtime=60), threads=devices)
+        params = {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "", "partition": ""}
+        return (submit.get_submit_command(job, {**params, "workdir": ""}) + set_gres_string(job)).split()
+
+    wide = sbatch(8, 4)
+    assert {"--nodes=2", "--ntasks=8", "--ntasks-per-gpu=1", "--gpus=8", "--cpus-per-task=4"} <= set(wide)
+    narrow = sbatch(8, 8)
+    assert {"--gpus=8", "--cpus-per-task=32"} <= set(narrow)
+    assert not [flag for flag in narrow if flag.startswith(("--nodes", "--ntasks"))]
+
+
+def test_the_launcher_prefix_starts_the_run(tmp_path):
+    """`--launcher` puts its words before the training command (here a stand-in that records them)."""
+    out, log = tmp_path / "runs/r", tmp_path / "r.log"
+    fake = tmp_path / "fake-srun"
+    fake.write_text('#!/bin/sh\necho "launched with: $*" >&2\nexit 3\n')
+    fake.chmod(0o755)
+    proc = run_job("train", "--out", str(out), f"--launcher={fake} --ntasks=8 'a b'", "--", "--x", log=log)
+    assert proc.returncode == 0, log.read_text()
+    assert f"launched with: --ntasks=8 a b {sys.executable} -m sampa train --x --out {out}" in log.read_text()
+    assert json.loads((out / jobs.OUTCOME).read_text())["status"] == "failed"
+    bad = run_job("train", "--out", str(out), "--launcher='srun", "--", log=log)
+    assert bad.returncode == 2
+    assert log.read_text().strip().splitlines()[-1].startswith("sampa.jobs train: error: --launcher is not")

@@ -150,6 +150,51 @@ def test_slurm_profile_plans_the_paper(tmp_path):
     )
 
 
+def wide_config() -> dict:
+    """SAMPa on 8 GPUs (two groups of 4) beside SAM on 2."""
+    arms = [
+        {"label": "SAMPa", "optimizer": "sampa", "run": {"devices": 8}},
+        {"label": "SAM", "optimizer": "sam", "run": {"devices": 2}},
+    ]
+    return {
+        "name": "wide",
+        "use_gpus": True,
+        "seeds": [0],
+        "run": {"dataset": "synthetic", "model": "tinycnn", "epochs": 1},
+        "experiments": {
+            "t": {
+                "kind": "table",
+                "title": "wide",
+                "arms": arms,
+                "table": {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]},
+            }
+        },
+    }
+
+
+def launchers(output: str) -> dict[str, str]:
+    """Devices -> the --launcher of the training commands a dry run (-p) prints."""
+    found = re.findall(r"sampa\.jobs train .*?--launcher=(.*?) -- --settings '.*?\"devices\": (\d+)", output)
+    return {devices: launcher for launcher, devices in found}
+
+
+def test_slurm_profile_spreads_a_run_wider_than_a_node_over_nodes(tmp_path):
+    """profiles/slurm (gpus_per_node=4): the 8-GPU run is one srun task per rank on two nodes, the 2-GPU
+    run one task (its own launcher); with gpus_per_node=8 both are one task; a bad value is one line."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
+    config = str(write_config(tmp_path / "wide.yaml", wide_config()))
+    profile = ["--profile", str(REPO / "profiles" / "slurm"), "--configfile", config]
+    found = launchers(snakemake("-n", "-p", *profile, cwd=tmp_path).stdout)
+    srun = "srun --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=4 --kill-on-bad-exit=1"
+    assert found == {"8": f"'{srun}'", "2": ""}
+    one_node = snakemake("-n", "-p", *profile, "--config", "gpus_per_node=8", cwd=tmp_path).stdout
+    assert launchers(one_node) == {"8": "", "2": ""}
+    bad = snakemake("-n", *profile, "--config", "gpus_per_node=none", cwd=tmp_path, check=False)
+    assert bad.returncode != 0
+    last = bad.stdout.strip().splitlines()[-1]
+    assert last == "sampa workflow: config error: gpus_per_node: 'none' is not of type 'integer'", last
+
+
 # ----------------------------------------------------------------------------------------------
 # Config validation before any job starts
 
