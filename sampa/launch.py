@@ -48,10 +48,12 @@ import torch.distributed as dist
 
 import sampa
 from sampa import io
-from sampa.backends.pair import PairBackend, ReplicaMismatchError, mode_for
+from sampa.backends.pair import PairBackend, mode_for
 from sampa.config import ConfigError, RunConfig, config_from_dict
-from sampa.data.cifar import CIFAR_SOURCES, ensure_extracted, resolve_root
+from sampa.data.cifar import CIFAR_SOURCES, DataUnavailableError, ensure_extracted, resolve_root
+from sampa.extras import MissingExtraError
 from sampa.optim import method_class
+from sampa.rank import one_line
 from sampa.train import RunError, train
 
 GRACE_S = 5.0  # after a rank fails, how long the others get to exit before SIGTERM, then SIGKILL
@@ -352,8 +354,10 @@ def _join(cfg: RunConfig, out: Path, joined: Rendezvous) -> dict[str, Any] | Non
         os.environ.setdefault("MASTER_PORT", str(20000 + _env_int(os.environ, "SLURM_JOB_ID", 0) % 20000))
     try:
         metrics = run_rank(cfg, out, joined.rank, device, prepare=True)
-    except (ReplicaMismatchError, dist.DistError) as err:
-        raise RunError(f"rank {joined.rank}: {str(err).strip().splitlines()[0]}") from None
+    except (DataUnavailableError, MissingExtraError):
+        raise  # the command line's own one-line errors
+    except RuntimeError as err:  # e.g. a dead peer, a collective timeout, a replica mismatch
+        raise RunError(f"rank {joined.rank}: {one_line(err)}") from None
     return metrics if joined.rank == 0 else None
 
 

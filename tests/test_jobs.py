@@ -176,7 +176,7 @@ def test_timing_caveats_name_mixed_devices_commits_dirty_trees_and_shared_machin
 @pytest.mark.parametrize(
     ("devices", "gpus", "per_node", "nodes", "tasks", "prefix"),
     [
-        (8, True, 4, 2, 8, "srun --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=4"),
+        (8, True, 4, 2, 8, "srun --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task"),
         (8, True, 8, 1, 1, ""),  # fits one node: one task, the run's own launcher starts the ranks
         (8, True, None, 1, 1, ""),  # no gpus_per_node (local workflow): one node, as before
         (8, True, 3, 4, 8, "srun --nodes=4 --ntasks=8 --ntasks-per-node=2 "),  # fewest equal nodes
@@ -212,7 +212,8 @@ def test_placement_puts_a_run_on_one_node_or_several(devices, gpus, per_node, no
 def test_bad_gpus_per_node_is_one_line(value):
     with pytest.raises(jobs.JobError) as err:
         jobs.placement(8, True, value)
-    assert str(err.value) == f"gpus_per_node must be a positive integer, or unset for one node (got {value!r})"
+    message = f"gpus_per_node must be a positive integer, or unset for one node (got {value!r})"
+    assert str(err.value) == message
 
 
 def test_the_slurm_plugin_submits_the_placement():

@@ -738,3 +738,76 @@ def test_four_devices_killed_rank_fails_cleanly_and_resumes_to_the_uninterrupted
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     reference = [json.loads(x) for x in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in reference]
+
+
+# ----------------------------------------------------------------------------------------------
+# The workflow's multi-node path on one machine: sampa.jobs starts one rank per task through srun (a
+# stand-in, tests/fake_srun.py), and each task joins the group through the SLURM environment
+
+
+FAKE_SRUN = Path(__file__).with_name("fake_srun.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _four_ranks(*flags: str) -> list[str]:
+    """``python -m sampa train`` arguments of a SAMPa run on two groups of two CPU ranks."""
+    return [*PAIR[1:], "--devices", "4", "--optimizer", "sampa", "--device", "cpu", "--lr", "0.05", *flags]
+
+
+def _srun_job(out: Path, *flags: str) -> list[str]:
+    """The training job of a run wider than one node, as the workflow's rule runs it."""
+    srun = f"{sys.executable} {FAKE_SRUN} --nodes=2 --ntasks=4 --ntasks-per-node=2 --gpus-per-task=1"
+    job = [sys.executable, "-m", "sampa.jobs", "train", "--out", str(out), f"--launcher={srun}", "--"]
+    return [*job, *_four_ranks(*flags)]
+
+
+@pytest.mark.slow
+def test_srun_tasks_give_the_self_launched_four_device_result(tmp_path):
+    env = {**ENV, "MASTER_PORT": str(_free_port())}
+    job = subprocess.run(_srun_job(tmp_path / "srun"), env=env, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stderr
+    assert json.loads((tmp_path / "srun" / "outcome.json").read_text())["status"] == "complete", job.stderr
+    own = [sys.executable, "-m", "sampa", "train", *_four_ranks(), "--out", str(tmp_path / "self")]
+    done = subprocess.run(own, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    runs = {name: io.read_json(tmp_path / name / "metrics.json") for name in ("srun", "self")}
+    for key in ("final_train_loss", "final_val_loss", "final_test_loss", "best_val_acc"):
+        assert runs["srun"][key] == runs["self"][key]
+    backend = runs["srun"]["backend"]
+    assert (backend["mode"], backend["world_size"]) == ("task", 4)
+    assert (backend["groups"], backend["group_size"]) == (2, 2)
+
+
+@pytest.mark.slow
+@LINUX_PROC
+def test_a_dead_srun_task_of_the_second_group_ends_the_job_and_the_rerun_resumes(tmp_path):
+    """Rank 3 (group 1) dies mid-run; no srun --kill-on-bad-exit here: the three others end on their own
+    within the collective timeout, each with one line, and the job records a failed run (no metrics.json)
+    that the same command resumes."""
+    out, pids = tmp_path / "run", tmp_path / "pids"
+    env = {**ENV, "MASTER_PORT": str(_free_port()), "FAKE_SRUN_PIDS": str(pids)}
+    cmd = _srun_job(out, *E2E, "--dist-timeout-s", "30")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "log.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    ranks = [int(pid) for pid in pids.read_text().split()]
+    os.kill(ranks[3], signal.SIGKILL)
+    killed = time.time()
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - killed < 30 + 15, err
+    assert proc.returncode == 0, err  # a failed run is a record, not a failed job
+    outcome = json.loads((out / "outcome.json").read_text())
+    assert outcome["status"] == "failed" and "\n" not in outcome["reason"], outcome
+    errors = [line for line in err.splitlines() if line.startswith("sampa train: error: rank ")]
+    assert sorted(line.split()[4] for line in errors) == ["0:", "1:", "2:"], err
+    assert not [pid for pid in ranks if process_alive(pid)] and not (out / "metrics.json").exists()
+    rerun = subprocess.run(cmd, env={**env, "MASTER_PORT": str(_free_port())}, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "resuming after epoch" in rerun.stderr, rerun.stderr
+    assert json.loads((out / "outcome.json").read_text())["status"] == "complete"

@@ -181,11 +181,12 @@ def launchers(output: str) -> dict[str, str]:
 def test_slurm_profile_spreads_a_run_wider_than_a_node_over_nodes(tmp_path):
     """profiles/slurm (gpus_per_node=4): the 8-GPU run is one srun task per rank on two nodes, the 2-GPU
     run one task (its own launcher); with gpus_per_node=8 both are one task; a bad value is one line."""
-    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="needs snakemake-executor-plugin-slurm")
     config = str(write_config(tmp_path / "wide.yaml", wide_config()))
     profile = ["--profile", str(REPO / "profiles" / "slurm"), "--configfile", config]
     found = launchers(snakemake("-n", "-p", *profile, cwd=tmp_path).stdout)
-    srun = "srun --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=4 --kill-on-bad-exit=1"
+    srun = "srun --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=4"
+    srun += " --kill-on-bad-exit=1"
     assert found == {"8": f"'{srun}'", "2": ""}
     one_node = snakemake("-n", "-p", *profile, "--config", "gpus_per_node=8", cwd=tmp_path).stdout
     assert launchers(one_node) == {"8": "", "2": ""}
