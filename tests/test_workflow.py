@@ -150,6 +150,9 @@ def test_slurm_profile_plans_the_paper(tmp_path):
     )
 
 
+TABLE3_8GPU = REPO / "configs" / "multi-gpu" / "table3-8gpu.yaml"
+
+
 def wide_config() -> dict:
     """SAMPa on 8 GPUs (two groups of 4) beside SAM on 2."""
     arms = [
@@ -190,6 +193,9 @@ def test_slurm_profile_spreads_a_run_wider_than_a_node_over_nodes(tmp_path):
     assert found == {"8": f"'{srun}'", "2": ""}
     one_node = snakemake("-n", "-p", *profile, "--config", "gpus_per_node=8", cwd=tmp_path).stdout
     assert launchers(one_node) == {"8": "", "2": ""}
+    table3 = ["--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(TABLE3_8GPU)]
+    out = snakemake("-n", "-p", *table3, cwd=tmp_path).stdout  # the README's Table 3 on 2 nodes x 4
+    assert launchers(out) == {"8": f"'{srun}'"} and job_counts(out)["train_run"] == 6
     bad = snakemake("-n", *profile, "--config", "gpus_per_node=none", cwd=tmp_path, check=False)
     assert bad.returncode != 0
     last = bad.stdout.strip().splitlines()[-1]
