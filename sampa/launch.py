@@ -53,7 +53,7 @@ from sampa.config import ConfigError, RunConfig, config_from_dict
 from sampa.data.cifar import CIFAR_SOURCES, DataUnavailableError, ensure_extracted, resolve_root
 from sampa.extras import MissingExtraError
 from sampa.optim import method_class
-from sampa.rank import one_line
+from sampa.rundir import one_line
 from sampa.train import RunError, train
 
 GRACE_S = 5.0  # after a rank fails, how long the others get to exit before SIGTERM, then SIGKILL

@@ -17,6 +17,8 @@ import os
 import signal
 import sys
 
+from sampa.rundir import one_line  # light (no torch): the error as the launcher reports it
+
 PR_SET_PDEATHSIG = 1
 ORPHANED = 3  # exit status of a rank whose launcher was gone before the parent-death signal was armed
 
@@ -27,14 +29,6 @@ def die_with_parent(launcher_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != launcher_pid:
         os._exit(ORPHANED)
-
-
-def one_line(err: BaseException) -> str:
-    """The error as the launcher reports it: our own errors by their message, others with their type."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    message = lines[0] if lines else repr(err)
-    name = type(err).__name__
-    return message if name in ("RunError", "ConfigError", "ReplicaMismatchError") else f"{name}: {message}"
 
 
 def main(argv: list[str]) -> int:

@@ -61,6 +61,14 @@ class RunError(RuntimeError):
     """A run cannot start or continue (message: one line)."""
 
 
+def one_line(err: BaseException) -> str:
+    """The error as a launcher reports it: our own errors by their message, others with their type."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    message = lines[0] if lines else repr(err)
+    name = type(err).__name__
+    return message if name in ("RunError", "ConfigError", "ReplicaMismatchError") else f"{name}: {message}"
+
+
 class DamagedFileError(RunError):
     """A run file cannot be read (message: one line naming the file and what to do)."""
 
