@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -46,6 +49,16 @@ def die(machine: Machine) -> list[Row]:
     os._exit(3)
 
 
+def hang_with_a_child(machine: Machine) -> list[Row]:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print(f"child {child.pid}", flush=True)
+    time.sleep(600)
+    return []
+
+
+LAUNCHERS = pytest.mark.parametrize("forked", [False, True], ids=["fresh", "forked"])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU this is the 8-minute acceptance run")
 def test_cpu_subset_passes_and_skips_the_gpu_only_groups_with_a_reason(tmp_path, capsys):
     code = cli_main(["doctor", "--out", str(tmp_path / "doc")])
@@ -70,24 +83,45 @@ def test_cpu_subset_passes_and_skips_the_gpu_only_groups_with_a_reason(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doc"]  # nothing written beside --out
 
 
-def test_a_hanging_group_fails_alone_within_its_limit(tmp_path):
+@LAUNCHERS
+def test_a_hanging_group_fails_alone_within_its_limit(tmp_path, forked):
     (tmp_path / "logs").mkdir()
     start = time.monotonic()
-    [row] = run_group("hang", Group("tests.test_doctor:hang", 3, "hangs"), tmp_path, limit_s=3)
+    group = Group("tests.test_doctor:hang", 3, "hangs")
+    [row] = run_group("hang", group, tmp_path, limit_s=3, forked=forked)
     assert time.monotonic() - start < 30
     assert row.status == FAIL and "timed out" in row.result and row.figure == "limit 3 s"
 
 
-def test_a_raising_group_is_one_failed_row_with_the_first_line_of_its_error(tmp_path):
+@pytest.mark.parametrize(("forked", "limit_s"), [(False, 15), (True, 8)], ids=["fresh", "forked"])
+def test_a_timed_out_group_takes_the_processes_it_started_with_it(tmp_path, forked, limit_s):
+    """(The limit leaves a fresh interpreter the time to import torch on a loaded machine.)"""
+    from problems import process_alive  # here: the groups import this module without tests/ on the path
+
     (tmp_path / "logs").mkdir()
-    [row] = run_group("crash", Group("tests.test_doctor:crash", 60, "crashes"), tmp_path, limit_s=60)
+    group = Group("tests.test_doctor:hang_with_a_child", limit_s, "hangs")
+    [row] = run_group("hang", group, tmp_path, limit_s=limit_s, forked=forked)
+    assert "timed out" in row.result
+    [pid] = re.findall(r"child (\d+)", (tmp_path / "logs" / "hang.log").read_text())
+    deadline = time.monotonic() + 10
+    while process_alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(int(pid))
+
+
+@LAUNCHERS
+def test_a_raising_group_is_one_failed_row_with_the_first_line_of_its_error(tmp_path, forked):
+    (tmp_path / "logs").mkdir()
+    group = Group("tests.test_doctor:crash", 60, "crashes")
+    [row] = run_group("crash", group, tmp_path, limit_s=60, forked=forked)
     assert (row.status, row.figure) == (FAIL, "ValueError: the device is on fire")
     assert "Traceback" in (tmp_path / "logs" / "crash.log").read_text()
 
 
-def test_a_dying_group_reports_its_exit_status_and_last_output_line(tmp_path):
+@LAUNCHERS
+def test_a_dying_group_reports_its_exit_status_and_last_output_line(tmp_path, forked):
     (tmp_path / "logs").mkdir()
-    [row] = run_group("die", Group("tests.test_doctor:die", 60, "dies"), tmp_path, limit_s=60)
+    [row] = run_group("die", Group("tests.test_doctor:die", 60, "dies"), tmp_path, limit_s=60, forked=forked)
     assert (row.status, row.result, row.figure) == (FAIL, "dies: crashed (exit 3)", "last words")
 
 

@@ -21,9 +21,12 @@ def run(target: str) -> list[Row]:
         return [Row(f"[{function}]", "raised", message[:160], FAIL)]
 
 
-if __name__ == "__main__":
-    target, out = sys.argv[1:3]
+def main(target: str, out: str) -> None:
     rows = run(target)
     for row in rows:
         print(f"{row.status:>4}  {row.check}: {row.figure}", flush=True)
     io.write_json(out, [asdict(row) for row in rows])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -39,8 +39,10 @@ def scenarios(m: Machine) -> dict[str, tuple[str, dict[str, float]]]:
 
 
 def setup_for(m: Machine) -> Setup:
+    """ResNet-20 on a GPU; a tiny CNN on one CPU thread per process (the CPU subset: well under a minute)."""
     if m.kind == "cuda":
         return Setup(batch_size=32, steps=10)
+    torch.set_num_threads(1)
     return Setup(model="tinycnn", batch_size=16, steps=8)
 
 
@@ -101,9 +103,13 @@ def check_pair(m: Machine) -> list[Row]:
 def run_ranks(m: Machine, out: Path) -> float | None:
     """Start both ranks; wait for their results, then for rank 0 to end after rank 1 kills itself. Returns
     the seconds from rank 1's death to rank 0's end (None: rank 0 outlived the limit and was killed)."""
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    if layout(m)[1][0].type == "cuda":  # CUDA cannot be used in a forked process: fresh interpreters
+        server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        store, start_method = ("tcp", str(server.port)), "spawn"
+    else:  # CPU: fork (no second import of torch per rank); a file store has no server thread to fork
+        store, start_method = ("file", str(out / "store")), "fork"
     context = mp.start_processes(
-        _rank, args=(m, store.port, str(out)), nprocs=2, join=False, start_method="spawn"
+        _rank, args=(m, store, str(out)), nprocs=2, join=False, start_method=start_method
     )
     first, second = context.processes
     try:
@@ -121,7 +127,15 @@ def run_ranks(m: Machine, out: Path) -> float | None:
                 raise RuntimeError(f"rank {rank} wrote no results (exit {context.processes[rank].exitcode})")
 
 
-def _rank(rank: int, m: Machine, port: int, out: str) -> None:
+def connect(store: tuple[str, str], timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store of a rank: ("tcp", port of the check process's server) or ("file", path)."""
+    kind, where = store
+    if kind == "tcp":
+        return dist.TCPStore("127.0.0.1", int(where), is_master=False, timeout=timeout)
+    return dist.FileStore(where, 2)
+
+
+def _rank(rank: int, m: Machine, store: tuple[str, str], out: str) -> None:
     backend, devices = layout(m)
     device = devices[rank]
     if device.type == "cuda":
@@ -129,8 +143,7 @@ def _rank(rank: int, m: Machine, port: int, out: str) -> None:
     else:
         torch.set_num_threads(1)
     timeout = datetime.timedelta(seconds=TIMEOUT_S)
-    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=2, timeout=timeout)
+    dist.init_process_group(backend, store=connect(store, timeout), rank=rank, world_size=2, timeout=timeout)
     results = {}
     for label, (name, hparams) in scenarios(m).items():
         pair = PairBackend(rank, device, mode_for(method_class(name)))

@@ -9,6 +9,7 @@ H100/H200 only; elsewhere the figures are information. On a CPU a tiny run keeps
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,8 @@ def check_speed(m: Machine) -> list[Row]:
     if not script.exists():
         return [Row("6 step times", f"{script} not found (not a checkout)", "-", SKIP)]
     if m.kind != "cuda":
-        rows = bench(script, [*CPU_RUN, "--methods", "sgd,sampa", "--fused", "sampa", "--device", "cpu"])
+        args = [*CPU_RUN, "--methods", "sgd,sampa", "--fused", "sampa", "--device", "cpu"]
+        rows = bench(script, args, fresh=False)
         fused = by_method(rows)["sampa (fused)"]["ratio_to_sgd"]
         return [
             Row(
@@ -103,13 +105,29 @@ def pair_speed(m: Machine) -> Row:
     )
 
 
-def bench(script: Path, args: list[str], key: str | None = None) -> list[dict[str, Any]]:
-    """Run a benchmark script with ``--json``; its rows (its output goes to this group's log)."""
+def bench(script: Path, args: list[str], key: str | None = None, fresh: bool = True) -> list[dict[str, Any]]:
+    """Run a benchmark script with ``--json``; its rows (its output goes to this group's log). ``fresh``: in
+    a new interpreter (every GPU configuration starts from a clean CUDA state); else in this process (the
+    CPU wiring run: no second import of torch)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
-        subprocess.run([sys.executable, str(script), *args, "--json", str(out)], check=True)
+        argv = [str(script), *args, "--json", str(out)]
+        if fresh:
+            subprocess.run([sys.executable, *argv], check=True)
+        else:
+            run_script(argv)
         data = json.loads(out.read_text())
     return data[key] if key else data
+
+
+def run_script(argv: list[str]) -> None:
+    """``python *argv`` in this process."""
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    finally:
+        sys.argv = saved
 
 
 def by_method(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
