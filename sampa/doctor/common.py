@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,32 @@ def machine() -> Machine:
     if torch.cuda.is_available() and torch.cuda.device_count() > 0:
         return Machine("cuda", torch.cuda.device_count(), torch.cuda.get_device_name(0))
     return Machine("cpu", 0, f"CPU ({os.cpu_count()} cores)")
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[list[str]]:
+    """Deterministic algorithms, no TF32 and no autotuning; yields the warnings of ops without a deterministic
+    implementation (warn_only: they are reported, not fatal)."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield notes
+    finally:
+        notes += sorted({str(w.message).splitlines()[0] for w in caught if "determinis" in str(w.message)})
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[1], saved[2]
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
 
 
 # ----------------------------------------------------------------------------------------------

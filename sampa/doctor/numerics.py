@@ -15,10 +15,6 @@ the amplification: fp32 2e-4 from float64, bf16 0.17 (measured).
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
-
 import torch
 
 from sampa.backends.fastpath import FastPath
@@ -28,6 +24,7 @@ from sampa.doctor.common import (
     Machine,
     Row,
     Setup,
+    deterministic,
     loss_band,
     relative_distance,
     trajectory,
@@ -54,34 +51,6 @@ def setup_for(m: Machine) -> Setup:
         return Setup(batch_size=32)
     torch.set_num_threads(1)
     return Setup(batch_size=4, steps=10)
-
-
-@contextlib.contextmanager
-def deterministic() -> Iterator[list[str]]:
-    """Deterministic algorithms, no TF32 and no autotuning; yields the warnings of ops without a deterministic
-    implementation (warn_only: they are reported, not fatal)."""
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-    )
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        notes: list[str] = []
-        try:
-            yield notes
-        finally:
-            notes += sorted(
-                {str(w.message).splitlines()[0] for w in caught if "determinis" in str(w.message)}
-            )
-    torch.use_deterministic_algorithms(saved[0])
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[1], saved[2]
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
 
 
 def check_float64(m: Machine) -> list[Row]:
