@@ -70,7 +70,13 @@ SEQUENTIAL = {"sgd": 1.0, "sam": 2.0, "sampa": 1.0}
 
 
 def write_run(
-    root: Path, run: ex.PlannedRun, acc: float | None, *, diverged: bool = False, time_s: float = 10.0
+    root: Path,
+    run: ex.PlannedRun,
+    acc: float | None,
+    *,
+    diverged: bool = False,
+    time_s: float = 10.0,
+    host_mib: float | None = None,
 ) -> None:
     """A run directory as the engine leaves it (only the fields the report reads)."""
     d = root / run.path
@@ -103,6 +109,8 @@ def write_run(
         },
         "provenance": {"git": {"sha": "abc", "dirty": False}, "devices": [{"name": "A100"}], "resumes": 0},
     }
+    if host_mib is not None:  # a CPU run: host memory only
+        metrics["memory"] = {"cpu_peak_rss_mib": host_mib, "per_rank": [{"cpu_peak_rss_mib": host_mib}]}
     (d / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -179,6 +187,23 @@ def test_cost_row_is_measured(runs):
     cells = tables.cell_table(plan.specs["t1"], frame)
     assert cell(cells, model=tables.COST, arm="SAM")["text"] == "×2/200"
     assert cell(cells, model=tables.COST, arm="SGD")["text"] == "×1/400"
+
+
+def test_host_memory_never_competes_for_bold_and_table_14_bolds_nothing(runs):
+    plan, root, _ = runs
+    spec = {**plan.specs["t4"], "table": {**plan.specs["t4"]["table"], "metrics": ["memory_per_device_mib"]}}
+    for run in plan.runs["t4"]:  # SAM on the host (less memory), SAMPa on a device
+        write_run(root, run, 0.94, host_mib=500.0 if run.cell["arm"] == "SAM" else None)
+    frame = collect_runs([root / p for p in plan.unique_runs()], root)
+    cells = tables.cell_table(spec, frame)
+    sam, sampa = (cell(cells, arm=arm, metric="memory_per_device_mib") for arm in ("SAM", "SAMPa-0.2"))
+    assert (sam["text"], sam["best"]) == ("500 ± 0 (host)", False)
+    assert (sampa["text"], sampa["best"]) == ("2100 ± 0", True)
+    assert "**2100**" in tables.render_markdown(spec, cells)
+    table14 = {**spec, "paper": "Table 14"}  # the paper's Table 14 marks no best method
+    text = tables.render(table14, cells)
+    assert "**2100**" not in text.markdown and "in bold" not in text.markdown
+    assert r"\textbf{2100}" not in text.latex
 
 
 def test_renderings(runs):
@@ -274,6 +299,27 @@ def test_figures_are_byte_stable_vector_pdfs(runs, tmp_path):
     pdf_bytes = outputs[0][0]
     assert b"/FontFile2" in pdf_bytes and b"/Type3" not in pdf_bytes and b"CreationDate" not in pdf_bytes
     assert set(result.frame["arm"]) == {"SGD", "SAM", "SAMPa-0.2", "SAMPa-0.2 (400 ep)"}
+
+
+def test_seed_dots_stand_out_on_every_bar_colour():
+    """Figure 2's per-seed dots: a face or an edge of at least half a point with WCAG contrast >= 3 against
+    every optimizer's bar colour (black dots were invisible on SGD's and ESAM's black bars)."""
+    from matplotlib.colors import to_rgb
+
+    from sampa.report.figures import SEED_DOTS
+    from sampa.report.style import COLORS
+
+    def luminance(color: str) -> float:
+        rgb = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgb(color)]
+        return 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
+
+    def contrast(a: str, b: str) -> float:
+        high, low = sorted((luminance(a), luminance(b)), reverse=True)
+        return (high + 0.05) / (low + 0.05)
+
+    for name, bar in COLORS.items():
+        edge = contrast(SEED_DOTS["edgecolor"], bar) if SEED_DOTS["linewidth"] >= 0.5 else 0.0
+        assert max(contrast(SEED_DOTS["color"], bar), edge) >= 3, name
 
 
 def test_runs_trained_under_other_settings_are_flagged_stale(runs):

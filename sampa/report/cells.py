@@ -295,7 +295,8 @@ def _cost_cells(obs: pd.DataFrame, axes: list[str], column_axes: Sequence[str]) 
 def _ranked(cells: pd.DataFrame, layout: Mapping[str, Any], rank: int) -> list[bool]:
     """The best (``rank`` 1) or second best (2) method of each line (same other axes and metric).
 
-    Reference arms and empty cells never compete; ``best_groups`` limits the comparison to groups of
+    Reference arms, empty cells and cells holding a metric's fallback (host memory for device memory: not
+    the quantity the table compares) never compete; ``best_groups`` limits the comparison to groups of
     arm labels (e.g. each variant against its +SAMPa combination). Ties as printed share a rank; tables
     without an arm axis rank nothing.
     """
@@ -309,7 +310,7 @@ def _ranked(cells: pd.DataFrame, layout: Mapping[str, Any], rank: int) -> list[b
         name = line["metric"].iloc[0]
         if name == COST_METRIC or metric(name).best is None:
             continue
-        candidates = line[(~line["reference"]) & (line["n"] > 0)]
+        candidates = line[(~line["reference"]) & (line["n"] > 0) & (~line["fallback"].astype(bool))]
         shown = candidates["mean"].round(metric(name).decimals)
         groups = layout.get("best_groups") or [list(candidates["arm"])]
         for group in groups:

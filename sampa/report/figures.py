@@ -37,6 +37,8 @@ from sampa.report.runs import collect_epochs
 TOY_WINDOW = 50
 #: characters per line of a bar panel's axis label
 BAR_LABEL_CHARS = 22
+#: a bar panel's per-seed dots: white with a black edge, visible on every bar colour (black ones too)
+SEED_DOTS = {"color": "white", "edgecolor": "black", "linewidth": 0.6, "size": 3.2}
 
 
 #: axis labels typeset as formulas (the tables' labels are plain text)
@@ -164,7 +166,7 @@ def _bars(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame)
             err_kws={"linewidth": 0.8},
         )
         with _fixed_global_rng():  # seaborn jitters the dots with numpy's global RNG
-            sns.stripplot(**common, color="black", edgecolor="white", linewidth=0.3, size=2.5, ax=ax)  # seeds
+            sns.stripplot(**common, **SEED_DOTS, ax=ax)
         ax.set_xlabel(textwrap.fill(_label(name), BAR_LABEL_CHARS))  # side by side panels: no overlap
         ax.set_ylabel("")
     style.panel_labels(axes)
@@ -205,10 +207,7 @@ def _epochs(
     root = Path(runs_root)
     epochs = collect_epochs([root / run.path for run in planned], root)
     cells = pd.DataFrame(
-        [
-            {"run": r.path, "arm": r.cell["arm"], "seed": r.seed, "trained_on": _dataset(r)}
-            for r in planned
-        ]
+        [{"run": r.path, "arm": r.cell["arm"], "seed": r.seed, "trained_on": _dataset(r)} for r in planned]
     )
     frame = cells.merge(epochs, on="run", how="left")
     missing = sorted(set(cells["run"]) - set(epochs["run"]))

@@ -2,8 +2,9 @@
 
 :func:`sampa.report.cells.cell_table` computes the cells; :func:`sampa.report.compare.compare` sets the
 paper's values beside them; this module only formats both (``render``). Conventions of the paper's
-tables: the best mean of each line in bold (the mean only, not its ± std), the second best underlined
-where the paper does (:data:`SECOND_BEST_UNDERLINED`), reference columns (a longer run of one method,
+tables: the best mean of each line in bold (the mean only, not its ± std; none where the paper marks none:
+:data:`NOTHING_BOLD`), the second best underlined where the paper does (:data:`SECOND_BEST_UNDERLINED`),
+reference columns (a longer run of one method,
 never ranked) in grey. The LaTeX compiles in :data:`sampa.report.latex.PREAMBLE` and never exceeds the
 text width.
 """
@@ -35,6 +36,8 @@ __all__ = ["AVERAGE", "COST", "TableError", "TableText", "cell_table", "render",
 
 #: paper tables that underline the second best method of each line (besides the best in bold)
 SECOND_BEST_UNDERLINED = ("Table 4",)
+#: paper tables that mark no best method (Table 14: one memory figure per method, nothing in bold)
+NOTHING_BOLD = ("Table 14",)
 #: a single-line table with more columns is set as one column (LaTeX)
 MAX_COLUMNS_IN_A_LINE = 5
 #: column axes whose labels read without a spanning header (method names, metric names)
@@ -95,12 +98,16 @@ def _underlines(spec: Mapping[str, Any]) -> bool:
     return spec.get("paper") in SECOND_BEST_UNDERLINED
 
 
+def _bolds(spec: Mapping[str, Any]) -> bool:
+    return spec.get("paper") not in NOTHING_BOLD
+
+
 def rule_line(spec: Mapping[str, Any], cells: pd.DataFrame, *, grey: bool) -> str:
     """How to read the cells: statistics, what is bold, underlined and grey (only what the table shows)."""
     seeds = len(spec["seeds"])
     line = f"Mean ± sample std over {seeds} seed{'s' if seeds > 1 else ''} per cell"
     line += "; (n=k): only k runs complete"
-    if cells["best"].any():
+    if _bolds(spec) and cells["best"].any():
         line += "; best mean of each line in bold"
         if _underlines(spec) and cells["second"].any():
             line += ", second best underlined"
@@ -132,9 +139,9 @@ def footer_lines(spec: Mapping[str, Any], cells: pd.DataFrame) -> list[str]:
 def render_markdown(
     spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None
 ) -> str:
-    underline = _underlines(spec)
+    underline, bold = _underlines(spec), _bolds(spec)
     flags = cells[["text", "best", "second"]].itertuples()
-    marked = [_mark_markdown(r.text, r.best, underline and r.second) for r in flags]
+    marked = [_mark_markdown(r.text, bold and r.best, underline and r.second) for r in flags]
     table = pivot(spec, cells, pd.Series(marked, index=cells.index))
     table.columns = [_markdown_header(table.columns, i) for i in range(len(table.columns))]
     table.index.names = [axis_name(n) for n in table.index.names]
@@ -174,10 +181,10 @@ def _markdown_header(columns: pd.Index, i: int) -> str:
 
 def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None) -> str:
     """A booktabs table: bold best mean, underlined second best (where the paper does), grey references."""
-    underline = _underlines(spec)
+    underline, bold = _underlines(spec), _bolds(spec)
     marked = pd.Series(
         [
-            latex.number_cell(r.text, bold=r.best, underline=underline and r.second)
+            latex.number_cell(r.text, bold=bold and r.best, underline=underline and r.second)
             for r in cells[["text", "best", "second"]].itertuples()
         ],
         index=cells.index,
