@@ -1,12 +1,13 @@
 """``python -m sampa doctor --out DIR``: one command that proves the GPU paths on the machine it finds.
 
-Each check group runs in its own subprocess under its own time limit (and all of them under ``--budget-s``),
-so a hang costs one group, never the window. Every check compares against a reference computed in the same
-run; the tolerances are constants next to the checks (``sampa.doctor.numerics``, ``.pair``, ``.memory``,
-``.speed``). The verdict table (check | result | figure | status) is printed and written to
-``DIR/doctor.json``; each group's output goes to ``DIR/logs/<group>.log``. Exit status 1 if any check fails.
-Without a GPU the command says so in one line and runs the CPU-meaningful subset (the GPU-only checks are
-listed as skipped, with the reason).
+Each check group runs in its own process session under its own time limit (and all of them under
+``--budget-s``), so a hang costs one group, never the window: a fresh interpreter where there is a GPU, else
+a fork of a forkserver that imported torch once (the CPU subset spends its time on checks, not imports).
+Every check compares against a reference computed in the same run; the tolerances are constants next to the
+checks (``sampa.doctor.numerics``, ``.pair``, ``.memory``, ``.speed``). The verdict table (check | result |
+figure | status) is printed and written to ``DIR/doctor.json``; each group's output goes to
+``DIR/logs/<group>.log``. Exit status 1 if any check fails. Without a GPU the command says so in one line
+and runs the CPU-meaningful subset (the GPU-only checks are listed as skipped, with the reason).
 """
 
 from __future__ import annotations
