@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from sampa.doctor.common import SKIP, Machine, Row, Setup, trajectory, verdict
+from sampa.doctor.common import FAIL, SKIP, Machine, Row, Setup, trajectory, verdict
 from sampa.metrics.memory import MIB, MemoryMonitor
 
 BAND_MIB, BAND_SHARE = 256.0, 0.10
@@ -53,7 +53,7 @@ def check_device(device: torch.device) -> Row:
         expected = after["torch_max_reserved_mib"] - reserved_before
         how = f"growth of torch reserved {expected:.0f}"
     if nvml is None:
-        return Row(f"5 NVML memory {device}", f"NVML: {method}", "no NVML reading", "fail")
+        return Row(f"5 NVML memory {device}", f"NVML: {method}", "no NVML reading", FAIL)
     band = max(BAND_MIB, BAND_SHARE * expected)
     return Row(
         f"5 NVML memory {device}",
