@@ -17,7 +17,7 @@ from torch import Tensor
 
 def smooth_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float = 0.1) -> Tensor:
     """Per-sample loss -sum_c q_c log softmax(logits)_c with q = smoothed one-hot (see module doc)."""
-    log_probs = torch.log_softmax(logits.float(), dim=1)
+    log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
     if smoothing == 0:
         return -log_probs.gather(1, targets[:, None]).squeeze(1)
     num_classes = logits.shape[1]
