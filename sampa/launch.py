@@ -336,7 +336,10 @@ def run_rank(
         if rank == 0:
             prepare_data(cfg)
         dist.barrier()
-    backend = PairBackend(rank, device, mode_for(method_class(cfg.optimizer)), cfg.devices)
+    method = method_class(cfg.optimizer)
+    backend = PairBackend(
+        rank, device, mode_for(method), cfg.devices, whole_batch_jobs=method.whole_batch_jobs
+    )
     metrics = train(cfg, out, backend)
     dist.destroy_process_group()
     return metrics

@@ -235,7 +235,8 @@ class _Run:
     def _train_batches(self, epoch: int) -> Iterator[tuple[Any, Tensor, Tensor]]:
         cfg = self.cfg
         if is_source(cfg.dataset):
-            return self.data.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
+            rows = self.backend.input_rows  # ImageNet: decode only the rows this process trains on
+            return self.data.train_batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, rows=rows)
         return train_batches(
             self.data, cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=self.augment, with_indices=True
         )

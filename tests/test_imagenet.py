@@ -8,6 +8,8 @@ import pytest
 import torch
 from torchvision.io import decode_image, write_jpeg
 
+from sampa.backends.pair import shard_start
+from sampa.data import imagenet
 from sampa.data.cifar import DataUnavailableError
 from sampa.data.imagenet import MEAN, STD, eval_transform, load_imagenet, loader_workers, normalise
 from sampa.metrics.scores import evaluate_topk, topk_correct
@@ -75,6 +77,57 @@ def test_epoch_is_deterministic_whatever_the_workers(tiny_imagenet):
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[2], y[2]) for x, y in zip(a, b, strict=True))
     other = torch.cat([x[2] for x in one.train_batches(4, seed=3, epoch=2)])
     assert not torch.equal(torch.cat([x[2] for x in a]), other)  # a new order each epoch
+
+
+def rank_rows(parts: int, index: int):
+    """Part ``index`` of ``parts`` near-equal consecutive parts (as a data-parallel backend shards)."""
+    return lambda size: slice(shard_start(size, parts, index), shard_start(size, parts, index + 1))
+
+
+def _decoded_indices(monkeypatch, data) -> list[int]:
+    """The train indices ``decode`` is called with from now on (workers=0: in this process)."""
+    where = {path: i for i, (path, _) in enumerate(data.train.samples)}
+    decoded: list[int] = []
+    real = imagenet.decode
+    monkeypatch.setattr(imagenet, "decode", lambda path: decoded.append(where[path]) or real(path))
+    return decoded
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_each_rank_decodes_only_its_rows_and_they_equal_the_one_process_rows(
+    tiny_imagenet, monkeypatch, parts
+):
+    """12 images in batches of 5 (5, 5, 2): with 3 ranks the last batch leaves rank 2 nothing to decode."""
+    data = load_imagenet(tiny_imagenet, workers=0, crop=32)
+    whole = list(data.train_batches(5, seed=3, epoch=1))
+    seen = []
+    for index in range(parts):
+        decoded = _decoded_indices(monkeypatch, data)
+        rows = rank_rows(parts, index)
+        batches = list(data.train_batches(5, seed=3, epoch=1, rows=rows))
+        assert decoded == [i for b in whole for i in b[2][rows(len(b[2]))].tolist()]  # its rows, once
+        for (images, labels, indices), (ref_images, ref_labels, ref_indices) in zip(
+            batches, whole, strict=True
+        ):
+            mine = rows(len(indices))
+            assert torch.equal(labels, ref_labels) and torch.equal(indices, ref_indices)  # whole batch
+            assert torch.equal(images[mine], ref_images[mine])  # bit for bit, augmentation included
+            others = torch.ones(len(indices), dtype=torch.bool)
+            others[mine] = False
+            assert images[others].isnan().all()  # never decoded: NaN, not plausible pixels
+        seen += decoded
+    assert sorted(seen) == list(range(12))  # the ranks together decode every image once
+
+
+def test_rank_rows_with_workers_equal_the_one_process_rows(tiny_imagenet):
+    data = load_imagenet(tiny_imagenet, workers=2, crop=32)
+    whole = list(load_imagenet(tiny_imagenet, workers=0, crop=32).train_batches(4, seed=0, epoch=2))
+    rows = rank_rows(2, 1)
+    for (images, _, indices), (ref_images, _, ref_indices) in zip(
+        data.train_batches(4, seed=0, epoch=2, rows=rows), whole, strict=True
+    ):
+        assert torch.equal(indices, ref_indices)
+        assert torch.equal(images[rows(4)], ref_images[rows(4)]) and images[: rows(4).start].isnan().all()
 
 
 def test_loader_workers_default_to_at_most_eight_cpus(monkeypatch):

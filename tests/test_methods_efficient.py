@@ -57,8 +57,6 @@ def autograd_grad(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -
     return list(torch.autograd.grad(loss_fn(clone(x), y).mean(), list(clone.parameters())))
 
 
-
-
 # ----------------------------------------------------------------------------------------------
 # LookSAM
 

@@ -33,6 +33,11 @@ class Backend(Protocol):
         """This process's part of a global batch (data parallel) or the whole batch."""
         ...
 
+    def input_rows(self, size: int) -> slice:
+        """The rows of a global batch of ``size`` whose inputs this process's gradients read; a data
+        source may leave the other rows' inputs undecoded (filled with NaN). Targets stay whole."""
+        ...
+
     def before_eval(self, model: nn.Module) -> None:
         """Make the evaluated model identical on every process (e.g. BatchNorm running statistics)."""
         ...

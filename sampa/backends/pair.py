@@ -424,10 +424,19 @@ class _Intervals:
 class PairBackend:
     """One of the 2k ranks; the process group must be initialised (see ``sampa.launch``)."""
 
-    def __init__(self, rank: int, device: torch.device, mode: str, world_size: int | None = None) -> None:
+    def __init__(
+        self,
+        rank: int,
+        device: torch.device,
+        mode: str,
+        world_size: int | None = None,
+        *,
+        whole_batch_jobs: bool = False,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown pair mode {mode!r}; choose one of: {', '.join(MODES)}")
         self.rank, self.device, self.mode = rank, device, mode
+        self.whole_batch_jobs = whole_batch_jobs  # the method's ``Method.whole_batch_jobs``
         self.executor = PairExecutor(rank, device, mode, world_size)
         self.topology = self.executor.topology
         self.world_size = self.topology.world_size
@@ -441,6 +450,16 @@ class PairBackend:
             return inputs, targets, indices
         parts, rank = self.world_size, self.rank
         return tuple(take_shard(t, parts, rank) for t in (inputs, targets, indices))  # type: ignore[return-value]
+
+    def input_rows(self, size: int) -> slice:
+        """Data mode: this rank's shard (:meth:`shard`). Task mode: the part of each job the executor
+        gives this rank (its local index of k), if every job is a whole batch (``whole_batch_jobs``);
+        else, and with k = 1, the whole batch (each batch is B_{t+1} of group 1, then B_t of group 0)."""
+        topology = self.topology
+        if self.mode == TASK and not self.whole_batch_jobs:
+            return slice(0, size)
+        parts, index = topology.group_size, topology.local_index
+        return slice(shard_start(size, parts, index), shard_start(size, parts, index + 1))
 
     def before_eval(self, model: nn.Module) -> None:
         """BatchNorm statistics: group 1's (averaged over it; task mode) or all ranks' average (data mode)

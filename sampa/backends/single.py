@@ -28,6 +28,9 @@ class SingleDevice:
     def shard(self, inputs: Inputs, targets: Tensor, indices: Tensor) -> tuple[Inputs, Tensor, Tensor]:
         return inputs, targets, indices
 
+    def input_rows(self, size: int) -> slice:
+        return slice(0, size)
+
     def before_eval(self, model: nn.Module) -> None:
         return None
 

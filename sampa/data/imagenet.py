@@ -8,23 +8,33 @@ Layout under the data root (``--data-root`` > ``$SAMPA_DATA`` > ``./data``)::
 Training batches: RandomResizedCrop(224) + horizontal flip (the standard ResNet recipe); evaluation:
 resize to 256, centre crop 224. Workers decode JPEGs with torchvision (libjpeg-turbo) and return uint8
 tensors (4x less to copy than float); normalisation with the ImageNet statistics runs on the device.
-Each sample's augmentation is drawn from a generator seeded by (seed, epoch, index) and the order from
-one seeded by (seed, epoch), so an epoch's batches are the same whatever the number of workers, and
-after a resume. ``val/`` is the paper's test set: its table reports the best top-1/top-5 over epochs
-("maximum test accuracies"); the engine's validation split is the same folder.
+Each sample's augmentation is drawn from a generator seeded by (seed, epoch, index) and the order
+(``torch.randperm``) from one seeded by (seed, epoch), so an epoch's batches are the same whatever the
+number of workers or processes, and after a resume. ``val/`` is the paper's test set: its table
+reports the best top-1/top-5 over epochs ("maximum test accuracies"); the engine's validation split is
+the same folder.
+
+Several processes (``rows``, from ``Backend.input_rows``): a process decodes only the rows of each
+global batch its gradients read (a :class:`BatchRows` batch sampler gives the workers their indices).
+The batch keeps its global size, with all labels and indices; the other rows' images are NaN, so a
+computation that read them by mistake could not go unnoticed. 2k data-parallel ranks decode 1/(2k) of
+each batch each; SAMPa's two groups of k ranks 1/k (each batch is B_{t+1} of group 1, then B_t of
+group 0, and rank i of a group computes on part i of both).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
 from sampa.data.seeding import STREAM_EPOCH, cpu_generator, derive_seed
@@ -128,6 +138,31 @@ class ImageFiles(Dataset):
             return self.transform(image).contiguous(), label, index
 
 
+def all_rows(size: int) -> slice:
+    """Every row of a batch of ``size`` (one process)."""
+    return slice(0, size)
+
+
+class BatchRows(Sampler[list[int]]):
+    """Batch sampler of one process: ``order`` cut into global batches of ``batch_size`` (the last one
+    partial), of each the dataset indices at ``rows(len(batch))`` (possibly none)."""
+
+    def __init__(self, order: Tensor, batch_size: int, rows: Callable[[int], slice] = all_rows) -> None:
+        self.batches, self.rows = order.split(batch_size), rows
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[self.rows(len(batch))].tolist()
+
+
+def stack_images(samples: list[tuple[Tensor, int, int]]) -> Tensor | None:
+    """The images of a process's rows as one uint8 batch (None: no rows)."""
+    return default_collate(samples)[0] if samples else None
+
+
 @dataclass
 class ImageNet:
     """ImageNet-1K splits read from disk batch by batch; batches come out normalised on ``device``."""
@@ -137,42 +172,62 @@ class ImageNet:
     classes: list[str]
     device: torch.device
     workers: int = 8
+    crop: int = CROP
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def train_batches(
-        self, batch_size: int, *, seed: int, epoch: int
+        self, batch_size: int, *, seed: int, epoch: int, rows: Callable[[int], slice] | None = None
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """(images, labels, indices) of one shuffled, augmented epoch; the last partial batch is kept."""
+        """(images, labels, indices) of one shuffled, augmented epoch; the last partial batch is kept.
+        Only the images at ``rows(batch size)`` are decoded (default: all), the others are NaN."""
+        rows = rows or all_rows
         self.train.seed, self.train.epoch = seed, epoch
-        order = cpu_generator(seed, STREAM_EPOCH, epoch)
-        yield from self._batches(self.train, batch_size, shuffle=True, generator=order)
+        order = torch.randperm(len(self.train), generator=cpu_generator(seed, STREAM_EPOCH, epoch))
+        loader = DataLoader(
+            self.train,
+            batch_sampler=BatchRows(order, batch_size, rows),
+            collate_fn=stack_images,
+            generator=cpu_generator(seed, STREAM_EPOCH, epoch, 1),  # worker base seeds, not the global RNG
+            **self._loader_settings(),
+        )
+        labels = torch.tensor([label for _, label in self.train.samples])
+        for indices, images in zip(order.split(batch_size), loader, strict=True):
+            yield (
+                self._global_images(images, len(indices), rows(len(indices))),
+                labels[indices].to(self.device),
+                indices.to(self.device),
+            )
+
+    def _global_images(self, images: Tensor | None, size: int, part: slice) -> Tensor:
+        """Normalised images of a global batch of ``size`` on the device: ``images`` at ``part``, NaN
+        elsewhere."""
+        if part == slice(0, size) and images is not None:
+            return normalise(images.to(self.device, non_blocking=True))
+        out = torch.full((size, 3, self.crop, self.crop), math.nan, device=self.device)
+        if images is not None:
+            out[part] = normalise(images.to(self.device, non_blocking=True))
+        return out
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """(images, labels, indices) of ``val/`` in order, resized and centre-cropped."""
-        yield from self._batches(self.val, batch_size, shuffle=False, generator=None)
-
-    def _batches(
-        self, files: ImageFiles, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
-    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        loader = DataLoader(
-            files,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if self.workers else None,
-        )
+        loader = DataLoader(self.val, batch_size=batch_size, **self._loader_settings())
         for images, labels, indices in loader:
             yield (
                 normalise(images.to(self.device, non_blocking=True)),
                 labels.to(self.device),
                 indices.to(self.device),
             )
+
+    def _loader_settings(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.workers,
+            "pin_memory": self.device.type == "cuda",
+            "persistent_workers": False,
+            "prefetch_factor": 4 if self.workers else None,
+        }
 
 
 def normalise(images: Tensor) -> Tensor:
@@ -205,4 +260,5 @@ def load_imagenet(
         classes=classes,
         device=torch.device(device),
         workers=workers,
+        crop=crop,
     )

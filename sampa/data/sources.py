@@ -1,13 +1,15 @@
 r"""Datasets that do not fit the on-device CIFAR path: ImageNet-1K, the GLUE tasks and a synthetic text task.
 
 Each is a *source* with one interface for the engine (:class:`Source`): ``num_classes``, ``train_size``,
-``train_batches(batch_size, seed=, epoch=)`` and ``eval_batches(batch_size)`` yielding
-``(inputs, targets, indices)``, and ``evaluate(model, batch_size)`` returning ``loss``, ``acc`` (plain
-top-1 accuracy) and the source's own scores (ImageNet: ``top5_acc``; text tasks: the task's metrics,
-:func:`task_metric_names`, and ``task_score``, their mean, which selects the best checkpoint; STS-B's
-``acc`` is None). There is no held-out validation split: validation and test are the same eval set
-(ImageNet's ``val/``, GLUE's dev set: GLUE's test labels are hidden), as the paper reports them
-(ImageNet: "maximum test accuracies" over epochs; GLUE: dev scores, MNLI on the matched dev set).
+``train_batches(batch_size, seed=, epoch=, rows=)`` and ``eval_batches(batch_size)`` yielding
+``(inputs, targets, indices)`` (``rows(size)``: the rows of a batch whose inputs the caller reads;
+ImageNet decodes only those, on-device sources ignore it), and ``evaluate(model, batch_size)``
+returning ``loss``, ``acc`` (plain top-1 accuracy) and the source's own scores (ImageNet:
+``top5_acc``; text tasks: the task's metrics, :func:`task_metric_names`, and ``task_score``, their
+mean, which selects the best checkpoint; STS-B's ``acc`` is None). There is no held-out validation
+split: validation and test are the same eval set (ImageNet's ``val/``, GLUE's dev set: GLUE's test
+labels are hidden), as the paper reports them (ImageNet: "maximum test accuracies" over epochs; GLUE:
+dev scores, MNLI on the matched dev set).
 
 Names: ``imagenet``; ``glue-<task>`` (``glue-cola`` ... ``glue-wnli``); ``synthetic-text`` (toy, no files).
 Pretrained weights live under ``<data root>/weights/`` (:data:`WEIGHTS`) or in the Hugging Face hub cache.
@@ -16,7 +18,7 @@ Pretrained weights live under ``<data root>/weights/`` (:data:`WEIGHTS`) or in t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +57,7 @@ class Source(Protocol):
     def train_size(self) -> int: ...
 
     def train_batches(
-        self, batch_size: int, *, seed: int, epoch: int
+        self, batch_size: int, *, seed: int, epoch: int, rows: Callable[[int], slice] | None = None
     ) -> Iterator[tuple[Any, Tensor, Tensor]]: ...
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Any, Tensor, Tensor]]: ...
@@ -112,9 +114,10 @@ class ImageNetSource:
         return len(self.data.train)
 
     def train_batches(
-        self, batch_size: int, *, seed: int, epoch: int
+        self, batch_size: int, *, seed: int, epoch: int, rows: Callable[[int], slice] | None = None
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        return self.data.train_batches(batch_size, seed=seed, epoch=epoch)
+        """Decodes only the images at ``rows(batch size)`` of each batch (the others are NaN)."""
+        return self.data.train_batches(batch_size, seed=seed, epoch=epoch, rows=rows)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         return self.data.eval_batches(batch_size)
@@ -140,8 +143,9 @@ class TextSource:
         return self.data.regression
 
     def train_batches(
-        self, batch_size: int, *, seed: int, epoch: int
+        self, batch_size: int, *, seed: int, epoch: int, rows: Callable[[int], slice] | None = None
     ) -> Iterator[tuple[Any, Tensor, Tensor]]:
+        """Whole batches (``rows`` is ignored: the tokens are on the device already)."""
         return self.data.train_batches(batch_size, seed=seed, epoch=epoch)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Any, Tensor, Tensor]]:

@@ -101,6 +101,9 @@ class Method:
     #: independent jobs per step; a two-device backend runs a method with >= 2 task-parallel
     parallel_jobs: ClassVar[int] = 1
     needs_indices: ClassVar[bool] = False  # whether ``step`` needs the samples' dataset indices
+    #: every gradient job's inputs are a whole batch the method was given (this step's or a kept one),
+    #: never a part of one; a backend that splits each job over its processes may then load only their rows
+    whole_batch_jobs: ClassVar[bool] = False
 
     def __init__(
         self,

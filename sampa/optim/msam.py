@@ -132,6 +132,7 @@ class MSAMPa(SAMPa):
     name = "sampa-msam"
     display_name = "mSAM+SAMPa"
     Hparams = MSAMPaHparams
+    whole_batch_jobs = False  # one job per micro-batch
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

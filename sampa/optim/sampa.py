@@ -78,6 +78,7 @@ class SAMPa(Method):
     label_hparam = "lam"
     Hparams = SAMPaHparams
     parallel_jobs = 2  # g~_t and g_{t+1}: one per device on the two-device backend
+    whole_batch_jobs = True  # g~_t on B_t, g_{t+1} on B_{t+1} (combinations with micro-batches: False)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
