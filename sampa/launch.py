@@ -336,13 +336,16 @@ def run_rank(
         if rank == 0:
             prepare_data(cfg)
         dist.barrier()
-    method = method_class(cfg.optimizer)
-    backend = PairBackend(
-        rank, device, mode_for(method), cfg.devices, whole_batch_jobs=method.whole_batch_jobs
-    )
-    metrics = train(cfg, out, backend)
+    metrics = train(cfg, out, rank_backend(cfg, rank, device))
     dist.destroy_process_group()
     return metrics
+
+
+def rank_backend(cfg: RunConfig, rank: int, device: torch.device) -> PairBackend:
+    """The backend of ``rank`` in a joined process group: the method's mode, and whether a rank may load
+    only its part of each batch (``Method.whole_batch_jobs``)."""
+    method = method_class(cfg.optimizer)
+    return PairBackend(rank, device, mode_for(method), cfg.devices, whole_batch_jobs=method.whole_batch_jobs)
 
 
 def _timeout(cfg: RunConfig) -> datetime.timedelta:
