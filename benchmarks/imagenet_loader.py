@@ -2,6 +2,7 @@
 
     python benchmarks/imagenet_loader.py                      # 320 generated JPEGs, workers 0,1,2
     python benchmarks/imagenet_loader.py --root /data --workers 8,16   # a real ImageNet copy
+    python benchmarks/imagenet_loader.py --ranks 2 --workers 1        # one rank of two: before/after
 
 Without ``--root``, writes ``--images`` random JPEGs of ImageNet's typical size (500x375, quality 90,
 about 110 kB like ImageNet's) into a temporary ImageFolder. Times full training epochs (decode,
@@ -10,6 +11,10 @@ images/s per worker count with the worker cores a GPU needs at given training ra
 ``num_workers``, per training process). The main process uses ``--threads`` torch threads (1, as the
 workflow's jobs): with workers=0 the augmentation runs there, and on a busy 2-core machine torch's
 intra-op threads made it 28x slower (2 threads: 56 transforms/s, 1 thread: 1590/s).
+
+``--ranks R`` (> 1) times one data-parallel rank of R (rank 0, in this process, no process group): the
+images it decodes per step and the global batches per second it delivers when it decodes the whole
+global batch (as before: every rank did) and when it decodes only its shard (``Backend.input_rows``).
 """
 
 from __future__ import annotations
@@ -18,15 +23,17 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from sampa.data.imagenet import load_imagenet
+from sampa.backends.pair import shard_start
+from sampa.data.imagenet import BatchRows, all_rows, load_imagenet
 
 # images/s one training process consumes: ResNet-50 in bf16 on one H100 trains ~2500-3000 images/s
 # with one gradient per image (SGD; SAMPa's two ranks each compute one gradient per step, and each
-# rank decodes the whole batch itself); SAM computes two gradients per image: about half
+# rank decodes the whole batch itself: k = 1); SAM computes two gradients per image: about half
 TARGETS = {
     "ResNet-50 bf16, one H100, SGD or SAMPa (per rank)": (2500, 3000),
     "ResNet-50 bf16, SAM": (1250, 1500),
@@ -46,14 +53,39 @@ def write_fake_imagenet(root: Path, images: int, classes: int = 8) -> None:
         write_jpeg(image, str(folder / f"img_{i}.JPEG"), quality=90)
 
 
-def images_per_second(root: Path, workers: int, batch_size: int) -> float:
+def images_per_second(
+    root: Path, workers: int, batch_size: int, rows: Callable[[int], slice] = all_rows
+) -> float:
+    """Global-batch images delivered per second (the decoded ones: only ``rows`` of each batch)."""
     data = load_imagenet(root, workers=workers)
-    batches = data.train_batches(batch_size, seed=0, epoch=0)
+    batches = data.train_batches(batch_size, seed=0, epoch=0, rows=rows)
     next(batches)  # start the workers
     start, count = time.perf_counter(), 0
     for images, _, _ in batches:
         count += images.shape[0]
     return count / (time.perf_counter() - start)
+
+
+def shard_of(ranks: int, rank: int) -> Callable[[int], slice]:
+    """A data-parallel rank's rows (as ``PairBackend.input_rows``)."""
+    return lambda size: slice(shard_start(size, ranks, rank), shard_start(size, ranks, rank + 1))
+
+
+def decoded_per_step(root: Path, batch_size: int, rows: Callable[[int], slice]) -> float:
+    """Images the batch sampler hands this rank's workers per step (each is decoded once)."""
+    order = torch.arange(len(load_imagenet(root, workers=0).train))
+    batches = list(BatchRows(order, batch_size, rows))
+    return sum(map(len, batches)) / len(batches)
+
+
+def compare_ranks(root: Path, ranks: int, workers: list[int], batch_size: int) -> None:
+    print(f"rank 0 of {ranks}, global batch {batch_size}")
+    print(f"{'workers':>7} {'rows':>7} {'decoded/step':>12} {'global images/s':>15}")
+    for w in workers:
+        for label, rows in (("all", all_rows), ("shard", shard_of(ranks, 0))):
+            per_step = decoded_per_step(root, batch_size, rows)
+            rate = images_per_second(root, w, batch_size, rows)
+            print(f"{w:>7} {label:>7} {per_step:12.1f} {rate:15.1f}")
 
 
 def main() -> None:
@@ -63,12 +95,18 @@ def main() -> None:
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
+    p.add_argument("--ranks", type=int, default=1, help="> 1: one data-parallel rank of this many")
     args = p.parse_args()
+    if args.ranks < 1:
+        p.error(f"--ranks must be >= 1 (got {args.ranks})")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root) if args.root else Path(tmp)
         if not args.root:
             write_fake_imagenet(root, args.images)
+        if args.ranks > 1:
+            compare_ranks(root, args.ranks, [int(w) for w in args.workers.split(",")], args.batch_size)
+            return
         print(f"{'workers':>7} {'images/s':>9} {'per worker':>10}")
         per_core = []
         for workers in (int(w) for w in args.workers.split(",")):
