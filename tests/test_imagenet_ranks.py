@@ -5,6 +5,7 @@
 * SAMPa on two groups of two: rank i of either group decodes part i of every batch (ranks 0 and 2 the
   same rows), and the parameters equal single-device SAMPa.
 * SAMPa on two ranks (k = 1): each rank computes on whole batches, so it decodes them all.
+* Every task-parallel method that claims ``Method.whole_batch_jobs`` gives its jobs whole batches.
 
 The model is a BatchNorm-free CNN (patched into the engine's model builder), so data-parallel gradients
 equal full-batch ones up to round-off (tests/test_pair.py's tolerance). The ranks decode in their own
@@ -30,6 +31,9 @@ from sampa.backends.pair import shard_start
 from sampa.config import RunConfig
 from sampa.data import imagenet
 from sampa.launch import rank_backend
+from sampa.losses import make_loss
+from sampa.models import build_model
+from sampa.optim import METHODS, GradJob, SequentialExecutor
 from sampa.train import train
 
 CLASSES, IMAGES_PER_CLASS = 5, 3  # 15 images in batches of 4 (4, 4, 4, 3): odd shards in the last one
@@ -178,3 +182,47 @@ def test_sampa_groups_of_two_decode_their_local_part_and_equal_one_device(folder
         assert decoded[rank] == [p for batch in _order(one_device) for p in _part(batch, 2, rank % 2)]
     assert decoded[0] == decoded[2] and decoded[1] == decoded[3]
     _assert_weights_close(weights, reference)
+
+
+# ----------------------------------------------------------------------------------------------
+# Method.whole_batch_jobs: the claim that lets SAMPa's groups load only part of each batch
+
+
+class RecordingExecutor(SequentialExecutor):
+    """The reference executor, keeping every job it evaluates."""
+
+    def __init__(self) -> None:
+        self.jobs: list[GradJob] = []
+
+    def evaluate(self, method: Any, jobs: Any) -> list[Any]:
+        self.jobs += jobs
+        return super().evaluate(method, jobs)
+
+
+def _job_inputs(name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The batches given to four steps of method ``name`` and the inputs of every job it evaluated."""
+    torch.manual_seed(0)
+    model = build_model("tinycnn", 10)
+    executor = RecordingExecutor()
+    base = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    cls = METHODS[name]
+    micro = (
+        {"micro_batch_size": 4}
+        if "micro_batch_size" in {f.name for f in dataclasses.fields(cls.Hparams)}
+        else {}
+    )
+    method = cls(model, make_loss(0.0), base, executor=executor, **micro)  # 2 micro-batches of 8 samples
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(8, 3, 16, 16, generator=gen) for _ in range(4)]
+    for x in batches:
+        method.step(x, torch.randint(0, 10, (8,), generator=gen), torch.arange(8))
+    return batches, [job.inputs for job in executor.jobs]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cls in METHODS.items() if cls.parallel_jobs >= 2))
+def test_whole_batch_jobs_holds_for_every_task_parallel_method_that_claims_it(name):
+    """A method claiming ``whole_batch_jobs`` gives every job a batch it was given, never part of one
+    (so part i of the job is part i of that batch); mSAM+SAMPa's micro-batches do not, nor claim it."""
+    batches, inputs = _job_inputs(name)
+    whole = [any(x is batch for batch in batches) for x in inputs]
+    assert all(whole) == METHODS[name].whole_batch_jobs, whole

@@ -29,6 +29,10 @@ The mode comes from the method (``Method.parallel_jobs``), never from its name:
   the ranks. So ``sgd`` and ``sam`` on 2k ranks are full-batch SGD and SAM up to round-off. ``msam``
   with micro-batch size = shard size is the paper's "mSAM (m=2)" (App. B.5) on two ranks.
 
+Input rows (``input_rows``): the rows of a global batch a rank's gradients read, so a data source
+may decode only those (ImageNet): data mode its shard; task mode part i of k when every job is a whole
+batch (``Method.whole_batch_jobs``; a batch is group 1's B_{t+1}, then group 0's B_t), else all rows.
+
 BatchNorm policy. The forward pass normalises each rank's samples with their own batch statistics, as
 DDP without SyncBatchNorm: with k = 1 in task mode that is the whole batch (the one-device model); with
 k > 1, or in data mode, it is the rank's shard. Running statistics are made identical on every rank
