@@ -19,7 +19,6 @@ localrules:
     all,
     aggregate_runs,
     make_table,
-    explain_unsupported,
     make_scorecard,
     make_figure,
     run_toy,

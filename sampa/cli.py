@@ -177,6 +177,7 @@ def _train(args: argparse.Namespace) -> int:
     from sampa.train import RunError, train
 
     cfg = config_from_args(args)
+    _check_requirements(cfg)
     _claim_gpus(args, cfg)
     try:
         metrics = _train_pair(cfg, args.out) if cfg.devices > 1 else train(cfg, args.out)
@@ -190,6 +191,15 @@ def _train(args: argparse.Namespace) -> int:
         keys = ("status", "test_acc", "test_task_score", "best_val_acc", "best_epoch", "final_test_acc")
         print(json.dumps({k: metrics.get(k) for k in keys} | {"out": str(args.out)}))
     return 0
+
+
+def _check_requirements(cfg: RunConfig) -> None:
+    """Data, weights and extras the run needs, checked before its directory is written (one line)."""
+    from sampa.requirements import missing
+
+    needs = missing(cfg.dataset, cfg.model, cfg.data_root)
+    if needs:
+        raise ConfigError("; ".join(needs))
 
 
 def _train_pair(cfg: RunConfig, out: str) -> dict[str, Any] | None:

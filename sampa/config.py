@@ -313,12 +313,9 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-#: name prefix of a model or dataset -> the optional extra it needs (``sampa.extras``)
-EXTRA_NEEDED = {"bert-": "nlp", "glue-": "nlp", "vit-": "vision"}
-
-
 def _check_extras(cfg: RunConfig) -> None:
     from sampa import extras
+    from sampa.requirements import EXTRA_NEEDED
 
     for key, name in (("model", cfg.model), ("dataset", cfg.dataset)):
         for prefix, extra in EXTRA_NEEDED.items():

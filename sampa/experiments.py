@@ -50,6 +50,17 @@ DATASET_DISPLAY = {
     "cifar100": "CIFAR-100",
     "synthetic": "Synthetic-10",
     "synthetic100": "Synthetic-100",
+    "synthetic-text": "Synthetic text",
+    "imagenet": "ImageNet-1K",
+    "glue-cola": "CoLA",
+    "glue-sst2": "SST-2",
+    "glue-mrpc": "MRPC",
+    "glue-stsb": "STS-B",
+    "glue-qqp": "QQP",
+    "glue-mnli": "MNLI",
+    "glue-qnli": "QNLI",
+    "glue-rte": "RTE",
+    "glue-wnli": "WNLI",
 }
 #: the order of methods in the paper's tables and figures (``arms: all``); others follow in registry order
 PAPER_ORDER = ("sgd", "sam", "sampa", "randsam", "optsam", "samdb", "looksam", "aesam", "saf", "mesa", "esam")
@@ -89,7 +100,9 @@ class PlannedRun:
 class Plan:
     """All experiments of a config, expanded. ``data``: run path -> the dataset to verify/extract before
     it (none for generated data); ``timing``: experiments whose numbers are measured on the machine;
-    ``minutes``: run path -> its time limit on a cluster (:func:`runtime_minutes`)."""
+    ``minutes``: run path -> its time limit on a cluster (:func:`runtime_minutes`); ``checked``: what
+    each "dataset model" pair of the config needs that is missing here (:func:`sampa.requirements.missing`);
+    an experiment with any such run plans none, and its spec says why (``not_run``)."""
 
     name: str
     use_gpus: bool
@@ -98,6 +111,7 @@ class Plan:
     data: dict[str, str] = field(default_factory=dict)
     timing: list[str] = field(default_factory=list)
     minutes: dict[str, int] = field(default_factory=dict)
+    checked: dict[str, list[str]] = field(default_factory=dict)
 
     def timing_runs(self) -> set[str]:
         """Paths of the runs whose numbers enter a time or memory table or figure."""
@@ -248,9 +262,6 @@ def resolve(config: Mapping[str, Any], name: str) -> dict[str, Any]:
         "note": config.get("note", ""),
         "profile": config["name"],
     }
-    if exp["kind"] == "unsupported":
-        spec["unsupported"] = exp["unsupported"]
-        return spec
     spec["seeds"] = list(exp.get("seeds", config["seeds"]))
     spec["run"] = {**normalize(config.get("run", {})), **exp.get("run", {})}
     spec["arms"] = _resolve_arms(exp.get("arms", []), normalize(config), name)
@@ -327,8 +338,8 @@ def method_label(name: str, hparams: Mapping[str, Any]) -> str:
 
 
 def plan_experiment(spec: Mapping[str, Any]) -> list[PlannedRun]:
-    """Every run of a table or figure experiment, validated (unsupported experiments plan none)."""
-    if spec["kind"] == "unsupported" or not spec.get("arms"):
+    """Every run of a table or figure experiment, validated (one that cannot run here plans none)."""
+    if spec.get("not_run") or not spec.get("arms"):
         return []
     axes = [(axis, _points(axis, values, spec["id"])) for axis, values in spec["grid"].items()]
     runs = []
@@ -486,21 +497,25 @@ def _validated(
 
 
 def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
-    """Check the config's structure (unless done already), resolve and expand every enabled experiment."""
+    """Check the config's structure (unless done already), resolve and expand every enabled experiment.
+
+    An experiment with a run whose data, weights or extra are missing here plans no runs; its spec
+    gets ``not_run``: what is missing ("needs ImageNet at ..."), which its table and the scorecard show.
+    """
     if not schema_checked:
         check_schema(config)
-    include_unsupported = bool(config.get("include_unsupported", True))
-    specs = {}
-    for name, exp in config["experiments"].items():
-        if not exp.get("enabled", True):
-            continue
-        if exp["kind"] == "unsupported" and not include_unsupported:
-            continue
-        specs[name] = resolve(config, name)
+    specs = {
+        name: resolve(config, name) for name, exp in config["experiments"].items() if exp.get("enabled", True)
+    }
     result = Plan(name=config["name"], use_gpus=bool(config.get("use_gpus", False)), specs=specs)
     for name, spec in specs.items():
-        result.runs[name] = plan_experiment(spec)
-        check_layout(spec, result.runs[name])
+        runs = plan_experiment(spec)
+        check_layout(spec, runs)
+        reason = not_run_reason(runs, result.checked)
+        if reason:
+            spec["not_run"] = reason
+            runs = []
+        result.runs[name] = runs
     result.timing = [name for name, spec in specs.items() if any(map(is_measured, _metrics_of(spec)))]
     result.data = _prepared(result)
     check_runtime(config.get("runtime", {}))
@@ -509,6 +524,32 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         for path, run in result.unique_runs().items()
     }
     return result
+
+
+def _requirement_key(settings: Mapping[str, Any]) -> str:
+    defaults = run_defaults()
+    return " ".join(str(settings.get(k, getattr(defaults, k))) for k in ("dataset", "model"))
+
+
+def not_run_reason(runs: list[PlannedRun], checked: dict[str, list[str]] | None = None) -> str:
+    """What the runs need that is missing here, in one line ("" if nothing); each dataset/model pair is
+    checked once (``checked`` collects the answers)."""
+    from sampa.requirements import merged, missing
+
+    checked = {} if checked is None else checked
+    needs: list[str] = []
+    for key in dict.fromkeys(_requirement_key(run.settings) for run in runs):
+        if key not in checked:
+            checked[key] = missing(*key.split(" "))
+        needs += checked[key]
+    return "; ".join(merged(needs))
+
+
+def requirements_changed(checked: Mapping[str, list[str]]) -> bool:
+    """Whether what was missing when a plan was made differs now (data or weights added, extra installed)."""
+    from sampa.requirements import missing
+
+    return any(missing(*key.split(" ")) != list(needs) for key, needs in checked.items())
 
 
 def _prepared(result: Plan) -> dict[str, str]:
@@ -526,7 +567,8 @@ def _prepared(result: Plan) -> dict[str, str]:
 
 def _metrics_of(spec: Mapping[str, Any]) -> list[str]:
     if spec["kind"] == "table":
-        return list(spec["table"]["metrics"])
+        average = spec["table"].get("average_column")
+        return [*spec["table"]["metrics"], *([average] if average else [])]
     if spec["kind"] == "figure" and spec["figure"]["plot"] != "toy":
         default = "val_acc" if spec["figure"]["plot"] == "epochs" else "test_acc"
         return list(spec["figure"].get("metrics", [default]))
@@ -572,6 +614,8 @@ def _check_table(layout: Mapping[str, Any], runs: list[PlannedRun], axes: list[s
         raise PlanError(f"{where}: axis {hidden[0]!r} varies, so it must be in the table's rows or columns")
     if "metric" not in shown and len(layout["metrics"]) > 1:
         raise PlanError(f"{where}: several metrics need 'metric' in the table's rows or columns")
+    if layout.get("average_column") and not [a for a in layout["columns"] if a != "metric"]:
+        raise PlanError(f"{where}: average_column needs a column axis to average over (e.g. dataset)")
     labels = {run.cell["arm"] for run in runs}
     for group in layout.get("best_groups", []):
         unknown = [label for label in group if label not in labels]
@@ -648,15 +692,18 @@ def check_devices(result: Plan, gpus: int) -> None:
 
 def cached_plan(config: Mapping[str, Any], cache: str | Path) -> Plan:
     """:func:`plan` (schema already checked), reusing ``cache`` when neither the config nor any source
-    file of the sampa package changed since it was written. A cache hit needs no torch import, which
-    is most of a dry run's time."""
+    file of the sampa package changed since it was written, and what its runs need is missing or present
+    as it was. A cache hit needs no torch import (but for a GLUE file check), which is most of a dry
+    run's time."""
     from sampa import io
 
     key = _plan_key(config)
     try:
         stored = json.loads(Path(cache).read_text())
         if stored["key"] == key:
-            return _plan_from_dict(stored["plan"])
+            cached = _plan_from_dict(stored["plan"])
+            if not requirements_changed(cached.checked):
+                return cached
     except (OSError, ValueError, KeyError, TypeError):
         pass
     result = plan(config, schema_checked=True)
@@ -675,7 +722,7 @@ def _plan_key(config: Mapping[str, Any]) -> str:
 
 def _plan_from_dict(data: Mapping[str, Any]) -> Plan:
     runs = {name: [PlannedRun(**run) for run in planned] for name, planned in data["runs"].items()}
-    fields = {k: data[k] for k in ("name", "use_gpus", "specs", "data", "timing", "minutes")}
+    fields = {k: data[k] for k in ("name", "use_gpus", "specs", "data", "timing", "minutes", "checked")}
     return Plan(**fields, runs=runs)
 
 
@@ -694,6 +741,7 @@ __all__ = [
     "load_config",
     "method_label",
     "normalize",
+    "not_run_reason",
     "plan",
     "plan_experiment",
     "resolve",

@@ -11,10 +11,10 @@ child process and always writes ``outcome.json`` into the run directory (the rul
   workflow is planned, deletes it, so the next invocation retries the run (resuming its checkpoint).
 
 The job exits non-zero only when it is interrupted (Ctrl-C, a time limit), so Snakemake retries it.
-``prepare-data`` does the same for a dataset (``results/data/<dataset>.json``), ``not-run`` writes the
-table of an experiment without training code, and :func:`summary` is the one-screen end of a run.
-:func:`placement` decides, when the workflow is planned, whether a run's ranks fit one cluster node (one
-task: our launcher starts them) or span several (``srun`` starts one task per rank, see :class:`Placement`).
+``prepare-data`` does the same for a dataset (``results/data/<dataset>.json``), and :func:`summary` is
+the one-screen end of a run. :func:`placement` decides, when the workflow is planned, whether a run's ranks
+fit one cluster node (one task: our launcher starts them) or span several (``srun`` starts one task per
+rank, see :class:`Placement`).
 """
 
 from __future__ import annotations
@@ -228,28 +228,6 @@ def prepare_data(dataset: str, root: str | None = None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Experiments without training code
-
-
-def not_run_text(spec: Mapping[str, Any]) -> tuple[str, str, str]:
-    """Markdown, LaTeX and CSV of an experiment that cannot run yet ("not run: <why>")."""
-    info = spec["unsupported"]
-    word = f"not run: {info.get('short') or 'no training code yet'}"
-    title = f"{spec.get('paper') or spec['id']}: {spec['title']}"
-    note = f"> **{spec['note']}**\n\n" if spec.get("note") else ""
-    markdown = f"{note}**{title}**\n\n{word}.\n\n{' '.join(info['reason'].split())}\n"
-    latex = f"% {title}\n% {word}\n\\textit{{{_latex(word)}}}\n"
-    csv = f'experiment,status\n{spec["id"]},"{word}"\n'
-    return markdown, latex, csv
-
-
-def _latex(text: str) -> str:
-    for char in "\\&%$#_{}":
-        text = text.replace(char, "\\" + char)
-    return text
-
-
-# ----------------------------------------------------------------------------------------------
 # Placement of a run on a cluster (SLURM)
 
 
@@ -434,9 +412,6 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("dataset")
     data.add_argument("--record", required=True)
     data.add_argument("--root", default=None, help="default $SAMPA_DATA or ./data")
-    not_run = sub.add_parser("not-run", help="the table of an experiment without training code")
-    for flag in ("--spec", "--md", "--tex", "--csv"):
-        not_run.add_argument(flag, required=True)
     return parser
 
 
@@ -460,16 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             write_record(out / OUTCOME, record)
             print(f"outcome: {record['status']}", file=sys.stderr)
-        elif args.command == "prepare-data":
+        else:
             record = prepare_data(args.dataset, args.root)
             write_record(Path(args.record), record)
             print(f"{args.dataset}: {record['status']} {record.get('reason', '')}".strip(), file=sys.stderr)
-        else:
-            from sampa import io
-
-            spec = json.loads(args.spec)
-            for path, text in zip((args.md, args.tex, args.csv), not_run_text(spec), strict=True):
-                io.write_text(path, text)
     except (JobError, ValueError, KeyError) as err:
         print(f"sampa.jobs {args.command}: error: {err}", file=sys.stderr)
         return 2

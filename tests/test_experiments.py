@@ -172,16 +172,45 @@ def test_bad_config_is_one_line(changes, message):
     assert re.search(message, text), text
 
 
-def test_unsupported_experiments_plan_no_runs():
+def test_experiment_whose_data_is_missing_plans_no_runs_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path))
     cfg = config()
     cfg["experiments"]["t3"] = {
-        "kind": "unsupported",
+        "kind": "table",
         "title": "ImageNet",
-        "unsupported": {"reason": "no ImageNet training code", "requires": ["imagenet"]},
+        "run": {"dataset": "imagenet", "model": "resnet50", "batch_size": 8},
+        "arms": ["sam"],
+        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_top1_acc", "test_top5_acc"]},
     }
     plan = ex.plan(cfg)
-    assert plan.runs["t3"] == [] and plan.of_kind("unsupported") == ["t3"]
-    assert "t3" not in ex.plan({**cfg, "include_unsupported": False}).specs
+    assert plan.runs["t3"] == [] and plan.runs["t1"]  # the other experiments are planned as before
+    assert (
+        plan.specs["t3"]["not_run"]
+        == f"needs ImageNet at {tmp_path / 'imagenet'} (train/ and val/ class folders of JPEGs)"
+    )
+    assert "not_run" not in plan.specs["t1"]
+    for split in ("train", "val"):
+        (tmp_path / "imagenet" / split / "n01").mkdir(parents=True)
+    again = ex.plan(cfg)
+    assert len(again.runs["t3"]) == len(cfg["seeds"]) and "not_run" not in again.specs["t3"]
+
+
+def test_cached_plan_is_made_again_when_missing_data_appears(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path / "data"))
+    cfg = config()
+    cfg["experiments"]["t3"] = {
+        "kind": "table",
+        "title": "ImageNet",
+        "run": {"dataset": "imagenet", "model": "resnet50", "batch_size": 8},
+        "arms": ["sam"],
+        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_top1_acc"]},
+    }
+    cache = tmp_path / "plan.json"
+    assert ex.cached_plan(cfg, cache).runs["t3"] == []
+    assert ex.cached_plan(cfg, cache).runs["t3"] == []  # a hit: nothing changed
+    for split in ("train", "val"):
+        (tmp_path / "data" / "imagenet" / split).mkdir(parents=True)
+    assert len(ex.cached_plan(cfg, cache).runs["t3"]) == len(cfg["seeds"])
 
 
 def test_resolved_spec_is_self_contained_json():

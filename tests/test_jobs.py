@@ -106,26 +106,6 @@ def test_other_training_jobs_count_each_job_once_and_not_the_own():
     assert jobs.other_training_jobs(10, table) == 2
 
 
-def test_not_run_table_says_why_in_every_format():
-    spec = {
-        "id": "table3",
-        "title": "ImageNet",
-        "paper": "Table 3",
-        "note": "",
-        "unsupported": {
-            "reason": "no ImageNet\n pipeline",
-            "requires": [],
-            "short": "no code for ImageNet yet",
-        },
-    }
-    markdown, latex, csv = jobs.not_run_text(spec)
-    assert "not run: no code for ImageNet yet." in markdown and "no ImageNet pipeline" in markdown
-    assert "not run: no code for ImageNet yet" in latex
-    assert pd.read_csv(__import__("io").StringIO(csv)).to_dict("records") == [
-        {"experiment": "table3", "status": "not run: no code for ImageNet yet"}
-    ]
-
-
 def test_code_dependencies_are_derived_from_imports():
     tables = {
         Path(f).relative_to(REPO / "sampa").as_posix() for f in jobs.module_files("sampa.report.tables")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 from pathlib import Path
@@ -269,16 +270,20 @@ def test_table_axes_must_cover_varying_axes(runs):
         tables.cell_table(spec, frame)
 
 
-def test_unsupported_message_names_reason_and_missing_data(tmp_path):
+def test_not_run_table_says_what_is_missing_in_every_format():
     spec = {
         "id": "table3",
+        "title": "ImageNet",
         "paper": "Table 3",
-        "unsupported": {"reason": "sampa-bench has no ImageNet training code", "requires": ["imagenet"]},
+        "note": "",
+        "not_run": "needs ImageNet at /d/imagenet",
     }
-    message = tables.unsupported_message(spec, tmp_path)
-    assert "\n" not in message
-    assert "table3 (Table 3) cannot be reproduced: sampa-bench has no ImageNet training code" in message
-    assert f"imagenet at {tmp_path / 'imagenet'}: not found" in message
+    text = tables.render_not_run(spec)
+    assert "not run: needs ImageNet at /d/imagenet." in text.markdown and "(paper: Table 3)" in text.markdown
+    assert r"\textit{not run: needs ImageNet at /d/imagenet}" in text.latex
+    assert pd.read_csv(io.StringIO(text.csv)).to_dict("records") == [
+        {"experiment": "table3", "status": "not run: needs ImageNet at /d/imagenet"}
+    ]
 
 
 def test_figures_are_byte_stable_vector_pdfs(runs, tmp_path):
@@ -337,16 +342,22 @@ def test_runs_trained_under_other_settings_are_flagged_stale(runs):
     assert "seed1 (stale: label_smoothing is 0.0 in the run, 0.1 planned)" in sam["missing"]
 
 
-def test_commands_plan_aggregate_table(runs, tmp_path, capsys):
+def test_commands_plan_aggregate_table(runs, tmp_path, capsys, monkeypatch):
     import yaml
 
     from sampa.cli import main
 
     plan, root, _ = runs
     config = tmp_path / "config.yaml"
-    unsupported = {"reason": "no ImageNet training code", "requires": ["imagenet"]}
-    t3 = {"kind": "unsupported", "title": "x", "unsupported": unsupported}
+    t3 = {
+        "kind": "table",
+        "title": "x",
+        "run": {"dataset": "imagenet", "model": "resnet50", "batch_size": 8},
+        "arms": ["sam"],
+        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_top1_acc"]},
+    }
     experiments = {**CONFIG["experiments"], "t3": t3}
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path / "data"))
     config.write_text(yaml.safe_dump({**CONFIG, "experiments": experiments}))
     assert main(["plan", "--config", str(config)]) == 0
     out = capsys.readouterr().out
@@ -360,10 +371,9 @@ def test_commands_plan_aggregate_table(runs, tmp_path, capsys):
     args = ["table", "--config", str(config), "--experiment", "t1", "--runs", str(runs_csv), "--md", str(md)]
     assert main(args) == 0 and md.read_text().startswith("**Test accuracy on CIFAR-10")
 
-    data_root = tmp_path / "data"
-    assert main(["table", "--config", str(config), "--experiment", "t3", "--data-root", str(data_root)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "t3 cannot be reproduced: no ImageNet training code" in err
+    t3_md = tmp_path / "t3.md"
+    assert main(["table", "--config", str(config), "--experiment", "t3", "--md", str(t3_md)]) == 0
+    assert f"not run: needs ImageNet at {tmp_path / 'data' / 'imagenet'}" in t3_md.read_text()
     assert main(["table", "--config", str(config), "--experiment", "t9"]) == 2
     assert "unknown experiment 't9'; choose one of: t1, t3, t4" in capsys.readouterr().err
 

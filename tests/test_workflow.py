@@ -74,17 +74,27 @@ def write_config(path: Path, config: dict) -> Path:
 # Planning the paper
 
 
-def test_paper_config_plans_the_expected_runs_per_table():
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    """No data root and an empty hub cache: what Tables 3, 5 and 6 need is missing."""
+    from sampa import requirements
+
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setattr(requirements, "_in_hub_cache", lambda name: False)
+    return {"SAMPA_DATA": str(tmp_path / "no-data"), "HF_HUB_CACHE": str(tmp_path / "no-hub")}
+
+
+def test_paper_config_plans_the_expected_runs_per_table(no_data):
     plan = ex.plan(ex.load_config(REPO / "configs" / "paper.yaml"))
     runs = {name: len(r) for name, r in plan.runs.items()}
     six = 6
     expected = {
         "table1": 5 * 5 * six,  # 5 models x (SGD, SAM, SAMPa-0, SAMPa-0.2, SAMPa-0.2 400 ep)
         "table2": 5 * 5 * six,
-        "table3": 0,  # described, not runnable
+        "table3": 0,  # no ImageNet here (see test_paper_tables_3_5_6_are_planned_when_their_data_is_here)
         "table4": 7 * six,  # SAM, SAMPa-0.2 and 5 efficient variants on ResNet-56
-        "table5": 0,
-        "table6": 0,
+        "table5": 0,  # no ViT-B/16 weights
+        "table6": 0,  # no GLUE, no BERT-base
         "table7": 5 * 4 * six,  # 5 noise rates x (SGD, SAM, SAMPa-0, SAMPa-0.2)
         "table8": 10 * six,  # 5 variants and their +SAMPa combinations
         "table9": 3 * 3 * six,
@@ -122,13 +132,58 @@ def test_paper_config_plans_the_expected_runs_per_table():
     assert len(plan.unique_runs()) == sum(expected.values()) - sum(shared.values())
 
 
-def test_paper_dry_run_job_counts(tmp_path):
+def fake_paper_data(root: Path) -> None:
+    """Empty files where Tables 3, 5 and 6 look for their data and weights (enough to plan, not to train)."""
+    from sampa.data.glue import GLUE_TASKS
+
+    for split in ("train", "val"):
+        (root / "imagenet" / split / "n01440764").mkdir(parents=True)
+    for task in GLUE_TASKS.values():
+        folder = root / "glue" / task.tsv.folder
+        folder.mkdir(parents=True)
+        for name in ("train.tsv", task.tsv.dev_file):
+            (folder / name).touch()
+    (root / "weights" / "bert-base-uncased").mkdir(parents=True)
+    (root / "weights" / "bert-base-uncased" / "config.json").write_text("{}")
+    (root / "weights" / "vit-b16-imagenet21k").mkdir(parents=True)
+    (root / "weights" / "vit-b16-imagenet21k" / "model.safetensors").touch()
+
+
+def test_paper_tables_3_5_6_are_planned_when_their_data_is_here(tmp_path, no_data, monkeypatch):
+    from sampa import extras
+
+    if not (extras.available("vision") and extras.available("nlp")):
+        pytest.skip("needs the vision and nlp extras")
+    fake_paper_data(tmp_path / "data")
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path / "data"))
     plan = ex.plan(ex.load_config(REPO / "configs" / "paper.yaml"))
-    out = snakemake("-n", "--configfile", str(REPO / "configs" / "paper.yaml"), cwd=tmp_path).stdout
+    runs = {name: plan.runs[name] for name in ("table3", "table5", "table6")}
+    assert {name: len(r) for name, r in runs.items()} == {
+        "table3": 2 * 3,
+        "table5": 2 * 2 * 6,
+        "table6": 4 * 9 * 10,
+    }
+    assert not any("not_run" in plan.specs[name] for name in runs)
+    glue = {(r.cell["arm"], r.cell["dataset"]): r.settings for r in runs["table6"] if r.seed == 0}
+    assert (
+        glue[("SAM", "CoLA")]["hparams"]["rho"] == 0.01
+        and glue[("SAMPa-0.1", "RTE")]["hparams"]["rho"] == 0.005
+    )
+    assert glue[("SAM", "MRPC")]["epochs"] == 5 and glue[("AdamW", "SST-2")]["epochs"] == 3
+    assert {r.settings["model"] for r in runs["table3"]} == {"resnet50"}
+    (tmp_path / "data" / "glue" / "RTE" / "train.tsv").unlink()  # one task missing: none of Table 6
+    plan = ex.plan(ex.load_config(REPO / "configs" / "paper.yaml"))
+    assert plan.runs["table6"] == [] and plan.specs["table6"]["not_run"].startswith("needs GLUE RTE at ")
+    assert len(plan.runs["table3"]) == 6
+
+
+def test_paper_dry_run_job_counts(tmp_path, no_data):
+    plan = ex.plan(ex.load_config(REPO / "configs" / "paper.yaml"))
+    config = str(REPO / "configs" / "paper.yaml")
+    out = snakemake("-n", "--configfile", config, cwd=tmp_path, env=no_data).stdout
     counts = job_counts(out)
     assert counts["train_run"] == len(plan.unique_runs())
-    assert counts["make_table"] == 12  # Tables 1, 2, 4, 7-14 and the vSAM comparison
-    assert counts["explain_unsupported"] == 3  # Tables 3, 5, 6
+    assert counts["make_table"] == 15  # Tables 1-14 (3, 5 and 6 say "not run: needs ...") and vSAM
     assert counts["make_figure"] == 5 and counts["run_toy"] == 1 and counts["aggregate_runs"] == 1
     assert counts["make_scorecard"] == 1  # results/paper/tables/reproduction.{md,tex}
 
@@ -358,7 +413,7 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
 
 
 def partial_config() -> dict:
-    """A table of synthetic runs, a table whose runs need CIFAR-10 and an experiment without code."""
+    """A table of synthetic runs, a table whose runs need CIFAR-10 and one whose ImageNet is not here."""
     config = mini_config() | {"name": "partial", "seeds": [0]}
     table = {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]}
     sam, sgd = {"label": "SAM", "optimizer": "sam"}, {"label": "SGD", "optimizer": "sgd"}
@@ -372,13 +427,11 @@ def partial_config() -> dict:
             "table": table,
         },
         "later": {
-            "kind": "unsupported",
+            "kind": "table",
             "title": "ImageNet",
-            "unsupported": {
-                "reason": "no ImageNet code",
-                "requires": ["imagenet"],
-                "short": "no code for ImageNet yet",
-            },
+            "run": {"dataset": "imagenet", "model": "resnet50", "batch_size": 8},
+            "arms": [sam],
+            "table": table,
         },
     }
     return config
@@ -402,7 +455,9 @@ def test_failed_and_impossible_runs_never_block_the_other_tables(tmp_path):
         r"\| \**\d+\.\d+\** +\| — \(failed\) +\|", synth
     ), synth
     assert re.search(r"\| +— \(needs data\) +\|", (tables / "cifar.md").read_text())
-    assert "not run: no code for ImageNet yet" in (tables / "later.md").read_text()
+    assert (
+        f"not run: needs ImageNet at {tmp_path / 'no-data' / 'imagenet'}" in (tables / "later.md").read_text()
+    )
     assert (tmp_path / "results/partial/tables/reproduction.md").exists()
 
     # the next invocation retries what failed, never what finished

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ENV_VAR = "SAMPA_DATA"
-DEFAULT_ROOT = "data"
+from sampa.requirements import ENV_VAR, data_root
+
 OFFLINE_HINT = "snakemake --cores all --configfile configs/smoke.yaml"
 
 
@@ -78,9 +78,7 @@ Arrays = tuple[torch.Tensor, torch.Tensor]
 
 def resolve_root(root: str | os.PathLike | None = None) -> Path:
     """Data root: explicit ``root`` > environment variable ``SAMPA_DATA`` > ``./data``."""
-    if root is None:
-        root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
-    return Path(root).expanduser().absolute()
+    return data_root(root)
 
 
 def file_md5(path: Path, chunk: int = 1 << 20) -> str:

@@ -134,21 +134,33 @@ class RawSplit:
 def read_glue(name: str, split: str, root: str | os.PathLike | None = None) -> RawSplit:
     """``split`` ("train" or "eval") of task ``name`` from the TSV or parquet layout in ``<root>/glue``."""
     task = glue_task(name)
-    if split not in ("train", "eval"):
-        raise ValueError(f"unknown GLUE split {split!r}; choose one of: train, eval")
+    files = split_files(name, split, root)
+    if files and files[0].suffix == ".tsv":
+        return _read_tsv(task, files[0])
+    if files:
+        return _read_parquet(task, files)
     folder = resolve_root(root) / FOLDER
     tsv_file = folder / task.tsv.folder / ("train.tsv" if split == "train" else task.tsv.dev_file)
-    if tsv_file.is_file():
-        return _read_tsv(task, tsv_file)
     hub_split = "train" if split == "train" else task.eval_split
-    parquet = sorted((folder / task.name).glob(f"{hub_split}-*.parquet"))
-    if parquet:
-        return _read_parquet(task, parquet)
     raise DataUnavailableError(
         f"GLUE {task.display} not found: put the GLUE TSVs at {tsv_file} or the hub's parquet files at "
         f"{folder / task.name}/{hub_split}-*.parquet (huggingface-cli download nyu-mll/glue "
         f"--repo-type dataset --local-dir {folder}), or set {ENV_VAR} to the folder above glue/"
     )
+
+
+def split_files(name: str, split: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """The files of ``split`` ("train" or "eval") of task ``name`` under ``<root>/glue``: its GLUE TSV, else
+    the hub's parquet files; [] when neither is there."""
+    task = glue_task(name)
+    if split not in ("train", "eval"):
+        raise ValueError(f"unknown GLUE split {split!r}; choose one of: train, eval")
+    folder = resolve_root(root) / FOLDER
+    tsv_file = folder / task.tsv.folder / ("train.tsv" if split == "train" else task.tsv.dev_file)
+    if tsv_file.is_file():
+        return [tsv_file]
+    hub_split = "train" if split == "train" else task.eval_split
+    return sorted((folder / task.name).glob(f"{hub_split}-*.parquet"))
 
 
 def _read_tsv(task: GlueTask, path: Path) -> RawSplit:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from sampa.data.cifar import resolve_root
 from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
+from sampa.requirements import WEIGHTS
 
 #: training-set sizes, known without reading data (steps per epoch, batch-size checks)
 TRAIN_SIZES: dict[str, int] = {
@@ -43,9 +44,6 @@ TRAIN_SIZES: dict[str, int] = {
     "synthetic-text": 512,
 }
 SOURCE_NAMES = tuple(TRAIN_SIZES)
-#: pretrained weights under the data root: a ``save_pretrained`` directory (BERT) or a hub
-#: ``--local-dir`` download holding ``model.safetensors`` (ViT)
-WEIGHTS = {"bert-base": "weights/bert-base-uncased", "vit-b16": "weights/vit-b16-imagenet21k"}
 
 
 class Source(Protocol):

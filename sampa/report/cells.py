@@ -21,7 +21,7 @@ import pandas as pd
 
 from sampa.config import config_from_dict
 from sampa.experiments import MACHINE_KEYS, PlannedRun, axis_label, is_measured, plan_experiment, run_defaults
-from sampa.report.metrics import Metric, metric
+from sampa.report.metrics import Metric, applies, metric
 from sampa.report.runs import timing_caveats
 
 AVERAGE = "Average"
@@ -64,6 +64,10 @@ def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
     cells = _aggregate(obs, axes)
     if layout.get("average_row"):
         cells = pd.concat([cells, _average_rows(obs, axes, layout["rows"])], ignore_index=True)
+    if layout.get("average_column"):  # first: e.g. Table 6's GLUE average of the task scores
+        over = [a for a in layout["columns"] if a != "metric"][:1]
+        averaged = observations(planned, runs, [layout["average_column"]])
+        cells = pd.concat([_average_rows(averaged, axes, over), cells], ignore_index=True)
     if layout.get("cost_row"):
         cells = pd.concat([_cost_cells(obs, axes, layout["columns"]), cells], ignore_index=True)
     cells["best"] = _ranked(cells, layout, 1)
@@ -92,7 +96,8 @@ def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
 
 def observations(planned: Sequence[PlannedRun], runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """One row per planned run and metric: its axis labels, seed, status, (scaled) value, its source and
-    ``trained_on`` (the dataset's registry name; the ``dataset`` axis, if any, holds its display name)."""
+    ``trained_on`` (the dataset's registry name; the ``dataset`` axis, if any, holds its display name).
+    A metric that is not one of the run's dataset (a GLUE task's metric on another task) has no row."""
     by_run = runs.set_index("run") if len(runs) else pd.DataFrame(columns=["status"])
     rows = []
     for run in planned:
@@ -101,7 +106,8 @@ def observations(planned: Sequence[PlannedRun], runs: pd.DataFrame, metrics: Seq
         status = str(record["status"]) if found else "missing"
         if status == "complete":
             status = stale_reason(record, run) or status
-        for name in metrics:
+        dataset = str(run.settings.get("dataset") or run_defaults().dataset)
+        for name in (m for m in metrics if applies(m, dataset)):
             value, source = _value(record, metric(name)) if status == "complete" else (math.nan, None)
             if status == "complete" and math.isnan(value):
                 shown = NOT_APPLICABLE if metric(name).optional else "no value"
@@ -232,7 +238,8 @@ def _status_note(statuses: set[str]) -> str:
 def _average_rows(obs: pd.DataFrame, axes: list[str], row_axes: Sequence[str]) -> pd.DataFrame:
     """The paper's "Average" row: per seed, the mean over the rows; then mean ± std over seeds.
 
-    Only seeds whose runs are complete in every row count (a paired average).
+    Only seeds whose runs are complete in every row count (a paired average). ``row_axes`` may be a
+    column axis too: then it is an "Average" column (Table 6's GLUE average over the tasks).
     """
     row_axes = [a for a in row_axes if a != "metric"]
     if not row_axes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import typing
 from collections import Counter
@@ -58,7 +57,14 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
-    from sampa.experiments import PlanError, check_schema, load_config, resolve
+    from sampa.experiments import (
+        PlanError,
+        check_schema,
+        load_config,
+        not_run_reason,
+        plan_experiment,
+        resolve,
+    )
 
     if args.spec:
         spec = _json_mapping(args.spec, "--spec")
@@ -73,7 +79,9 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         raise PlanError(
             f"unknown experiment {args.experiment!r}; choose one of: {', '.join(config['experiments'])}"
         )
-    return resolve(config, args.experiment)
+    spec = resolve(config, args.experiment)
+    reason = not_run_reason(plan_experiment(spec))  # as the workflow's plan says it
+    return {**spec, "not_run": reason} if reason else spec
 
 
 def _run(command: str, handler: Any, args: argparse.Namespace) -> int:
@@ -176,6 +184,8 @@ def _plan(args: argparse.Namespace) -> int:
         seen.update(new)
         gpus = Counter(r.gpus(result.use_gpus) for r in runs)
         shown = ", ".join(f"{n} x {g}" for g, n in sorted(gpus.items()))
+        if spec.get("not_run"):
+            shown = f"not run: {spec['not_run']}"
         print(f"{name:>14} {spec['kind']:<11} {len(runs):4d} runs, {len(new):4d} new, runs x GPUs: {shown}")
     print(f"{'total':>14} {'':<11} {len(seen):4d} distinct runs")
     if args.out:
@@ -229,27 +239,23 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--md", help="Markdown output")
     p.add_argument("--tex", help="LaTeX (booktabs) output")
     p.add_argument("--csv", help="CSV output (one row per cell)")
-    p.add_argument(
-        "--data-root", default=None, help="where datasets/weights live (default $SAMPA_DATA or ./data)"
-    )
     p.set_defaults(handler=lambda a: _run("table", _table, a))
 
 
 def _table(args: argparse.Namespace) -> int:
-
     from sampa import io
     from sampa.report.compare import compare
-    from sampa.report.tables import TableError, cell_table, render, unsupported_message
+    from sampa.report.tables import TableError, cell_table, render, render_not_run
 
     spec = _spec(args)
-    if spec["kind"] == "unsupported":
-        root = args.data_root or os.environ.get("SAMPA_DATA") or "data"
-        raise TableError(unsupported_message(spec, root))
     if spec["kind"] != "table":
         raise TableError(f"experiment {spec['id']!r} is a {spec['kind']}, not a table")
-    runs = _runs_table(args.runs)
-    cells = cell_table(spec, runs)
-    text = render(spec, cells, compare(spec, cells, runs))
+    if spec.get("not_run"):  # what it needs is missing here (planned no runs)
+        text = render_not_run(spec)
+    else:
+        runs = _runs_table(args.runs)
+        cells = cell_table(spec, runs)
+        text = render(spec, cells, compare(spec, cells, runs))
     for path, content in ((args.md, text.markdown), (args.tex, text.latex), (args.csv, text.csv)):
         if path:
             io.write_text(path, content)

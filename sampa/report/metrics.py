@@ -50,7 +50,21 @@ class Metric:
 METRICS: dict[str, Metric] = {
     # accuracy of the best-validation checkpoint on the test set (the paper's protocol, Section 5.1)
     "test_acc": Metric("Test accuracy (%)", "test_acc", scale=100, best="max"),
-    "test_top5_acc": Metric("Top-5 test accuracy (%)", "test_top5_acc", scale=100, best="max", optional=True),
+    "test_top1_acc": Metric("Top-1 (%)", "test_acc", scale=100, best="max"),  # ImageNet: test_acc is top-1
+    "test_top5_acc": Metric("Top-5 (%)", "test_top5_acc", scale=100, best="max", optional=True),
+    # text tasks (metrics.json, in %): the task's GLUE score (mean of its metrics) and each metric; a GLUE
+    # task has only its own metrics (:func:`applies`)
+    "glue_score": Metric("Score", "test_task_score", decimals=1, best="max"),
+    **{
+        f"glue_{name}": Metric(label, f"test_task_metrics.{name}", decimals=1, best="max", optional=True)
+        for name, label in (
+            ("mcc", "Mcc"),
+            ("acc", "Acc"),
+            ("f1", "F1"),
+            ("pearson", "Pearson"),
+            ("spearman", "Spearman"),
+        )
+    },
     "final_test_acc": Metric("Final test accuracy (%)", "final_test_acc", scale=100, best="max"),
     "best_val_acc": Metric("Best validation accuracy (%)", "best_val_acc", scale=100, best="max"),
     # synchronised training time, evaluation excluded; median over epochs after the first
@@ -89,6 +103,22 @@ METRICS: dict[str, Metric] = {
     "val_acc": Metric("Validation accuracy (%)", "val_acc", scale=100, per_epoch=True),
     "train_loss": Metric("Training loss", "train_loss", decimals=3, per_epoch=True),
 }
+
+
+def applies(name: str, dataset: str) -> bool:
+    """Whether metric ``name`` is one of ``dataset``'s: a GLUE task has only its own metrics (Table 6's
+    columns: CoLA Mcc, STS-B Pearson/Spearman, MRPC and QQP Acc/F1, others Acc)."""
+    from sampa.metrics.scores import GLUE_METRICS
+
+    column = METRICS[name].column
+    task = dataset.removeprefix("glue-")
+    if (
+        not column.startswith("test_task_metrics.")
+        or not dataset.startswith("glue-")
+        or task not in GLUE_METRICS
+    ):
+        return True
+    return column.removeprefix("test_task_metrics.") in GLUE_METRICS[task]
 
 
 class MetricError(ValueError):

@@ -171,23 +171,25 @@ def _ours(mean: float, std: float, n: int, decimals: int = 2) -> str:
 
 
 def _above(
-    refs: Sequence[tuple[str, str, str]], keep: Callable[[Mapping[str, str]], bool] = lambda _: True
+    refs: Sequence[tuple[str, str, str]],
+    keep: Callable[[Mapping[str, str]], bool] = lambda _: True,
+    metric: str = "test_acc",
 ) -> Callable[[Inputs], Outcome]:
-    """``refs``: (paper table, winner arm, loser arm); the winner's mean test accuracy must be higher on
-    every line (``keep`` selects lines) at equal epochs."""
+    """``refs``: (paper table, winner arm, loser arm); the winner's mean test accuracy (``metric``: its
+    name, e.g. ImageNet's top-1) must be higher on every line (``keep`` selects lines) at equal epochs."""
 
     def assess(inputs: Inputs) -> Outcome:
         specs = {ref: inputs.experiment(ref) for ref, _, _ in refs}
         absent = [ref for ref, spec in specs.items() if spec is None]
         found = [
-            _arm_runs(specs[ref], inputs, [winner, loser], ["test_acc"])
+            _arm_runs(specs[ref], inputs, [winner, loser], [metric])
             for ref, winner, loser in refs
             if specs[ref] is not None
         ]
         rows = [
             row
             for (ref, winner, loser), runs in zip([r for r in refs if specs[r[0]]], found, strict=True)
-            for row in _above_rows(ref, runs, winner, loser, keep)
+            for row in _above_rows(ref, runs, winner, loser, keep, metric)
         ]
         evidence = pd.DataFrame(rows)
         blocked = _blocked(found, absent)
@@ -206,7 +208,12 @@ def _above(
 
 
 def _above_rows(
-    ref: str, runs: _Runs, winner: str, loser: str, keep: Callable[[Mapping[str, str]], bool]
+    ref: str,
+    runs: _Runs,
+    winner: str,
+    loser: str,
+    keep: Callable[[Mapping[str, str]], bool],
+    metric: str = "test_acc",
 ) -> list[dict[str, Any]]:
     lines = _lines(runs.spec)
     if runs.obs.empty:
@@ -220,9 +227,7 @@ def _above_rows(
         w, l_ = _pick(means, winner, labels), _pick(means, loser, labels)
         key = tuple(labels.values())
         same_epochs = epochs.get((winner, *key), set()) == epochs.get((loser, *key), set())
-        paper_delta = _paper_value(ref, "test_acc", winner, labels) - _paper_value(
-            ref, "test_acc", loser, labels
-        )
+        paper_delta = _paper_value(ref, metric, winner, labels) - _paper_value(ref, metric, loser, labels)
         delta = w["mean"] - l_["mean"]
         out.append(
             {
@@ -481,26 +486,25 @@ def _vsam(inputs: Inputs) -> Outcome:
 # Claims 9-11: ImageNet, ViT fine-tuning, GLUE (Tables 3, 5, 6)
 
 
-def _unless_unsupported(ref: str, assess: Callable[[Inputs], Outcome]) -> Callable[[Inputs], Outcome]:
-    """``assess``, or "not run" with the reason while the config describes ``ref`` as unsupported."""
+def _unless_not_run(ref: str, assess: Callable[[Inputs], Outcome]) -> Callable[[Inputs], Outcome]:
+    """``assess``, or "not run" with what is missing when ``ref``'s data, weights or extra are not here."""
 
     def guarded(inputs: Inputs) -> Outcome:
         spec = inputs.experiment(ref)
-        if spec is not None and spec["kind"] == "unsupported":
-            needs = ", ".join(spec["unsupported"].get("requires", []))
-            return Outcome(NOT_RUN, f"{ref} not run: needs {needs or 'code'}")
+        if spec is not None and spec.get("not_run"):
+            return Outcome(NOT_RUN, f"{ref} not run: {spec['not_run']}")
         return assess(inputs)
 
     return guarded
 
 
 def _glue_average(inputs: Inputs) -> Outcome:
-    """SAMPa-0.1's GLUE average (mean over the task lines of the task score ``test_acc``) above SAM's."""
+    """SAMPa-0.1's GLUE average (mean over the task lines of the task score ``glue_score``) above SAM's."""
     spec = inputs.experiment("Table 6")
     if spec is None:
         return Outcome(NOT_RUN, f"{NOT_IN_CONFIG}: Table 6")
-    runs = _arm_runs(spec, inputs, ["SAMPa-0.1", "SAM"], ["test_acc"])
-    lines = _lines(spec)
+    runs = _arm_runs(spec, inputs, ["SAMPa-0.1", "SAM"], ["glue_score"])
+    lines = [a for a in _lines(spec) if a == "dataset"]
     means = _means(runs.obs, ["arm", *lines]) if len(runs.obs) else pd.DataFrame()
     labels = _line_labels(runs.obs, lines) if len(runs.obs) else []
     average = {
@@ -595,21 +599,21 @@ CLAIMS: tuple[Claim, ...] = (
         "SAMPa-0.2 beats SAM on ImageNet-1K (top-1)",
         "Table 3",
         "SAMPa-0.2's mean top-1 test accuracy (ResNet-50, 90 epochs) is higher than SAM's.",
-        _unless_unsupported("Table 3", _above([("Table 3", "SAMPa-0.2", "SAM")])),
+        _unless_not_run("Table 3", _above([("Table 3", "SAMPa-0.2", "SAM")], metric="test_top1_acc")),
     ),
     Claim(
         10,
         "SAMPa-0.2 beats SAM when fine-tuning ViT-B/16",
         "Table 5",
         "On CIFAR-10 and CIFAR-100, SAMPa-0.2's mean test accuracy after fine-tuning is higher than SAM's.",
-        _unless_unsupported("Table 5", _above([("Table 5", "SAMPa-0.2", "SAM")])),
+        _unless_not_run("Table 5", _above([("Table 5", "SAMPa-0.2", "SAM")])),
     ),
     Claim(
         11,
         "SAMPa-0.1 beats SAM on the GLUE average (BERT-base)",
         "Table 6",
         "The mean over the nine GLUE tasks of SAMPa-0.1's mean task score is higher than SAM's.",
-        _unless_unsupported("Table 6", _glue_average),
+        _unless_not_run("Table 6", _glue_average),
     ),
 )
 
@@ -653,8 +657,8 @@ def _table_status(spec: Mapping[str, Any] | None, runs: pd.DataFrame) -> tuple[s
     empty = {"compared": 0, WITHIN: 0, OUTSIDE: 0}
     if spec is None:
         return NOT_IN_CONFIG, empty, False
-    if spec["kind"] == "unsupported":
-        return "not reproducible with sampa-bench: " + spec["unsupported"]["reason"], empty, False
+    if spec.get("not_run"):
+        return "not run: " + spec["not_run"], empty, False
     cells = cell_table(spec, runs)
     comparison = compare(spec, cells, runs)
     if comparison is None:

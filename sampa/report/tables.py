@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,7 +31,7 @@ from sampa.report.cells import (
 from sampa.report.compare import Comparison, comparison_columns, comparison_latex, comparison_markdown
 from sampa.report.metrics import metric
 
-__all__ = ["AVERAGE", "COST", "TableError", "TableText", "cell_table", "render", "unsupported_message"]
+__all__ = ["AVERAGE", "COST", "TableError", "TableText", "cell_table", "render", "render_not_run"]
 
 #: paper tables that underline the second best method of each line (besides the best in bold)
 SECOND_BEST_UNDERLINED = ("Table 4",)
@@ -40,8 +39,8 @@ SECOND_BEST_UNDERLINED = ("Table 4",)
 NOTHING_BOLD = ("Table 14",)
 #: a single-line table with more columns is set as one column (LaTeX)
 MAX_COLUMNS_IN_A_LINE = 5
-#: column axes whose labels read without a spanning header (method names, metric names)
-SELF_EXPLAINING_AXES = ("arm", "metric")
+#: column axes whose labels read without a spanning header (method, metric and dataset names)
+SELF_EXPLAINING_AXES = ("arm", "metric", "dataset")
 
 
 @dataclass(frozen=True)
@@ -294,16 +293,19 @@ def render_csv(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Compari
 
 
 # ----------------------------------------------------------------------------------------------
-# Experiments the package cannot run
+# Experiments that cannot run here
 
 
-def unsupported_message(spec: Mapping[str, Any], data_root: str | Path) -> str:
-    """Why an experiment of kind ``unsupported`` cannot be reproduced, and what is missing (one line)."""
-    info = spec["unsupported"]
-    root = Path(data_root)
-    status = [
-        f"{req} at {root / req}: {'found' if (root / req).exists() else 'not found'}"
-        for req in info["requires"]
-    ]
-    where = f" ({spec['paper']})" if spec.get("paper") else ""
-    return f"{spec['id']}{where} cannot be reproduced: {info['reason']} [{'; '.join(status)}]"
+def render_not_run(spec: Mapping[str, Any]) -> TableText:
+    """The table of an experiment whose data, weights or extra are missing: "not run: <what>"."""
+    word = f"not run: {spec['not_run']}"
+    title = title_line(spec)
+    head = [f"> **{line}**" for line in warning_lines(spec, [])]
+    head += [f"**{title}**"] + ([spec["caption"]] if spec.get("caption") else [])
+    markdown = "\n\n".join([*head, f"{word}.", NOT_RUN_HINT]) + "\n"
+    tex = f"% {latex.plain(title)}\n% {latex.plain(word)}\n\\textit{{{latex.escape(word)}}}\n"
+    frame = pd.DataFrame([{"experiment": spec["id"], "status": word}])
+    return TableText(markdown, tex, frame.to_csv(index=False, lineterminator="\n"))
+
+
+NOT_RUN_HINT = "Put what is missing in place (README: Tables 3, 5 and 6) and run the workflow again."

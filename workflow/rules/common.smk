@@ -55,7 +55,6 @@ DATA_RECORDS = "results/data"
 RUNS = PLAN.unique_runs()
 TABLES = PLAN.of_kind("table")
 FIGURE_IDS = PLAN.of_kind("figure")
-UNSUPPORTED = PLAN.of_kind("unsupported")
 # code dependencies, derived: what each command's module imports (the command-line glue itself only)
 COMMANDS = [str(REPO / "sampa" / "report" / "commands.py")]
 TABLE_CODE = [*jobs.module_files("sampa.report.tables"), *COMMANDS]
@@ -119,7 +118,6 @@ def _alternatives(names):
 wildcard_constraints:
     table=_alternatives(TABLES),
     figure=_alternatives(FIGURE_IDS),
-    unsupported=_alternatives(UNSUPPORTED),
     dataset=_alternatives(PLAN.prepared_datasets()),
 
 
@@ -187,7 +185,7 @@ def get_all_metrics(wildcards):
 
 def get_spec(wildcards):
     experiment = getattr(wildcards, "table", None) or getattr(wildcards, "figure", None)
-    return experiments.spec_json(PLAN.specs[experiment or wildcards.unsupported])
+    return experiments.spec_json(PLAN.specs[experiment])
 
 
 def get_figure_data(wildcards):
@@ -237,7 +235,7 @@ def final_outputs():
     # every run is a target itself: Snakemake does not recreate a missing intermediate file whose
     # consumers are up to date, so a deleted record would otherwise go unnoticed
     outputs = [*run_metrics(RUNS), f"{RESULTS}/runs.csv"]
-    for table in [*TABLES, *UNSUPPORTED]:
+    for table in TABLES:
         outputs += [f"{RESULTS}/tables/{table}.{ext}" for ext in ("md", "tex", "csv")]
     for figure in FIGURE_IDS:
         outputs += [f"{FIGURES}/{figure}.{ext}" for ext in ("pdf", "png", "csv")]

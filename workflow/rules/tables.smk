@@ -1,5 +1,6 @@
 # Paper tables: Markdown + LaTeX (booktabs) + CSV, from the runs table. Presentation only: a change
-# to the table code or to one experiment's spec re-makes tables, never trains.
+# to the table code or to one experiment's spec re-makes tables, never trains. An experiment whose data,
+# weights or extra are missing here plans no runs; its table says "not run: needs ..." (spec `not_run`).
 
 
 rule make_table:
@@ -33,25 +34,6 @@ rule make_table:
     shell:
         "$SAMPA_PYTHON -m sampa table --spec {params.spec:q} --runs {input.runs:q} "
         "--md {output.md:q} --tex {output.tex:q} --csv {output.csv:q} > {log:q} 2>&1"
-
-
-# Experiments without training code yet (ImageNet, ViT, BERT): a table that says "not run" and why.
-rule explain_unsupported:
-    output:
-        md=f"{RESULTS}/tables/{{unsupported}}.md",
-        tex=f"{RESULTS}/tables/{{unsupported}}.tex",
-        csv=f"{RESULTS}/tables/{{unsupported}}.csv",
-    log:
-        f"{LOGS}/tables/{{unsupported}}.log",
-    params:
-        spec=get_spec,
-    message:
-        "table {wildcards.unsupported}: not run (no training code yet)"
-    conda:
-        ENV
-    shell:
-        "$SAMPA_PYTHON -m sampa.jobs not-run --spec {params.spec:q} --md {output.md:q} --tex {output.tex:q} "
-        "--csv {output.csv:q} > {log:q} 2>&1"
 
 
 # The reproduction scorecard: each claim of the paper with our evidence and a verdict.

@@ -3,13 +3,15 @@
 :func:`paper_results` reads them and adds, for every row, the *keys* under which our tables look it up:
 
 * ``paper``: "Table N", as in an experiment's ``paper:`` field;
-* ``our_metric``: the name of our metric (:mod:`sampa.report.metrics`), or "" where we have none
-  (ImageNet top-1/top-5, GLUE scores);
+* ``our_metric``: the name of our metric (:mod:`sampa.report.metrics`), or "" where we have none;
+  GLUE's ``<task>_<metric>`` (``MRPC_f1``) is our ``glue_<metric>`` on the task's dataset, ``GLUE``
+  (the average) our ``glue_score`` in the "Average" column;
 * ``arm``: the method name, which is our arm label (the paper's names are our labels: "SAMPa-0.2",
   "mSAM (m=2)", "Penalizing", "ASAM+SAMPa", ...);
 * ``reference``: the paper's grey column, i.e. the longer of two runs of one method in one cell
   (SAMPa-0.2 at 400 epochs in Tables 1-2), which our configs mark ``reference: true``;
-* the grid axes of our configs: ``model`` (the paper's model names are our display names),
+* the grid axes of our configs: ``dataset`` (display names: "CIFAR-10", GLUE's "CoLA", "Average" for
+  the GLUE average), ``model`` (the paper's model names are our display names),
   ``label_noise`` ("20%", from the note "label noise 20%" or "20% label noise"), ``batch_size``
   ("64", from "batch size 64") and ``setting`` (Table 13's rows: "ResNet-32 (80% noisy label)").
 
@@ -25,15 +27,22 @@ from importlib import resources
 
 import pandas as pd
 
+from sampa.experiments import DATASET_DISPLAY
+from sampa.report.cells import AVERAGE
+
 #: the paper's metric names -> ours ("" = no counterpart in sampa-bench)
 METRIC_NAMES = {
     "test_acc": "test_acc",
     "time_per_epoch_s": "time_per_epoch_s",
     "time_per_batch_ms": "time_per_batch_ms",
     "memory_per_gpu_mib": "memory_per_device_mib",
+    "top1_acc": "test_top1_acc",
+    "top5_acc": "test_top5_acc",
+    "GLUE": "glue_score",
 }
 #: grid axes a paper row can be matched on (besides the arm)
-KEY_AXES = ("model", "label_noise", "batch_size", "setting")
+KEY_AXES = ("dataset", "model", "label_noise", "batch_size", "setting")
+_GLUE_METRIC = re.compile(r"([A-Za-z0-9-]+)_(mcc|acc|f1|pearson|spearman)")
 _NOISE = re.compile(r"label noise (\d+)%|(\d+)% label noise")
 _BATCH = re.compile(r"batch size (\d+)")
 
@@ -59,7 +68,9 @@ def _keyed() -> pd.DataFrame:
     rows = _read().copy()
     rows["note"] = rows["note"].fillna("")
     rows["paper"] = [paper_ref(t) for t in rows["table"]]
-    rows["our_metric"] = [METRIC_NAMES.get(m, "") for m in rows["metric"]]
+    pairs = list(zip(rows["dataset"], rows["metric"], strict=True))
+    rows["our_metric"] = [_our_metric(d, m) for d, m in pairs]
+    rows["dataset"] = [_dataset_label(d, m) for d, m in pairs]
     rows["arm"] = rows["method"]
     rows["reference"] = _reference_flags(rows)
     noise = [_noise(note) for note in rows["note"]]
@@ -94,6 +105,20 @@ def _reference_flags(rows: pd.DataFrame) -> list[bool]:
     longest = epochs.groupby([rows[c] for c in cell]).transform("max")
     runs = epochs.groupby([rows[c] for c in cell]).transform("count")
     return ((runs > 1) & (epochs == longest)).tolist()
+
+
+def _our_metric(dataset: str, name: str) -> str:
+    glue = _GLUE_METRIC.fullmatch(name) if dataset == "glue" else None
+    return f"glue_{glue.group(2)}" if glue else METRIC_NAMES.get(name, "")
+
+
+def _dataset_label(dataset: str, name: str) -> str:
+    """The label of our ``dataset`` axis for a paper row: a GLUE task's name, "Average" for the GLUE
+    average, else the dataset's display name ("cifar10" -> "CIFAR-10")."""
+    glue = _GLUE_METRIC.fullmatch(name) if dataset == "glue" else None
+    if glue:
+        return glue.group(1)
+    return AVERAGE if dataset == "glue" else DATASET_DISPLAY.get(dataset, dataset)
 
 
 def _noise(note: str) -> str:

@@ -1,0 +1,123 @@
+"""What a run needs that is not on this machine: data folders, pretrained weights, optional extras.
+
+:func:`missing` answers it for a run's dataset and model, one line per missing thing, so the workflow
+planner (:mod:`sampa.experiments`: such runs are not planned, their table says "not run: ...") and
+``sampa train`` (one line, exit 2, before the run directory is written) give the same answer.
+
+CIFAR is not checked here: the workflow's ``prepare_data`` step verifies (or downloads) it, and its runs
+say "needs data" when it cannot. Importing this module needs no torch (a cached dry run stays fast);
+only a GLUE dataset imports :mod:`sampa.data.glue` for its file layout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sampa import extras
+
+ENV_VAR = "SAMPA_DATA"
+DEFAULT_ROOT = "data"
+IMAGENET_FOLDER = "imagenet"
+IMAGENET_SPLITS = ("train", "val")
+#: pretrained weights under the data root: a ``save_pretrained`` directory (BERT) or a hub
+#: ``--local-dir`` download holding ``model.safetensors`` (ViT)
+WEIGHTS = {"bert-base": "weights/bert-base-uncased", "vit-b16": "weights/vit-b16-imagenet21k"}
+#: the same weights in the Hugging Face hub cache: repository and the file that must be there
+HUB_WEIGHTS = {
+    "bert-base": ("google-bert/bert-base-uncased", ("config.json",)),
+    "vit-b16": ("timm/vit_base_patch16_224.orig_in21k", ("model.safetensors", "pytorch_model.bin")),
+}
+WEIGHTS_NAMES = {"bert-base": "BERT-base", "vit-b16": "ViT-B/16 (ImageNet-21k)"}
+#: name prefix of a model or dataset -> the optional extra it needs
+EXTRA_NEEDED = {"bert-": "nlp", "glue-": "nlp", "vit-": "vision"}
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Data root: explicit ``root`` > environment variable ``SAMPA_DATA`` > ``./data``."""
+    if root is None:
+        root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
+    return Path(root).expanduser().absolute()
+
+
+def missing(dataset: str, model: str, root: str | os.PathLike | None = None) -> list[str]:
+    """What a run of ``model`` on ``dataset`` needs that is not here, one line each ("needs ...").
+
+    An absent extra hides the rest (its data and weights are checked once it is installed).
+    """
+    needed = [extra for name in (model, dataset) for p, extra in EXTRA_NEEDED.items() if name.startswith(p)]
+    absent = [e for e in dict.fromkeys(needed) if not extras.available(e)]
+    if absent:
+        return [f"needs the {e} extra (pip install -e '.[{e}]')" for e in absent]
+    folder = data_root(root)
+    found = []
+    if dataset == "imagenet":
+        found += _imagenet(folder)
+    elif dataset.startswith("glue-"):
+        found += _glue(dataset.removeprefix("glue-"), folder)
+    weights = [model] if model in WEIGHTS else []
+    if dataset.startswith("glue-") and "bert-base" not in weights:  # its tokenizer comes with BERT-base
+        weights.append("bert-base")
+    found += [line for name in weights if (line := _weights(name, folder))]
+    return found
+
+
+def _imagenet(folder: Path) -> list[str]:
+    imagenet = folder / IMAGENET_FOLDER
+    if all((imagenet / split).is_dir() for split in IMAGENET_SPLITS):
+        return []
+    return [f"needs ImageNet at {imagenet} (train/ and val/ class folders of JPEGs)"]
+
+
+def _glue(task: str, folder: Path) -> list[str]:
+    from sampa.data.glue import FOLDER, GLUE_TASKS, split_files
+
+    if task not in GLUE_TASKS:
+        return []  # an unknown task is a config error, reported by validation
+    if all(split_files(task, split, folder) for split in ("train", "eval")):
+        return []
+    info = GLUE_TASKS[task]
+    return [
+        f"needs GLUE {info.display} at {folder / FOLDER} ({info.tsv.folder}/ TSVs or {task}/ parquet files)"
+    ]
+
+
+def merged(needs: list[str]) -> list[str]:
+    """``needs`` without repeats, the GLUE tasks missing from one folder in one line."""
+    out: list[str] = []
+    tasks: dict[str, list[str]] = {}
+    for line in dict.fromkeys(needs):
+        glue = _GLUE_LINE.fullmatch(line)
+        if glue:
+            if glue.group(2) not in tasks:
+                out.append(glue.group(2))  # placeholder, replaced below
+            tasks.setdefault(glue.group(2), []).append(glue.group(1))
+        else:
+            out.append(line)
+    return [
+        f"needs GLUE {', '.join(tasks[line])} at {line} (README: GLUE)" if line in tasks else line
+        for line in out
+    ]
+
+
+_GLUE_LINE = re.compile(r"needs GLUE (\S+) at (.+) \(\S+/ TSVs or \S+/ parquet files\)")
+
+
+def _weights(name: str, folder: Path) -> str | None:
+    local = folder / WEIGHTS[name]
+    files = HUB_WEIGHTS[name][1]
+    if local.is_file() or any((local / f).is_file() for f in files) or _in_hub_cache(name):
+        return None
+    repo = HUB_WEIGHTS[name][0]
+    return f"needs the {WEIGHTS_NAMES[name]} weights at {local} or in the hub cache ({repo})"
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub cache holds the weights (never downloads; needs huggingface_hub, from the extras)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    repo, files = HUB_WEIGHTS[name]
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
