@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from sampa import experiments as ex
+from sampa.report import compare as cmp
 from sampa.report import tables
 from sampa.report.runs import collect_runs
 
@@ -460,3 +461,110 @@ def test_report_layers_import_one_way_without_function_level_imports():
 
     for name in graph:
         visit(name, ())
+
+
+# ----------------------------------------------------------------------------------------------
+# Table 6: GLUE tasks with their own metrics and the GLUE average
+
+
+GLUE_CONFIG = {
+    "name": "g",
+    "seeds": [0, 1],
+    "run": {"model": "bert-tiny", "base_optimizer": "adamw", "lr": 2.0e-5, "batch_size": 32, "epochs": 3},
+    "experiments": {
+        "t6": {
+            "kind": "table",
+            "title": "GLUE",
+            "paper": "Table 6",
+            "arms": [{"label": "AdamW", "optimizer": "sgd"}, {"label": "SAM", "optimizer": "sam"}],
+            "grid": {"dataset": ["glue-cola", "glue-mrpc", "glue-stsb"]},
+            "table": {
+                "rows": ["arm"],
+                "columns": ["dataset", "metric"],
+                "metrics": ["glue_mcc", "glue_acc", "glue_f1", "glue_pearson", "glue_spearman"],
+                "average_column": "glue_score",
+            },
+        }
+    },
+}
+# the task metrics (in %) of seeds 0 and 1, per arm and task, as metrics.json records them
+GLUE_RESULTS = {
+    ("AdamW", "glue-cola"): [{"mcc": 50.0}, {"mcc": 52.0}],
+    ("AdamW", "glue-mrpc"): [{"acc": 80.0, "f1": 86.0}, {"acc": 82.0, "f1": 88.0}],
+    ("AdamW", "glue-stsb"): [{"pearson": 84.0, "spearman": 83.0}, {"pearson": 86.0, "spearman": 85.0}],
+    ("SAM", "glue-cola"): [{"mcc": 54.0}, {"mcc": 57.0}],
+    ("SAM", "glue-mrpc"): [{"acc": 84.0, "f1": 88.0}, {"acc": 86.0, "f1": 90.0}],
+    ("SAM", "glue-stsb"): [{"pearson": 85.0, "spearman": 84.0}, {"pearson": 87.0, "spearman": 86.0}],
+}
+
+
+@pytest.fixture
+def glue_runs(tmp_path):
+    pytest.importorskip("transformers", reason="GLUE runs need the nlp extra")
+    spec = ex.resolve(GLUE_CONFIG, "t6")
+    planned = ex.plan_experiment(spec)
+    for run in planned:
+        scores = GLUE_RESULTS[(run.cell["arm"], run.settings["dataset"])][run.seed]
+        d = tmp_path / run.path
+        d.mkdir(parents=True)
+        config = {**{k: v for k, v in run.settings.items()}, "devices": 1}
+        metrics = {
+            "status": "complete",
+            "test_acc": scores["acc"] / 100 if "acc" in scores else None,
+            "test_task_metrics": scores,
+            "test_task_score": sum(scores.values()) / len(scores),
+            "config": config,
+        }
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    return spec, collect_runs([tmp_path / r.path for r in planned], tmp_path)
+
+
+def test_glue_table_has_each_tasks_metrics_and_the_glue_average(glue_runs):
+    import statistics
+
+    spec, frame = glue_runs
+    cells = tables.cell_table(spec, frame)
+    shown = {(c.dataset, c.metric) for c in cells.itertuples() if c.arm == "SAM"}
+    assert shown == {
+        ("Average", "glue_score"),
+        ("CoLA", "glue_mcc"),
+        ("MRPC", "glue_acc"),
+        ("MRPC", "glue_f1"),
+        ("STS-B", "glue_pearson"),
+        ("STS-B", "glue_spearman"),
+    }  # no Acc for CoLA, no Mcc for MRPC
+    for arm in ("AdamW", "SAM"):  # per seed: the mean over tasks of each task's mean metric
+        per_seed = [
+            statistics.fmean(
+                statistics.fmean(GLUE_RESULTS[(arm, task)][seed].values())
+                for task in ("glue-cola", "glue-mrpc", "glue-stsb")
+            )
+            for seed in (0, 1)
+        ]
+        average = cell(cells, arm=arm, dataset="Average", metric="glue_score")
+        assert average["mean"] == pytest.approx(statistics.fmean(per_seed))
+        assert average["std"] == pytest.approx(statistics.stdev(per_seed))
+        f1 = cell(cells, arm=arm, dataset="MRPC", metric="glue_f1")
+        assert f1["mean"] == pytest.approx(
+            statistics.fmean(r["f1"] for r in GLUE_RESULTS[(arm, "glue-mrpc")])
+        )
+    assert cell(cells, arm="SAM", dataset="Average", metric="glue_score")["best"]
+
+    text = tables.render(spec, cells, cmp.compare(spec, cells, frame))
+    header = next(line for line in text.markdown.splitlines() if line.startswith("| Method"))
+    assert [h.strip() for h in header.strip("|").split("|")] == [
+        "Method",
+        "Average / Score",
+        "CoLA / Mcc",
+        "MRPC / Acc",
+        "MRPC / F1",
+        "STS-B / Pearson",
+        "STS-B / Spearman",
+    ]
+    assert "| SAM " in text.markdown and "55.5 ± 2.1" in text.markdown  # CoLA Mcc of SAM, 1 decimal
+    compared = cmp.compare(spec, cells, frame).frame
+    mrpc_f1 = compared[(cells.loc[compared.index, "dataset"] == "MRPC") & (compared["metric"] == "glue_f1")]
+    assert sorted(mrpc_f1["paper_mean"]) == [89.9, 90.5]  # AdamW's and SAM's F1 beside ours
+    unmatched = cmp.compare(spec, cells, frame).unmatched
+    assert any("GLUE" in u for u in unmatched)  # our average of 3 tasks is not the paper's of 9
+    assert r"\begin{tabular}" in text.latex

@@ -5,8 +5,8 @@ row that has the same metric, the same arm (the paper's method name is our arm l
 column matches our ``reference`` arm) and the same labels on every grid axis of the table (model, label
 noise, batch size, Table 13's setting). Where the paper table varies the model but ours does not (a smoke
 table on TinyCNN), the model of the cell's runs must match, so no cell is compared with the wrong model.
-Our "Average" row is compared only when it averages the same models as the paper's. A paper row that no
-cell matches is listed, never dropped.
+Our "Average" row (column) is compared only when it averages the same models (GLUE tasks) as the
+paper's. A paper row that no cell matches is listed, never dropped.
 
 Rule: Δ = ours − paper; a cell is *within* when |Δ| ≤ the larger of the two standard deviations (ours
 over seeds, the paper's), or |Δ| ≤ 0.1 where the paper gives no std; else *outside*. Time and memory are
@@ -130,10 +130,10 @@ def _match_cells(
 ) -> dict[Any, Any]:
     """Cell index -> paper row index, for the cells with exactly one paper counterpart."""
     varies = {k for k in paper.KEY_AXES if rows[k].nunique() > 1}  # several matches: left unmatched
-    partial = _partial_average(cells, rows, axes)
+    partial = _partial_averages(cells, rows, axes)
     out: dict[Any, Any] = {}
     for i, cell in cells.iterrows():
-        if cell["metric"] == COST_METRIC or (partial and cell.get("model") == AVERAGE):
+        if cell["metric"] == COST_METRIC or any(cell.get(axis) == AVERAGE for axis in partial):
             continue
         wanted = _cell_keys(cell, axes, varies, planned)
         if wanted is None:
@@ -147,13 +147,14 @@ def _match_cells(
     return out
 
 
-def _partial_average(cells: pd.DataFrame, rows: pd.DataFrame, axes: list[str]) -> bool:
-    """Does our Average row average over fewer models than the paper's (then it is not comparable)?"""
-    if "model" not in axes:
-        return False
-    ours = set(cells["model"]) - {AVERAGE}
-    theirs = set(rows["model"]) - {AVERAGE}
-    return not theirs <= ours
+def _partial_averages(cells: pd.DataFrame, rows: pd.DataFrame, axes: list[str]) -> list[str]:
+    """The axes whose Average (a row over models, a column over GLUE tasks) averages fewer labels than
+    the paper's (then it is not comparable)."""
+    partial = []
+    for axis in ("model", "dataset"):
+        if axis in axes and not set(rows[axis]) - {AVERAGE} <= set(cells[axis]) - {AVERAGE}:
+            partial.append(axis)
+    return partial
 
 
 def _cell_keys(
