@@ -16,14 +16,8 @@ import re
 from pathlib import Path
 
 from sampa import extras
+from sampa.paths import IMAGENET_FOLDER, IMAGENET_SPLITS, WEIGHTS, data_root
 
-ENV_VAR = "SAMPA_DATA"
-DEFAULT_ROOT = "data"
-IMAGENET_FOLDER = "imagenet"
-IMAGENET_SPLITS = ("train", "val")
-#: pretrained weights under the data root: a ``save_pretrained`` directory (BERT) or a hub
-#: ``--local-dir`` download holding ``model.safetensors`` (ViT)
-WEIGHTS = {"bert-base": "weights/bert-base-uncased", "vit-b16": "weights/vit-b16-imagenet21k"}
 #: the same weights in the Hugging Face hub cache: repository and the file that must be there
 HUB_WEIGHTS = {
     "bert-base": ("google-bert/bert-base-uncased", ("config.json",)),
@@ -32,13 +26,6 @@ HUB_WEIGHTS = {
 WEIGHTS_NAMES = {"bert-base": "BERT-base", "vit-b16": "ViT-B/16 (ImageNet-21k)"}
 #: name prefix of a model or dataset -> the optional extra it needs
 EXTRA_NEEDED = {"bert-": "nlp", "glue-": "nlp", "vit-": "vision"}
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Data root: explicit ``root`` > environment variable ``SAMPA_DATA`` > ``./data``."""
-    if root is None:
-        root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
-    return Path(root).expanduser().absolute()
 
 
 def missing(dataset: str, model: str, root: str | os.PathLike | None = None) -> list[str]:

@@ -160,7 +160,9 @@ def test_missing_extra_or_data_is_one_line(tmp_path, monkeypatch, capsys):
 
     argv = ["train", "--out", str(tmp_path / "x"), "--device", "cpu"]
     assert main([*argv, "--dataset", "imagenet", "--model", "resnet50", "--data-root", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"needs ImageNet at {tmp_path / 'imagenet'}" in err
+    assert not (tmp_path / "x").exists()  # checked before the run directory (config.json) is written
     monkeypatch.setattr(extras, "available", lambda extra: extra != "nlp")
     needs = r"model 'bert-tiny' needs the nlp extra: pip install -e '.\[nlp\]'"
     with pytest.raises(ConfigError, match=needs):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sampa.requirements import ENV_VAR, data_root
+from sampa.paths import ENV_VAR, data_root
 
 OFFLINE_HINT = "snakemake --cores all --configfile configs/smoke.yaml"
 

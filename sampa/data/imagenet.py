@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
 from sampa.data.seeding import STREAM_EPOCH, cpu_generator, derive_seed
-from sampa.requirements import IMAGENET_FOLDER, IMAGENET_SPLITS
+from sampa.paths import IMAGENET_FOLDER, IMAGENET_SPLITS
 
 FOLDER, SPLITS = IMAGENET_FOLDER, IMAGENET_SPLITS
 MEAN = (0.485, 0.456, 0.406)

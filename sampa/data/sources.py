@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from sampa.data.cifar import resolve_root
 from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
-from sampa.requirements import WEIGHTS
+from sampa.paths import WEIGHTS
 
 #: training-set sizes, known without reading data (steps per epoch, batch-size checks)
 TRAIN_SIZES: dict[str, int] = {
