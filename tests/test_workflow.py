@@ -486,8 +486,11 @@ def test_smoke_profile_end_to_end(tmp_path):
         for ext in ("md", "tex", "csv"):
             assert (results / f"tables/{name}.{ext}").stat().st_size > 0
         md = (results / f"tables/{name}.md").read_text()
-        assert md.startswith("> **SMOKE PROFILE") and "±" in md
-        assert "Missing runs" not in md
+        assert md.startswith("> **SMOKE PROFILE") and "Missing runs" not in md
+        if plan.specs[name].get("not_run"):  # Tables 5 and 6 without the vision/nlp extra
+            assert "not run: needs the" in md and "extra" in md
+        else:
+            assert ("±" in md) == (len(plan.specs[name]["seeds"]) > 1), name  # Tables 5 and 6: one seed
     for name in plan.of_kind("figure"):
         for ext in ("pdf", "png", "csv"):
             assert (figures / f"{name}.{ext}").stat().st_size > 0
