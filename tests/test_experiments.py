@@ -302,7 +302,10 @@ def test_cluster_runtime_follows_epochs_and_model_with_override():
     assert ex.runtime_minutes({"model": "resnet56", "epochs": 3}) == ex.RUNTIME_MINIMUM
     assert ex.runtime_minutes({"model": "wrn28-10", "epochs": 200}) == 200 * 1.5 * ex.RUNTIME_MARGIN
     assert ex.runtime_minutes({"model": "wrn28-10", "epochs": 200}, {"wrn28-10": 0.5}) == 300
-    assert set(ex.MINUTES_PER_EPOCH) >= set(__import__("sampa.models").models.MODEL_NAMES)
+    from sampa.models import MODEL_NAMES
+    from sampa.models.pretrained import SOURCE_MODEL_NAMES
+
+    assert set(ex.MINUTES_PER_EPOCH) >= {*MODEL_NAMES, *SOURCE_MODEL_NAMES}
 
 
 def test_cifar_runs_get_their_dataset_prepared():
