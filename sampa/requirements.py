@@ -71,21 +71,13 @@ def _glue(task: str, folder: Path) -> list[str]:
 
 
 def merged(needs: list[str]) -> list[str]:
-    """``needs`` without repeats, the GLUE tasks missing from one folder in one line."""
-    out: list[str] = []
+    """``needs`` without repeats, the GLUE tasks missing from one folder in one line (first)."""
+    lines = list(dict.fromkeys(needs))
     tasks: dict[str, list[str]] = {}
-    for line in dict.fromkeys(needs):
-        glue = _GLUE_LINE.fullmatch(line)
-        if glue:
-            if glue.group(2) not in tasks:
-                out.append(glue.group(2))  # placeholder, replaced below
-            tasks.setdefault(glue.group(2), []).append(glue.group(1))
-        else:
-            out.append(line)
-    return [
-        f"needs GLUE {', '.join(tasks[line])} at {line} (README: GLUE)" if line in tasks else line
-        for line in out
-    ]
+    for match in filter(None, map(_GLUE_LINE.fullmatch, lines)):
+        tasks.setdefault(match.group(2), []).append(match.group(1))
+    glue = [f"needs GLUE {', '.join(t)} at {at} (README: Tables 3, 5 and 6)" for at, t in tasks.items()]
+    return glue + [line for line in lines if not _GLUE_LINE.fullmatch(line)]
 
 
 _GLUE_LINE = re.compile(r"needs GLUE (\S+) at (.+) \(\S+/ TSVs or \S+/ parquet files\)")

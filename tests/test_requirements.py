@@ -73,6 +73,14 @@ def test_missing_glue_tasks_of_one_folder_read_as_one_line(tmp_path):
     pytest.importorskip("transformers", reason="the nlp extra")
     lines = [requirements.missing(f"glue-{t}", "bert-base", tmp_path)[0] for t in ("cola", "sst2")]
     assert requirements.merged([*lines, "needs x", lines[0]]) == [
-        f"needs GLUE CoLA, SST-2 at {tmp_path / 'glue'} (README: GLUE)",
+        f"needs GLUE CoLA, SST-2 at {tmp_path / 'glue'} (README: Tables 3, 5 and 6)",
         "needs x",
     ]
+
+
+def test_hub_names_are_the_models():
+    pytest.importorskip("timm", reason="the vision extra")
+    from sampa.models import bert, vit
+
+    assert requirements.HUB_WEIGHTS["vit-b16"][0] == f"timm/{vit.ARCHITECTURE}.{vit.DEFAULT_TAG}"
+    assert requirements.HUB_WEIGHTS["bert-base"][0] == bert.HUB_NAME
