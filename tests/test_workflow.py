@@ -249,7 +249,10 @@ def test_slurm_profile_spreads_a_run_wider_than_a_node_over_nodes(tmp_path):
     one_node = snakemake("-n", "-p", *profile, "--config", "gpus_per_node=8", cwd=tmp_path).stdout
     assert launchers(one_node) == {"8": "", "2": ""}
     table3 = ["--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(TABLE3_8GPU)]
-    out = snakemake("-n", "-p", *table3, cwd=tmp_path).stdout  # the README's Table 3 on 2 nodes x 4
+    for split in ("train", "val"):  # planned only where ImageNet is
+        (tmp_path / "data" / "imagenet" / split).mkdir(parents=True)
+    imagenet = {"SAMPA_DATA": str(tmp_path / "data")}
+    out = snakemake("-n", "-p", *table3, cwd=tmp_path, env=imagenet).stdout  # README's Table 3, 2 x 4
     assert launchers(out) == {"8": f"'{srun}'"} and job_counts(out)["train_run"] == 6
     bad = snakemake("-n", *profile, "--config", "gpus_per_node=none", cwd=tmp_path, check=False)
     assert bad.returncode != 0
