@@ -554,7 +554,7 @@ def test_glue_table_has_each_tasks_metrics_and_the_glue_average(glue_runs):
     header = next(line for line in text.markdown.splitlines() if line.startswith("| Method"))
     assert [h.strip() for h in header.strip("|").split("|")] == [
         "Method",
-        "Average / Score",
+        "Average / GLUE score",
         "CoLA / Mcc",
         "MRPC / Acc",
         "MRPC / F1",

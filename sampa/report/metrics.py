@@ -54,7 +54,7 @@ METRICS: dict[str, Metric] = {
     "test_top5_acc": Metric("Top-5 (%)", "test_top5_acc", scale=100, best="max", optional=True),
     # text tasks (metrics.json, in %): the task's GLUE score (mean of its metrics) and each metric; a GLUE
     # task has only its own metrics (:func:`applies`)
-    "glue_score": Metric("Score", "test_task_score", decimals=1, best="max"),
+    "glue_score": Metric("GLUE score", "test_task_score", decimals=1, best="max"),
     **{
         f"glue_{name}": Metric(label, f"test_task_metrics.{name}", decimals=1, best="max", optional=True)
         for name, label in (
