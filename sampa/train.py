@@ -36,6 +36,7 @@ from sampa.data.sources import Source, is_source, load_source, squared_error, ta
 from sampa.faults import kill_point
 from sampa.losses import make_loss
 from sampa.metrics import MemoryMonitor, Stopwatch, provenance
+from sampa.metrics.scores import Columns, merge_columns, topk_columns, topk_scores
 from sampa.models import build_model
 from sampa.models.pretrained import SOURCE_MODEL_NAMES, build_source_model
 from sampa.optim import Method, StepRecord, build_method
@@ -242,10 +243,18 @@ class _Run:
         )
 
     def _evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        """Loss, accuracy (and a source's own scores) on ``split``; a source: its eval set for both."""
+        """Loss, accuracy (and a source's own scores) on ``split``; a source: its eval set for both.
+
+        Sharded: each process evaluates its slice of the rows (``Backend.eval_rows``); the per-sample
+        results of all of them are gathered and scored in eval-set order, so every process gets the
+        metrics of one device evaluating every row (up to the round-off of batching the rows otherwise).
+        """
+        rows, size = self.backend.eval_rows, self.cfg.eval_batch_size
         if is_source(self.cfg.dataset):
-            return self.data.evaluate(model, self.cfg.eval_batch_size)
-        return evaluate(model, self.data, split, self.cfg.eval_batch_size)
+            part = self.data.eval_columns(model, size, rows)
+            return self.data.scores(merge_columns(self.backend.gather(part)))
+        part = eval_columns(model, self.data, split, size, rows)
+        return topk_scores(merge_columns(self.backend.gather(part)), ks=(1,))
 
     def _resume_or_start(self) -> EngineState:
         ckpt = self.run_dir.load_checkpoint(self.device, CHECKPOINT_KEYS)
@@ -420,21 +429,21 @@ def make_base_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimiz
     )
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, split: str, batch_size: int) -> dict[str, float]:
     """Mean cross-entropy (no smoothing) and accuracy on a split, in eval mode."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
-    correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
-    count = 0
-    for inputs, targets in eval_batches(data, split, batch_size):
-        logits = model(inputs).float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == targets).sum()
-        count += targets.shape[0]
-    model.train(was_training)
-    return {"loss": float(loss_sum) / count, "acc": float(correct) / count}
+    return topk_scores(eval_columns(model, data, split, batch_size), ks=(1,))
+
+
+def eval_columns(
+    model: nn.Module, data: Dataset, split: str, batch_size: int, rows: Callable[[int], slice] | None = None
+) -> Columns:
+    """Per-sample cross-entropy and top-1 hits (``sampa.metrics.scores.topk_columns``) of the rows of
+    ``split`` at ``rows(len(split))`` (default: all)."""
+    n = len(data.split(split))
+    part = rows(n) if rows else slice(0, n)
+    indices = torch.arange(n)[part].split(batch_size)
+    batches = eval_batches(data, split, batch_size, part=part)
+    return topk_columns(model, ((x, y, i) for (x, y), i in zip(batches, indices, strict=True)), ks=(1,))
 
 
 class _EpochTotals:

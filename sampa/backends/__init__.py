@@ -38,6 +38,11 @@ class Backend(Protocol):
         source may leave the other rows' inputs undecoded (filled with NaN). Targets stay whole."""
         ...
 
+    def eval_rows(self, size: int) -> slice:
+        """This process's rows of an eval set of ``size``: the processes evaluate disjoint, consecutive,
+        near-equal slices and combine per-sample results with :meth:`gather`."""
+        ...
+
     def before_eval(self, model: nn.Module) -> None:
         """Make the evaluated model identical on every process (e.g. BatchNorm running statistics)."""
         ...

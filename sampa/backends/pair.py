@@ -33,6 +33,11 @@ Input rows (``input_rows``): the rows of a global batch a rank's gradients read,
 may decode only those (ImageNet): data mode its shard; task mode part i of k when every job is a whole
 batch (``Method.whole_batch_jobs``; a batch is group 1's B_{t+1}, then group 0's B_t), else all rows.
 
+Evaluation (``eval_rows``): in both modes the 2k ranks evaluate consecutive, near-equal slices of the
+eval set (the first ranks one row more when it does not divide), with the BatchNorm statistics made
+identical first (below); the engine gathers the per-sample results, so every rank computes the same
+metrics, equal to one device's (see ``sampa.train``).
+
 BatchNorm policy. The forward pass normalises each rank's samples with their own batch statistics, as
 DDP without SyncBatchNorm: with k = 1 in task mode that is the whole batch (the one-device model); with
 k > 1, or in data mode, it is the rank's shard. Running statistics are made identical on every rank
@@ -464,6 +469,12 @@ class PairBackend:
             return slice(0, size)
         parts, index = topology.group_size, topology.local_index
         return slice(shard_start(size, parts, index), shard_start(size, parts, index + 1))
+
+    def eval_rows(self, size: int) -> slice:
+        """Slice ``rank`` of ``world_size`` consecutive, near-equal slices (both modes: after
+        :meth:`before_eval` every rank holds the same model)."""
+        world, rank = self.world_size, self.rank
+        return slice(shard_start(size, world, rank), shard_start(size, world, rank + 1))
 
     def before_eval(self, model: nn.Module) -> None:
         """BatchNorm statistics: group 1's (averaged over it; task mode) or all ranks' average (data mode)

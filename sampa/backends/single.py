@@ -31,6 +31,9 @@ class SingleDevice:
     def input_rows(self, size: int) -> slice:
         return slice(0, size)
 
+    def eval_rows(self, size: int) -> slice:
+        return slice(0, size)
+
     def before_eval(self, model: nn.Module) -> None:
         return None
 

@@ -145,10 +145,14 @@ def train_batches(
         yield (x, labels[idx], idx) if with_indices else (x, labels[idx])
 
 
-def eval_batches(ds: Dataset, split: str, batch_size: int = 1000) -> Iterator[Batch]:
-    """Yield normalised, un-augmented batches of ``split`` ("train", "val" or "test") in order."""
+def eval_batches(
+    ds: Dataset, split: str, batch_size: int = 1000, *, part: slice = slice(None)
+) -> Iterator[Batch]:
+    """Yield normalised, un-augmented batches of ``split`` ("train", "val" or "test") in order; only its
+    rows at ``part`` (default: all)."""
     data = ds.split(split)
     consts = _norm_consts(ds, data.images.device)
-    for step in range(num_batches(len(data), batch_size)):
+    images, labels = data.images[part], data.labels[part]
+    for step in range(num_batches(len(labels), batch_size)):
         sl = slice(step * batch_size, (step + 1) * batch_size)
-        yield normalise(data.images[sl], consts), data.labels[sl]
+        yield normalise(images[sl], consts), labels[sl]

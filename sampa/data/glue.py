@@ -246,9 +246,12 @@ class TextData:
         """One epoch of the train split in the (seed, epoch) order; the last partial batch is kept."""
         return text_batches(self.train, batch_size, seed=seed, epoch=epoch)
 
-    def eval_batches(self, batch_size: int) -> Iterator[TextBatch]:
-        """The eval split in order."""
-        return text_batches(self.eval, batch_size)
+    def eval_batches(
+        self, batch_size: int, rows: Callable[[int], slice] | None = None
+    ) -> Iterator[TextBatch]:
+        """The eval split in order (only its rows at ``rows(len(eval))``; default: all)."""
+        part = rows(len(self.eval)) if rows else slice(None)
+        return text_batches(self.eval, batch_size, part=part)
 
 
 def synthetic_text_data(
@@ -313,16 +316,17 @@ def load_glue(
 
 
 def text_batches(
-    split: TextSplit, batch_size: int, *, seed: int | None = None, epoch: int = 0
+    split: TextSplit, batch_size: int, *, seed: int | None = None, epoch: int = 0, part: slice = slice(None)
 ) -> Iterator[TextBatch]:
-    """(int64 token tensors by name, labels, indices) batches, in (seed, epoch) order unless seed is None."""
+    """(int64 token tensors by name, labels, indices) batches, in (seed, epoch) order unless seed is None;
+    only the rows of that order at ``part``."""
     n = len(split)
     if seed is None:
         order = torch.arange(n)
     else:
         order = torch.randperm(n, generator=cpu_generator(seed, STREAM_EPOCH, epoch))
-    order = order.to(split.labels.device)
-    for start in range(0, n, batch_size):
+    order = order[part].to(split.labels.device)
+    for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         yield {k: v[idx].long() for k, v in split.tokens.items()}, split.labels[idx], idx
 

@@ -211,9 +211,14 @@ class ImageNet:
             out[part] = normalise(images.to(self.device, non_blocking=True))
         return out
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """(images, labels, indices) of ``val/`` in order, resized and centre-cropped."""
-        loader = DataLoader(self.val, batch_size=batch_size, **self._loader_settings())
+    def eval_batches(
+        self, batch_size: int, rows: Callable[[int], slice] | None = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(images, labels, indices) of ``val/`` in order, resized and centre-cropped; only the images
+        at ``rows(len(val))`` (default: all) are decoded and returned."""
+        part = (rows or all_rows)(len(self.val))
+        order = range(len(self.val))[part]
+        loader = DataLoader(self.val, batch_size=batch_size, sampler=order, **self._loader_settings())
         for images, labels, indices in loader:
             yield (
                 normalise(images.to(self.device, non_blocking=True)),

@@ -1,10 +1,13 @@
 r"""Datasets that do not fit the on-device CIFAR path: ImageNet-1K, the GLUE tasks and a synthetic text task.
 
 Each is a *source* with one interface for the engine (:class:`Source`): ``num_classes``, ``train_size``,
-``train_batches(batch_size, seed=, epoch=, rows=)`` and ``eval_batches(batch_size)`` yielding
-``(inputs, targets, indices)`` (``rows(size)``: the rows of a batch whose inputs the caller reads;
-ImageNet decodes only those, on-device sources ignore it), and ``evaluate(model, batch_size)``
-returning ``loss``, ``acc`` (plain top-1 accuracy) and the source's own scores (ImageNet:
+``train_batches(batch_size, seed=, epoch=, rows=)`` and ``eval_batches(batch_size, rows=)`` yielding
+``(inputs, targets, indices)`` (``rows(size)``: for training, the rows of a batch whose inputs the
+caller reads, ImageNet decodes only those, on-device sources ignore it; for evaluation, the caller's
+slice of the eval set), ``eval_columns(model, batch_size, rows=)``: per-sample results of those rows
+(:data:`sampa.metrics.scores.Columns`), ``scores(columns)`` of every row's columns (several processes
+evaluate disjoint slices and merge their columns), and ``evaluate(model, batch_size)`` (both on one
+process) returning ``loss``, ``acc`` (plain top-1 accuracy) and the source's own scores (ImageNet:
 ``top5_acc``; text tasks: the task's metrics, :func:`task_metric_names`, and ``task_score``, their
 mean, which selects the best checkpoint; STS-B's ``acc`` is None). There is no held-out validation
 split: validation and test are the same eval set (ImageNet's ``val/``, GLUE's dev set: GLUE's test
@@ -27,7 +30,10 @@ from torch import Tensor, nn
 
 from sampa.data.cifar import resolve_root
 from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
+from sampa.metrics.scores import Columns, text_columns, text_scores, topk_columns, topk_scores
 from sampa.paths import WEIGHTS
+
+TOPK = (1, 5)  # ImageNet's accuracies
 
 #: training-set sizes, known without reading data (steps per epoch, batch-size checks)
 TRAIN_SIZES: dict[str, int] = {
@@ -58,7 +64,15 @@ class Source(Protocol):
         self, batch_size: int, *, seed: int, epoch: int, rows: Callable[[int], slice] | None = None
     ) -> Iterator[tuple[Any, Tensor, Tensor]]: ...
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[Any, Tensor, Tensor]]: ...
+    def eval_batches(
+        self, batch_size: int, rows: Callable[[int], slice] | None = None
+    ) -> Iterator[tuple[Any, Tensor, Tensor]]: ...
+
+    def eval_columns(
+        self, model: nn.Module, batch_size: int, rows: Callable[[int], slice] | None = None
+    ) -> Columns: ...
+
+    def scores(self, columns: Columns) -> dict[str, float]: ...
 
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]: ...
 
@@ -117,13 +131,22 @@ class ImageNetSource:
         """Decodes only the images at ``rows(batch size)`` of each batch (the others are NaN)."""
         return self.data.train_batches(batch_size, seed=seed, epoch=epoch, rows=rows)
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        return self.data.eval_batches(batch_size)
+    def eval_batches(
+        self, batch_size: int, rows: Callable[[int], slice] | None = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Decodes only the images at ``rows(len(val))``."""
+        return self.data.eval_batches(batch_size, rows)
+
+    def eval_columns(
+        self, model: nn.Module, batch_size: int, rows: Callable[[int], slice] | None = None
+    ) -> Columns:
+        return topk_columns(model, self.eval_batches(batch_size, rows), ks=TOPK)
+
+    def scores(self, columns: Columns) -> dict[str, float]:
+        return topk_scores(columns, ks=TOPK)
 
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
-        from sampa.metrics.scores import evaluate_topk
-
-        return evaluate_topk(model, self.eval_batches(batch_size), ks=(1, 5))
+        return self.scores(self.eval_columns(model, batch_size))
 
 
 class TextSource:
@@ -146,14 +169,22 @@ class TextSource:
         """Whole batches (``rows`` is ignored: the tokens are on the device already)."""
         return self.data.train_batches(batch_size, seed=seed, epoch=epoch)
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[Any, Tensor, Tensor]]:
-        return self.data.eval_batches(batch_size)
+    def eval_batches(
+        self, batch_size: int, rows: Callable[[int], slice] | None = None
+    ) -> Iterator[tuple[Any, Tensor, Tensor]]:
+        return self.data.eval_batches(batch_size, rows)
+
+    def eval_columns(
+        self, model: nn.Module, batch_size: int, rows: Callable[[int], slice] | None = None
+    ) -> Columns:
+        return text_columns(model, self.eval_batches(batch_size, rows))
+
+    def scores(self, columns: Columns) -> dict[str, float | None]:
+        """``loss``, ``acc`` (None for regression), the task's metrics and ``task_score`` (fractions)."""
+        return text_scores(columns, self.task)
 
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float | None]:
-        """``loss``, ``acc`` (None for regression), the task's metrics and ``task_score`` (fractions)."""
-        from sampa.metrics.scores import evaluate_text
-
-        return evaluate_text(model, self.eval_batches(batch_size), self.task)
+        return self.scores(self.eval_columns(model, batch_size))
 
 
 def task_metric_names(name: str) -> tuple[str, ...]:

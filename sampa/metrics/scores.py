@@ -19,12 +19,16 @@ from torch import Tensor
 
 def topk_correct(logits: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, Tensor]:
     """Number of samples whose target is among the ``k`` highest logits, for each ``k`` (device tensors)."""
+    return {k: hits.sum() for k, hits in topk_hits(logits, targets, ks).items()}
+
+
+def topk_hits(logits: Tensor, targets: Tensor, ks: Sequence[int]) -> dict[int, Tensor]:
+    """Per sample, whether its target is among the ``k`` highest logits, for each ``k``."""
     num_classes = logits.shape[1]
     if any(not 1 <= k <= num_classes for k in ks):
         raise ValueError(f"top-k needs 1 <= k <= {num_classes} classes, got ks={list(ks)}")
-    top = logits.topk(max(ks), dim=1).indices  # [B, kmax], best first
-    hits = top == targets[:, None]
-    return {k: hits[:, :k].any(dim=1).sum() for k in ks}
+    hits = logits.topk(max(ks), dim=1).indices == targets[:, None]  # [B, kmax], best first
+    return {k: hits[:, :k].any(dim=1) for k in ks}
 
 
 def accuracy(pred: Tensor, labels: Tensor) -> float:
@@ -122,25 +126,95 @@ def glue_average(per_task: Mapping[str, Mapping[str, float]]) -> float:
     return sum(task_score(t, per_task[t]) for t in GLUE_METRICS) / len(GLUE_METRICS)
 
 
+#: per-sample evaluation columns (``index``: the row in the eval set, ``loss``: float64 per-sample loss,
+#: and a scorer's own columns), on the CPU: one process's rows, or every process's in eval-set order
+Columns = dict[str, Tensor]
+
+
+def merge_columns(parts: Sequence[Columns]) -> Columns:
+    """Every process's columns (:data:`Columns`) as one set in eval-set order; raises unless the parts
+    hold each row of the eval set exactly once."""
+    filled = [part for part in parts if len(part["index"])] or list(parts[:1])  # a process may have none
+    merged = {key: torch.cat([part[key] for part in filled]) for key in filled[0]}
+    order = merged["index"].long().argsort(stable=True)
+    merged = {key: value[order] for key, value in merged.items()}
+    if not torch.equal(merged["index"].long(), torch.arange(len(order))):
+        sizes = [len(part["index"]) for part in parts]
+        raise RuntimeError(f"the evaluated rows (per process: {sizes}) are not each eval row exactly once")
+    return merged
+
+
+def _stacked(columns: dict[str, list[Tensor]]) -> Columns:
+    """Each column's batches as one CPU tensor (one copy from the device per column); a process with no
+    rows gets empty columns (dropped when merged)."""
+    return {key: torch.cat(values).cpu() if values else torch.zeros(0) for key, values in columns.items()}
+
+
 @torch.no_grad()
+def topk_columns(
+    model: torch.nn.Module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], ks: Sequence[int] = (1, 5)
+) -> Columns:
+    """Per-sample cross-entropy and top-k hits (``top1``, ``top5``, ...) of ``model`` in eval mode over
+    ``batches`` of (inputs, targets, eval-set indices)."""
+    was_training = model.training
+    model.eval()
+    columns: dict[str, list[Tensor]] = {key: [] for key in ("index", "loss", *(f"top{k}" for k in ks))}
+    for inputs, targets, indices in batches:
+        logits = model(inputs).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        columns["loss"].append(loss.double())
+        for k, hits in topk_hits(logits, targets, ks).items():
+            columns[f"top{k}"].append(hits)
+        columns["index"].append(indices)
+    model.train(was_training)
+    return _stacked(columns)
+
+
+def topk_scores(columns: Columns, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Mean loss and top-k accuracies (``acc``: top-1, ``top5_acc``, ...) of all rows' columns."""
+    n = len(columns["index"])
+    hits = {("acc" if k == 1 else f"top{k}_acc"): int(columns[f"top{k}"].sum()) / n for k in ks}
+    return {"loss": float(columns["loss"].sum()) / n} | hits
+
+
 def evaluate_topk(
     model: torch.nn.Module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], ks: Sequence[int] = (1, 5)
 ) -> dict[str, float]:
     """Mean cross-entropy and top-k accuracies (``acc``: top-1, ``top5_acc``, ...) over ``batches``."""
-    was_training = model.training
-    model.eval()
-    loss_sum, count, hits = 0.0, 0, dict.fromkeys(ks, 0.0)
-    for inputs, targets, _ in batches:
-        logits = model(inputs).float()
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-        for k, n in topk_correct(logits, targets, ks).items():
-            hits[k] += float(n)
-        count += targets.shape[0]
-    model.train(was_training)
-    return {"loss": loss_sum / count} | {("acc" if k == 1 else f"top{k}_acc"): hits[k] / count for k in ks}
+    return topk_scores(topk_columns(model, batches, ks), ks)
 
 
 @torch.no_grad()
+def text_columns(
+    model: torch.nn.Module, batches: Iterable[tuple[Mapping[str, Tensor], Tensor, Tensor]]
+) -> Columns:
+    """Per-sample loss (cross-entropy; squared error for a one-output regression model), prediction
+    (class id, or the score) and target of ``model`` in eval mode over ``batches`` of a text task."""
+    was_training = model.training
+    model.eval()
+    columns: dict[str, list[Tensor]] = {key: [] for key in ("index", "loss", "prediction", "target")}
+    for inputs, targets, indices in batches:
+        logits = model(**inputs).float()  # a mapping batch: model(**inputs), as the methods call it
+        if logits.shape[1] == 1:  # regression (STS-B)
+            loss, prediction = (logits[:, 0] - targets).square(), logits[:, 0]
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+            prediction = logits.argmax(dim=1)
+        for key, value in zip(columns, (indices, loss.double(), prediction, targets), strict=True):
+            columns[key].append(value)
+    model.train(was_training)
+    return _stacked(columns)
+
+
+def text_scores(columns: Columns, task: str | None) -> dict[str, float | None]:
+    """``loss``, ``acc`` (None for regression), the task's metrics and ``task_score`` of all rows."""
+    predictions, targets = columns["prediction"], columns["target"]
+    loss = float(columns["loss"].sum()) / len(targets)
+    acc = None if predictions.is_floating_point() else accuracy(predictions, targets)
+    metrics = glue_scores(task, predictions, targets) if task else {"acc": acc}
+    return {"loss": loss, "acc": acc, **metrics, "task_score": task_score(task, metrics)}
+
+
 def evaluate_text(
     model: torch.nn.Module, batches: Iterable[tuple[Mapping[str, Tensor], Tensor, Tensor]], task: str | None
 ) -> dict[str, float | None]:
@@ -151,18 +225,4 @@ def evaluate_text(
     ``pearson``) and ``task_score``, their mean. ``task=None``: a classification task scored by
     accuracy alone (e.g. the synthetic one).
     """
-    was_training = model.training
-    model.eval()
-    outputs, labels = [], []
-    for inputs, targets, _ in batches:
-        outputs.append(model(**inputs).float())  # a mapping batch: model(**inputs), as the methods call it
-        labels.append(targets)
-    model.train(was_training)
-    logits, targets = torch.cat(outputs), torch.cat(labels)
-    if logits.shape[1] == 1:  # regression (STS-B)
-        loss, predictions, acc = (logits[:, 0] - targets).square().mean(), logits[:, 0], None
-    else:
-        loss, predictions = torch.nn.functional.cross_entropy(logits, targets), logits.argmax(dim=1)
-        acc = accuracy(predictions, targets)
-    metrics = glue_scores(task, predictions, targets) if task else {"acc": acc}
-    return {"loss": float(loss), "acc": acc, **metrics, "task_score": task_score(task, metrics)}
+    return text_scores(text_columns(model, batches), task)
