@@ -42,7 +42,7 @@ from sampa.models.pretrained import SOURCE_MODEL_NAMES, build_source_model
 from sampa.optim import Method, StepRecord, build_method
 from sampa.rundir import DamagedFileError, RunDir, RunError, os_error_message
 
-__all__ = ["DamagedFileError", "EngineState", "RunError", "evaluate", "lr_at", "train"]
+__all__ = ["DamagedFileError", "EngineState", "RunError", "evaluate", "evaluate_sharded", "lr_at", "train"]
 
 #: config keys that do not change results; a restart may change them
 NON_RESULT_KEYS = frozenset(MACHINE_KEYS)
@@ -243,18 +243,8 @@ class _Run:
         )
 
     def _evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        """Loss, accuracy (and a source's own scores) on ``split``; a source: its eval set for both.
-
-        Sharded: each process evaluates its slice of the rows (``Backend.eval_rows``); the per-sample
-        results of all of them are gathered and scored in eval-set order, so every process gets the
-        metrics of one device evaluating every row (up to the round-off of batching the rows otherwise).
-        """
-        rows, size = self.backend.eval_rows, self.cfg.eval_batch_size
-        if is_source(self.cfg.dataset):
-            part = self.data.eval_columns(model, size, rows)
-            return self.data.scores(merge_columns(self.backend.gather(part)))
-        part = eval_columns(model, self.data, split, size, rows)
-        return topk_scores(merge_columns(self.backend.gather(part)), ks=(1,))
+        """Loss, accuracy (and a source's own scores) on ``split``; a source: its eval set for both."""
+        return evaluate_sharded(model, self.data, split, self.cfg.eval_batch_size, self.backend)
 
     def _resume_or_start(self) -> EngineState:
         ckpt = self.run_dir.load_checkpoint(self.device, CHECKPOINT_KEYS)
@@ -427,6 +417,24 @@ def make_base_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimiz
         nesterov=cfg.nesterov,
         **kernels,
     )
+
+
+def evaluate_sharded(
+    model: nn.Module, data: Dataset | Source, split: str, batch_size: int, backend: Backend
+) -> dict[str, float]:
+    """The scores of :func:`evaluate` (a dataset's ``split``) or ``Source.evaluate`` (a source's eval
+    set), with each process evaluating only its slice of the rows (``Backend.eval_rows``).
+
+    The per-sample results of every process are gathered and scored in eval-set order, so every process
+    gets the same metrics, those of one process evaluating every row: counts (accuracies, predictions)
+    exactly, losses up to the round-off of computing a row's logits in a batch of other rows.
+    """
+    rows = backend.eval_rows
+    if isinstance(data, Dataset):
+        part = eval_columns(model, data, split, batch_size, rows)
+        return topk_scores(merge_columns(backend.gather(part)), ks=(1,))
+    part = data.eval_columns(model, batch_size, rows)
+    return data.scores(merge_columns(backend.gather(part)))
 
 
 def evaluate(model: nn.Module, data: Dataset, split: str, batch_size: int) -> dict[str, float]:
