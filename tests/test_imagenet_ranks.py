@@ -5,6 +5,11 @@
 * SAMPa on two groups of two: rank i of either group decodes part i of every batch (ranks 0 and 2 the
   same rows), and the parameters equal single-device SAMPa.
 * SAMPa on two ranks (k = 1): each rank computes on whole batches, so it decodes them all.
+* Evaluation (every run above): rank r of R decodes and evaluates only slice r of ``val/`` (5 images:
+  3 + 2 on two ranks, 2 + 1 + 1 + 1 on four), and ``metrics.json`` equals the single-device run's:
+  accuracies exactly, losses to 1e-6 relative (SAMPa k = 1, whose weights are bit-identical: only the
+  batching of the eval rows differs) or 1e-5 (data-parallel SAM and 2 x 2 SAMPa, whose weights equal
+  the single-device ones up to reduction-order round-off).
 * Every task-parallel method that claims ``Method.whole_batch_jobs`` gives its jobs whole batches.
 
 The model is a BatchNorm-free CNN (patched into the engine's model builder), so data-parallel gradients
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +71,16 @@ def _config(root: Path, optimizer: str, devices: int) -> RunConfig:
                      eval_batch_size=8, num_workers=0, devices=devices)  # fmt: skip
 
 
-def _count_decodes() -> list[str]:
-    """Paths of the training images ``decode`` reads from now on in this process."""
-    decoded: list[str] = []
+def _count_decodes() -> dict[str, list[str]]:
+    """Paths of the training and of the validation images ``decode`` reads from now on in this process."""
+    decoded: dict[str, list[str]] = {"train": [], "val": []}
     real = imagenet.decode
-    imagenet.decode = lambda path: (decoded.append(path) if "/train/" in path else None) or real(path)
+    imagenet.decode = lambda path: decoded["train" if "/train/" in path else "val"].append(path) or real(path)
     return decoded
+
+
+def _metrics(out: Path) -> dict[str, Any]:
+    return json.loads((out / "metrics.json").read_text())
 
 
 def _rank(rank: int, port: int, configs: list[RunConfig], out: str) -> None:
@@ -88,22 +98,25 @@ def _rank(rank: int, port: int, configs: list[RunConfig], out: str) -> None:
     dist.destroy_process_group()
 
 
-def _multi_rank(configs: list[RunConfig], out: Path) -> dict[str, tuple[dict[str, Any], list[list[str]]]]:
-    """Per optimizer: the final weights of its run on ``devices`` ranks and the images each rank decoded
-    (all runs in one spawn)."""
+def _multi_rank(configs: list[RunConfig], out: Path) -> dict[str, dict[str, Any]]:
+    """Per optimizer: the final weights of its run on ``devices`` ranks, its metrics and the training
+    and validation images each rank decoded (all runs in one spawn)."""
     world = configs[0].devices
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     mp.start_processes(_rank, args=(store.port, configs, str(out)), nprocs=world, start_method="spawn")
-    return {
-        cfg.optimizer: (
-            torch.load(out / cfg.optimizer / "best.pt", weights_only=True),
-            [torch.load(out / f"{cfg.optimizer}.decoded.{r}", weights_only=True) for r in range(world)],
-        )
-        for cfg in configs
-    }
+    results = {}
+    for cfg in configs:
+        decoded = [torch.load(out / f"{cfg.optimizer}.decoded.{r}", weights_only=True) for r in range(world)]
+        results[cfg.optimizer] = {
+            "weights": torch.load(out / cfg.optimizer / "best.pt", weights_only=True),
+            "metrics": _metrics(out / cfg.optimizer),
+            "train": [d["train"] for d in decoded],
+            "val": [d["val"] for d in decoded],
+        }
+    return results
 
 
-def _single(cfg: RunConfig, out: Path, monkeypatch) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _single(cfg: RunConfig, out: Path, monkeypatch) -> dict[str, Any]:
     monkeypatch.setattr(engine, "build_model", plain_model)
     monkeypatch.setattr(imagenet, "decode", imagenet.decode)  # restored after the test
     decoded = _count_decodes()
@@ -113,7 +126,8 @@ def _single(cfg: RunConfig, out: Path, monkeypatch) -> tuple[dict[str, torch.Ten
         train(dataclasses.replace(cfg, devices=1), out, log_progress=False)
     finally:
         torch.set_num_threads(previous)
-    return torch.load(out / "best.pt", weights_only=True), decoded
+    weights = torch.load(out / "best.pt", weights_only=True)
+    return {"weights": weights, "metrics": _metrics(out), "train": decoded["train"], "val": decoded["val"]}
 
 
 def _order(decoded: list[str]) -> list[list[str]]:
@@ -146,8 +160,22 @@ def _assert_weights_close(got: dict[str, Any], want: dict[str, Any]) -> None:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=message)
 
 
+def _assert_sharded_eval(got: dict[str, Any], want: dict[str, Any], rel: float) -> None:
+    """Rank r decoded slice r of ``val/`` at every evaluation, and the metrics equal one device's."""
+    ranks, evaluations = len(got["val"]), len(want["val"]) // CLASSES
+    order = want["val"][:CLASSES]  # one evaluation on one device: every image once, in order
+    assert want["val"] == order * evaluations and evaluations >= 3  # epoch, final val/test, best test
+    for rank in range(ranks):
+        assert got["val"][rank] == _part(order, ranks, rank) * evaluations
+    for key, value in want["metrics"].items():
+        if key.endswith("_loss") and value is not None:
+            assert got["metrics"][key] == pytest.approx(value, rel=rel), key
+        elif key.endswith(("_acc", "_epoch")) or key in ("status", "epochs_completed"):
+            assert got["metrics"][key] == value, key
+
+
 @pytest.fixture(scope="module")
-def two_ranks(folder, tmp_path_factory) -> dict[str, tuple[dict[str, Any], list[list[str]]]]:
+def two_ranks(folder, tmp_path_factory) -> dict[str, dict[str, Any]]:
     """SAM (data parallel) and SAMPa (k = 1) on two ranks."""
     configs = [_config(folder, "sam", devices=2), _config(folder, "sampa", devices=2)]
     return _multi_rank(configs, tmp_path_factory.mktemp("two"))
@@ -156,32 +184,41 @@ def two_ranks(folder, tmp_path_factory) -> dict[str, tuple[dict[str, Any], list[
 def test_two_data_parallel_ranks_decode_half_each_and_equal_one_device(
     two_ranks, folder, tmp_path, monkeypatch
 ):
-    weights, decoded = two_ranks["sam"]
-    reference, one_device = _single(_config(folder, "sam", devices=2), tmp_path, monkeypatch)
+    got = two_ranks["sam"]
+    weights, decoded = got["weights"], got["train"]
+    want = _single(_config(folder, "sam", devices=2), tmp_path, monkeypatch)
+    reference, one_device = want["weights"], want["train"]
     assert len(one_device) == CLASSES * IMAGES_PER_CLASS
     for rank in (0, 1):  # shard r of every global batch, in the one-device order
         assert decoded[rank] == [p for batch in _order(one_device) for p in _part(batch, 2, rank)]
     assert sorted(decoded[0] + decoded[1]) == sorted(one_device)  # each image once in all
     _assert_weights_close(weights, reference)
+    _assert_sharded_eval(got, want, rel=1e-5)
 
 
 def test_sampa_on_two_ranks_decodes_whole_batches(two_ranks, folder, tmp_path, monkeypatch):
     """k = 1: group 1 computes on B_{t+1}, group 0 on B_t one step later: every rank needs every row."""
-    weights, decoded = two_ranks["sampa"]
-    reference, one_device = _single(_config(folder, "sampa", devices=2), tmp_path, monkeypatch)
-    assert decoded[0] == decoded[1] == one_device
-    _assert_weights_close(weights, reference)
+    got = two_ranks["sampa"]
+    want = _single(_config(folder, "sampa", devices=2), tmp_path, monkeypatch)
+    assert got["train"][0] == got["train"][1] == want["train"]
+    _assert_weights_close(got["weights"], want["weights"])
+    _assert_sharded_eval(got, want, rel=1e-6)
 
 
 @pytest.mark.slow
 def test_sampa_groups_of_two_decode_their_local_part_and_equal_one_device(folder, tmp_path, monkeypatch):
     cfg = _config(folder, "sampa", devices=4)
-    weights, decoded = _multi_rank([cfg], tmp_path / "quad")["sampa"]
-    reference, one_device = _single(cfg, tmp_path / "single", monkeypatch)
+    got = _multi_rank([cfg], tmp_path / "quad")["sampa"]
+    want = _single(cfg, tmp_path / "single", monkeypatch)
+    (weights, decoded), (reference, one_device) = (
+        (got["weights"], got["train"]),
+        (want["weights"], want["train"]),
+    )
     for rank in range(4):  # group g = rank // 2 computes its jobs' part rank % 2
         assert decoded[rank] == [p for batch in _order(one_device) for p in _part(batch, 2, rank % 2)]
     assert decoded[0] == decoded[2] and decoded[1] == decoded[3]
     _assert_weights_close(weights, reference)
+    _assert_sharded_eval(got, want, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
