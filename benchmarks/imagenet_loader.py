@@ -15,11 +15,19 @@ intra-op threads made it 28x slower (2 threads: 56 transforms/s, 1 thread: 1590/
 ``--ranks R`` (> 1) times one data-parallel rank of R (rank 0, in this process, no process group): the
 images it decodes per step and the global batches per second it delivers when it decodes the whole
 global batch (as before: every rank did) and when it decodes only its shard (``Backend.input_rows``).
+
+``--eval-ranks 1,2`` times one evaluation of ``val/`` (as the engine runs it every epoch:
+``sampa.train.evaluate_sharded``, decode + resize + centre crop + forward of ``--eval-model``, results
+gathered) on R CPU processes joined by gloo, each evaluating its slice of ``val/``; ``--workers`` (first
+value) decoding processes per rank (0: the rank itself decodes, so its CPU seconds are all the work).
+Before sharding every rank evaluated all of ``val/``: R = 1's time. Wall and CPU seconds of the second
+of two evaluations; the wall time only falls with R where R free cores exist.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import tempfile
 import time
@@ -27,9 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-from sampa.backends.pair import shard_start
+from sampa.backends.pair import DATA, PairBackend, shard_start
 from sampa.data.imagenet import BatchRows, all_rows, load_imagenet
+from sampa.data.sources import ImageNetSource
+from sampa.models import build_model
 
 # images/s one training process consumes: ResNet-50 in bf16 on one H100 trains ~2500-3000 images/s
 # with one gradient per image (SGD; SAMPa's two ranks each compute one gradient per step, and each
@@ -88,6 +100,42 @@ def compare_ranks(root: Path, ranks: int, workers: list[int], batch_size: int) -
             print(f"{w:>7} {label:>7} {per_step:12.1f} {rate:15.1f}")
 
 
+def _eval_rank(rank: int, port: int, ranks: int, root: str, workers: int, model: str, out: str) -> None:
+    from sampa.train import evaluate_sharded
+
+    torch.set_num_threads(1)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=ranks)
+    backend = PairBackend(rank, torch.device("cpu"), DATA, ranks)
+    source = ImageNetSource(load_imagenet(root, workers=workers))
+    torch.manual_seed(0)
+    net = build_model(model, source.num_classes)
+    times, cpu = [], []
+    for _ in range(2):  # the second is the steady state (the first also warms up the allocator)
+        dist.barrier()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        scores = evaluate_sharded(net, source, "val", 64, backend)
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    rows = backend.eval_rows(len(source.data.val))
+    if rank == 0:
+        torch.save({"times": times, "cpu": cpu, "rows": rows.stop - rows.start, "acc": scores["acc"]}, out)
+    dist.destroy_process_group()
+
+
+def compare_eval(root: Path, scratch: Path, ranks_list: list[int], workers: int, model: str) -> None:
+    print(f"evaluation of val/ ({model}, {workers} decoding workers per rank, 1 torch thread per rank)")
+    print(f"{'ranks':>5} {'rows/rank':>9} {'wall s':>7} {'CPU s (rank 0)':>14} {'acc':>6}")
+    for ranks in ranks_list:
+        out = scratch / f"eval{ranks}.pt"
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        args = (store.port, ranks, str(root), workers, model, str(out))
+        mp.start_processes(_eval_rank, args=args, nprocs=ranks, start_method="spawn")
+        r = torch.load(out)
+        print(f"{ranks:>5} {r['rows']:>9} {r['times'][1]:7.2f} {r['cpu'][1]:14.2f} {r['acc']:6.3f}")
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", help="data root holding imagenet/train and imagenet/val (default: generated)")
@@ -96,14 +144,23 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     p.add_argument("--ranks", type=int, default=1, help="> 1: one data-parallel rank of this many")
+    p.add_argument("--eval-ranks", help="e.g. 1,2: time evaluating val/ sharded over that many processes")
+    p.add_argument("--eval-model", default="tinycnn", help="model evaluated by --eval-ranks (sampa name)")
     args = p.parse_args()
     if args.ranks < 1:
         p.error(f"--ranks must be >= 1 (got {args.ranks})")
+    eval_ranks = [int(r) for r in args.eval_ranks.split(",")] if args.eval_ranks else []
+    if any(r < 1 for r in eval_ranks):
+        p.error(f"--eval-ranks must be counts >= 1 (got {args.eval_ranks})")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root) if args.root else Path(tmp)
         if not args.root:
             write_fake_imagenet(root, args.images)
+        if eval_ranks:
+            workers = int(args.workers.split(",")[0])
+            compare_eval(root, Path(tmp), eval_ranks, workers, args.eval_model)
+            return
         if args.ranks > 1:
             compare_ranks(root, args.ranks, [int(w) for w in args.workers.split(",")], args.batch_size)
             return
