@@ -386,8 +386,13 @@ class _Run:
         return metrics
 
     def _best_checkpoint_test(self) -> dict[str, float] | None:
-        if self.state.best_epoch == 0 or not self.run_dir.best.exists():
+        present = self.backend.gather(self.run_dir.best.exists())  # every rank evaluates its share
+        if self.state.best_epoch == 0 or not present[0]:
             return None
+        if not all(present):
+            missing = [rank for rank, seen in enumerate(present) if not seen]
+            raise RunError(f"rank(s) {missing} cannot see {self.run_dir.best}: the run directory must be "
+                           "shared by all ranks")  # fmt: skip
         best_model = self._new_model().to(self.device)
         best_model.load_state_dict(self.run_dir.load_best(self.device))
         return self._evaluate(best_model, "test")
