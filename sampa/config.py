@@ -171,6 +171,12 @@ class RunConfig:
     download: bool = setting(True, "download CIFAR when it is missing", machine=True)
     synthetic_train_size: int = setting(5000, "synthetic datasets: training samples", low=10)
     synthetic_test_size: int = setting(1000, "synthetic datasets: test samples", low=1)
+    synthetic_distractor: float = setting(
+        0.8, "synthetic datasets: weight of another class's pattern in each image (difficulty)", low=0.0
+    )
+    synthetic_noise: float = setting(
+        1.0, "synthetic datasets: weight of the per-sample noise (difficulty)", low=0.0
+    )
     eval_batch_size: int = setting(1000, "evaluation batch size", low=1)
     threads: int = setting(0, "torch CPU threads (0 = torch's default)", low=0, machine=True)
     num_workers: int | None = setting(

@@ -226,6 +226,8 @@ class _Run:
             download=cfg.download,
             synthetic_train_size=cfg.synthetic_train_size,
             synthetic_test_size=cfg.synthetic_test_size,
+            synthetic_distractor=cfg.synthetic_distractor,
+            synthetic_noise=cfg.synthetic_noise,
         )
 
     def _new_model(self) -> nn.Module:

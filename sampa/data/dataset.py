@@ -9,7 +9,7 @@ import torch
 
 from sampa.data.cifar import read_cifar
 from sampa.data.seeding import STREAM_NOISE, STREAM_SPLIT, cpu_generator
-from sampa.data.synthetic import make_synthetic
+from sampa.data.synthetic import DISTRACTOR, NOISE, make_synthetic
 
 DATASET_NAMES = ("cifar10", "cifar100", "synthetic", "synthetic100")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10, "synthetic100": 100}
@@ -129,13 +129,18 @@ def _triple(x: torch.Tensor) -> Stats:
 
 
 def _raw_splits(
-    name: str, root: str | os.PathLike | None, download: bool, train_size: int, test_size: int
+    name: str,
+    root: str | os.PathLike | None,
+    download: bool,
+    sizes: tuple[int, int],
+    weights: dict[str, float],
 ) -> tuple[ImageSplit, ImageSplit]:
-    """The unsplit training set and the test set of ``name`` on CPU."""
+    """The unsplit training set and the test set of ``name`` on CPU (synthetic: ``sizes`` of the two
+    splits and the generator's ``weights``)."""
     if name.startswith("synthetic"):
         num_classes = NUM_CLASSES[name]
-        return ImageSplit(*make_synthetic(num_classes, train_size, "train")), ImageSplit(
-            *make_synthetic(num_classes, test_size, "test")
+        return ImageSplit(*make_synthetic(num_classes, sizes[0], "train", **weights)), ImageSplit(
+            *make_synthetic(num_classes, sizes[1], "test", **weights)
         )
     (train_x, train_y), (test_x, test_y) = read_cifar(name, root, download)
     return ImageSplit(train_x, train_y), ImageSplit(test_x, test_y)
@@ -152,6 +157,8 @@ def load_dataset(
     download: bool = True,
     synthetic_train_size: int = 5000,
     synthetic_test_size: int = 1000,
+    synthetic_distractor: float = DISTRACTOR,
+    synthetic_noise: float = NOISE,
 ) -> Dataset:
     """Load ``name`` onto ``device`` as uint8, split off a validation set and optionally corrupt labels.
 
@@ -161,13 +168,15 @@ def load_dataset(
       changed to a uniformly random different class (seeded), so validation labels are noisy too, as a
       practitioner would have them; test labels are never corrupted.
     - CIFAR data come from ``root`` > ``$SAMPA_DATA`` > ``./data`` (see ``sampa.data.cifar``); synthetic
-      images are independent of ``seed`` (only the split and the noise depend on it).
+      images are independent of ``seed`` (only the split and the noise depend on it);
+      ``synthetic_distractor``/``synthetic_noise`` set their difficulty (``sampa.data.synthetic``).
     """
     check_dataset_args(name, val_fraction, label_noise)
     if min(synthetic_train_size, synthetic_test_size) < 1:
         sizes = f"train={synthetic_train_size} test={synthetic_test_size}"
         raise ValueError(f"synthetic sizes must be >= 1, got {sizes}")
-    full, test = _raw_splits(name, root, download, synthetic_train_size, synthetic_test_size)
+    weights = {"distractor": synthetic_distractor, "noise": synthetic_noise}
+    full, test = _raw_splits(name, root, download, (synthetic_train_size, synthetic_test_size), weights)
     num_classes = NUM_CLASSES[name]
     labels, n_noisy = corrupt_labels(full.labels, num_classes, label_noise, seed)
     train_idx, val_idx = split_indices(len(full), val_fraction, seed)

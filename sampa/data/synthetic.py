@@ -3,11 +3,16 @@
 Each class has a smooth random colour prototype (4x4 and 8x8 Gaussian patterns upsampled to 42x42).
 A sample is a 32x32 window of its class prototype at a random offset (translation by up to 5 pixels),
 plus a fainter distractor window of a random class's prototype, plus smooth per-sample noise, with a
-random contrast and brightness, quantised to uint8. Raw-pixel linear classifiers reach roughly 60-80 %
-(10 classes), so the task is learnable but not trivial; images depend only on (num_classes, split, n).
+random contrast and brightness, quantised to uint8. With the default weights (distractor 0.8, noise 1)
+raw-pixel linear classifiers reach roughly 60-80 % (10 classes), so the task is learnable but not
+trivial; smaller weights make it easier (the smoke profile's short runs use distractor 0, noise 0.3).
+Images depend only on (num_classes, split, n, distractor, noise); the random draws do not depend on the
+weights, so changing a weight changes every image in the same way.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +22,8 @@ from sampa.data.seeding import STREAM_SYNTHETIC, cpu_generator
 SYNTHETIC_DATA_SEED = 20240917  # fixed: the images are the same for every run seed, like a real dataset
 IMAGE_SIZE = 32
 MAX_SHIFT = 5  # per-sample translation in pixels
-DISTRACTOR = 0.8  # weight of the distractor prototype (the true class has weight 1)
+DISTRACTOR = 0.8  # default weight of the distractor prototype (the true class has weight 1)
+NOISE = 1.0  # default weight of the per-sample smooth noise
 SPLIT_IDS = {"train": 0, "test": 1}
 
 
@@ -50,18 +56,24 @@ def _smooth_noise(n: int, gen: torch.Generator) -> torch.Tensor:
     return _upsample(fine + _upsample(coarse, 8), IMAGE_SIZE)
 
 
-def make_synthetic(num_classes: int, n: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate ``n`` images (uint8 [n, 3, 32, 32]) and balanced labels (int64 [n]) of one split on CPU."""
+def make_synthetic(
+    num_classes: int, n: int, split: str, *, distractor: float = DISTRACTOR, noise: float = NOISE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate ``n`` images (uint8 [n, 3, 32, 32]) and balanced labels (int64 [n]) of one split on CPU;
+    ``distractor`` and ``noise`` weigh the distractor prototype and the per-sample noise (difficulty)."""
     if split not in SPLIT_IDS:
         raise ValueError(f"unknown synthetic split {split!r}; choose one of {sorted(SPLIT_IDS)}")
     if n < 1:
         raise ValueError(f"synthetic split size must be >= 1, got {n}")
+    if not (math.isfinite(distractor) and math.isfinite(noise) and min(distractor, noise) >= 0):
+        raise ValueError(f"synthetic distractor and noise must be finite and >= 0, got {distractor}, {noise}")
     gen = cpu_generator(SYNTHETIC_DATA_SEED, STREAM_SYNTHETIC, num_classes, SPLIT_IDS[split], n)
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
     protos = class_prototypes(num_classes)
     images = _windows(protos, labels, gen)
     distractors = torch.randint(0, num_classes, (n,), generator=gen)
-    images.add_(_windows(protos, distractors, gen), alpha=DISTRACTOR).add_(_smooth_noise(n, gen))
+    images.add_(_windows(protos, distractors, gen), alpha=distractor)
+    images.add_(_smooth_noise(n, gen), alpha=noise)
     contrast = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=gen)
     brightness = 0.4 * torch.randn(n, 1, 1, 1, generator=gen)
     images.mul_(contrast).add_(brightness).mul_(45.0).add_(128.5).clamp_(0, 255)
