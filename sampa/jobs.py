@@ -10,7 +10,11 @@ child process and always writes ``outcome.json`` into the run directory (the rul
   no ``metrics.json``. Such a record is never a result: :func:`forget_failures`, called when the
   workflow is planned, deletes it, so the next invocation retries the run (resuming its checkpoint).
 
-The job exits non-zero only when it is interrupted (Ctrl-C, a time limit), so Snakemake retries it.
+The job exits non-zero only when it is interrupted (it received SIGTERM or SIGINT: Ctrl-C, a time
+limit), so Snakemake retries it; a run killed by anything else (the kernel's out-of-memory killer's
+SIGKILL, a segfault) failed by itself and is recorded as ``failed``. On its last attempt
+(``--last-attempt``: Snakemake has no retries left) an interruption is recorded as ``failed`` too, so
+a run that keeps being interrupted never blocks the tables.
 ``prepare-data`` does the same for a dataset (``results/data/<dataset>.json``), and :func:`summary` is
 the one-screen end of a run. :func:`placement` decides, when the workflow is planned, whether a run's ranks
 fit one cluster node (one task: our launcher starts them) or span several (``srun`` starts one task per
@@ -40,6 +44,7 @@ FAILED = "failed"
 NEEDS_DATA = "needs data"
 DATA_READY = "ready"
 POLL_S = 5.0
+INTERRUPTS = (signal.SIGTERM, signal.SIGINT)  # what a user or a scheduler stops a job with
 
 
 class JobError(ValueError):
@@ -121,9 +126,11 @@ def run_training(
     data_records: Sequence[Path],
     python: str = sys.executable,
     launcher: Sequence[str] = (),
+    last_attempt: bool = False,
 ) -> dict[str, Any]:
     """Train one run in a child process (stdout/stderr inherited), started through ``launcher`` (e.g.
-    ``srun ...``: one process per rank, see :class:`Placement`) if given; its outcome record."""
+    ``srun ...``: one process per rank, see :class:`Placement`) if given; its outcome record. An
+    interruption exits (status 128 + signal) unless ``last_attempt``: then it is a failed run."""
     missing = [r for r in data_records if _read(r).get("status") != DATA_READY]
     if missing:
         reasons = "; ".join(_read(r).get("reason", f"{r} not found") for r in missing)
@@ -133,7 +140,7 @@ def run_training(
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     watch = MachineWatch(os.getpid())
     child = subprocess.Popen(command)
-    _forward_signals(child)
+    received = _forward_signals(child)
     tail = _TailReader()
     watch.sample()
     while True:
@@ -142,13 +149,40 @@ def run_training(
             break
         except subprocess.TimeoutExpired:
             watch.sample()
-    if child.returncode < 0 or child.returncode in (130, 143):  # interrupted: let Snakemake retry
-        sys.exit(child.returncode if child.returncode > 0 else 128 - child.returncode)
-    record: dict[str, Any] = {"returncode": child.returncode, "shared": watch.record()}
+    code = child.returncode
+    record: dict[str, Any] = {"returncode": code, "shared": watch.record()}
     metrics = _read(out / "metrics.json")
-    if child.returncode == 0 and metrics.get("status") in FINISHED:
+    if code == 0 and metrics.get("status") in FINISHED:
         return {"status": metrics["status"], **record}
-    return {"status": FAILED, "reason": tail.last_line(), **record}
+    signum = received[-1] if received else _interrupt_signal(code)
+    if signum is not None and not last_attempt:  # interrupted: let Snakemake retry
+        sys.exit(128 + signum)
+    return {"status": FAILED, "reason": _failure(code, signum, tail), **record}
+
+
+def _failure(code: int, interrupt: int | None, tail: _TailReader) -> str:
+    """Why a run failed: interrupted on its last attempt, killed by a signal, or its last error line."""
+    if interrupt is not None:
+        return f"interrupted by {signal.Signals(interrupt).name} on its last attempt (no retries left)"
+    if code < 0:
+        hint = " (out of memory, or kill -9)" if -code == signal.SIGKILL else ""
+        return f"killed by {_signal_name(-code)}{hint}"
+    return tail.last_line()
+
+
+def _interrupt_signal(returncode: int) -> int | None:
+    """The interrupting signal a child's status shows (killed by, or exited 128 + SIGTERM/SIGINT)."""
+    for signum in INTERRUPTS:
+        if returncode in (-signum, 128 + signum):
+            return int(signum)
+    return None
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class _TailReader:
@@ -181,12 +215,17 @@ def _stderr_size() -> int:
     return path.stat().st_size if path else 0
 
 
-def _forward_signals(child: subprocess.Popen) -> None:
+def _forward_signals(child: subprocess.Popen) -> list[int]:
+    """Pass SIGTERM/SIGINT on to ``child``; the list of signals received (this job was interrupted)."""
+    received: list[int] = []
+
     def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
         child.send_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in INTERRUPTS:
         signal.signal(signum, forward)
+    return received
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -407,6 +446,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--launcher", default="", help="command prefix that starts the ranks, e.g. 'srun --ntasks=8 ...'"
     )
+    train.add_argument(
+        "--last-attempt", type=int, choices=(0, 1), default=0,
+        help="1: no retries left, record an interruption as failed",
+    )  # fmt: skip
     train.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then python -m sampa train arguments")
     data = sub.add_parser("prepare-data", help="verify/extract one dataset, record whether it is ready")
     data.add_argument("dataset")
@@ -431,7 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise JobError("--out must name a run directory (got an empty string)")
             train_args = [a for a in args.train_args if a != "--"]
             launcher = _split_launcher(args.launcher)
-            record = run_training(train_args, out, [Path(d) for d in args.data], launcher=launcher)
+            data = [Path(d) for d in args.data]
+            last = bool(args.last_attempt)
+            record = run_training(train_args, out, data, launcher=launcher, last_attempt=last)
             out.mkdir(parents=True, exist_ok=True)
             write_record(out / OUTCOME, record)
             print(f"outcome: {record['status']}", file=sys.stderr)

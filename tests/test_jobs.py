@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,9 +20,9 @@ from sampa.report.runs import collect_runs
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_job(*args: str, log: Path) -> subprocess.CompletedProcess:
+def run_job(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m sampa.jobs ...`` with stdout/stderr appended to ``log``, as the rule runs it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with open(log, "a") as handle:
         return subprocess.run(
             [sys.executable, "-m", "sampa.jobs", *args], stdout=handle, stderr=handle, env=env, timeout=300
@@ -40,6 +42,48 @@ def test_a_failed_run_is_recorded_with_its_error_and_the_job_succeeds(tmp_path):
     # the runs table says failed; planning again forgets the record, so the run is retried
     assert collect_runs([out], tmp_path / "runs").loc[0, "status"] == "failed"
     assert jobs.forget_failures([out], []) == 1 and not (out / jobs.OUTCOME).exists()
+
+
+TINY = {"dataset": "synthetic", "model": "tinycnn", "synthetic_train_size": 200, "synthetic_test_size": 50}
+
+
+def test_a_run_killed_by_sigkill_is_recorded_as_failed_and_the_job_succeeds(tmp_path):
+    # the out-of-memory killer's SIGKILL (here a fault point): a failure of the run, not an interruption
+    out, log = tmp_path / "runs/r", tmp_path / "r.log"
+    settings = json.dumps(TINY | {"epochs": 2})
+    env = {"SAMPA_KILL_AT": "epoch1:checkpoint"}
+    proc = run_job("train", "--out", str(out), "--", "--settings", settings, log=log, env=env)
+    assert proc.returncode == 0, log.read_text()
+    record = json.loads((out / jobs.OUTCOME).read_text())
+    assert record["status"] == "failed" and record["returncode"] == -signal.SIGKILL
+    assert record["reason"].startswith("killed by SIGKILL")
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()  # resumable
+
+
+@pytest.mark.parametrize("last_attempt", [0, 1])
+def test_an_interrupted_job_fails_unless_it_is_the_last_attempt(tmp_path, last_attempt):
+    out, log = tmp_path / "runs/r", tmp_path / "r.log"
+    settings = json.dumps(TINY | {"epochs": 100})
+    args = ["train", "--out", str(out), "--last-attempt", str(last_attempt), "--", "--settings", settings]
+    with open(log, "a") as handle:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "sampa.jobs", *args],
+            stdout=handle,
+            stderr=handle,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    deadline = time.monotonic() + 120
+    while "epoch 1/100" not in log.read_text():  # training has started
+        assert job.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    job.send_signal(signal.SIGTERM)  # a user or a time limit stops the job
+    assert job.wait(timeout=120) == (0 if last_attempt else 128 + signal.SIGTERM), log.read_text()
+    if last_attempt:  # no retries left: a failed run, so the tables are still made
+        record = json.loads((out / jobs.OUTCOME).read_text())
+        assert record["status"] == "failed" and "interrupted by SIGTERM" in record["reason"]
+    else:  # Snakemake retries the job, which resumes the run
+        assert not (out / jobs.OUTCOME).exists()
+    assert not (out / "metrics.json").exists()
 
 
 def test_a_run_without_its_data_needs_data_and_does_not_start(tmp_path):

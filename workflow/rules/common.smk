@@ -158,9 +158,16 @@ def get_run_launcher(wildcards):
     return PLACEMENTS[get_run(wildcards).path].launcher()
 
 
-def get_run_runtime(wildcards):
-    """Minutes a run may take on a cluster: epochs x a per-model estimate (config `runtime`)."""
-    return PLAN.minutes[get_run(wildcards).path]
+def get_run_runtime(wildcards, attempt):
+    """Minutes a run may take on a cluster: epochs x a per-model estimate (config `runtime`), times the
+    attempt (a retried job resumes its checkpoint with a longer time limit)."""
+    return PLAN.minutes[get_run(wildcards).path] * attempt
+
+
+def get_run_last_attempt(wildcards, attempt):
+    """1 on the job's last attempt (no retries left): an interruption is then a failed run, not a
+    failed job, so it never blocks the tables (sampa/jobs.py)."""
+    return int(attempt > workflow.execution_settings.retries)
 
 
 def get_run_data(wildcards):

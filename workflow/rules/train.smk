@@ -2,7 +2,8 @@
 # process and always writes the run's outcome.json: complete or diverged (the engine wrote metrics.json,
 # last and atomically) or failed / needs data (no metrics.json; the record is forgotten when the
 # workflow is planned again, so the run is retried and resumes from its checkpoint.pt). A failed run
-# therefore never blocks the tables, which say which cells' runs failed.
+# therefore never blocks the tables, which say which cells' runs failed. Only an interrupted job fails
+# (so that Snakemake retries it), except on its last attempt, where the interruption is recorded too.
 # params hold exactly the settings spelled in the run's path: they never change for a path, so
 # Snakemake's params trigger cannot discard a finished run. Each process of a run uses one torch
 # thread (`threads` counts the processes); GPUs are claimed by the job itself (sampa/gpus.py).
@@ -33,13 +34,14 @@ rule train_run:
         mpi=get_run_placement("mpi"),
         cpus_per_task=get_run_placement("cpus_per_task"),
         launcher=get_run_launcher,
+        last_attempt=get_run_last_attempt,
     message:
         "train {wildcards.run} ({resources.gpu} GPU)"
     conda:
         ENV
     shell:
         "$SAMPA_PYTHON -m sampa.jobs train --out {params.out:q} {params.data:q} "
-        "--launcher={resources.launcher:q} -- "
+        "--launcher={resources.launcher:q} --last-attempt {resources.last_attempt} -- "
         "--settings {params.settings:q} --gpus {resources.gpu} --threads 1 >> {log:q} 2>&1"
 
 
