@@ -28,7 +28,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -697,11 +697,17 @@ def check_devices(result: Plan, gpus: int) -> None:
         )
 
 
-def cached_plan(config: Mapping[str, Any], cache: str | Path) -> Plan:
-    """:func:`plan` (schema already checked), reusing ``cache`` when neither the config nor any source
-    file of the sampa package changed since it was written, and what its runs need is missing or present
-    as it was. A cache hit needs no torch import (but for a GLUE file check), which is most of a dry
-    run's time."""
+def cached_plan(
+    config: Mapping[str, Any],
+    cache: str | Path,
+    check: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+) -> Plan:
+    """:func:`plan`, reusing ``cache`` when neither the config, the schema nor any source file of the
+    sampa package changed since it was written, and what its runs need is missing or present as it was.
+    ``check`` validates the config's structure (e.g. Snakemake's schema validation, which may fill in
+    defaults; default :func:`check_schema`) and returns the config to plan; it runs only when the cache
+    misses. A cache hit needs no torch import (but for a GLUE file check) and no schema validation,
+    which are most of a dry run's own time."""
     from sampa import io
 
     key = _plan_key(config)
@@ -713,13 +719,14 @@ def cached_plan(config: Mapping[str, Any], cache: str | Path) -> Plan:
                 return cached
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    result = plan(config, schema_checked=True)
+    result = plan(config) if check is None else plan(check(config), schema_checked=True)
     io.write_text(cache, json.dumps({"key": key, "plan": asdict(result)}, sort_keys=True))
     return result
 
 
 def _plan_key(config: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(SCHEMA_PATH.read_bytes())
     package = Path(__file__).resolve().parent
     for source in sorted(package.rglob("*.py")):
         digest.update(source.relative_to(package).as_posix().encode())

@@ -234,6 +234,25 @@ def test_cached_plan_equals_plan_and_follows_changes(tmp_path):
     assert len(changed.runs["t1"]) == 3 * 2 * 3  # a changed config is planned again
 
 
+def test_cached_plan_checks_the_structure_only_when_it_plans(tmp_path, monkeypatch):
+    cache, checked = tmp_path / "plan.json", []
+
+    def check(cfg):
+        checked.append(cfg["name"])
+        return cfg
+
+    ex.cached_plan(config(), cache, check)
+    ex.cached_plan(config(), cache, check)  # a hit: no schema validation (it is most of the cost)
+    assert checked == ["t"]
+    with pytest.raises(ex.PlanError, match="name"):  # without a check: the schema's own, one line
+        ex.cached_plan(config() | {"name": 5}, tmp_path / "other.json")
+    schema = tmp_path / "schema.yaml"  # an edited schema invalidates the cache
+    schema.write_text(ex.SCHEMA_PATH.read_text() + "\n# edited\n")
+    monkeypatch.setattr(ex, "SCHEMA_PATH", schema)
+    ex.cached_plan(config(), cache, check)
+    assert checked == ["t", "t"]
+
+
 def test_machine_keys_are_the_engines_non_result_keys():
     from sampa.train import NON_RESULT_KEYS
 

@@ -35,12 +35,19 @@ if not config:  # no --configfile: the offline CPU smoke profile
     config.update(experiments.load_config(DEFAULT_CONFIG))
 
 config.update(experiments.normalize(config))
+
+
+def check_config(config):
+    """The config's structure (schema; fills in its defaults), checked when the cached plan is stale."""
+    try:
+        validate(config, schema=str(experiments.SCHEMA_PATH))
+    except WorkflowError:
+        fail(experiments.schema_error(config) or "the config does not match workflow/schemas/config.schema.yaml")
+    return config
+
+
 try:
-    validate(config, schema=str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-except WorkflowError:
-    fail(experiments.schema_error(config) or "the config does not match workflow/schemas/config.schema.yaml")
-try:
-    PLAN = experiments.cached_plan(config, f".snakemake/sampa/plan-{config['name']}.json")
+    PLAN = experiments.cached_plan(config, f".snakemake/sampa/plan-{config.get('name')}.json", check_config)
 except experiments.PlanError as err:
     fail(err)
 
