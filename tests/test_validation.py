@@ -58,6 +58,8 @@ def _aggregate(argv: list[str]) -> int:
         ("dist_timeout_s: 0", r"dist_timeout_s must be in \(0, inf\]"),
         ("num_workers: -1", r"num_workers must be an integer >= 0 \(got -1\)"),
         ("num_workers: 2.5", r"num_workers must be an integer >= 0 \(got 2.5\)"),
+        ("synthetic_noise: -0.1", r"synthetic_noise must be in \[0, inf\] \(got -0.1\)"),
+        ("synthetic_distractor: .nan", r"synthetic_distractor must be a finite number \(got nan\)"),
         ("schedule: step", r"unknown schedule 'step'; choose one of: cosine, cosine_iter, constant, linear"),
         ("base_optimizer: adam", r"unknown base_optimizer 'adam'; choose one of: sgd, adamw"),
         ("schedule: 5", r"schedule must be a non-empty string \(got 5\)"),
@@ -90,6 +92,7 @@ def test_bad_config_file_values(tmp_path, capsys, yaml_text, message):
         (["--settings", "[1]"], r"--settings must be a JSON mapping"),
         (["--settings", '{"lr": Infinity}'], r"lr must be a finite number"),
         (["--seed", str(2**64)], r"seed must be an integer in \[0, "),
+        (["--synthetic-noise", "-1"], r"synthetic_noise must be in \[0, inf\] \(got -1.0\)"),
         (["--bogus"], r"unrecognized arguments: --bogus"),
     ],
 )
