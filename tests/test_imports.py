@@ -105,3 +105,18 @@ def test_imports_point_one_way(importer, forbidden):
         if target.startswith(forbidden)
     )
     assert not wrong, f"imports against the layering: {wrong}"
+
+
+def test_planning_does_not_import_the_compiler():
+    # torch._dynamo costs about 1.4 s of CPU: the workflow's plan (method registry, validation) skips it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sampa import experiments as ex; from sampa.config import RunConfig, validate; "
+        "import sampa.optim, sampa.train; validate(RunConfig(optimizer='sampa', model='tinycnn')); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from sampa.batch import Inputs
 from sampa.optim import Method, StepRecord
+from sampa.optim.eager import prepare_for_compile
 from sampa.optim.flat import flatten_parameters
 
 AMP_MODES = ("off", "bf16")
@@ -100,6 +101,7 @@ class FastPath:
             flatten_parameters(method)
         if self.compile != "step":
             return method.step
+        prepare_for_compile()  # the step meets the eager-only functions already disabled
         compiled = torch.compile(method.step, backend=self.compile_backend, dynamic=False)
 
         def step(*args: Tensor | None) -> StepRecord:

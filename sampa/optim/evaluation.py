@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from sampa.batch import Inputs, call_model, device_of
+from sampa.optim.eager import never_compiled
 from sampa.optim.flat import FlatParameters, FlatVector, as_flat
 from sampa.optim.tensors import TensorList
 
@@ -214,7 +215,7 @@ class PassCount:
         self.ideal_sequential += 1 if jobs else 0
 
 
-@torch.compiler.disable
+@never_compiled
 def base_step(optimizer: torch.optim.Optimizer) -> None:
     """The base step, always eager: compiled, it would specialise on the learning rate and recompile."""
     optimizer.step()

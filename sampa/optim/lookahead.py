@@ -22,8 +22,9 @@ last bit); ``fused=True`` kernels agree to round-off (tested). When Adam's step 
 device (``fused``/``capturable``), the bias corrections are computed there, as torch's capturable
 implementation does, so no value is read back to the host.
 
-``lookahead`` is never compiled (``torch.compiler.disable``): it reads the learning rate and step counts
-as Python numbers, and a compiled copy would be specialised to them and recompiled at every change.
+``lookahead`` is never compiled (``torch.compiler.disable``, applied on first use by
+``sampa.optim.eager``): it reads the learning rate and step counts as Python numbers, and a compiled copy
+would be specialised to them and recompiled at every change.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from sampa.optim.eager import never_compiled
+
 TensorList = list[Tensor]
 
 
-@torch.compiler.disable
+@never_compiled
 def lookahead(
     optimizer: torch.optim.Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor]
 ) -> list[Tensor]:
