@@ -41,7 +41,7 @@ rule train_run:
         ENV
     shell:
         "$SAMPA_PYTHON -m sampa.jobs train --out {params.out:q} {params.data:q} "
-        "--launcher={resources.launcher:q} --last-attempt {resources.last_attempt} -- "
+        "--last-attempt {resources.last_attempt} --launcher={resources.launcher:q} -- "
         "--settings {params.settings:q} --gpus {resources.gpu} --threads 1 >> {log:q} 2>&1"
 
 
