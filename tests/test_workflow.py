@@ -484,8 +484,17 @@ def test_failed_and_impossible_runs_never_block_the_other_tables(tmp_path):
 # The whole smoke profile
 
 
+SMOKE_LOOKSAM = ex.load_config(REPO / "configs" / "smoke.yaml")["method_hparams"]["looksam"]
+
+
 @pytest.mark.parametrize(
-    "method", [{"optimizer": "sgd"}, {"optimizer": "sampa", "hparams": {"rho": 0.1, "lam": 0.2}}]
+    "method",
+    [
+        {"optimizer": "sgd"},
+        {"optimizer": "sampa", "hparams": {"rho": 0.1, "lam": 0.2}},
+        {"optimizer": "looksam", "hparams": SMOKE_LOOKSAM},  # its smoke setting (alpha 0.1, docs/methods.md)
+    ],
+    ids=["sgd", "sampa", "looksam"],
 )
 def test_the_smoke_profile_learns_so_a_broken_optimizer_shows(tmp_path, method):
     # one run of the smoke profile's settings (2 epochs): far above chance (10 %), about 90 % measured
@@ -496,6 +505,15 @@ def test_the_smoke_profile_learns_so_a_broken_optimizer_shows(tmp_path, method):
     cfg = config_from_dict(run | method | {"seed": 0, "device": "cpu", "threads": 1})
     metrics = train(cfg, tmp_path / "run", log_progress=False)
     assert metrics["status"] == "complete" and metrics["test_acc"] >= 0.75, metrics["test_acc"]
+
+
+def test_the_smoke_profile_runs_its_looksam_setting_everywhere():
+    # arms.looksam (Tables 4, 14, SAM-step rates) and method_hparams (`arms: all`): the same runs
+    plan = ex.plan(ex.load_config(REPO / "configs" / "smoke.yaml"))
+    runs = {r.path: r for r in plan.unique_runs().values() if r.settings["optimizer"] == "looksam"}
+    assert {r.experiment for r in runs.values()} == {"optimizers"}  # planned first, shared by the others
+    assert all(r.settings["hparams"] == SMOKE_LOOKSAM for r in runs.values())
+    assert {r.path for r in plan.runs["table4"] if r.settings["optimizer"] == "looksam"} == set(runs)
 
 
 @pytest.mark.slow
