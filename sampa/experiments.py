@@ -52,6 +52,7 @@ DATASET_DISPLAY = {
     "synthetic100": "Synthetic-100",
     "synthetic-text": "Synthetic text",
     "imagenet": "ImageNet-1K",
+    "imagefolder-toy": "Toy ImageFolder (generated)",
     "glue-cola": "CoLA",
     "glue-sst2": "SST-2",
     "glue-mrpc": "MRPC",
@@ -98,11 +99,12 @@ class PlannedRun:
 
 @dataclass
 class Plan:
-    """All experiments of a config, expanded. ``data``: run path -> the dataset to verify/extract before
-    it (none for generated data); ``timing``: experiments whose numbers are measured on the machine;
-    ``minutes``: run path -> its time limit on a cluster (:func:`runtime_minutes`); ``checked``: what
-    each "dataset model" pair of the config needs that is missing here (:func:`sampa.requirements.missing`);
-    an experiment with any such run plans none, and its spec says why (``not_run``)."""
+    """All experiments of a config, expanded. ``data``: run path -> the dataset to verify/extract (or,
+    the toy ImageFolder, write) before it (none for data generated in memory); ``timing``: experiments
+    whose numbers are measured on the machine; ``minutes``: run path -> its time limit on a cluster
+    (:func:`runtime_minutes`); ``checked``: what each "dataset model" pair of the config needs that is
+    missing here (:func:`sampa.requirements.missing`); an experiment with any such run plans none, and its
+    spec says why (``not_run``)."""
 
     name: str
     use_gpus: bool
@@ -553,12 +555,15 @@ def requirements_changed(checked: Mapping[str, list[str]]) -> bool:
 
 
 def _prepared(result: Plan) -> dict[str, str]:
-    """Run path -> its dataset, for datasets that are files to verify (not generated like synthetic data)."""
+    """Run path -> its dataset, for datasets that are files to verify or write (not generated in memory
+    like synthetic data)."""
     from sampa.data.cifar import CIFAR_SOURCES
+    from sampa.paths import TOY_IMAGEFOLDER
 
     default = run_defaults().dataset
     datasets = {path: run.settings.get("dataset", default) for path, run in result.unique_runs().items()}
-    return {path: name for path, name in datasets.items() if name in CIFAR_SOURCES}
+    prepared = {*CIFAR_SOURCES, TOY_IMAGEFOLDER}  # the toy ImageFolder: generated once by the data step
+    return {path: name for path, name in datasets.items() if name in prepared}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -248,13 +248,20 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
 
 
 def prepare_data(dataset: str, root: str | None = None) -> dict[str, Any]:
-    """Verify (extract, or download where allowed) ``dataset`` once, under a lock; its data record."""
+    """Verify (extract, or download where allowed) ``dataset`` once, under a lock, or generate it (the
+    toy ImageFolder); its data record."""
     import fcntl
 
     from sampa.data.cifar import CIFAR_SOURCES, DataUnavailableError, ensure_extracted, resolve_root
+    from sampa.paths import TOY_IMAGEFOLDER
 
+    if dataset == TOY_IMAGEFOLDER:  # generated here, once (under its own lock)
+        from sampa.data.imagefolder import ensure_toy_imagefolder
+
+        return {"status": DATA_READY, "folder": str(ensure_toy_imagefolder(root).resolve())}
     if dataset not in CIFAR_SOURCES:
-        raise JobError(f"dataset {dataset!r} needs no preparation; prepared: {', '.join(CIFAR_SOURCES)}")
+        prepared = ", ".join([*CIFAR_SOURCES, TOY_IMAGEFOLDER])
+        raise JobError(f"dataset {dataset!r} needs no preparation; prepared: {prepared}")
     folder = resolve_root(root)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f".{dataset}.lock", "w") as lock:

@@ -5,7 +5,8 @@ planner (:mod:`sampa.experiments`: such runs are not planned, their table says "
 ``sampa train`` (one line, exit 2, before the run directory is written) give the same answer.
 
 CIFAR is not checked here: the workflow's ``prepare_data`` step verifies (or downloads) it, and its runs
-say "needs data" when it cannot. Importing this module needs no torch (a cached dry run stays fast);
+say "needs data" when it cannot. Nor is the toy ImageFolder (``imagefolder-toy``): that step generates
+it, and it needs no extra (torchvision, a core dependency, decodes it). Importing this module needs no torch (a cached dry run stays fast);
 only a GLUE dataset imports :mod:`sampa.data.glue` for its file layout.
 """
 

@@ -253,7 +253,21 @@ def load_imagenet(
     """ImageNet-1K under ``root`` (or a subset: the first ``max_classes`` classes, for quick runs)."""
     if workers < 0 or (max_classes is not None and max_classes < 2):
         raise ValueError(f"need workers >= 0 and max_classes >= 2 or None, got {workers} and {max_classes}")
-    folder = imagenet_folder(root)
+    return load_image_folder(
+        imagenet_folder(root), device=device, workers=workers, max_classes=max_classes, crop=crop
+    )
+
+
+def load_image_folder(
+    folder: Path,
+    *,
+    device: str | torch.device = "cpu",
+    workers: int = 8,
+    max_classes: int | None = None,
+    crop: int = CROP,
+) -> ImageNet:
+    """Any ImageFolder with ``train/`` and ``val/`` class folders, read the ImageNet way (e.g. the
+    generated toy folder, :mod:`sampa.data.imagefolder`)."""
     train_samples, classes = list_samples(folder / "train")
     if max_classes is not None:
         classes = classes[:max_classes]

@@ -14,7 +14,8 @@ split: validation and test are the same eval set (ImageNet's ``val/``, GLUE's de
 labels are hidden), as the paper reports them (ImageNet: "maximum test accuracies" over epochs; GLUE:
 dev scores, MNLI on the matched dev set).
 
-Names: ``imagenet``; ``glue-<task>`` (``glue-cola`` ... ``glue-wnli``); ``synthetic-text`` (toy, no files).
+Names: ``imagenet``; ``glue-<task>`` (``glue-cola`` ... ``glue-wnli``); ``synthetic-text`` (toy, no files);
+``imagefolder-toy`` (generated JPEGs in ``<data root>/imagefolder-toy``, read like ImageNet, 32 x 32 crops).
 Pretrained weights live under ``<data root>/weights/`` (:data:`WEIGHTS`) or in the Hugging Face hub cache.
 """
 
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from sampa.data.cifar import resolve_root
 from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
 from sampa.metrics.scores import Columns, text_columns, text_scores, topk_columns, topk_scores
-from sampa.paths import WEIGHTS
+from sampa.paths import TOY_IMAGEFOLDER, WEIGHTS
 
 TOPK = (1, 5)  # ImageNet's accuracies
 
@@ -48,6 +49,7 @@ TRAIN_SIZES: dict[str, int] = {
     "glue-rte": 2_490,
     "glue-wnli": 635,
     "synthetic-text": 512,
+    TOY_IMAGEFOLDER: 240,  # sampa.data.imagefolder.TOY_TRAIN_SIZE (not imported here: it imports torchvision)
 }
 SOURCE_NAMES = tuple(TRAIN_SIZES)
 
@@ -96,6 +98,12 @@ def load_source(
         from sampa.data.imagenet import load_imagenet
 
         return ImageNetSource(load_imagenet(root, device=device, workers=workers))
+    if name == TOY_IMAGEFOLDER:
+        from sampa.data.imagefolder import TOY_CROP, ensure_toy_imagefolder
+        from sampa.data.imagenet import load_image_folder
+
+        folder = ensure_toy_imagefolder(root)
+        return ImageNetSource(load_image_folder(folder, device=device, workers=workers, crop=TOY_CROP))
     if name == "synthetic-text":
         return TextSource(synthetic_text_data(device=device), task=None)
     task = name.removeprefix("glue-")
@@ -116,7 +124,8 @@ def weights_location(model: str, root: str | os.PathLike | None = None) -> str:
 
 
 class ImageNetSource:
-    """ImageNet-1K batches from disk (:mod:`sampa.data.imagenet`), evaluated with top-1 and top-5."""
+    """ImageNet-1K (or the toy ImageFolder) batches from disk (:mod:`sampa.data.imagenet`), evaluated
+    with top-1 and top-5."""
 
     def __init__(self, data: Any) -> None:
         self.data, self.num_classes = data, data.num_classes

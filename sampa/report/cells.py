@@ -21,6 +21,7 @@ import pandas as pd
 
 from sampa.config import config_from_dict
 from sampa.experiments import MACHINE_KEYS, PlannedRun, axis_label, is_measured, plan_experiment, run_defaults
+from sampa.paths import generated_data
 from sampa.report.metrics import Metric, applies, metric
 from sampa.report.runs import timing_caveats
 
@@ -358,7 +359,7 @@ def metric_label(name: str) -> str:
 def warning_lines(spec: Mapping[str, Any], datasets: Sequence[str]) -> list[str]:
     """The config's note and, whenever runs used synthetic data, a line saying so."""
     lines = [spec["note"]] if spec.get("note") else []
-    synthetic = sorted(axis_label("dataset", d) for d in datasets if d.startswith("synthetic"))
+    synthetic = sorted(axis_label("dataset", d) for d in datasets if generated_data(d))
     if synthetic and not any("synthetic" in line.lower() for line in lines):
         lines.append(f"Synthetic data ({', '.join(synthetic)}): these numbers are not the paper's results.")
     return lines

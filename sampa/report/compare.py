@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from sampa.experiments import PlannedRun, axis_label, plan_experiment, run_defaults
+from sampa.paths import generated_data
 from sampa.report import latex, paper
 from sampa.report.cells import AVERAGE, COST_METRIC, axis_name, metric_label, observations
 from sampa.report.metrics import metric
@@ -82,7 +83,7 @@ def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) ->
     planned = plan_experiment(spec)
     matches = _match_cells(cells, rows, axes, planned)
     obs = observations(planned, runs, layout["metrics"])
-    synthetic = any(str(d).startswith("synthetic") for d in obs["trained_on"].dropna())
+    synthetic = any(generated_data(str(d)) for d in obs["trained_on"].dropna())
     base_axis, base_label = RATIO_BASES.get(spec["paper"], DEFAULT_RATIO_BASE)
     frame = pd.DataFrame(
         [

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from sampa.experiments import plan_experiment
+from sampa.paths import generated_data
 from sampa.report import paper
 from sampa.report.cells import axis_name, cell_table, observations
 from sampa.report.compare import OUTSIDE, WITHIN, compare
@@ -111,7 +112,7 @@ def _arm_runs(spec: Mapping[str, Any], inputs: Inputs, arms: Sequence[str], metr
     absent = [a for a in arms if a not in {r.cell["arm"] for r in planned}]
     bad = obs[obs["status"] != "complete"] if len(obs) else obs
     missing = list(dict.fromkeys(f"{r.run} ({r.status})" for r in bad.itertuples()))
-    synthetic = any(str(d).startswith("synthetic") for d in obs.get("trained_on", pd.Series()).dropna())
+    synthetic = any(generated_data(str(d)) for d in obs.get("trained_on", pd.Series()).dropna())
     return _Runs(spec, obs, missing, synthetic, absent)
 
 
