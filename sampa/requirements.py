@@ -6,8 +6,9 @@ planner (:mod:`sampa.experiments`: such runs are not planned, their table says "
 
 CIFAR is not checked here: the workflow's ``prepare_data`` step verifies (or downloads) it, and its runs
 say "needs data" when it cannot. Nor is the toy ImageFolder (``imagefolder-toy``): that step generates
-it, and it needs no extra (torchvision, a core dependency, decodes it). Importing this module needs no torch (a cached dry run stays fast);
-only a GLUE dataset imports :mod:`sampa.data.glue` for its file layout.
+it, and it needs no extra (torchvision, a core dependency, decodes it). Importing this module needs no
+torch (a cached dry run stays fast); only a GLUE dataset imports :mod:`sampa.data.glue` for its file
+layout.
 """
 
 from __future__ import annotations

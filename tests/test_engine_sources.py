@@ -154,6 +154,20 @@ def test_imagenet_folder_run_records_top5(tmp_path, monkeypatch):
     assert metrics["test_top5_acc"] in {i / 12 for i in range(13)}
 
 
+def test_toy_imagefolder_run_records_top5(tmp_path):
+    """The generated toy ImageFolder (10 classes, 240 JPEGs) trains through the engine; top-5 recorded."""
+    cfg = RunConfig(model="tinycnn", dataset="imagefolder-toy", optimizer="sampa", epochs=1, batch_size=32,
+                    lr=0.05, data_root=str(tmp_path / "data"), device="cpu", threads=1, num_workers=1,
+                    hparams={"rho": 0.1, "lam": 0.2})  # fmt: skip
+    metrics = train(cfg, tmp_path / "run", log_progress=False)
+    assert (tmp_path / "data" / "imagefolder-toy" / "val").is_dir()  # generated on first use
+    assert metrics["time"]["steps_per_epoch"] == 8  # 240 images in batches of 32
+    assert metrics["test_top5_acc"] in {i / 100 for i in range(101)}  # 100 val/ images
+    assert metrics["test_top5_acc"] >= metrics["test_acc"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test_top5_acc"] == metrics["test_top5_acc"]
+
+
 def test_missing_extra_or_data_is_one_line(tmp_path, monkeypatch, capsys):
     from sampa import extras
     from sampa.cli import main

@@ -1,4 +1,5 @@
-"""ImageNet-1K pipeline on a tiny generated ImageFolder (real JPEGs), top-k accuracy and ResNet-50."""
+"""ImageNet-1K pipeline on a tiny generated ImageFolder (real JPEGs, :mod:`sampa.data.imagefolder`), top-k
+accuracy and ResNet-50."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import decode_image, write_jpeg
+from torchvision.io import decode_image
 
 from sampa.backends.pair import shard_start
 from sampa.data import imagenet
 from sampa.data.cifar import DataUnavailableError
+from sampa.data.imagefolder import write_image_folder
 from sampa.data.imagenet import MEAN, STD, eval_transform, load_imagenet, loader_workers, normalise
 from sampa.metrics.scores import evaluate_topk, topk_correct
 from sampa.models.resnet50 import resnet50
@@ -19,16 +21,7 @@ CLASSES = ("n01440764", "n01443537", "n01484850")
 
 
 def _write_folder(root: Path, per_class: dict[str, int], *, grey_first: bool = False) -> None:
-    gen = torch.Generator().manual_seed(0)
-    for split, count in per_class.items():
-        for label, name in enumerate(CLASSES):
-            folder = root / "imagenet" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                channels = 1 if grey_first and i == 0 else 3
-                image = torch.randint(0, 256, (channels, 40 + 4 * i, 52), generator=gen, dtype=torch.uint8)
-                image[:, :4] = 40 * label  # a class-dependent band, to check labels
-                write_jpeg(image, str(folder / f"{name}_{i}.JPEG"), quality=95)
+    write_image_folder(root / "imagenet", CLASSES, per_class, grey_first=grey_first)
 
 
 @pytest.fixture

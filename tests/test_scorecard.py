@@ -339,6 +339,18 @@ def test_synthetic_tables_show_the_paper_without_verdicts(tmp_path):
     assert "Verdict" not in section and "within" not in section.replace("within:", "")
 
 
+def test_the_toy_image_folder_is_never_evidence_about_imagenet(tmp_path):
+    """Smoke Table 3 (generated JPEGs, TinyCNN): the paper's ImageNet numbers are shown, never a verdict."""
+    smoke = ex.load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    config = smoke | {"experiments": {"table3": smoke["experiments"]["table3"]}}
+    plan, root, runs = make_results(tmp_path, config)
+    assert {r.settings["dataset"] for r in plan.runs["table3"]} == {"imagefolder-toy"}
+    _, result = comparison(plan, runs, "table3")
+    assert len(result.frame) and set(result.frame["verdict"]) == {cmp.NO_VERDICT_SYNTHETIC}
+    claim = outcome(card_of(plan, root, runs), 9)  # SAMPa-0.2 beats SAM on ImageNet-1K
+    assert claim.verdict == scorecard.NOT_EVIDENCE
+
+
 # ----------------------------------------------------------------------------------------------
 # The scorecard
 

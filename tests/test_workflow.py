@@ -303,6 +303,21 @@ def test_too_few_gpus_stop_the_plan_with_one_line(tmp_path):
     )
 
 
+def test_smoke_dry_run_plans_the_toy_table_3_on_the_generated_image_folder(tmp_path, no_data):
+    smoke = REPO / "configs" / "smoke.yaml"
+    plan = ex.plan(ex.load_config(smoke))
+    runs = plan.runs["table3"]
+    assert {r.cell["arm"] for r in runs} == {"SAM", "SAMPa-0.2"} and "not_run" not in plan.specs["table3"]
+    assert {(r.settings["dataset"], r.settings["model"]) for r in runs} == {("imagefolder-toy", "tinycnn")}
+    assert "toy ImageFolder (generated)" in plan.specs["table3"]["caption"]
+    assert plan.prepared_datasets() == ["imagefolder-toy"]  # the smoke's only data step: it writes the JPEGs
+    out = snakemake("-n", "--configfile", str(smoke), cwd=tmp_path, env=no_data).stdout
+    assert job_counts(out)["prepare_data"] == 1 and "results/data/imagefolder-toy.json" in out
+    assert all(f"results/runs/{run.path}/outcome.json" in out for run in runs)
+    assert "results/smoke/tables/table3.md" in out
+    assert "imagenet" not in out  # nothing reads or makes <data root>/imagenet
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end: a miniature of the smoke profile
 

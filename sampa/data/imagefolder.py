@@ -15,6 +15,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def write_image_folder(
             for i in range(count):
                 channels = 1 if grey_first and i == 0 else 3
                 image = toy_image(label, len(classes), i, gen, channels)
-                write_jpeg(image, str(directory / f"{name}_{i}.JPEG"), quality=90)
+                with warnings.catch_warnings():  # torchvision 0.29 deprecates its encoders for torchcodec's
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    write_jpeg(image, str(directory / f"{name}_{i}.JPEG"), quality=90)
 
 
 def toy_classes() -> list[str]:
