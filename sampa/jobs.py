@@ -258,7 +258,10 @@ def prepare_data(dataset: str, root: str | None = None) -> dict[str, Any]:
     if dataset == TOY_IMAGEFOLDER:  # generated here, once (under its own lock)
         from sampa.data.imagefolder import ensure_toy_imagefolder
 
-        return {"status": DATA_READY, "folder": str(ensure_toy_imagefolder(root).resolve())}
+        try:
+            return {"status": DATA_READY, "folder": str(ensure_toy_imagefolder(root).resolve())}
+        except OSError as err:  # e.g. a read-only or full data root
+            return {"status": NEEDS_DATA, "reason": " ".join(str(err).split())}
     if dataset not in CIFAR_SOURCES:
         prepared = ", ".join([*CIFAR_SOURCES, TOY_IMAGEFOLDER])
         raise JobError(f"dataset {dataset!r} needs no preparation; prepared: {prepared}")

@@ -75,3 +75,10 @@ def test_the_data_step_generates_it_and_records_ready(tmp_path):
 def test_it_needs_no_data_folder_and_no_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(extras, "available", lambda extra: False)
     assert requirements.missing(TOY_IMAGEFOLDER, "tinycnn", tmp_path / "empty") == []
+
+
+def test_a_data_root_it_cannot_write_makes_its_runs_need_data(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")  # the data root is a file: nothing can be written under it
+    record = jobs.prepare_data(TOY_IMAGEFOLDER, str(blocker / "data"))
+    assert record["status"] == jobs.NEEDS_DATA and str(blocker) in record["reason"]
