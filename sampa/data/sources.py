@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from sampa.data.cifar import resolve_root
 from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
+from sampa.data.imagefolder import TOY_TRAIN_SIZE
 from sampa.metrics.scores import Columns, text_columns, text_scores, topk_columns, topk_scores
 from sampa.paths import TOY_IMAGEFOLDER, WEIGHTS
 
@@ -49,7 +50,7 @@ TRAIN_SIZES: dict[str, int] = {
     "glue-rte": 2_490,
     "glue-wnli": 635,
     "synthetic-text": 512,
-    TOY_IMAGEFOLDER: 240,  # sampa.data.imagefolder.TOY_TRAIN_SIZE (not imported here: it imports torchvision)
+    TOY_IMAGEFOLDER: TOY_TRAIN_SIZE,
 }
 SOURCE_NAMES = tuple(TRAIN_SIZES)
 
