@@ -18,6 +18,7 @@ include: "workflow/rules/figures.smk"
 localrules:
     all,
     aggregate_runs,
+    aggregate_experiment,
     make_table,
     make_scorecard,
     make_figure,

@@ -22,3 +22,23 @@ rule aggregate_runs:
     shell:
         "$SAMPA_PYTHON -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
         "{input:q} > {log:q} 2>&1"
+
+
+# The runs table of one experiment: its table or figure waits for its own runs only, so
+# `snakemake results/<name>/tables/table1.md` trains Table 1's runs and nothing else.
+rule aggregate_experiment:
+    input:
+        get_experiment_metrics,
+    output:
+        runs=f"{RESULTS}/experiments/{{experiment}}/runs.csv",
+    log:
+        f"{LOGS}/aggregate/{{experiment}}.log",
+    params:
+        runs_root=RUNS_ROOT,
+    message:
+        "aggregate the runs of experiment {wildcards.experiment}"
+    conda:
+        ENV
+    shell:
+        "$SAMPA_PYTHON -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
+        "{input:q} > {log:q} 2>&1"

@@ -125,6 +125,7 @@ def _alternatives(names):
 wildcard_constraints:
     table=_alternatives(TABLES),
     figure=_alternatives(FIGURE_IDS),
+    experiment=_alternatives([*TABLES, *FIGURE_IDS]),
     dataset=_alternatives(PLAN.prepared_datasets()),
 
 
@@ -197,6 +198,20 @@ def get_all_metrics(wildcards):
     return run_metrics(RUNS)
 
 
+def get_experiment_metrics(wildcards):
+    """The outcome records of one experiment's runs: a table or figure waits for its own runs only."""
+    return run_metrics(dict.fromkeys(run.path for run in PLAN.runs[wildcards.experiment]))
+
+
+def experiment_runs(experiment):
+    """The runs table of one experiment (results/<name>/experiments/<id>/runs.csv)."""
+    return f"{RESULTS}/experiments/{experiment}/runs.csv"
+
+
+def get_table_runs(wildcards):
+    return experiment_runs(wildcards.table)
+
+
 def get_spec(wildcards):
     experiment = getattr(wildcards, "table", None) or getattr(wildcards, "figure", None)
     return experiments.spec_json(PLAN.specs[experiment])
@@ -206,7 +221,7 @@ def get_figure_data(wildcards):
     spec = PLAN.specs[wildcards.figure]
     if spec["figure"]["plot"] == "toy":
         return f"{RESULTS}/toy/{wildcards.figure}/trajectories.csv"
-    return f"{RESULTS}/runs.csv"
+    return experiment_runs(wildcards.figure)
 
 
 def get_figure_logs(wildcards):

@@ -5,7 +5,7 @@
 
 rule make_table:
     input:
-        runs=rules.aggregate_runs.output.runs,
+        runs=get_table_runs,
         code=TABLE_CODE,
     output:
         md=report(
