@@ -172,8 +172,8 @@ def test_bad_config_is_one_line(changes, message):
     assert re.search(message, text), text
 
 
-def test_experiment_whose_data_is_missing_plans_no_runs_and_says_why(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMPA_DATA", str(tmp_path))
+def config_with_imagenet_table() -> dict:
+    """The test config plus an ImageNet table "t3" (needs <data root>/imagenet/{train,val})."""
     cfg = config()
     cfg["experiments"]["t3"] = {
         "kind": "table",
@@ -182,6 +182,12 @@ def test_experiment_whose_data_is_missing_plans_no_runs_and_says_why(tmp_path, m
         "arms": ["sam"],
         "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_top1_acc", "test_top5_acc"]},
     }
+    return cfg
+
+
+def test_experiment_whose_data_is_missing_plans_no_runs_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path))
+    cfg = config_with_imagenet_table()
     plan = ex.plan(cfg)
     assert plan.runs["t3"] == [] and plan.runs["t1"]  # the other experiments are planned as before
     assert (
@@ -197,14 +203,7 @@ def test_experiment_whose_data_is_missing_plans_no_runs_and_says_why(tmp_path, m
 
 def test_cached_plan_is_made_again_when_missing_data_appears(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMPA_DATA", str(tmp_path / "data"))
-    cfg = config()
-    cfg["experiments"]["t3"] = {
-        "kind": "table",
-        "title": "ImageNet",
-        "run": {"dataset": "imagenet", "model": "resnet50", "batch_size": 8},
-        "arms": ["sam"],
-        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_top1_acc"]},
-    }
+    cfg = config_with_imagenet_table()
     cache = tmp_path / "plan.json"
     assert ex.cached_plan(cfg, cache).runs["t3"] == []
     assert ex.cached_plan(cfg, cache).runs["t3"] == []  # a hit: nothing changed
