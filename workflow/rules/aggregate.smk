@@ -1,5 +1,10 @@
 # The tidy table of all runs of this config (results/<name>/runs.csv): one row per run.
 
+AGGREGATE = (
+    "$SAMPA_PYTHON -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
+    "{input:q} > {log:q} 2>&1"
+)
+
 
 rule aggregate_runs:
     input:
@@ -20,8 +25,7 @@ rule aggregate_runs:
     conda:
         ENV
     shell:
-        "$SAMPA_PYTHON -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
-        "{input:q} > {log:q} 2>&1"
+        AGGREGATE
 
 
 # The runs table of one experiment: its table or figure waits for its own runs only, so
@@ -40,5 +44,4 @@ rule aggregate_experiment:
     conda:
         ENV
     shell:
-        "$SAMPA_PYTHON -m sampa aggregate --runs-root {params.runs_root:q} --out {output.runs:q} "
-        "{input:q} > {log:q} 2>&1"
+        AGGREGATE
