@@ -12,13 +12,15 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 import torch
 
+from sampa import doctor
 from sampa.backends.fastpath import FastPath
 from sampa.cli import main as cli_main
-from sampa.doctor import GROUPS, Group, format_table, run_group, selected_groups
+from sampa.doctor import DEFAULT_BUDGET_S, GROUPS, Group, format_table, run_group, selected_groups
 from sampa.doctor.common import (
     FAIL,
     PASS,
@@ -54,6 +56,23 @@ def hang_with_a_child(machine: Machine) -> list[Row]:
     print(f"child {child.pid}", flush=True)
     time.sleep(600)
     return []
+
+
+def two_rows_then_hang(machine: Machine) -> Iterator[Row]:
+    yield Row("first", "done", "1", PASS)
+    yield Row("second", "done", "2", FAIL)
+    time.sleep(600)
+
+
+def one_row_then_die(machine: Machine) -> Iterator[Row]:
+    yield Row("first", "done", "1", PASS)
+    print("last words", flush=True)
+    os._exit(3)
+
+
+def one_row_then_raise(machine: Machine) -> Iterator[Row]:
+    yield Row("first", "done", "1", PASS)
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 
 LAUNCHERS = pytest.mark.parametrize("forked", [False, True], ids=["fresh", "forked"])
@@ -176,3 +195,44 @@ def test_gpu_smoke_config_gets_a_two_device_arm_only_with_two_gpus(tmp_path, cap
     assert cli_main(["plan", "--config", str(path)]) == 0
     plan = capsys.readouterr().out
     assert f"{arms} runs" in plan and ("x 2" in plan) == (gpus == 2)
+
+
+@pytest.mark.parametrize(("forked", "limit_s"), [(False, 20), (True, 8)], ids=["fresh", "forked"])
+def test_a_group_cut_off_or_dying_halfway_keeps_the_rows_it_finished(tmp_path, forked, limit_s):
+    """(The limit leaves a fresh interpreter the time to import torch on a loaded machine.)"""
+    (tmp_path / "logs").mkdir()
+    group = Group("tests.test_doctor:two_rows_then_hang", limit_s, "hangs")
+    hung = run_group("hang", group, tmp_path, limit_s, forked=forked)
+    assert [(r.check, r.status) for r in hung] == [("first", PASS), ("second", FAIL), ("[hang]", FAIL)]
+    assert "timed out" in hung[-1].result
+    died = run_group(
+        "die", Group("tests.test_doctor:one_row_then_die", 60, "dies"), tmp_path, 60, forked=forked
+    )
+    assert [r.check for r in died] == ["first", "[die]"]
+    assert (died[-1].result, died[-1].figure) == ("dies: crashed (exit 3)", "last words")
+    raised = run_group("raise", Group("tests.test_doctor:one_row_then_raise", 60, "raises"), tmp_path, 60)
+    assert [r.status for r in raised] == [PASS, FAIL]
+    assert raised[-1].figure == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert not list((tmp_path / "logs").glob("*.json"))  # the rows went to the caller
+
+
+def test_the_group_limits_fit_the_default_budget():
+    """Each group gets its whole limit on a GPU machine whatever the groups before it took."""
+    assert sum(group.limit_s for group in GROUPS.values()) <= DEFAULT_BUDGET_S == 480
+
+
+def test_doctor_json_is_written_after_every_group(tmp_path, monkeypatch):
+    """A doctor killed from outside (the window's time limit) leaves the rows of the groups it finished."""
+    seen = []
+
+    def fake_group(name, group, out, limit_s, *, forked=False):
+        if seen:  # the previous group's rows are on disk before the next group starts
+            report = json.loads((out / "doctor.json").read_text())
+            assert [r["check"] for r in report["rows"]] == seen and report["finished"] is False
+        seen.append(name)
+        return [Row(name, "ran", "-", PASS)]
+
+    monkeypatch.setattr(doctor, "run_group", fake_group)
+    assert cli_main(["doctor", "--out", str(tmp_path), "--only", "float64,fused,pair"]) == 0
+    report = json.loads((tmp_path / "doctor.json").read_text())
+    assert [r["check"] for r in report["rows"]] == ["float64", "fused", "pair"] and report["finished"]

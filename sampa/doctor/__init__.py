@@ -5,8 +5,9 @@ Each check group runs in its own process session under its own time limit (and a
 a fork of a forkserver that imported torch once (the CPU subset spends its time on checks, not imports).
 Every check compares against a reference computed in the same run; the tolerances are constants next to the
 checks (``sampa.doctor.numerics``, ``.pair``, ``.memory``, ``.speed``). The verdict table (check | result |
-figure | status) is printed and written to ``DIR/doctor.json``; each group's output goes to
-``DIR/logs/<group>.log``. Exit status 1 if any check fails. Without a GPU the command says so in one line
+figure | status) is printed and written to ``DIR/doctor.json`` (rewritten after every group); each group's
+output goes to ``DIR/logs/<group>.log``. A group that times out or dies keeps the rows it finished, followed
+by one failed row saying how it ended. Exit status 1 if any check fails. Without a GPU the command says so in one line
 and runs the CPU-meaningful subset (the GPU-only checks are listed as skipped, with the reason).
 """
 
@@ -40,21 +41,25 @@ class Group:
     cpu_skip: str = ""  # why the group does not run without a GPU (empty: it runs on a CPU too)
 
 
-#: in order of value: the cheap correctness checks first, the workflow last
+#: in order of value: the cheap correctness checks first, then speed and the workflow, and last the compiled
+#: step (its cold compile is the least predictable time). The limits are hang protection sized from
+#: estimates for one H200 (fresh interpreter with torch and CUDA ~10 s per process, CPU float64 references
+#: on 16 cores, a cold inductor compile of the tiny CNN's two step graphs); they add up to the default
+#: budget, so each group gets its whole limit whatever the groups before it took.
 GROUPS = {
-    "float64": Group("sampa.doctor.numerics:check_float64", 120, "1: fp32 vs float64, determinism"),
-    "fused": Group("sampa.doctor.numerics:check_fused_and_bf16", 60, "2: fused SAMPa, bf16+channels_last"),
-    "pair": Group("sampa.doctor.pair:check_pair", 120, "4: two ranks (NCCL or gloo), killed rank"),
-    "memory": Group("sampa.doctor.memory:check_memory", 45, "5: NVML vs torch peaks", "no GPU memory"),
+    "float64": Group("sampa.doctor.numerics:check_float64", 60, "1: fp32 vs float64, determinism"),
+    "fused": Group("sampa.doctor.numerics:check_fused_and_bf16", 35, "2: fused SAMPa, bf16+channels_last"),
+    "pair": Group("sampa.doctor.pair:check_pair", 70, "4: two ranks (NCCL or gloo), killed rank"),
+    "memory": Group("sampa.doctor.memory:check_memory", 25, "5: NVML vs torch peaks", "no GPU memory"),
     "cuda-tests": Group(
-        "sampa.doctor.suite:check_cuda_tests", 90, "3: CUDA-only tests (host sync)", "they skip without CUDA"
+        "sampa.doctor.suite:check_cuda_tests", 40, "3: CUDA-only tests (host sync)", "they skip without CUDA"
+    ),
+    "speed": Group("sampa.doctor.speed:check_speed", 110, "6: step times, ratios, SGD epoch"),
+    "workflow": Group(
+        "sampa.doctor.suite:check_workflow", 85, "7: gpu-smoke workflow", "CPU: slow test test_workflow.py"
     ),
     "compile": Group(
-        "sampa.doctor.numerics:check_compile", 150, "3: compiled step vs eager", "CPU: slow tests (-m slow)"
-    ),
-    "speed": Group("sampa.doctor.speed:check_speed", 200, "6: step times, ratios, SGD epoch"),
-    "workflow": Group(
-        "sampa.doctor.suite:check_workflow", 150, "7: gpu-smoke workflow", "CPU: slow test test_workflow.py"
+        "sampa.doctor.numerics:check_compile", 55, "3: compiled step vs eager", "CPU: slow tests (-m slow)"
     ),
 }
 
@@ -77,13 +82,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the selected groups, print and write the verdict table; 1 if any check failed."""
+    """Run the selected groups, print and write the verdict table; 1 if any check failed.
+    ``doctor.json`` is rewritten after every group (``finished`` false until the end), so even a doctor
+    killed from outside leaves the rows of the groups it finished."""
     groups = selected_groups(args.only)
     if not args.budget_s > 0:
         raise ConfigError(f"--budget-s must be a positive number of seconds (got {args.budget_s:g})")
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    print(machine_line(), flush=True)
+    where = machine_line()
+    print(where, flush=True)
     rows, durations, deadline = [], {}, time.monotonic() + args.budget_s
     gpu = has_gpu()
     for name in groups:
@@ -94,20 +102,29 @@ def run(args: argparse.Namespace) -> int:
         limit = max(0.0, min(GROUPS[name].limit_s, deadline - started))
         rows += run_group(name, GROUPS[name], out, limit, forked=not gpu)
         durations[name] = round(time.monotonic() - started, 1)
+        write_report(out, where, rows, durations, args.budget_s, finished=False)
     print(format_table(rows))
-    io.write_json(
-        out / "doctor.json",
-        {
-            "machine": machine_line(),
-            "rows": [asdict(r) for r in rows],
-            "seconds": durations,
-            "budget_s": args.budget_s,
-        },
-    )
+    write_report(out, where, rows, durations, args.budget_s, finished=True)
     failed = sum(r.status == FAIL for r in rows)
     total = sum(durations.values())
     print(f"doctor: {len(rows)} checks, {failed} failed, {total:.0f} s; table in {out / 'doctor.json'}")
     return 1 if failed else 0
+
+
+def write_report(
+    out: Path, where: str, rows: list[Row], durations: dict[str, float], budget_s: float, *, finished: bool
+) -> None:
+    """``doctor.json``: the machine, the rows so far, each group's seconds, and whether all groups ran."""
+    io.write_json(
+        out / "doctor.json",
+        {
+            "machine": where,
+            "rows": [asdict(r) for r in rows],
+            "seconds": durations,
+            "budget_s": budget_s,
+            "finished": finished,
+        },
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -141,33 +158,44 @@ def has_gpu() -> bool:
 def machine_line() -> str:
     import torch
 
-    if has_gpu():
-        count = torch.cuda.device_count()
+    if not has_gpu():
         return (
-            f"{count} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+            f"no GPU (torch {torch.__version__} sees no CUDA device): running the CPU subset; GPU-only "
+            f"checks are skipped"
         )
-    return (
-        f"no GPU (torch {torch.__version__} sees no CUDA device): running the CPU subset; GPU-only checks "
-        f"are skipped"
-    )
+    count = torch.cuda.device_count()
+    try:
+        name = torch.cuda.get_device_name(0)
+    except RuntimeError as err:  # a broken device: the groups will say more; the table must still come
+        name = f"(name unreadable: {(str(err).strip().splitlines() or [type(err).__name__])[0][:80]})"
+    return f"{count} x {name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
 
 
 def run_group(name: str, group: Group, out: Path, limit_s: float, *, forked: bool = False) -> list[Row]:
     """Run one group in a process of its own session (so a timeout kills its children too): a fresh
     interpreter, or with ``forked`` a fork of a server that has imported torch once (no GPU only: a
-    process forked after CUDA's initialisation cannot use CUDA)."""
+    process forked after CUDA's initialisation cannot use CUDA). The rows it finished, then a failed row
+    if it timed out or died."""
     if limit_s <= 0:
         return [Row(f"[{name}]", "not run: the time budget is spent", "-", FAIL)]
     result, log = out / "logs" / f"{name}.json", out / "logs" / f"{name}.log"
     result.unlink(missing_ok=True)
     code = (run_forked if forked else run_fresh)(group.target, result, log, limit_s)
+    rows = finished_rows(result)
+    result.unlink(missing_ok=True)  # the rows go into doctor.json
     if code is None:
-        return [Row(f"[{name}]", f"{group.what}: timed out", f"limit {limit_s:.0f} s", FAIL)]
-    if code == 0 and result.exists():
-        rows = [Row(**row) for row in io.read_json(result)]
-        result.unlink()  # the rows go into doctor.json
+        return [*rows, Row(f"[{name}]", f"{group.what}: timed out", f"limit {limit_s:.0f} s", FAIL)]
+    if code == 0 and rows:  # every group reports at least one row
         return rows
-    return [Row(f"[{name}]", f"{group.what}: crashed (exit {code})", last_line(log), FAIL)]
+    return [*rows, Row(f"[{name}]", f"{group.what}: crashed (exit {code})", last_line(log), FAIL)]
+
+
+def finished_rows(result: Path) -> list[Row]:
+    """The rows a group wrote before it ended (none if it wrote none, or nothing readable)."""
+    try:
+        return [Row(**row) for row in io.read_json(result)]
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def run_fresh(target: str, result: Path, log: Path, limit_s: float) -> int | None:

@@ -10,6 +10,7 @@ reserved memory since the monitor started (its baseline already holds the contex
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -20,10 +21,12 @@ BAND_MIB, BAND_SHARE = 256.0, 0.10
 ALLOCATION_MIB = 1024
 
 
-def check_memory(m: Machine) -> list[Row]:
+def check_memory(m: Machine) -> Iterator[Row]:
     if m.kind != "cuda":
-        return [Row("5 NVML memory vs torch peaks", "no GPU (CPU runs report peak RSS)", "-", SKIP)]
-    return [check_device(torch.device("cuda", index)) for index in range(m.gpus)]
+        yield Row("5 NVML memory vs torch peaks", "no GPU (CPU runs report peak RSS)", "-", SKIP)
+        return
+    for index in range(m.gpus):
+        yield check_device(torch.device("cuda", index))
 
 
 def check_device(device: torch.device) -> Row:

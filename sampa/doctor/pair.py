@@ -14,6 +14,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -67,14 +68,13 @@ def layout(m: Machine) -> tuple[str, list[torch.device]]:
     return "gloo", [torch.device("cpu")] * 2
 
 
-def check_pair(m: Machine) -> list[Row]:
+def check_pair(m: Machine) -> Iterator[Row]:
     backend, devices = layout(m)
     where = f"{backend}, {' + '.join(map(str, devices))}"
     with tempfile.TemporaryDirectory() as tmp:
         ended_s = run_ranks(m, Path(tmp))
         saved = [io.load_torch(Path(tmp) / f"rank{r}.pt") for r in (0, 1)]
     results = [{label: Trajectory(**fields) for label, fields in ranks.items()} for ranks in saved]
-    rows = []
     for label, (name, hparams) in scenarios(m).items():
         with deterministic():  # as the ranks: only the exchange may differ from one device
             reference = trajectory(name, hparams, setup_for(m), devices[0])
@@ -82,35 +82,28 @@ def check_pair(m: Machine) -> list[Row]:
         same = all(
             torch.equal(a, b) for a, b in zip(results[0][label].params, results[1][label].params, strict=True)
         )
-        rows.append(
-            Row(
-                f"4 pair {label} vs one device",
-                f"{where}; tol {EQUAL_TOL:g}",
-                f"rel. distance {dist_:.2e}",
-                verdict(dist_ <= EQUAL_TOL),
-            )
+        yield Row(
+            f"4 pair {label} vs one device",
+            f"{where}; tol {EQUAL_TOL:g}",
+            f"rel. distance {dist_:.2e}",
+            verdict(dist_ <= EQUAL_TOL),
         )
-        rows.append(
-            Row(
-                f"4 pair {label} replicas",
-                "parameters of rank 0 and rank 1",
-                f"bit-identical: {same}",
-                verdict(same),
-            )
+        yield Row(
+            f"4 pair {label} replicas",
+            "parameters of rank 0 and rank 1",
+            f"bit-identical: {same}",
+            verdict(same),
         )
     limit = TIMEOUT_S + KILL_GRACE_S
     figure = (
         f"rank 0 ended {ended_s:.1f} s after rank 1 died" if ended_s is not None else "rank 0 still running"
     )
-    rows.append(
-        Row(
-            "4 pair killed rank",
-            f"{where}; timeout {TIMEOUT_S:g} s, limit {limit:g} s",
-            figure,
-            verdict(ended_s is not None and ended_s <= limit),
-        )
+    yield Row(
+        "4 pair killed rank",
+        f"{where}; timeout {TIMEOUT_S:g} s, limit {limit:g} s",
+        figure,
+        verdict(ended_s is not None and ended_s <= limit),
     )
-    return rows
 
 
 def run_ranks(m: Machine, out: Path) -> float | None:

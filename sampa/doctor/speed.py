@@ -13,6 +13,7 @@ import runpy
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +40,22 @@ CPU_RUN = [
 ]
 
 
-def check_speed(m: Machine) -> list[Row]:
+def check_speed(m: Machine) -> Iterator[Row]:
     script = ROOT / "benchmarks" / "step_time.py"
     if not script.exists():
-        return [Row("6 step times", f"{script} not found (not a checkout)", "-", SKIP)]
+        yield Row("6 step times", f"{script} not found (not a checkout)", "-", SKIP)
+        return
     if m.kind != "cuda":
         args = [*CPU_RUN, "--methods", "sgd,sampa", "--fused", "sampa", "--device", "cpu"]
         rows = bench(script, args, fresh=False)
         fused = by_method(rows)["sampa (fused)"]["ratio_to_sgd"]
-        return [
-            Row(
-                "6 step_time.py (CPU wiring)",
-                "ResNet-20 batch 4, 1 step; no targets on a CPU",
-                f"fused SAMPa / SGD {fused:.2f}",
-                INFO,
-            )
-        ]
-    out = []
+        yield Row(
+            "6 step_time.py (CPU wiring)",
+            "ResNet-20 batch 4, 1 step; no targets on a CPU",
+            f"fused SAMPa / SGD {fused:.2f}",
+            INFO,
+        )
+        return
     for label, flags in (("off", []), ("on", FAST)):
         rows = by_method(
             bench(
@@ -63,10 +63,9 @@ def check_speed(m: Machine) -> list[Row]:
                 [*GPU_RUN, "--methods", "sgd,sam,sampa", "--fused", "sampa", "--device", "cuda", *flags],
             )
         )
-        out += speed_rows(m, label, rows)
+        yield from speed_rows(m, label, rows)
     if m.gpus >= 2:
-        out.append(pair_speed(m))
-    return out
+        yield pair_speed(m)
 
 
 def speed_rows(m: Machine, label: str, rows: dict[str, dict[str, Any]]) -> list[Row]:
