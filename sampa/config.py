@@ -351,9 +351,12 @@ def _check_relations(cfg: RunConfig) -> None:
     if cfg.device.startswith("cuda") and cfg.devices == 1:  # two devices: the launcher counts them
         import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {cfg.device!r}: CUDA is not available here; use --device cpu or auto")
+        # device_count asks NVML: it leaves CUDA uninitialised, so the `--gpus` claim that follows
+        # validation still chooses the GPU (torch.cuda.is_available initialises CUDA, which then ignores
+        # a later CUDA_VISIBLE_DEVICES)
         index, count = int(cfg.device.partition(":")[2] or 0), torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"device {cfg.device!r}: CUDA is not available here; use --device cpu or auto")
         if index >= count:
             raise ConfigError(
                 f"device {cfg.device!r}: this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"

@@ -113,7 +113,7 @@ def test_empty_out_is_refused_before_anything_is_written(tmp_path, capsys, monke
 def test_cuda_without_cuda(tmp_path, capsys, monkeypatch):
     import torch
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     err = one_line_error([*TRAIN, "--out", str(tmp_path / "r"), "--device", "cuda"], capsys, "train")
     assert "device 'cuda': CUDA is not available here; use --device cpu or auto" in err
 
@@ -121,12 +121,33 @@ def test_cuda_without_cuda(tmp_path, capsys, monkeypatch):
 def test_cuda_index_beyond_the_gpus(tmp_path, capsys, monkeypatch):
     import torch
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     out = tmp_path / "r"
     err = one_line_error([*TRAIN, "--out", str(out), "--device", "cuda:2"], capsys, "train")
     assert "device 'cuda:2': this machine has 2 GPU(s) (cuda:0 to cuda:1)" in err
     assert not out.exists()
+
+
+def test_gpus_are_claimed_before_anything_initialises_cuda(tmp_path, monkeypatch):
+    """``--device cuda --gpus 1``: CUDA reads CUDA_VISIBLE_DEVICES once, when it is initialised
+    (torch.cuda.is_available does that), so nothing may initialise it before the claim sets it."""
+    import torch
+
+    from sampa import gpus
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # NVML's count: CUDA stays uninitialised
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: events.append("CUDA initialised") or True)
+    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", lambda: events.append("CUDA initialised") or 2)
+
+    def claim(count, **_):
+        events.append(f"claimed {count}")
+        raise gpus.GpuError("stop here: the run itself is not the point")
+
+    monkeypatch.setattr(gpus, "claim", claim)
+    out = tmp_path / "r"
+    assert main([*TRAIN, "--out", str(out), "--device", "cuda", "--gpus", "1"]) == 2
+    assert events == ["claimed 1"]
 
 
 def test_config_file_that_is_not_utf8(tmp_path, capsys):
