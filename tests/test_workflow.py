@@ -572,3 +572,31 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert "Nothing to be done" in snakemake("-n", "--configfile", str(smoke), cwd=tmp_path).stdout
     snakemake("--report", str(tmp_path / "report.html"), "--configfile", str(smoke), cwd=tmp_path)
     assert (tmp_path / "report.html").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_doctors_workflow_check_runs_the_rules_commands_without_snakemake(tmp_path, monkeypatch):
+    """Check 7 of ``sampa doctor`` on a machine without snakemake and jsonschema (the lent H200 image):
+    the gpu-smoke jobs through the rules' own commands (train, aggregate, table); here a CPU miniature."""
+    from sampa.doctor.suite import run_commands
+
+    blocked = tmp_path / "blocked"
+    for name in ("snakemake", "jsonschema"):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed here')\n")
+        monkeypatch.setitem(sys.modules, name, None)  # and in this process (the doctor's group)
+    monkeypatch.setenv("PYTHONPATH", f"{blocked}{os.pathsep}{REPO}")  # the commands' processes
+    config = yaml.safe_load((REPO / "configs" / "gpu-smoke.yaml").read_text())
+    config["use_gpus"] = False
+    config["run"] |= {"model": "tinycnn", "batch_size": 64}
+    config["run"] |= {"synthetic_train_size": 256, "synthetic_test_size": 64}
+    config["arms"]["sampa-0.2-fast"]["run"] = {"backend": "fused", "amp": "bf16", "channels_last": True}
+    config["experiments"]["gpu-smoke"]["arms"] = ["sgd", "sampa-0.2-fast"]
+    path = tmp_path / "work" / "gpu-smoke.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(config))
+    assert run_commands(path, path.parent) == ""
+    table = (path.parent / "results" / "gpu-smoke" / "tables" / "gpu-smoke.md").read_text()
+    assert "| SGD " in table and "| SAMPa-0.2 (fused, bf16) " in table
+    runs = pd.read_csv(path.parent / "results" / "gpu-smoke" / "runs.csv")
+    assert sorted(runs["status"]) == ["complete", "complete"]
