@@ -236,3 +236,15 @@ def test_doctor_json_is_written_after_every_group(tmp_path, monkeypatch):
     assert cli_main(["doctor", "--out", str(tmp_path), "--only", "float64,fused,pair"]) == 0
     report = json.loads((tmp_path / "doctor.json").read_text())
     assert [r["check"] for r in report["rows"]] == ["float64", "fused", "pair"] and report["finished"]
+
+
+@pytest.mark.slow  # two fresh interpreters: ~30 s on two loaded cores
+def test_the_gpu_way_of_starting_the_ranks_works_on_the_cpu(tmp_path):
+    """Check 4 starts its ranks as fresh interpreters at a TCP store where they use CUDA (a forked process
+    cannot); the CPU subset forks them. The GPU way, here with CPU ranks: both report, then rank 1 dies
+    and rank 0 ends within the limit."""
+    from sampa.doctor.pair import KILL_GRACE_S, TIMEOUT_S, run_ranks
+
+    ended_s = run_ranks(Machine("cpu", 0, "test"), tmp_path, fresh=True)
+    assert ended_s is not None and ended_s <= TIMEOUT_S + KILL_GRACE_S
+    assert {p.name for p in tmp_path.iterdir()} >= {"rank0.pt", "rank1.pt"}

@@ -7,8 +7,8 @@ Every check compares against a reference computed in the same run; the tolerance
 checks (``sampa.doctor.numerics``, ``.pair``, ``.memory``, ``.speed``). The verdict table (check | result |
 figure | status) is printed and written to ``DIR/doctor.json`` (rewritten after every group); each group's
 output goes to ``DIR/logs/<group>.log``. A group that times out or dies keeps the rows it finished, followed
-by one failed row saying how it ended. Exit status 1 if any check fails. Without a GPU the command says so in one line
-and runs the CPU-meaningful subset (the GPU-only checks are listed as skipped, with the reason).
+by one failed row saying how it ended. Exit status 1 if any check fails. Without a GPU the command says so
+in one line and runs the CPU-meaningful subset (the GPU-only checks are listed as skipped, with the reason).
 """
 
 from __future__ import annotations

@@ -106,10 +106,13 @@ def check_pair(m: Machine) -> Iterator[Row]:
     )
 
 
-def run_ranks(m: Machine, out: Path) -> float | None:
+def run_ranks(m: Machine, out: Path, fresh: bool | None = None) -> float | None:
     """Start both ranks; wait for their results, then for rank 0 to end after rank 1 kills itself. Returns
-    the seconds from rank 1's death to rank 0's end (None: rank 0 outlived the limit and was killed)."""
-    if layout(m)[1][0].type == "cuda":  # CUDA cannot be used in a forked process: fresh interpreters
+    the seconds from rank 1's death to rank 0's end (None: rank 0 outlived the limit and was killed).
+    ``fresh``: ranks in fresh interpreters meeting at a TCP store (default: on CUDA devices)."""
+    if fresh is None:
+        fresh = layout(m)[1][0].type == "cuda"
+    if fresh:  # CUDA cannot be used in a forked process: fresh interpreters
         server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
         store, start_method = ("tcp", str(server.port)), "spawn"
     else:  # CPU: fork (no second import of torch per rank); a file store has no server thread to fork
