@@ -29,6 +29,7 @@ from sampa.doctor.common import (
     Row,
     Setup,
     Trajectory,
+    guarded,
     loss_band,
     relative_distance,
     trajectory,
@@ -248,3 +249,17 @@ def test_the_gpu_way_of_starting_the_ranks_works_on_the_cpu(tmp_path):
     ended_s = run_ranks(Machine("cpu", 0, "test"), tmp_path, fresh=True)
     assert ended_s is not None and ended_s <= TIMEOUT_S + KILL_GRACE_S
     assert {p.name for p in tmp_path.iterdir()} >= {"rank0.pt", "rank1.pt"}
+
+
+def test_a_raising_check_is_one_failed_row_and_the_group_goes_on():
+    def broken() -> Row:
+        raise RuntimeError("CUDA error: out of memory\nmore detail")
+
+    rows = [*guarded("5 NVML memory cuda:0", broken), *guarded("5 NVML memory cuda:1", lambda: ok_row)]
+    assert rows == [
+        Row("5 NVML memory cuda:0", "raised", "RuntimeError: CUDA error: out of memory", FAIL),
+        ok_row,
+    ]
+
+
+ok_row = Row("5 NVML memory cuda:1", "NVML per-process", "fine", PASS)

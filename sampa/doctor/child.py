@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 
 from sampa import io
-from sampa.doctor.common import FAIL, Row, machine
+from sampa.doctor.common import FAIL, Row, error_line, machine
 
 
 def rows_of(target: str) -> Iterable[Row]:
@@ -25,8 +25,7 @@ def rows_of(target: str) -> Iterable[Row]:
         yield from getattr(importlib.import_module(module), function)(machine())
     except Exception as err:  # the group failed from here on: one row with the error
         traceback.print_exc()
-        message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-        yield Row(f"[{function}]", "raised", message[:160], FAIL)
+        yield Row(f"[{function}]", "raised", error_line(err), FAIL)
 
 
 def main(target: str, out: str) -> None:

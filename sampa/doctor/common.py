@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,23 @@ class Row:
 
 def verdict(ok: bool) -> str:
     return PASS if ok else FAIL
+
+
+def error_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 160 characters), for a failed row's figure."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:160]
+
+
+def guarded(check: str, compute: Callable[[], Row | list[Row]]) -> list[Row]:
+    """``compute()``'s row(s), or, if it raises, one failed row ``check`` naming the error (the traceback
+    goes to the group's log): one broken check does not stop the group's others."""
+    try:
+        rows = compute()
+    except Exception as err:
+        traceback.print_exc()
+        return [Row(check, "raised", error_line(err), FAIL)]
+    return rows if isinstance(rows, list) else [rows]
 
 
 @dataclass(frozen=True)

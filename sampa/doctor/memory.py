@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from sampa.doctor.common import FAIL, SKIP, Machine, Row, Setup, trajectory, verdict
+from sampa.doctor.common import FAIL, SKIP, Machine, Row, Setup, guarded, trajectory, verdict
 from sampa.metrics.memory import MIB, MemoryMonitor
 
 BAND_MIB, BAND_SHARE = 256.0, 0.10
@@ -26,7 +26,8 @@ def check_memory(m: Machine) -> Iterator[Row]:
         yield Row("5 NVML memory vs torch peaks", "no GPU (CPU runs report peak RSS)", "-", SKIP)
         return
     for index in range(m.gpus):
-        yield check_device(torch.device("cuda", index))
+        device = torch.device("cuda", index)
+        yield from guarded(f"5 NVML memory {device}", lambda device=device: check_device(device))
 
 
 def check_device(device: torch.device) -> Row:

@@ -26,7 +26,9 @@ from sampa.doctor.common import (
     Machine,
     Row,
     Setup,
+    Trajectory,
     deterministic,
+    guarded,
     loss_band,
     relative_distance,
     trajectory,
@@ -58,28 +60,31 @@ def setup_for(m: Machine) -> Setup:
 
 def check_float64(m: Machine) -> Iterator[Row]:
     """Check 1: fp32 on the device against CPU float64 (and CPU fp32 as the round-off scale)."""
-    setup, cpu = setup_for(m), torch.device("cpu")
+    setup = setup_for(m)
     with deterministic() as notes:
-        for label, (name, hparams) in METHODS.items():
-            reference = trajectory(name, hparams, setup, cpu, torch.float64)
-            got = trajectory(name, hparams, setup, m.device)
-            dist, first = (
-                relative_distance(got, reference),
-                relative_distance(got, reference, after_first=True),
-            )
-            figure = f"step 1: {first:.1e}, step {setup.steps}: {dist:.1e}"
-            tol = FLOAT64_TOL
-            if m.kind == "cuda":
-                scale = relative_distance(trajectory(name, hparams, setup, cpu), reference)
-                tol = max(tol, FLOAT64_TOL_FACTOR * scale)
-                figure += f" (CPU fp32 {scale:.1e})"
-            result = f"{setup.model} b{setup.batch_size}; tol {FIRST_STEP_TOL:g} / {tol:.2g}"
-            ok = first <= FIRST_STEP_TOL and dist <= tol
-            yield Row(f"1 {m.kind} fp32 vs CPU float64: {label}", result, figure, verdict(ok))
+        for label in METHODS:
+            check = f"1 {m.kind} fp32 vs CPU float64: {label}"
+            yield from guarded(check, lambda label=label, check=check: float64_row(m, setup, label, check))
         if m.kind == "cuda":
-            yield repeat_is_bit_identical(m, setup)
+            yield from guarded("1 deterministic repeat", lambda: repeat_is_bit_identical(m, setup))
     if notes:
         yield Row("1 nondeterministic ops", "; ".join(notes)[:200], f"{len(notes)} op(s)", INFO)
+
+
+def float64_row(m: Machine, setup: Setup, label: str, check: str) -> Row:
+    name, hparams = METHODS[label]
+    cpu = torch.device("cpu")
+    reference = trajectory(name, hparams, setup, cpu, torch.float64)
+    got = trajectory(name, hparams, setup, m.device)
+    dist, first = relative_distance(got, reference), relative_distance(got, reference, after_first=True)
+    figure = f"step 1: {first:.1e}, step {setup.steps}: {dist:.1e}"
+    tol = FLOAT64_TOL
+    if m.kind == "cuda":
+        scale = relative_distance(trajectory(name, hparams, setup, cpu), reference)
+        tol = max(tol, FLOAT64_TOL_FACTOR * scale)
+        figure += f" (CPU fp32 {scale:.1e})"
+    result = f"{setup.model} b{setup.batch_size}; tol {FIRST_STEP_TOL:g} / {tol:.2g}"
+    return Row(check, result, figure, verdict(first <= FIRST_STEP_TOL and dist <= tol))
 
 
 def repeat_is_bit_identical(m: Machine, setup: Setup) -> Row:
@@ -99,24 +104,34 @@ def check_fused_and_bf16(m: Machine) -> Iterator[Row]:
     setup = setup_for(m)
     name, hparams = METHODS["SAMPa-0.2"]
     sequential = trajectory(name, hparams, setup, m.device)
-    fused = trajectory(name, hparams, setup, m.device, fused=True)
-    dist = relative_distance(fused, sequential)
-    yield Row(
-        "2 fused SAMPa vs sequential",
-        f"fp32, {setup.steps} steps; tol {FUSED_TOL:g}",
-        f"rel. distance {dist:.2e}",
-        verdict(dist <= FUSED_TOL),
-    )
-    fast = FastPath(amp="bf16", channels_last=True)
-    for label, is_fused in (("sequential", False), ("fused", True)):
-        low = trajectory(name, hparams, setup, m.device, fused=is_fused, fast=fast)
-        band = loss_band(low, sequential)
-        yield Row(
-            f"2 bf16+channels_last {label} SAMPa",
-            f"loss curve vs fp32; band {BF16_LOSS_BAND:g}",
-            f"max rel. loss diff {band:.2e}",
-            verdict(band <= BF16_LOSS_BAND),
+
+    def fused_row() -> Row:
+        dist = relative_distance(trajectory(name, hparams, setup, m.device, fused=True), sequential)
+        return Row(
+            "2 fused SAMPa vs sequential",
+            f"fp32, {setup.steps} steps; tol {FUSED_TOL:g}",
+            f"rel. distance {dist:.2e}",
+            verdict(dist <= FUSED_TOL),
         )
+
+    yield from guarded("2 fused SAMPa vs sequential", fused_row)
+    for label, is_fused in (("sequential", False), ("fused", True)):
+        check = f"2 bf16+channels_last {label} SAMPa"
+        yield from guarded(
+            check, lambda check=check, is_fused=is_fused: bf16_row(m, setup, sequential, check, is_fused)
+        )
+
+
+def bf16_row(m: Machine, setup: Setup, fp32: Trajectory, check: str, fused: bool) -> Row:
+    name, hparams = METHODS["SAMPa-0.2"]
+    fast = FastPath(amp="bf16", channels_last=True)
+    band = loss_band(trajectory(name, hparams, setup, m.device, fused=fused, fast=fast), fp32)
+    return Row(
+        check,
+        f"loss curve vs fp32; band {BF16_LOSS_BAND:g}",
+        f"max rel. loss diff {band:.2e}",
+        verdict(band <= BF16_LOSS_BAND),
+    )
 
 
 def check_compile(m: Machine) -> Iterator[Row]:

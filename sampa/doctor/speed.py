@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sampa.doctor.common import INFO, ROOT, SKIP, Machine, Row, verdict
+from sampa.doctor.common import INFO, ROOT, SKIP, Machine, Row, guarded, verdict
 
 FUSED_OVER_SGD_MAX = 1.15  # fused SAMPa / SGD, fast path on
 SAM_OVER_SAMPA_MIN = 1.9  # SAM on 1 GPU / SAMPa-0.2 on 2 GPUs
@@ -57,15 +57,13 @@ def check_speed(m: Machine) -> Iterator[Row]:
         )
         return
     for label, flags in (("off", []), ("on", FAST)):
-        rows = by_method(
-            bench(
-                script,
-                [*GPU_RUN, "--methods", "sgd,sam,sampa", "--fused", "sampa", "--device", "cuda", *flags],
-            )
+        args = [*GPU_RUN, "--methods", "sgd,sam,sampa", "--fused", "sampa", "--device", "cuda", *flags]
+        yield from guarded(
+            f"6 step_time.py (fast {label})",
+            lambda label=label, args=args: speed_rows(m, label, by_method(bench(script, args))),
         )
-        yield from speed_rows(m, label, rows)
     if m.gpus >= 2:
-        yield pair_speed(m)
+        yield from guarded("6 SAM / SAMPa-0.2 on 2 GPUs", lambda: pair_speed(m))
 
 
 def speed_rows(m: Machine, label: str, rows: dict[str, dict[str, Any]]) -> list[Row]:
