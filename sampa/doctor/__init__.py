@@ -47,14 +47,14 @@ class Group:
 #: on 16 cores, a cold inductor compile of the tiny CNN's two step graphs); they add up to the default
 #: budget, so each group gets its whole limit whatever the groups before it took.
 GROUPS = {
-    "float64": Group("sampa.doctor.numerics:check_float64", 60, "1: fp32 vs float64, determinism"),
+    "float64": Group("sampa.doctor.numerics:check_float64", 70, "1: fp32 vs float64, determinism"),
     "fused": Group("sampa.doctor.numerics:check_fused_and_bf16", 35, "2: fused SAMPa, bf16+channels_last"),
     "pair": Group("sampa.doctor.pair:check_pair", 70, "4: two ranks (NCCL or gloo), killed rank"),
     "memory": Group("sampa.doctor.memory:check_memory", 25, "5: NVML vs torch peaks", "no GPU memory"),
     "cuda-tests": Group(
         "sampa.doctor.suite:check_cuda_tests", 40, "3: CUDA-only tests (host sync)", "they skip without CUDA"
     ),
-    "speed": Group("sampa.doctor.speed:check_speed", 110, "6: step times, ratios, SGD epoch"),
+    "speed": Group("sampa.doctor.speed:check_speed", 100, "6: step times, ratios, SGD epoch"),
     "workflow": Group(
         "sampa.doctor.suite:check_workflow", 85, "7: gpu-smoke workflow", "CPU: slow test test_workflow.py"
     ),
