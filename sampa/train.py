@@ -46,7 +46,8 @@ __all__ = ["DamagedFileError", "EngineState", "RunError", "evaluate", "evaluate_
 
 #: config keys that do not change results; a restart may change them
 NON_RESULT_KEYS = frozenset(MACHINE_KEYS)
-#: what a checkpoint holds
+#: what a checkpoint must hold (and ``cuda_rng``: the CUDA generator's state, None on a CPU; checkpoints
+#: written before it was saved lack it)
 CHECKPOINT_KEYS = ("model", "method", "torch_rng", "engine")
 
 
@@ -256,6 +257,7 @@ class _Run:
             self.model.load_state_dict(ckpt["model"])
             self.method.load_state_dict(ckpt["method"])
             torch.set_rng_state(ckpt["torch_rng"].cpu())
+            restore_device_rng_state(self.device, ckpt.get("cuda_rng"))  # absent before it was saved
             state = EngineState.from_dict(ckpt["engine"], self.backend.rank)
         except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
             raise self.run_dir.damaged(self.run_dir.checkpoint, str(err).splitlines()[0][:100]) from None
@@ -353,6 +355,7 @@ class _Run:
                 "model": self.model.state_dict(),
                 "method": self.method.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": device_rng_state(self.device),
                 "engine": dataclasses.replace(
                     state,
                     memory=memory_per_process[0] if len(memory_per_process) == 1 else memory_per_process,
@@ -424,6 +427,18 @@ def make_base_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimiz
         nesterov=cfg.nesterov,
         **kernels,
     )
+
+
+def device_rng_state(device: torch.device) -> Tensor | None:
+    """The state of ``device``'s CUDA generator, which a model's dropout draws from on a GPU (None on a
+    CPU: the CPU generator's state is ``torch_rng``)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def restore_device_rng_state(device: torch.device, state: Tensor | None) -> None:
+    """Put back :func:`device_rng_state` on a resumed run (nothing without a saved state or a GPU)."""
+    if device.type == "cuda" and state is not None:
+        torch.cuda.set_rng_state(state.cpu(), device)
 
 
 def evaluate_sharded(

@@ -99,6 +99,35 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, optimizer):
         assert (a["train_loss"], a["val_acc"]) == (b["train_loss"], b["val_acc"])
 
 
+def test_a_gpu_checkpoint_carries_the_cuda_generator_that_dropout_draws_from(monkeypatch):
+    """On a GPU a model's dropout (BERT) draws from the device's CUDA generator: a resumed run must put
+    its state back, or it replays the first epochs' masks. (No GPU here: the CUDA calls are recorded.)"""
+    from sampa.train import device_rng_state, restore_device_rng_state
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or "state")
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", state, device))
+    )
+    gpu, cpu = torch.device("cuda", 1), torch.device("cpu")
+    assert device_rng_state(gpu) == "state" and device_rng_state(cpu) is None
+    restore_device_rng_state(gpu, torch.tensor([7], dtype=torch.uint8))
+    restore_device_rng_state(gpu, None)  # a checkpoint from a CPU, or from before it was saved
+    restore_device_rng_state(cpu, torch.tensor([7], dtype=torch.uint8))
+    assert calls[0] == ("get", gpu) and len(calls) == 2
+    assert calls[1][0] == "set" and calls[1][2] == gpu and calls[1][1].device.type == "cpu"
+
+
+def test_a_checkpoint_from_before_the_cuda_generator_was_saved_still_resumes(tmp_path):
+    cfg = tiny_run(epochs=2)
+    full = train(cfg, tmp_path / "full", log_progress=False)
+    assert train(cfg, tmp_path / "old", stop_after=1, log_progress=False) is None
+    checkpoint = io.load_torch(tmp_path / "old" / "checkpoint.pt")
+    assert checkpoint.pop("cuda_rng") is None  # a CPU run
+    io.save_torch(tmp_path / "old" / "checkpoint.pt", checkpoint)
+    assert results(train(cfg, tmp_path / "old", log_progress=False)) == results(full)
+
+
 def test_killed_process_resumes_with_the_same_command(tmp_path):
     out = tmp_path / "run"
     cmd = [
