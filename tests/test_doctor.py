@@ -13,11 +13,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from sampa import doctor
+from sampa import doctor, io
 from sampa.backends.fastpath import FastPath
 from sampa.cli import main as cli_main
 from sampa.doctor import DEFAULT_BUDGET_S, GROUPS, Group, format_table, run_group, selected_groups
@@ -263,3 +264,25 @@ def test_a_raising_check_is_one_failed_row_and_the_group_goes_on():
 
 
 ok_row = Row("5 NVML memory cuda:1", "NVML per-process", "fine", PASS)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU subset's way of running a group is patched")
+def test_an_interrupted_doctor_still_prints_and_writes_the_table(tmp_path, monkeypatch, capsys):
+    """``timeout -s INT ... sampa doctor``: the group running is stopped, its finished rows are kept, and
+    the table of everything that ran is printed and written; exit status 130."""
+    started = []
+
+    def interrupted_group(target, result, log, limit_s):
+        started.append(target)
+        io.write_json(result, [asdict(Row("2 fused SAMPa vs sequential", "fp32", "1e-3", PASS))])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(doctor, "run_forked", interrupted_group)
+    assert cli_main(["doctor", "--out", str(tmp_path), "--only", "fused,pair"]) == 130
+    report = json.loads((tmp_path / "doctor.json").read_text())
+    assert [(r["check"], r["status"]) for r in report["rows"]] == [
+        ("2 fused SAMPa vs sequential", PASS),
+        ("[fused]", FAIL),
+    ]
+    assert "interrupted" in report["rows"][1]["result"] and report["finished"] is False
+    assert len(started) == 1 and "[fused]" in capsys.readouterr().out

@@ -29,6 +29,7 @@ from sampa.config import ConfigError
 from sampa.doctor.common import FAIL, ROOT, SKIP, Row
 
 DEFAULT_BUDGET_S = 480.0  # 8 minutes on one H100/H200
+INTERRUPTED = 130  # exit status after SIGINT (128 + 2), as a shell reports it
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,36 @@ def run(args: argparse.Namespace) -> int:
             continue
         started = time.monotonic()
         limit = max(0.0, min(GROUPS[name].limit_s, deadline - started))
-        rows += run_group(name, GROUPS[name], out, limit, forked=not gpu)
+        try:
+            rows += run_group(name, GROUPS[name], out, limit, forked=not gpu)
+        except Interrupted as stop:  # SIGINT (e.g. `timeout -s INT`): the table of what ran, then stop
+            rows += stop.rows
+            durations[name] = round(time.monotonic() - started, 1)
+            finish(out, where, rows, durations, args.budget_s, finished=False)
+            return INTERRUPTED
         durations[name] = round(time.monotonic() - started, 1)
         write_report(out, where, rows, durations, args.budget_s, finished=False)
+    return finish(out, where, rows, durations, args.budget_s, finished=True)
+
+
+def finish(
+    out: Path, where: str, rows: list[Row], durations: dict[str, float], budget_s: float, *, finished: bool
+) -> int:
+    """Print the table and the summary line, write ``doctor.json``; 1 if a check failed, else 0."""
     print(format_table(rows))
-    write_report(out, where, rows, durations, args.budget_s, finished=True)
+    write_report(out, where, rows, durations, budget_s, finished=finished)
     failed = sum(r.status == FAIL for r in rows)
     total = sum(durations.values())
     print(f"doctor: {len(rows)} checks, {failed} failed, {total:.0f} s; table in {out / 'doctor.json'}")
     return 1 if failed else 0
+
+
+class Interrupted(Exception):
+    """The doctor was interrupted during a group: that group's finished rows and a row saying so."""
+
+    def __init__(self, rows: list[Row]) -> None:
+        super().__init__("interrupted")
+        self.rows = rows
 
 
 def write_report(
@@ -180,7 +202,13 @@ def run_group(name: str, group: Group, out: Path, limit_s: float, *, forked: boo
         return [Row(f"[{name}]", "not run: the time budget is spent", "-", FAIL)]
     result, log = out / "logs" / f"{name}.json", out / "logs" / f"{name}.log"
     result.unlink(missing_ok=True)
-    code = (run_forked if forked else run_fresh)(group.target, result, log, limit_s)
+    try:
+        code = (run_forked if forked else run_fresh)(group.target, result, log, limit_s)
+    except KeyboardInterrupt:  # the group's processes are gone (run_fresh/run_forked kill them)
+        stopped = Row(f"[{name}]", f"{group.what}: interrupted", "the doctor was stopped (SIGINT)", FAIL)
+        rows = finished_rows(result)
+        result.unlink(missing_ok=True)
+        raise Interrupted([*rows, stopped]) from None
     rows = finished_rows(result)
     result.unlink(missing_ok=True)  # the rows go into doctor.json
     if code is None:
