@@ -56,6 +56,13 @@ def detect_gpus() -> list[str]:
         pynvml.nvmlShutdown()
 
 
+def has_nvml_bindings() -> bool:
+    """Whether pynvml (nvidia-ml-py), which lists the GPUs, is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("pynvml") is not None
+
+
 def lock_dir(path: str | os.PathLike | None = None) -> Path:
     """The lock directory: ``path``, else ``$SAMPA_GPU_LOCK_DIR``, else /tmp/sampa-gpu-locks."""
     chosen = Path(path or os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
@@ -118,7 +125,10 @@ def claim(
     else:
         gpus = machine
         if count > len(gpus):
-            raise GpuError(f"this run needs {count} GPUs but this machine has {len(gpus)}")
+            hint = (
+                "" if gpus or has_nvml_bindings() else " (pynvml is not installed: pip install nvidia-ml-py)"
+            )
+            raise GpuError(f"this run needs {count} GPUs but this machine has {len(gpus)}{hint}")
     directory = lock_dir(directory)
     waiting = False
     while (taken := try_lock(gpus, count, directory)) is None:

@@ -105,6 +105,15 @@ def test_train_cli_reports_missing_gpus_in_one_line(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "run").exists()
 
 
+def test_without_pynvml_the_missing_gpus_error_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpus, "has_nvml_bindings", lambda: False)
+    with pytest.raises(gpus.GpuError) as err:
+        gpus.claim(1, gpus=[], directory=tmp_path, env={})
+    assert str(err.value) == (
+        "this run needs 1 GPUs but this machine has 0 (pynvml is not installed: pip install nvidia-ml-py)"
+    )
+
+
 def test_train_cli_refuses_fewer_gpus_than_devices(tmp_path, capsys):
     from sampa.cli import main
 

@@ -9,6 +9,7 @@ reserved memory since the monitor started (its baseline already holds the contex
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Iterator
 
@@ -57,7 +58,8 @@ def check_device(device: torch.device) -> Row:
         expected = after["torch_max_reserved_mib"] - reserved_before
         how = f"growth of torch reserved {expected:.0f}"
     if nvml is None:
-        return Row(f"5 NVML memory {device}", f"NVML: {method}", "no NVML reading", FAIL)
+        why = "pynvml is not installed (pip install nvidia-ml-py)" if not has_pynvml() else "no NVML reading"
+        return Row(f"5 NVML memory {device}", f"NVML: {method}", why, FAIL)
     band = max(BAND_MIB, BAND_SHARE * expected)
     return Row(
         f"5 NVML memory {device}",
@@ -65,3 +67,7 @@ def check_device(device: torch.device) -> Row:
         f"NVML peak {nvml:.0f} MiB vs {how} = {expected:.0f} MiB",
         verdict(abs(nvml - expected) <= band),
     )
+
+
+def has_pynvml() -> bool:
+    return importlib.util.find_spec("pynvml") is not None
