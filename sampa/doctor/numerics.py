@@ -149,8 +149,8 @@ def check_compile(m: Machine) -> Iterator[Row]:
     dist = relative_distance(compiled, eager)
     yield Row(
         f"3 compile {path.compile} vs eager: SAMPa-0.2",
-        f"inductor, {COMPILE_SETUP.model} b{COMPILE_SETUP.batch_size}, {COMPILE_SETUP.steps} steps; "
-        f"tol {COMPILE_TOL:g}",
+        f"{path.compile_backend}, {COMPILE_SETUP.model} b{COMPILE_SETUP.batch_size}, "
+        f"{COMPILE_SETUP.steps} steps; tol {COMPILE_TOL:g}",
         f"rel. distance {dist:.2e}",
         verdict(dist <= COMPILE_TOL),
     )
