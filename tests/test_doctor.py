@@ -286,3 +286,43 @@ def test_an_interrupted_doctor_still_prints_and_writes_the_table(tmp_path, monke
     ]
     assert "interrupted" in report["rows"][1]["result"] and report["finished"] is False
     assert len(started) == 1 and "[fused]" in capsys.readouterr().out
+
+
+@pytest.fixture
+def cuda_on_the_cpu(monkeypatch):
+    """A "cuda" machine whose device is the CPU, with tiny setups: runs the checks' CUDA-only branches
+    (wiring only, not the device)."""
+    from sampa.doctor import numerics
+
+    monkeypatch.setattr(Machine, "device", property(lambda self: torch.device("cpu")))
+    monkeypatch.setattr(numerics, "setup_for", lambda m: Setup(model="tinycnn", batch_size=4, steps=2))
+    monkeypatch.setattr(numerics, "COMPILE_SETUP", Setup(model="tinycnn", batch_size=4, steps=2))
+    monkeypatch.setattr(
+        numerics, "compiled_path", lambda: FastPath(compile="step", compile_backend="aot_eager")
+    )
+    return Machine("cuda", 1, "NVIDIA H200 (the CPU here)")
+
+
+def test_the_cuda_branches_of_checks_1_and_2_run(cuda_on_the_cpu):
+    from sampa.doctor.numerics import check_float64, check_fused_and_bf16
+
+    rows = [*check_float64(cuda_on_the_cpu), *check_fused_and_bf16(cuda_on_the_cpu)]
+    assert [(r.check, r.status) for r in rows if r.status != "info"] == [
+        ("1 cuda fp32 vs CPU float64: SGD", PASS),
+        ("1 cuda fp32 vs CPU float64: SAM", PASS),
+        ("1 cuda fp32 vs CPU float64: SAMPa-0.2", PASS),
+        ("1 deterministic repeat", PASS),
+        ("2 fused SAMPa vs sequential", PASS),
+        ("2 bf16+channels_last sequential SAMPa", PASS),
+        ("2 bf16+channels_last fused SAMPa", PASS),
+    ]
+    assert "CPU fp32" in rows[0].figure  # the CUDA-only round-off scale
+
+
+@pytest.mark.slow  # dynamo's import and trace: ~20 s on two loaded cores
+def test_the_cuda_only_compile_check_runs(cuda_on_the_cpu):
+    from sampa.doctor.numerics import check_compile
+
+    [row] = check_compile(cuda_on_the_cpu)
+    assert (row.check, row.status) == ("3 compile step vs eager: SAMPa-0.2", PASS)
+    assert row.result.startswith("aot_eager, tinycnn b4, 2 steps")
