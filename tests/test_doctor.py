@@ -326,3 +326,24 @@ def test_the_cuda_only_compile_check_runs(cuda_on_the_cpu):
     [row] = check_compile(cuda_on_the_cpu)
     assert (row.check, row.status) == ("3 compile step vs eager: SAMPa-0.2", PASS)
     assert row.result.startswith("aot_eager, tinycnn b4, 2 steps")
+
+
+@pytest.mark.parametrize(
+    ("code", "summary", "status"),
+    [
+        (0, "9 passed, 412 deselected in 8.31s", PASS),
+        (0, "1 passed, 8 skipped, 412 deselected in 2.02s", FAIL),  # a CUDA test that skipped proves nothing
+        (1, "1 failed, 8 passed, 412 deselected in 9.10s", FAIL),
+        (5, "412 deselected in 1.00s", FAIL),  # none selected
+    ],
+)
+def test_the_cuda_only_tests_pass_only_if_they_all_ran_and_passed(monkeypatch, code, summary, status):
+    from sampa.doctor import suite
+
+    def fake_pytest(cmd, **kwargs):
+        assert cmd[cmd.index("-k") + 1] == "synchronises or cuda_batches"
+        return subprocess.CompletedProcess(cmd, code, stdout=f"....\n{summary}\n", stderr="")
+
+    monkeypatch.setattr(suite.subprocess, "run", fake_pytest)
+    [row] = suite.check_cuda_tests(Machine("cuda", 1, "NVIDIA H200"))
+    assert (row.figure, row.status) == (summary, status)
