@@ -103,8 +103,8 @@ class Plan:
     the toy ImageFolder, write) before it (none for data generated in memory); ``timing``: experiments
     whose numbers are measured on the machine; ``minutes``: run path -> its time limit on a cluster
     (:func:`runtime_minutes`); ``checked``: what each "dataset model" pair of the config needs that is
-    missing here (:func:`sampa.requirements.missing`); an experiment with any such run plans none, and its
-    spec says why (``not_run``)."""
+    missing here (:func:`sampa.requirements.missing`); such runs are not planned, and their experiment's
+    spec says what they need (``needs``, or ``not_run`` when none of its runs can run here)."""
 
     name: str
     use_gpus: bool
@@ -340,8 +340,17 @@ def method_label(name: str, hparams: Mapping[str, Any]) -> str:
 
 
 def plan_experiment(spec: Mapping[str, Any]) -> list[PlannedRun]:
-    """Every run of a table or figure experiment, validated (one that cannot run here plans none)."""
-    if spec.get("not_run") or not spec.get("arms"):
+    """The runs of a table or figure experiment that can run here, validated: none when the spec says
+    ``not_run``, and none of the dataset/model pairs listed in its ``needs`` (:func:`mark_requirements`)."""
+    if spec.get("not_run"):
+        return []
+    needs = spec.get("needs", {})
+    return [run for run in expand_experiment(spec) if requirement_key(run.settings) not in needs]
+
+
+def expand_experiment(spec: Mapping[str, Any]) -> list[PlannedRun]:
+    """Every run of a table or figure experiment, validated, whether or not it can run here."""
+    if not spec.get("arms"):
         return []
     axes = [(axis, _points(axis, values, spec["id"])) for axis, values in spec["grid"].items()]
     runs = []
@@ -501,8 +510,9 @@ def _validated(
 def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
     """Check the config's structure (unless done already), resolve and expand every enabled experiment.
 
-    An experiment with a run whose data, weights or extra are missing here plans no runs; its spec
-    gets ``not_run``: what is missing ("needs ImageNet at ..."), which its table and the scorecard show.
+    Runs whose data, weights or extra are missing here are not planned (:func:`mark_requirements`): the
+    spec lists what they need (``needs``), or says ``not_run`` when no run of the experiment can run;
+    its table and the scorecard show it.
     """
     if not schema_checked:
         check_schema(config)
@@ -511,13 +521,9 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
     }
     result = Plan(name=config["name"], use_gpus=bool(config.get("use_gpus", False)), specs=specs)
     for name, spec in specs.items():
-        runs = plan_experiment(spec)
+        runs = expand_experiment(spec)
         check_layout(spec, runs)
-        reason = not_run_reason(runs, result.checked)
-        if reason:
-            spec["not_run"] = reason
-            runs = []
-        result.runs[name] = runs
+        result.runs[name] = mark_requirements(spec, runs, result.checked)
     result.timing = [name for name, spec in specs.items() if any(map(is_measured, _metrics_of(spec)))]
     result.data = _prepared(result)
     check_runtime(config.get("runtime", {}))
@@ -528,23 +534,46 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
     return result
 
 
-def _requirement_key(settings: Mapping[str, Any]) -> str:
+def requirement_key(settings: Mapping[str, Any]) -> str:
+    """A run's dataset and model ("cifar10 resnet56"): what :func:`sampa.requirements.missing` checks."""
     defaults = run_defaults()
     return " ".join(str(settings.get(k, getattr(defaults, k))) for k in ("dataset", "model"))
 
 
-def not_run_reason(runs: list[PlannedRun], checked: dict[str, list[str]] | None = None) -> str:
-    """What the runs need that is missing here, in one line ("" if nothing); each dataset/model pair is
-    checked once (``checked`` collects the answers)."""
-    from sampa.requirements import merged, missing
+def mark_requirements(
+    spec: dict[str, Any], runs: list[PlannedRun], checked: dict[str, list[str]] | None = None
+) -> list[PlannedRun]:
+    """The runs of ``runs`` whose data, weights and extras are here; ``spec`` records the others.
+
+    ``spec["needs"]`` maps each dataset/model pair that lacks something to what it needs (one line
+    each), or, when no run can run here, ``spec["not_run"]`` says it in one line. ``checked`` collects
+    the answer of every pair checked (each pair once).
+    """
+    from sampa.requirements import merged
 
     checked = {} if checked is None else checked
-    needs: list[str] = []
-    for key in dict.fromkeys(_requirement_key(run.settings) for run in runs):
+    needs = {key: lines for key in _requirement_keys(runs, checked) if (lines := checked[key])}
+    spec.pop("needs", None)
+    spec.pop("not_run", None)
+    if not needs:
+        return runs
+    runnable = [run for run in runs if requirement_key(run.settings) not in needs]
+    if runnable:
+        spec["needs"] = needs
+    else:
+        spec["not_run"] = "; ".join(merged([line for lines in needs.values() for line in lines]))
+    return runnable
+
+
+def _requirement_keys(runs: list[PlannedRun], checked: dict[str, list[str]]) -> list[str]:
+    """The dataset/model pairs of ``runs`` (in plan order), each checked into ``checked`` once."""
+    from sampa.requirements import missing
+
+    keys = list(dict.fromkeys(requirement_key(run.settings) for run in runs))
+    for key in keys:
         if key not in checked:
             checked[key] = missing(*key.split(" "))
-        needs += checked[key]
-    return "; ".join(merged(needs))
+    return keys
 
 
 def requirements_changed(checked: Mapping[str, list[str]]) -> bool:
@@ -757,12 +786,14 @@ __all__ = [
     "PlannedRun",
     "axis_label",
     "canonical",
+    "expand_experiment",
     "load_config",
+    "mark_requirements",
     "method_label",
     "normalize",
-    "not_run_reason",
     "plan",
     "plan_experiment",
+    "requirement_key",
     "resolve",
     "run_path",
     "schema_error",

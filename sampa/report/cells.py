@@ -8,6 +8,9 @@ way: cells -> compare -> tables.
 Statistics: mean and sample standard deviation (ddof=1) over the seeds whose run completed; a
 cell with fewer runs than planned says so (``n=4``), and every planned run that is not complete
 (missing, interrupted, diverged, or without a value) is listed under the table, never dropped.
+A cell whose runs were not planned because their data, weights or extra are missing here (the spec's
+``needs``) shows "— [a]", and a line under the table says what [a] needs; an Average over fewer rows
+(columns) than the table has says over how many ("(8 of 9 datasets)").
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ from typing import Any
 import pandas as pd
 
 from sampa.config import config_from_dict
-from sampa.experiments import MACHINE_KEYS, PlannedRun, axis_label, is_measured, plan_experiment, run_defaults
+from sampa.experiments import (
+    MACHINE_KEYS,
+    PlannedRun,
+    axis_label,
+    expand_experiment,
+    is_measured,
+    plan_experiment,
+    requirement_key,
+    run_defaults,
+)
 from sampa.paths import generated_data
 from sampa.report.metrics import Metric, applies, metric
 from sampa.report.runs import timing_caveats
@@ -29,6 +41,8 @@ AVERAGE = "Average"
 COST = "Temporal cost/Epochs"
 COST_METRIC = "cost"
 NOT_APPLICABLE = "not applicable"
+#: the status of a run that is not planned: its data, weights or extra are missing here (spec ``needs``)
+NEEDS = "needs"
 #: statuses a cell without any value shows in place of its number (e.g. "-- (failed)")
 QUIET_STATUSES = ("missing", "incomplete", NOT_APPLICABLE)
 #: how axes read as table headers; grid values (models, datasets) get their display names from
@@ -57,23 +71,29 @@ class TableError(ValueError):
 def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: axis labels, ``metric``, ``mean``, ``std``, ``n``, ``n_planned``, ``best``,
     ``second`` (second best), ``reference``, ``fallback`` (a value came from the metric's fallback
-    column), ``text`` (formatted), ``missing`` (the planned runs without a value) and ``datasets``."""
+    column), ``text`` (formatted), ``missing`` (the planned runs without a value), ``datasets`` and
+    ``needs`` (what the cell's runs need that is missing here, so they were not planned)."""
     layout = spec["table"]
-    planned = plan_experiment(spec)
+    planned = expand_experiment(spec)
+    needs = spec.get("needs", {})
     axes = _cell_axes(layout, planned, spec["id"])
-    obs = observations(planned, runs, layout["metrics"])
+    obs = observations(planned, runs, layout["metrics"], needs)
     cells = _aggregate(obs, axes)
     if layout.get("average_row"):
         cells = pd.concat([cells, _average_rows(obs, axes, layout["rows"])], ignore_index=True)
     if layout.get("average_column"):  # first: e.g. Table 6's GLUE average of the task scores
         over = [a for a in layout["columns"] if a != "metric"][:1]
-        averaged = observations(planned, runs, [layout["average_column"]])
+        averaged = observations(planned, runs, [layout["average_column"]], needs)
         cells = pd.concat([_average_rows(averaged, axes, over), cells], ignore_index=True)
     if layout.get("cost_row"):
-        cells = pd.concat([_cost_cells(obs, axes, layout["columns"]), cells], ignore_index=True)
+        here = obs[obs["status"] != NEEDS]
+        cells = pd.concat([_cost_cells(here, axes, layout["columns"]), cells], ignore_index=True)
+    cells["needs"] = cells["needs"].fillna("")
+    cells["partial"] = cells.get("partial", pd.Series("", index=cells.index)).fillna("")
     cells["best"] = _ranked(cells, layout, 1)
     cells["second"] = _ranked(cells, layout, 2)
-    cells["text"] = [_cell_text(row) for row in cells.itertuples(index=False)]
+    markers = need_markers(cells)
+    cells["text"] = [_cell_text(row, markers) for row in cells.itertuples(index=False)]
     columns = [
         *axes,
         "metric",
@@ -88,23 +108,34 @@ def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         "text",
         "missing",
         "datasets",
+        "needs",
+        "partial",
     ]
     cells = cells[columns]
     if any(is_measured(name) for name in layout["metrics"]):  # time/memory: say what may bias them
-        cells.attrs["caveats"] = timing_caveats(runs, [run.path for run in planned])
+        cells.attrs["caveats"] = timing_caveats(runs, [run.path for run in plan_experiment(spec)])
     return cells
 
 
-def observations(planned: Sequence[PlannedRun], runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+def observations(
+    planned: Sequence[PlannedRun],
+    runs: pd.DataFrame,
+    metrics: Sequence[str],
+    needs: Mapping[str, Sequence[str]] | None = None,
+) -> pd.DataFrame:
     """One row per planned run and metric: its axis labels, seed, status, (scaled) value, its source and
     ``trained_on`` (the dataset's registry name; the ``dataset`` axis, if any, holds its display name).
-    A metric that is not one of the run's dataset (a GLUE task's metric on another task) has no row."""
+    A metric that is not one of the run's dataset (a GLUE task's metric on another task) has no row.
+    A run whose dataset/model pair is in ``needs`` (what it lacks here) has the status :data:`NEEDS`, no
+    value and, in ``needs``, what it lacks (one line each, joined by "; ")."""
     by_run = runs.set_index("run") if len(runs) else pd.DataFrame(columns=["status"])
+    needs = needs or {}
     rows = []
     for run in planned:
-        found = run.path in by_run.index
+        lacks = needs.get(requirement_key(run.settings), [])
+        found = run.path in by_run.index and not lacks
         record = by_run.loc[run.path] if found else None
-        status = str(record["status"]) if found else "missing"
+        status = str(record["status"]) if found else (NEEDS if lacks else "missing")
         if status == "complete":
             status = stale_reason(record, run) or status
         dataset = str(run.settings.get("dataset") or run_defaults().dataset)
@@ -127,6 +158,7 @@ def observations(planned: Sequence[PlannedRun], runs: pd.DataFrame, metrics: Seq
                     "trained_on": _trained_on(run, record),
                     "epochs": record.get("config.epochs") if found else None,
                     "ideal_sequential": record.get("passes_per_step.ideal_sequential") if found else None,
+                    "needs": "; ".join(lacks),
                 }
             )
     return pd.DataFrame(rows)
@@ -207,6 +239,8 @@ def _aggregate(obs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     rows = []
     for key, group in obs.groupby(keys, sort=False, dropna=False):
         group = group[group["status"] != NOT_APPLICABLE]
+        lacking = group[group["status"] == NEEDS]
+        group = group[group["status"] != NEEDS]
         values = group["value"].dropna()
         missing = group[group["value"].isna()]
         statuses = set(missing["status"])
@@ -222,9 +256,26 @@ def _aggregate(obs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
                 "reference": bool(group["reference"].any()),
                 "fallback": bool((group["source"] == "fallback").any()),
                 "status_note": _status_note(statuses) if not len(values) else "",
+                "needs": _joined_needs(lacking["needs"]),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _joined_needs(needs: pd.Series) -> str:
+    """The distinct lines of some observations' ``needs``, in order, joined by "; "."""
+    return "; ".join(dict.fromkeys(line for text in needs for line in str(text).split("; ") if line))
+
+
+def need_markers(cells: pd.DataFrame) -> dict[str, str]:
+    """Each distinct line of the cells' ``needs`` -> its marker ("a", "b", ...), in table order."""
+    lines = dict.fromkeys(line for text in cells["needs"] for line in str(text).split("; ") if line)
+    return {line: _marker(i) for i, line in enumerate(lines)}
+
+
+def _marker(i: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return letters[i] if i < len(letters) else str(i + 1)
 
 
 def _status_note(statuses: set[str]) -> str:
@@ -240,14 +291,19 @@ def _average_rows(obs: pd.DataFrame, axes: list[str], row_axes: Sequence[str]) -
     """The paper's "Average" row: per seed, the mean over the rows; then mean ± std over seeds.
 
     Only seeds whose runs are complete in every row count (a paired average). ``row_axes`` may be a
-    column axis too: then it is an "Average" column (Table 6's GLUE average over the tasks).
+    column axis too: then it is an "Average" column (Table 6's GLUE average over the tasks). Rows whose
+    runs were not planned here (:data:`NEEDS`) are left out, and the average says so (``partial``:
+    "8 of 9 datasets"); with no row left it is empty and says what its rows need.
     """
     row_axes = [a for a in row_axes if a != "metric"]
     if not row_axes:
         return pd.DataFrame()
     column_keys = [a for a in axes if a not in row_axes] + ["metric"]
     rows = []
-    for key, group in obs.groupby(column_keys, sort=False, dropna=False):
+    for key, everything in obs.groupby(column_keys, sort=False, dropna=False):
+        group = everything[everything["status"] != NEEDS]
+        lines = len(everything[row_axes].drop_duplicates())
+        kept = len(group[row_axes].drop_duplicates())
         per_seed = group.set_index(["seed", *row_axes])["value"].unstack(row_axes)
         complete = per_seed.dropna()  # seeds with a value in every row
         averages = complete.mean(axis=1)
@@ -262,12 +318,21 @@ def _average_rows(obs: pd.DataFrame, axes: list[str], row_axes: Sequence[str]) -
                 "n_planned": group["seed"].nunique(),
                 "missing": "",
                 "datasets": "+".join(sorted({str(d) for d in group["trained_on"].dropna()})),
-                "reference": bool(group["reference"].any()),
+                "reference": bool(everything["reference"].any()),
                 "fallback": bool((group["source"] == "fallback").any()),
                 "status_note": "",
+                "needs": "" if kept else _joined_needs(everything["needs"]),
+                "partial": _partial(kept, lines, row_axes) if kept else "",
             }
         )
     return pd.DataFrame(rows)
+
+
+def _partial(kept: int, lines: int, row_axes: Sequence[str]) -> str:
+    """How many rows an Average covers when it leaves some out ("8 of 9 datasets"), else ""."""
+    if kept == lines:
+        return ""
+    return f"{kept} of {lines} {' / '.join(axis_name(a).lower() for a in row_axes)}s"
 
 
 def _cost_cells(obs: pd.DataFrame, axes: list[str], column_axes: Sequence[str]) -> pd.DataFrame:
@@ -331,20 +396,24 @@ def _ranked(cells: pd.DataFrame, layout: Mapping[str, Any], rank: int) -> list[b
     return flags.tolist()
 
 
-def _cell_text(row: Any) -> str:
+def _cell_text(row: Any, markers: Mapping[str, str]) -> str:
     if row.metric == COST_METRIC:
         return row.text
-    if row.n == 0:  # no value (the footer lists the runs) or not applicable
-        return f"— ({row.status_note})" if row.status_note else "—"
+    marks = [markers[line] for line in str(row.needs).split("; ") if line]
+    mark = f" [{','.join(marks)}]" if marks else ""
+    if row.n == 0:  # no value (the footer lists the runs or what they need) or not applicable
+        return f"— ({row.status_note}){mark}" if row.status_note else f"—{mark}"
     m = metric(row.metric)
     text = f"{row.mean:.{m.decimals}f}"
     if m.spread and row.n > 1:
         text += f" ± {row.std:.{m.decimals}f}"
     if row.n < row.n_planned:
         text += f" (n={row.n})"
+    if row.partial:
+        text += f" ({row.partial})"
     if row.fallback:
         text += " (host)"
-    return text
+    return text + mark
 
 
 def axis_name(axis: str) -> str:

@@ -60,9 +60,9 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     from sampa.experiments import (
         PlanError,
         check_schema,
+        expand_experiment,
         load_config,
-        not_run_reason,
-        plan_experiment,
+        mark_requirements,
         resolve,
     )
 
@@ -80,8 +80,8 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
             f"unknown experiment {args.experiment!r}; choose one of: {', '.join(config['experiments'])}"
         )
     spec = resolve(config, args.experiment)
-    reason = not_run_reason(plan_experiment(spec))  # as the workflow's plan says it
-    return {**spec, "not_run": reason} if reason else spec
+    mark_requirements(spec, expand_experiment(spec))  # as the workflow's plan says it
+    return spec
 
 
 def _run(command: str, handler: Any, args: argparse.Namespace) -> int:

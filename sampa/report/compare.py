@@ -35,6 +35,8 @@ from sampa.report import latex, paper
 from sampa.report.cells import AVERAGE, COST_METRIC, axis_name, metric_label, observations
 from sampa.report.metrics import metric
 
+#: the verdict of a cell whose runs were not planned: their data, weights or extra are missing here
+NOT_HERE = "not run here"
 #: compared as ratios to the table's base cell (absolute values depend on the hardware)
 RATIO_METRICS = ("time_per_epoch_s", "time_per_batch_ms", "memory_per_device_mib")
 #: (axis, label) of the ratio base per paper table; every other table: the SAM arm
@@ -150,10 +152,12 @@ def _match_cells(
 
 def _partial_averages(cells: pd.DataFrame, rows: pd.DataFrame, axes: list[str]) -> list[str]:
     """The axes whose Average (a row over models, a column over GLUE tasks) averages fewer labels than
-    the paper's (then it is not comparable)."""
+    the paper's (then it is not comparable). Cells whose runs were not planned here (``needs``: data,
+    weights or an extra missing) are not averaged, so their labels do not count."""
     partial = []
+    averaged = cells[(cells["needs"] == "") | (cells["n"] > 0)] if "needs" in cells else cells
     for axis in ("model", "dataset"):
-        if axis in axes and not set(rows[axis]) - {AVERAGE} <= set(cells[axis]) - {AVERAGE}:
+        if axis in axes and not set(rows[axis]) - {AVERAGE} <= set(averaged[axis]) - {AVERAGE}:
             partial.append(axis)
     return partial
 
@@ -202,6 +206,10 @@ def _compared(
 ) -> dict[str, Any]:
     name = cell["metric"]
     raw = {"paper_value": row["mean"], "paper_value_std": row["std"]}
+    if cell.get("needs") and not cell["n"]:  # its runs lack data, weights or an extra here
+        ratio = name in RATIO_METRICS
+        paper_mean, paper_std = (math.nan, math.nan) if ratio else (row["mean"], row["std"])
+        return raw | _verdict(name, ratio, math.nan, math.nan, 0, paper_mean, paper_std, NOT_HERE)
     if name not in RATIO_METRICS:
         return raw | _verdict(name, False, cell["mean"], cell["std"], int(cell["n"]), row["mean"], row["std"])
     base_index = _base_cell(cell, axes, base, cells)

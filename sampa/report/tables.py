@@ -26,6 +26,7 @@ from sampa.report.cells import (
     cell_table,
     datasets_of,
     metric_label,
+    need_markers,
     warning_lines,
 )
 from sampa.report.compare import Comparison, comparison_columns, comparison_latex, comparison_markdown
@@ -115,6 +116,8 @@ def rule_line(spec: Mapping[str, Any], cells: pd.DataFrame, *, grey: bool) -> st
         line += "reference runs (longer training), not ranked"
     if cells["fallback"].any():
         line += "; (host): " + "; ".join(_fallback_notes(spec))
+    if cells["partial"].astype(bool).any():
+        line += f"; {AVERAGE} (k of m): over the k that ran here, not compared with the paper's"
     return line + "."
 
 
@@ -129,6 +132,13 @@ def footer_lines(spec: Mapping[str, Any], cells: pd.DataFrame) -> list[str]:
     if missing:
         lines.append(f"Missing runs ({len(missing)}): " + "; ".join(missing))
     return lines + cells.attrs.get("caveats", [])
+
+
+def needs_lines(cells: pd.DataFrame) -> list[str]:
+    """One line per distinct thing the unplanned runs need ("[a] not run here: needs GLUE RTE at ..."),
+    then what to do; none when every run was planned."""
+    lines = [f"[{mark}] not run here: {line}." for line, mark in need_markers(cells).items()]
+    return [*lines, NOT_RUN_HINT] if lines else []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +158,7 @@ def render_markdown(
     head = [f"> **{line}**" for line in warning_lines(spec, datasets_of(cells))]
     head += [f"**{title_line(spec)}**"] + ([spec["caption"]] if spec.get("caption") else [])
     body = table.to_markdown(index=False, disable_numparse=True)
-    parts = ["\n\n".join(head), body, "\n".join(footer_lines(spec, cells))]
+    parts = ["\n\n".join(head), body, "\n".join(footer_lines(spec, cells)), *needs_lines(cells)]
     if comparison is not None:
         parts += comparison_markdown(spec, cells, comparison)
     return "\n\n".join(parts) + "\n"
@@ -193,6 +203,7 @@ def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Compa
     lines = [*warning_lines(spec, datasets_of(cells)), title_line(spec) + ".", spec.get("caption", "")]
     lines.append(rule_line(spec, cells, grey=True))
     caption = " ".join(latex.escape(line) for line in lines if line)
+    caption += "".join(f" {latex.prose(line)}" for line in needs_lines(cells))
     body = latex.fit_to_width(_tabular(table, references))
     out = latex.float_table(body, caption, f"tab:{spec['id']}")
     missing = footer_lines(spec, cells)[1:]
@@ -297,7 +308,8 @@ def render_csv(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Compari
 
 
 def render_not_run(spec: Mapping[str, Any]) -> TableText:
-    """The table of an experiment whose data, weights or extra are missing: "not run: <what>"."""
+    """The table of an experiment none of whose runs can run here (data, weights or extra missing):
+    "not run: <what>". One with some runs here is a table whose other cells say what they need."""
     word = f"not run: {spec['not_run']}"
     title = title_line(spec)
     head = [f"> **{line}**" for line in warning_lines(spec, [])]
