@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 
 import pytest
 
@@ -210,6 +212,65 @@ def test_cached_plan_is_made_again_when_missing_data_appears(tmp_path, monkeypat
     for split in ("train", "val"):
         (tmp_path / "data" / "imagenet" / split).mkdir(parents=True)
     assert len(ex.cached_plan(cfg, cache).runs["t3"]) == len(cfg["seeds"])
+
+
+def config_with_glue_table() -> dict:
+    """The test config plus a GLUE table "t6" on RTE and WNLI (needs their TSVs and BERT-base's tokenizer)."""
+    cfg = config()
+    cfg["experiments"]["t6"] = {
+        "kind": "table",
+        "title": "GLUE",
+        "run": {"model": "bert-tiny", "base_optimizer": "adamw", "lr": 2.0e-5, "batch_size": 32},
+        "arms": ["sam", "sampa"],
+        "grid": {"dataset": ["glue-rte", "glue-wnli"]},
+        "table": {"rows": ["arm"], "columns": ["dataset", "metric"], "metrics": ["glue_acc"]},
+    }
+    return cfg
+
+
+def fake_glue(root, *folders: str) -> None:
+    """Empty GLUE TSVs of the tasks in ``folders`` and BERT-base's config under the data root ``root``."""
+    for folder in folders:
+        (root / "glue" / folder).mkdir(parents=True)
+        for name in ("train.tsv", "dev.tsv"):
+            (root / "glue" / folder / name).touch()
+    (root / "weights" / "bert-base-uncased").mkdir(parents=True)
+    (root / "weights" / "bert-base-uncased" / "config.json").write_text("{}")
+
+
+def test_experiment_plans_the_runs_whose_data_is_here_and_lists_what_the_others_need(tmp_path, monkeypatch):
+    from sampa import extras
+
+    if not extras.available("nlp"):
+        pytest.skip("GLUE runs need the nlp extra")
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path))
+    fake_glue(tmp_path, "RTE")  # WNLI is not here
+    cfg = config_with_glue_table()
+    plan = ex.plan(cfg)
+    spec = plan.specs["t6"]
+    assert {r.cell["dataset"] for r in plan.runs["t6"]} == {"RTE"}
+    assert len(plan.runs["t6"]) == 2 * len(cfg["seeds"])  # SAM and SAMPa-0.2 on RTE
+    assert "not_run" not in spec
+    assert spec["needs"] == {
+        "glue-wnli bert-tiny": [f"needs GLUE WNLI at {tmp_path / 'glue'} (WNLI/ TSVs or wnli/ parquet files)"]
+    }
+    assert ex.plan_experiment(spec) == plan.runs["t6"]  # what the table and the scorecard re-plan
+    assert len(ex.expand_experiment(spec)) == 2 * 2 * len(cfg["seeds"])
+    assert json.loads(ex.spec_json(spec))["needs"] == spec["needs"]  # travels to the table command
+    assert len(plan.runs["t1"]) == 12 and "needs" not in plan.specs["t1"]
+    cache = tmp_path / "plan.json"
+    assert ex.cached_plan(cfg, cache).specs["t6"]["needs"] == spec["needs"]
+    fake_glue(tmp_path / "more", "RTE", "WNLI")
+    shutil.copytree(tmp_path / "more" / "glue" / "WNLI", tmp_path / "glue" / "WNLI")
+    assert len(ex.cached_plan(cfg, cache).runs["t6"]) == 8  # WNLI arrived: the cache is not used
+    shutil.rmtree(tmp_path / "glue" / "WNLI")
+
+    (tmp_path / "glue" / "RTE" / "dev.tsv").unlink()  # no task left: the whole table is "not run"
+    spec = ex.plan(cfg).specs["t6"]
+    assert "needs" not in spec and spec["not_run"].startswith("needs GLUE RTE, WNLI at ")
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path / "more"))
+    again = ex.plan(cfg)
+    assert len(again.runs["t6"]) == 8 and not {"needs", "not_run"} & set(again.specs["t6"])
 
 
 def test_resolved_spec_is_self_contained_json():

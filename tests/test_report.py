@@ -502,6 +502,11 @@ GLUE_RESULTS = {
 def glue_runs(tmp_path):
     pytest.importorskip("transformers", reason="GLUE runs need the nlp extra")
     spec = ex.resolve(GLUE_CONFIG, "t6")
+    return spec, write_glue_runs(tmp_path, spec)
+
+
+def write_glue_runs(tmp_path: Path, spec: dict) -> pd.DataFrame:
+    """The planned runs of a GLUE spec, finished with the scores of GLUE_RESULTS; their runs table."""
     planned = ex.plan_experiment(spec)
     for run in planned:
         scores = GLUE_RESULTS[(run.cell["arm"], run.settings["dataset"])][run.seed]
@@ -516,7 +521,7 @@ def glue_runs(tmp_path):
             "config": config,
         }
         (d / "metrics.json").write_text(json.dumps(metrics))
-    return spec, collect_runs([tmp_path / r.path for r in planned], tmp_path)
+    return collect_runs([tmp_path / r.path for r in planned], tmp_path)
 
 
 def test_glue_table_has_each_tasks_metrics_and_the_glue_average(glue_runs):
@@ -568,3 +573,63 @@ def test_glue_table_has_each_tasks_metrics_and_the_glue_average(glue_runs):
     unmatched = cmp.compare(spec, cells, frame).unmatched
     assert any("GLUE" in u for u in unmatched)  # our average of 3 tasks is not the paper's of 9
     assert r"\begin{tabular}" in text.latex
+
+
+STSB_NEEDS = "needs GLUE STS-B at /d/glue (STS-B/ TSVs or stsb/ parquet files)"
+
+
+def test_glue_table_without_one_tasks_data_shows_the_others_and_says_what_it_needs(tmp_path):
+    import statistics
+
+    pytest.importorskip("transformers", reason="GLUE runs need the nlp extra")
+    spec = ex.resolve(GLUE_CONFIG, "t6")
+    spec["needs"] = {"glue-stsb bert-tiny": [STSB_NEEDS]}  # as the plan marks it without STS-B's files
+    frame = write_glue_runs(tmp_path, spec)  # CoLA and MRPC only
+    cells = tables.cell_table(spec, frame)
+    stsb = cell(cells, arm="SAM", dataset="STS-B", metric="glue_pearson")
+    assert (stsb["text"], stsb["n"], stsb["n_planned"], stsb["needs"]) == ("— [a]", 0, 0, STSB_NEEDS)
+    assert not stsb["missing"] and not cells["missing"].astype(bool).any()  # not "missing runs"
+    assert cell(cells, arm="SAM", dataset="CoLA", metric="glue_mcc")["text"] == "55.5 ± 2.1"  # as before
+    for arm in ("AdamW", "SAM"):  # the average over the two tasks that ran, and it says so
+        per_seed = [
+            statistics.fmean(
+                statistics.fmean(GLUE_RESULTS[(arm, task)][seed].values())
+                for task in ("glue-cola", "glue-mrpc")
+            )
+            for seed in (0, 1)
+        ]
+        average = cell(cells, arm=arm, dataset="Average", metric="glue_score")
+        assert average["mean"] == pytest.approx(statistics.fmean(per_seed))
+        assert average["partial"] == "2 of 3 datasets" and average["text"].endswith(" (2 of 3 datasets)")
+
+    comparison = cmp.compare(spec, cells, frame)
+    assert not (cells.loc[comparison.frame.index, "dataset"] == "Average").any()  # not compared
+    assert "BERT-base SAM GLUE" in comparison.unmatched
+    verdicts = comparison.frame["verdict"][cells.loc[comparison.frame.index, "dataset"] == "STS-B"]
+    assert set(verdicts) == {cmp.NOT_HERE}
+    text = tables.render(spec, cells, comparison)
+    md = text.markdown
+    assert "| — [a] " in md and "| 67.5 ± 1.4 (2 of 3 datasets) " in md
+    assert f"\n\n[a] not run here: {STSB_NEEDS}.\n\n{tables.NOT_RUN_HINT}\n" in md
+    assert md.count("[a] not run here") == 1 and "Missing runs" not in md
+    assert "Average (k of m): over the k that ran here, not compared with the paper's" in md
+    assert r"--{\scriptsize\,[a]}" in text.latex
+    assert r"[a] not run here: needs GLUE STS-B at /\allowbreak{}d/\allowbreak{}glue" in text.latex
+    csv = pd.read_csv(io.StringIO(text.csv), keep_default_na=False)
+    assert set(csv.loc[csv["dataset"] == "STS-B", "needs"]) == {STSB_NEEDS}
+
+
+def test_a_table_missing_two_things_marks_each_cell_with_its_own(tmp_path):
+    pytest.importorskip("transformers", reason="GLUE runs need the nlp extra")
+    spec = ex.resolve(GLUE_CONFIG, "t6")
+    mrpc = "needs GLUE MRPC at /d/glue (MRPC/ TSVs or mrpc/ parquet files)"
+    spec["needs"] = {"glue-mrpc bert-tiny": [mrpc], "glue-stsb bert-tiny": [STSB_NEEDS]}
+    cells = tables.cell_table(spec, write_glue_runs(tmp_path, spec))  # CoLA only
+    assert cell(cells, arm="SAM", dataset="MRPC", metric="glue_f1")["text"] == "— [a]"
+    assert cell(cells, arm="SAM", dataset="STS-B", metric="glue_pearson")["text"] == "— [b]"
+    assert cell(cells, arm="SAM", dataset="Average", metric="glue_score")["partial"] == "1 of 3 datasets"
+    assert tables.needs_lines(cells) == [
+        f"[a] not run here: {mrpc}.",
+        f"[b] not run here: {STSB_NEEDS}.",
+        tables.NOT_RUN_HINT,
+    ]

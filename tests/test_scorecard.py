@@ -467,3 +467,94 @@ def test_claims_of_tables_that_cannot_run_here_are_not_run_and_say_what_they_nee
         scorecard.NOT_RUN,
         "Table 3 not run: needs ImageNet at /d/imagenet",
     )
+
+
+def partial_table5(tmp_path: Path):
+    """Table 5 on CIFAR-10 and CIFAR-100 whose CIFAR-100 runs lack something here (the spec's ``needs``)."""
+    config = copy.deepcopy(CONFIG)
+    config["experiments"] = {
+        "table5": {
+            "kind": "table",
+            "title": "ViT",
+            "paper": "Table 5",
+            "arms": ["sam", "sampa"],
+            "grid": {"dataset": ["cifar10", "cifar100"]},
+            "table": {"rows": ["dataset"], "columns": ["arm"], "metrics": ["test_acc"]},
+        }
+    }
+    plan = ex.plan(config)
+    plan.specs["table5"]["needs"] = {"cifar100 resnet56": ["needs the weights at /w"]}
+    root = tmp_path / "runs"
+    planned = ex.plan_experiment(plan.specs["table5"])
+    for run in planned:
+        write_run(root, run)
+    return plan, root, collect_runs([root / r.path for r in planned], root)
+
+
+def test_a_partial_table_decides_a_claim_only_where_its_runs_do(tmp_path, monkeypatch):
+    plan, root, runs = partial_table5(tmp_path)
+    card = card_of(plan, root, runs)
+    result = outcome(card, 10)  # SAMPa-0.2 above SAM on CIFAR-10: the CIFAR-100 line is unknown
+    assert result.verdict == scorecard.NOT_RUN
+    assert result.finding == (
+        "Table 5 partial: 4 of 8 runs here (the rest needs the weights at /w); "
+        "on those runs alone: reproduced; holds on 1 of 1 lines"
+    )
+    assert list(result.evidence["Dataset"]) == ["CIFAR-10"]
+    status = card.coverage.set_index("paper").loc["Table 5", "status"]
+    assert status == "compared; partial: 4 of 8 runs here (the rest needs the weights at /w)"
+    monkeypatch.setitem(ACC, ("SAMPa-0.2", "cifar10/resnet56"), [0.930, 0.931])  # below SAM
+    plan, root, runs = partial_table5(tmp_path / "worse")
+    result = outcome(card_of(plan, root, runs), 10)  # a failing line refutes "on every line"
+    assert result.verdict == scorecard.NOT_REPRODUCED and result.finding.startswith("Table 5 partial: 4 of 8")
+
+
+def test_a_glue_average_over_some_tasks_decides_nothing(tmp_path):
+    pytest.importorskip("transformers", reason="GLUE runs need the nlp extra")
+    config = {
+        "name": "g",
+        "seeds": [0, 1],
+        "run": {"model": "bert-tiny", "base_optimizer": "adamw", "lr": 2.0e-5, "batch_size": 32},
+        "experiments": {
+            "table6": {
+                "kind": "table",
+                "title": "GLUE",
+                "paper": "Table 6",
+                "arms": [
+                    {"label": "SAM", "optimizer": "sam"},
+                    {"label": "SAMPa-0.1", "optimizer": "sampa", "hparams": {"rho": 0.05, "lam": 0.1}},
+                ],
+                "grid": {"dataset": ["glue-rte", "glue-wnli"]},
+                "table": {
+                    "rows": ["arm"],
+                    "columns": ["dataset", "metric"],
+                    "metrics": ["glue_acc"],
+                    "average_column": "glue_score",
+                },
+            }
+        },
+    }
+    spec = ex.resolve(config, "table6")
+    spec["needs"] = {
+        "glue-wnli bert-tiny": ["needs GLUE WNLI at /d/glue (WNLI/ TSVs or wnli/ parquet files)"]
+    }
+    root = tmp_path / "runs"
+    for run in ex.plan_experiment(spec):  # RTE only: SAMPa-0.1 above SAM
+        acc = 70.0 if run.cell["arm"] == "SAMPa-0.1" else 60.0
+        (root / run.path).mkdir(parents=True)
+        metrics = {
+            "status": "complete",
+            "test_acc": acc / 100,
+            "test_task_metrics": {"acc": acc},
+            "test_task_score": acc,
+            "config": {**run.settings, "devices": 1},
+        }
+        (root / run.path / "metrics.json").write_text(json.dumps(metrics))
+    runs = collect_runs([root / r.path for r in ex.plan_experiment(spec)], root)
+    result = outcome(scorecard.scorecard(scorecard.Inputs({"table6": spec}, runs, None, root)), 11)
+    assert result.verdict == scorecard.NOT_RUN
+    assert result.finding.startswith(
+        "Table 6 partial: 4 of 8 runs here (the rest needs GLUE WNLI at /d/glue (README: Tables 3, 5 "
+        "and 6)); on those runs alone: reproduced; SAMPa-0.1 − SAM = +10.00"
+    )
+    assert list(result.evidence["tasks"]) == [1, 1]
