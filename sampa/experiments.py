@@ -565,6 +565,16 @@ def mark_requirements(
     return runnable
 
 
+def partial_runs(spec: Mapping[str, Any]) -> str:
+    """How many runs of an experiment with ``needs`` can run here and what the rest needs ("32 of 36 runs
+    here (the rest needs GLUE RTE at ...)")."""
+    from sampa.requirements import merged
+
+    needs = merged([line for lines in spec.get("needs", {}).values() for line in lines])
+    here, planned = len(plan_experiment(spec)), len(expand_experiment(spec))
+    return f"{here} of {planned} runs here (the rest {'; '.join(needs)})"
+
+
 def _requirement_keys(runs: list[PlannedRun], checked: dict[str, list[str]]) -> list[str]:
     """The dataset/model pairs of ``runs`` (in plan order), each checked into ``checked`` once."""
     from sampa.requirements import missing
@@ -791,6 +801,7 @@ __all__ = [
     "mark_requirements",
     "method_label",
     "normalize",
+    "partial_runs",
     "plan",
     "plan_experiment",
     "requirement_key",

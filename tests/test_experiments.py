@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 
 import pytest
@@ -392,3 +393,30 @@ def test_cifar_runs_get_their_dataset_prepared():
     assert ex.plan(config(run__dataset="cifar100")).prepared_datasets() == ["cifar100"]
     cifar10 = ex.plan(config(run__dataset="cifar10"))  # the default dataset: not in the run's settings
     assert set(cifar10.data) == set(cifar10.unique_runs()) and cifar10.prepared_datasets() == ["cifar10"]
+
+
+def test_plan_and_table_commands_show_a_partial_experiment(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from sampa import extras
+    from sampa.cli import main
+
+    if not extras.available("nlp"):
+        pytest.skip("GLUE runs need the nlp extra")
+    monkeypatch.setenv("SAMPA_DATA", str(tmp_path))
+    fake_glue(tmp_path, "RTE")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_with_glue_table()))
+    assert main(["plan", "--config", str(path)]) == 0
+    wnli = f"needs GLUE WNLI at {tmp_path / 'glue'} (README: Tables 3, 5 and 6)"
+    assert f"partial: 4 of 8 runs here (the rest {wnli})" in capsys.readouterr().out
+    md, runs = tmp_path / "t6.md", tmp_path / "runs.csv"
+    runs.write_text("run,status\n")  # nothing finished yet
+    args = ["table", "--config", str(path), "--experiment", "t6", "--runs", str(runs), "--md", str(md)]
+    assert main(args) == 0
+    text = md.read_text()
+    assert (
+        re.search(r"\| SAM +\| — +\| — \[a\] +\|", text) and "[a] not run here: needs GLUE WNLI at " in text
+    )
+    missing = next(line for line in text.splitlines() if line.startswith("Missing runs"))
+    assert missing.startswith("Missing runs (4): glue-rte/") and "wnli" not in missing  # RTE's: not finished

@@ -171,9 +171,15 @@ def test_paper_tables_3_5_6_are_planned_when_their_data_is_here(tmp_path, no_dat
     )
     assert glue[("SAM", "MRPC")]["epochs"] == 5 and glue[("AdamW", "SST-2")]["epochs"] == 3
     assert {r.settings["model"] for r in runs["table3"]} == {"resnet50"}
-    (tmp_path / "data" / "glue" / "RTE" / "train.tsv").unlink()  # one task missing: none of Table 6
+    (tmp_path / "data" / "glue" / "RTE" / "train.tsv").unlink()  # one task missing: the other eight run
     plan = ex.plan(ex.load_config(REPO / "configs" / "paper.yaml"))
-    assert plan.runs["table6"] == [] and plan.specs["table6"]["not_run"].startswith("needs GLUE RTE at ")
+    tasks = {r.cell["dataset"] for r in plan.runs["table6"]}
+    assert len(plan.runs["table6"]) == 4 * 8 * 10 and len(tasks) == 8 and "RTE" not in tasks
+    assert "not_run" not in plan.specs["table6"]
+    glue = tmp_path / "data" / "glue"
+    assert plan.specs["table6"]["needs"] == {
+        "glue-rte bert-base": [f"needs GLUE RTE at {glue} (RTE/ TSVs or rte/ parquet files)"]
+    }
     assert len(plan.runs["table3"]) == 6
 
 
@@ -328,6 +334,35 @@ def test_smoke_dry_run_plans_the_toy_table_3_on_the_generated_image_folder(tmp_p
     assert all(f"results/runs/{run.path}/outcome.json" in out for run in runs)
     assert "results/smoke/tables/table3.md" in out
     assert "imagenet" not in out  # nothing reads or makes <data root>/imagenet
+
+
+def test_dry_run_trains_the_glue_tasks_whose_files_are_here(tmp_path):
+    from sampa import extras
+
+    if not extras.available("nlp"):
+        pytest.skip("GLUE runs need the nlp extra")
+    data = tmp_path / "data"
+    for name in ("train.tsv", "dev.tsv"):  # RTE is here, WNLI is not
+        (data / "glue" / "RTE").mkdir(parents=True, exist_ok=True)
+        (data / "glue" / "RTE" / name).touch()
+    (data / "weights" / "bert-base-uncased").mkdir(parents=True)
+    (data / "weights" / "bert-base-uncased" / "config.json").write_text("{}")
+    config = mini_config() | {"name": "glue"}
+    config["experiments"] = {
+        "glue": {
+            "kind": "table",
+            "title": "GLUE",
+            "run": {"model": "bert-tiny", "base_optimizer": "adamw", "lr": 2.0e-5, "batch_size": 32},
+            "arms": [{"label": "SAM", "optimizer": "sam"}, {"label": "AdamW", "optimizer": "sgd"}],
+            "grid": {"dataset": ["glue-rte", "glue-wnli"]},
+            "table": {"rows": ["arm"], "columns": ["dataset", "metric"], "metrics": ["glue_acc"]},
+        }
+    }
+    path = str(write_config(tmp_path / "glue.yaml", config))
+    out = snakemake("-n", "--configfile", path, cwd=tmp_path, env={"SAMPA_DATA": str(data)}).stdout
+    counts = job_counts(out)
+    assert counts["train_run"] == 2 * len(config["seeds"]) and counts["make_table"] == 1
+    assert "glue-rte/bert-tiny" in out and "glue-wnli" not in out
 
 
 # ----------------------------------------------------------------------------------------------

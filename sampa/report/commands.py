@@ -174,7 +174,7 @@ def _plan(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from sampa import io
-    from sampa.experiments import load_config, plan
+    from sampa.experiments import load_config, partial_runs, plan
 
     result = plan(load_config(args.config))
     seen: set[str] = set()
@@ -186,6 +186,8 @@ def _plan(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{n} x {g}" for g, n in sorted(gpus.items()))
         if spec.get("not_run"):
             shown = f"not run: {spec['not_run']}"
+        elif spec.get("needs"):
+            shown += f"; partial: {partial_runs(spec)}"
         print(f"{name:>14} {spec['kind']:<11} {len(runs):4d} runs, {len(new):4d} new, runs x GPUs: {shown}")
     print(f"{'total':>14} {'':<11} {len(seen):4d} distinct runs")
     if args.out:

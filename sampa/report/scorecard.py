@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from sampa.experiments import expand_experiment, plan_experiment
+from sampa.experiments import partial_runs, plan_experiment
 from sampa.paths import generated_data
 from sampa.report import paper
 from sampa.report.cells import axis_name, cell_table, observations
@@ -520,16 +520,6 @@ def _partial(ref: str, spec: Mapping[str, Any], outcome: Outcome, every_line: bo
         return Outcome(NOT_RUN, finding, outcome.evidence, outcome.missing)
     finding = "; ".join(filter(None, [note, outcome.finding]))
     return Outcome(outcome.verdict, finding, outcome.evidence, outcome.missing)
-
-
-def partial_runs(spec: Mapping[str, Any]) -> str:
-    """How many runs of an experiment can run here and what the rest needs ("32 of 36 runs here (the rest
-    needs GLUE RTE at ...)"), for an experiment only some of whose runs can run here."""
-    from sampa.requirements import merged
-
-    needs = merged([line for lines in spec.get("needs", {}).values() for line in lines])
-    here, planned = len(plan_experiment(spec)), len(expand_experiment(spec))
-    return f"{here} of {planned} runs here (the rest {'; '.join(needs)})"
 
 
 def _glue_average(inputs: Inputs) -> Outcome:
