@@ -1,7 +1,7 @@
 """What a run needs that is not on this machine: data folders, pretrained weights, optional extras.
 
 :func:`missing` answers it for a run's dataset and model, one line per missing thing, so the workflow
-planner (:mod:`sampa.experiments`: such runs are not planned, their table says "not run: ...") and
+planner (:mod:`sampa.experiments`: such runs are not planned, their table cells say what they need) and
 ``sampa train`` (one line, exit 2, before the run directory is written) give the same answer.
 
 CIFAR is not checked here: the workflow's ``prepare_data`` step verifies (or downloads) it, and its runs

@@ -5,7 +5,9 @@ Verdicts:
 * *reproduced* / *not reproduced*: the claim's rule (below, and printed with each claim) holds / fails on
   our runs;
 * *not run*: the experiment is not in this config, or some of its runs are missing, interrupted,
-  diverged or stale (each is listed with its run path), or the runs lack the quantity the claim is about;
+  diverged or stale (each is listed with its run path), or the runs lack the quantity the claim is about,
+  or only some of its runs can run here (data, weights or extra missing: "partial: N of M runs here") and
+  they do not decide the claim (they can refute a claim about every line, never confirm one);
 * *not evidence (synthetic data)*: the runs used synthetic data (smoke profile); the numbers are shown,
   no verdict is given. The scorecard's first line then says so.
 

@@ -46,7 +46,8 @@ def _counts(card: Scorecard) -> str:
 
 VERDICT_NOTE = (
     "reproduced / not reproduced: the claim's rule holds / fails on our runs (means over seeds); "
-    "not run: the experiment is not in this config or runs are missing (listed); "
+    "not run: the experiment is not in this config, runs are missing (listed) or only some can run here "
+    "(partial); "
     "not evidence: synthetic data."
 )
 

@@ -1,6 +1,7 @@
 # Paper tables: Markdown + LaTeX (booktabs) + CSV, from the runs table. Presentation only: a change
-# to the table code or to one experiment's spec re-makes tables, never trains. An experiment whose data,
-# weights or extra are missing here plans no runs; its table says "not run: needs ..." (spec `not_run`).
+# to the table code or to one experiment's spec re-makes tables, never trains. Runs whose data, weights or
+# extra are missing here are not planned: their cells say "— [a]" and what [a] needs (spec `needs`); with no
+# run left the table says "not run: needs ..." (spec `not_run`).
 
 
 rule make_table:
