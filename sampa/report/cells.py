@@ -86,7 +86,7 @@ def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         averaged = observations(planned, runs, [layout["average_column"]], needs)
         cells = pd.concat([_average_rows(averaged, axes, over), cells], ignore_index=True)
     if layout.get("cost_row"):
-        here = obs[obs["status"] != NEEDS]
+        here = obs[obs["status"] != NEEDS] if len(obs) else obs
         cells = pd.concat([_cost_cells(here, axes, layout["columns"]), cells], ignore_index=True)
     cells["needs"] = cells["needs"].fillna("")
     cells["partial"] = cells.get("partial", pd.Series("", index=cells.index)).fillna("")
