@@ -116,7 +116,7 @@ def rule_line(spec: Mapping[str, Any], cells: pd.DataFrame, *, grey: bool) -> st
         line += "reference runs (longer training), not ranked"
     if cells["fallback"].any():
         line += "; (host): " + "; ".join(_fallback_notes(spec))
-    if cells["partial"].astype(bool).any():
+    if (cells["partial"].astype(bool) & (cells["n"] > 0)).any():  # an Average shown over fewer rows
         line += f"; {AVERAGE} (k of m): over the k that ran here, not compared with the paper's"
     return line + "."
 
