@@ -95,6 +95,14 @@ def test_tex_is_ascii_with_balanced_environments_and_braces(smoke_tex):
         assert depth == 0, name
 
 
+def test_unmatched_paper_cells_are_summarised_in_a_caption_not_a_comment(smoke_tex):
+    caption = next(line for line in smoke_tex["table6.tex"].splitlines() if line.startswith(r"\caption{"))
+    assert "Paper cells without a counterpart here (52): BERT-base on GLUE (AdamW, SAM, SAMPa-0" in caption
+    comments = [line for text in smoke_tex.values() for line in text.splitlines() if line.startswith("%")]
+    assert not [line for line in comments if "without a counterpart" in line]
+    assert r"\item Table 6 (52): BERT-base on GLUE (" in smoke_tex["reproduction.tex"]
+
+
 def test_escape_maps_symbols_to_macros():
     expected = r"$\Delta$ $\le$ 0.1 $\pm$ 2 $\times$ $\lambda$ -- x\_t 50\%"
     assert latex.escape("Δ ≤ 0.1 ± 2 × λ — x_t 50%") == expected

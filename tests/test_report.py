@@ -570,8 +570,19 @@ def test_glue_table_has_each_tasks_metrics_and_the_glue_average(glue_runs):
     compared = cmp.compare(spec, cells, frame).frame
     mrpc_f1 = compared[(cells.loc[compared.index, "dataset"] == "MRPC") & (compared["metric"] == "glue_f1")]
     assert sorted(mrpc_f1["paper_mean"]) == [89.9, 90.5]  # AdamW's and SAM's F1 beside ours
-    unmatched = cmp.compare(spec, cells, frame).unmatched
-    assert any("GLUE" in u for u in unmatched)  # our average of 3 tasks is not the paper's of 9
+    comparison = cmp.compare(spec, cells, frame)
+    assert any("GLUE" in u for u in comparison.unmatched)  # our average of 3 tasks is not the paper's of 9
+    # 52 paper cells, 10 compared (2 arms x CoLA Mcc, MRPC Acc/F1, STS-B Pearson/Spearman): two groups
+    line = (
+        "Paper cells without a counterpart here (42): BERT-base on GLUE (AdamW, SAM; GLUE score, SST-2 Acc, "
+        "QQP Acc/F1, MNLI Acc, QNLI Acc, RTE Acc, WNLI Acc); BERT-base on GLUE (SAMPa-0, SAMPa-0.1; GLUE "
+        "score, CoLA Mcc, SST-2 Acc, MRPC Acc/F1, STS-B Pearson/Spearman, QQP Acc/F1, MNLI Acc, QNLI Acc, "
+        "RTE Acc, WNLI Acc)."
+    )
+    assert len(comparison.unmatched) == 42 and cmp.unmatched_line(comparison) == line
+    assert line in text.markdown.splitlines()
+    caption = next(c for c in text.latex.splitlines() if c.startswith(r"\caption{Against the paper"))
+    assert caption.endswith(" " + line + "}")  # shown in the comparison's caption, not a comment
     assert r"\begin{tabular}" in text.latex
 
 
@@ -633,3 +644,25 @@ def test_a_table_missing_two_things_marks_each_cell_with_its_own(tmp_path):
         f"[b] not run here: {STSB_NEEDS}.",
         tables.NOT_RUN_HINT,
     ]
+
+
+def test_paper_cells_are_summarised_as_products_of_where_method_and_metric():
+    from sampa.report import paper
+
+    assert paper.summarise(paper.rows_of("Table 6")) == [
+        "BERT-base on GLUE (AdamW, SAM, SAMPa-0, SAMPa-0.1; GLUE score, CoLA Mcc, SST-2 Acc, MRPC Acc/F1, "
+        "STS-B Pearson/Spearman, QQP Acc/F1, MNLI Acc, QNLI Acc, RTE Acc, WNLI Acc)"
+    ]
+    assert paper.summarise(paper.rows_of("Table 1")) == [
+        "DenseNet-121, ResNet-56, VGG19-BN, WRN-28-2, WRN-28-10, Average on CIFAR-10 "
+        "(SGD, SAM, SAMPa-0, SAMPa-0.2, SAMPa-0.2 (grey column); Test accuracy)"
+    ]
+    table7 = paper.rows_of("Table 7")
+    assert paper.summarise(table7.iloc[1:]) == [  # without 0 % SGD: not one product, two groups
+        "ResNet-32 on CIFAR-10, label noise 0% (SAM, SAMPa-0, SAMPa-0.2; Test accuracy)",
+        "ResNet-32 on CIFAR-10, label noise 20%, 40%, 60%, 80% (SGD, SAM, SAMPa-0, SAMPa-0.2; Test accuracy)",
+    ]
+    assert paper.summarise(paper.rows_of("Table 12"))[0].startswith(
+        "ResNet-56 on CIFAR-10, batch size 64, 128,"
+    )
+    assert paper.summarise(table7.iloc[:0]) == []

@@ -60,6 +60,7 @@ class Comparison:
     unmatched: list[str]
     synthetic: bool
     ratio_base: str
+    unmatched_groups: tuple[str, ...] = ()  # the unmatched cells summarised (:func:`paper.summarise`)
 
     def counts(self) -> dict[str, int]:
         verdicts = self.frame["verdict"].value_counts() if len(self.frame) else pd.Series(dtype=int)
@@ -103,9 +104,10 @@ def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) ->
     frame["paper_text"] = [_paper_text(r) for r in frame.itertuples()]
     frame["delta_text"] = [_delta_text(r) for r in frame.itertuples()]
     used = set(matches.values())
-    unmatched = [paper.describe(rows.loc[j], table=False) for j in rows.index if j not in used]
+    left = rows.loc[[j for j in rows.index if j not in used]]
+    unmatched = [paper.describe(row, table=False) for _, row in left.iterrows()]
     base = "SAM" if base_axis == "arm" else f"{base_axis.replace('_', ' ')} {base_label}"
-    return Comparison(spec["paper"], frame, unmatched, synthetic, base)
+    return Comparison(spec["paper"], frame, unmatched, synthetic, base, tuple(paper.summarise(left)))
 
 
 _COLUMNS = [
@@ -333,10 +335,15 @@ def rule_lines(comparison: Comparison) -> list[str]:
         )
     if comparison.synthetic:
         lines.append("Synthetic data: the paper's numbers are shown for reference only; no Δ, no verdicts.")
-    if comparison.unmatched:
-        shown = "; ".join(comparison.unmatched)
-        lines.append(f"{UNMATCHED} ({len(comparison.unmatched)}): {shown}")
     return lines
+
+
+def unmatched_line(comparison: Comparison) -> str:
+    """The paper cells without a counterpart, counted and grouped: "Paper cells without a counterpart here
+    (52): BERT-base on GLUE (AdamW, SAM, ...; GLUE score, CoLA Mcc, ...)"; "" when every cell has one."""
+    if not comparison.unmatched:
+        return ""
+    return f"{UNMATCHED} ({len(comparison.unmatched)}): {'; '.join(comparison.unmatched_groups)}."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,25 +380,23 @@ def comparison_markdown(spec: Mapping[str, Any], cells: pd.DataFrame, comparison
     compared = comparison_frame(spec, cells, comparison)
     parts = [f"**Against the paper ({comparison.paper})**"]
     parts += [compared.to_markdown(index=False, disable_numparse=True)] if len(compared) else []
-    return [*parts, "\n".join(rule_lines(comparison))]
+    return [*parts, "\n".join(filter(None, [*rule_lines(comparison), unmatched_line(comparison)]))]
 
 
 def comparison_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison) -> str:
-    """The comparison as a second table float; the unmatched paper cells as comments."""
-    lines = rule_lines(comparison)
-    unmatched = [line for line in lines if line.startswith(UNMATCHED)]
-    caption = f"Against the paper ({comparison.paper}). "
-    caption += " ".join(line for line in lines if line not in unmatched)
+    """The comparison as a second table float whose caption ends with the unmatched paper cells; without
+    compared cells a comment (the table's own caption then names the unmatched cells)."""
+    caption = f"Against the paper ({comparison.paper}). " + " ".join(rule_lines(comparison))
     compared = comparison_frame(spec, cells, comparison)
-    comments = "".join(f"% {latex.plain(line)}\n" for line in unmatched)
     if compared.empty:
-        return f"% {latex.plain(caption)}\n" + comments
+        return f"% {latex.plain(caption)}\n"
+    caption = " ".join(filter(None, [caption, unmatched_line(comparison)]))
     header = [" & ".join(latex.escape(c) for c in compared.columns) + r" \\"]
     rows = [[latex.escape(v) for v in row] for row in compared.itertuples(index=False)]
     values = [c for c in compared.columns if c in ("Ours", "Paper", "Δ", "Verdict")]
     columns = "l" * (len(compared.columns) - len(values)) + "c" * len(values)
     body = latex.fit_to_width(latex.tabular(header, rows, columns))
-    return "\n" + latex.float_table(body, latex.escape(caption), f"tab:{spec['id']}-paper") + comments
+    return "\n" + latex.float_table(body, latex.escape(caption), f"tab:{spec['id']}-paper")
 
 
 def comparison_columns(comparison: Comparison) -> pd.DataFrame:

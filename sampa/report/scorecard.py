@@ -674,7 +674,7 @@ def paper_coverage(inputs: Inputs) -> tuple[pd.DataFrame, list[str]]:
         status, counts, synthetic = _table_status(spec, inputs.runs)
         rows.append({**row, **counts, "status": status, "synthetic": synthetic})
         if counts.get("_unmatched"):
-            lists.append(f"{ref} ({len(counts['_unmatched'])}): " + "; ".join(counts["_unmatched"]))
+            lists.append(f"{ref} ({len(counts['_unmatched'])}): " + "; ".join(counts["_groups"]))
     frame = pd.DataFrame(rows)
     return frame.drop(columns=[c for c in frame.columns if c.startswith("_")]), lists
 
@@ -694,4 +694,5 @@ def _table_status(spec: Mapping[str, Any] | None, runs: pd.DataFrame) -> tuple[s
     if spec.get("needs"):
         status += f"; partial: {partial_runs(spec)}"
     shown = {k: counts[k] for k in ("compared", WITHIN, OUTSIDE)}
-    return status, {**shown, "_unmatched": comparison.unmatched}, comparison.synthetic
+    unmatched = {"_unmatched": comparison.unmatched, "_groups": comparison.unmatched_groups}
+    return status, {**shown, **unmatched}, comparison.synthetic

@@ -44,6 +44,9 @@ def _counts(card: Scorecard) -> str:
     return ", ".join(f"{int(verdicts[v])} {v}" for v in order if v in verdicts)
 
 
+#: the heading of the list of paper cells that no table of the config compares
+NOT_COMPARED = "Paper cells without a counterpart in this config:"
+
 VERDICT_NOTE = (
     "reproduced / not reproduced: the claim's rule holds / fails on our runs (means over seeds); "
     "not run: the experiment is not in this config, runs are missing (listed) or only some can run here "
@@ -72,10 +75,7 @@ def render_markdown(card: Scorecard) -> str:
     coverage = card.coverage.drop(columns=["synthetic"])
     parts.append(coverage.to_markdown(index=False, disable_numparse=True))
     if card.not_compared:
-        parts.append(
-            "Paper cells without a counterpart in this config:\n\n"
-            + "\n".join(f"- {line}" for line in card.not_compared)
-        )
+        parts.append(f"{NOT_COMPARED}\n\n" + "\n".join(f"- {line}" for line in card.not_compared))
     return "\n\n".join(parts) + "\n"
 
 
@@ -100,7 +100,9 @@ def render_latex(card: Scorecard) -> str:
     lines.append(r"\subsection*{The paper's tables, cell by cell}")
     coverage = card.coverage.drop(columns=["synthetic"])
     lines.append(_latex_table(coverage, "l" * (len(coverage.columns) - 1) + "p{5cm}"))
-    lines += [f"% {latex.plain(line)}" for line in card.not_compared]
+    if card.not_compared:
+        items = "".join(f"\\item {latex_escape(line)}\n" for line in card.not_compared)
+        lines.append(f"{NOT_COMPARED}\n{{\\sloppy\\small\\begin{{itemize}}\n{items}\\end{{itemize}}}}")
     return "\n\n".join(lines) + "\n"
 
 

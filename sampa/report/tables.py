@@ -29,7 +29,13 @@ from sampa.report.cells import (
     need_markers,
     warning_lines,
 )
-from sampa.report.compare import Comparison, comparison_columns, comparison_latex, comparison_markdown
+from sampa.report.compare import (
+    Comparison,
+    comparison_columns,
+    comparison_latex,
+    comparison_markdown,
+    unmatched_line,
+)
 from sampa.report.metrics import metric
 
 __all__ = ["AVERAGE", "COST", "TableError", "TableText", "cell_table", "render", "render_not_run"]
@@ -202,6 +208,8 @@ def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Compa
     references = set(cells.loc[cells["reference"], "arm"]) if "arm" in cells.columns else set()
     lines = [*warning_lines(spec, datasets_of(cells)), title_line(spec) + ".", spec.get("caption", "")]
     lines.append(rule_line(spec, cells, grey=True))
+    if comparison is not None and comparison.frame.empty:  # no comparison float to name them
+        lines.append(unmatched_line(comparison))
     caption = " ".join(latex.escape(line) for line in lines if line)
     caption += "".join(f" {latex.prose(line)}" for line in needs_lines(cells))
     body = latex.fit_to_width(_tabular(table, references))

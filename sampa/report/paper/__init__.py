@@ -42,6 +42,8 @@ METRIC_NAMES = {
 }
 #: grid axes a paper row can be matched on (besides the arm)
 KEY_AXES = ("dataset", "model", "label_noise", "batch_size", "setting")
+#: the paper's dataset names that are not ours (the benchmark a row belongs to, for summaries)
+BENCHMARKS = {"glue": "GLUE", "imagenet1k": "ImageNet-1K"}
 _GLUE_METRIC = re.compile(r"([A-Za-z0-9-]+)_(mcc|acc|f1|pearson|spearman)")
 _NOISE = re.compile(r"label noise (\d+)%|(\d+)% label noise")
 _BATCH = re.compile(r"batch size (\d+)")
@@ -70,6 +72,7 @@ def _keyed() -> pd.DataFrame:
     rows["paper"] = [paper_ref(t) for t in rows["table"]]
     pairs = list(zip(rows["dataset"], rows["metric"], strict=True))
     rows["our_metric"] = [_our_metric(d, m) for d, m in pairs]
+    rows["benchmark"] = [BENCHMARKS.get(d, DATASET_DISPLAY.get(d, d)) for d in rows["dataset"]]
     rows["dataset"] = [_dataset_label(d, m) for d, m in pairs]
     rows["arm"] = rows["method"]
     rows["reference"] = _reference_flags(rows)
@@ -96,6 +99,80 @@ def describe(row: pd.Series, table: bool = True) -> str:
     noise = f"label noise {row['label_noise']}" if row["label_noise"] else ""
     batch = f"batch size {row['batch_size']}" if row["batch_size"] else ""
     return ", ".join([" ".join(parts), *filter(None, [noise, batch])])
+
+
+#: where a paper cell is (a summary splits cells that are not one product along these first)
+_WHERE = ("benchmark", "model", "label_noise", "batch_size")
+_UNIT = re.compile(r"\s*\([^)]*\)$")
+
+
+def summarise(rows: pd.DataFrame) -> list[str]:
+    """Paper cells (rows of :func:`rows_of`) in a few groups, each a product of models, benchmarks, label
+    noises, batch sizes, methods and metrics: "BERT-base on GLUE (AdamW, SAM; GLUE score, MRPC Acc/F1)"."""
+    if rows.empty:
+        return []
+    methods = zip(rows["method"], rows["reference"], strict=True)
+    keys = pd.DataFrame(
+        {
+            **{k: rows[k].astype(str) for k in _WHERE},
+            "method": [m + (" (grey column)" if grey else "") for m, grey in methods],
+            "metric": [_metric_words(row) for _, row in rows.iterrows()],
+        }
+    ).drop_duplicates()
+    return _groups(keys)
+
+
+def _groups(keys: pd.DataFrame) -> list[str]:
+    """``keys`` as products: split along the first column whose values do not all go with the same
+    other cells, the values that do go together (a set that is a product along every column is one)."""
+    if int(keys.nunique().prod()) == len(keys):
+        return [_group_text(keys)]
+    for column in keys.columns:
+        rest = [c for c in keys.columns if c != column]
+        partners = {
+            value: frozenset(part[rest].itertuples(index=False, name=None))
+            for value, part in keys.groupby(column, sort=False)
+        }
+        sets = dict.fromkeys(partners.values())
+        together = [[v for v, p in partners.items() if p == same] for same in sets]
+        if len(together) > 1:
+            return [text for values in together for text in _groups(keys[keys[column].isin(values)])]
+    raise AssertionError("unreachable: a set that is a product along every column is a product")
+
+
+def _group_text(keys: pd.DataFrame) -> str:
+    def values(column: str) -> list[str]:
+        return [v for v in dict.fromkeys(keys[column]) if v]
+
+    where = ", ".join(values("model")) + " on " + ", ".join(values("benchmark"))
+    if values("label_noise"):
+        where += ", label noise " + ", ".join(values("label_noise"))
+    if values("batch_size"):
+        where += ", batch size " + ", ".join(values("batch_size"))
+    metrics = _compact([tuple(m.split("\t")) for m in dict.fromkeys(keys["metric"])])
+    return f"{where} ({', '.join(values('method'))}; {metrics})"
+
+
+def _metric_words(row: pd.Series) -> str:
+    """A paper row's metric as a table reads it ("Test accuracy", "GLUE score", a task's "CoLA\tMcc")."""
+    from sampa.report.metrics import METRICS
+
+    if row["our_metric"] not in METRICS:
+        return row["metric"]
+    label = _UNIT.sub("", METRICS[row["our_metric"]].label)
+    glue = row["benchmark"] == "GLUE" and row["dataset"] != AVERAGE
+    return f"{row['dataset']}\t{label}" if glue else label
+
+
+def _compact(metrics: list[tuple[str, ...]]) -> str:
+    """Metric names, a task's several metrics joined: "MRPC Acc/F1"."""
+    parts: list[list[str]] = []
+    for metric in metrics:
+        if len(metric) == 2 and parts and parts[-1][0] == metric[0]:
+            parts[-1][1] += "/" + metric[1]
+        else:
+            parts.append(list(metric))
+    return ", ".join(" ".join(p) for p in parts)
 
 
 def _reference_flags(rows: pd.DataFrame) -> list[bool]:
@@ -131,4 +208,4 @@ def _match(pattern: re.Pattern[str], note: str) -> str:
     return match.group(1) if match else ""
 
 
-__all__ = ["KEY_AXES", "METRIC_NAMES", "describe", "paper_ref", "paper_results", "rows_of"]
+__all__ = ["KEY_AXES", "METRIC_NAMES", "describe", "paper_ref", "paper_results", "rows_of", "summarise"]
