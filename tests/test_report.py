@@ -191,7 +191,7 @@ def test_cost_row_is_measured(runs):
     assert cell(cells, model=tables.COST, arm="SGD")["text"] == "×1/400"
 
 
-def test_host_memory_never_competes_for_bold_and_table_14_bolds_nothing(runs):
+def test_host_memory_never_competes_for_bold_and_tables_9_to_14_bold_nothing(runs):
     plan, root, _ = runs
     spec = {**plan.specs["t4"], "table": {**plan.specs["t4"]["table"], "metrics": ["memory_per_device_mib"]}}
     for run in plan.runs["t4"]:  # SAM on the host (less memory), SAMPa on a device
@@ -202,10 +202,11 @@ def test_host_memory_never_competes_for_bold_and_table_14_bolds_nothing(runs):
     assert (sam["text"], sam["best"]) == ("500 ± 0 (host)", False)
     assert (sampa["text"], sampa["best"]) == ("2100 ± 0", True)
     assert "**2100**" in tables.render_markdown(spec, cells)
-    table14 = {**spec, "paper": "Table 14"}  # the paper's Table 14 marks no best method
-    text = tables.render(table14, cells)
-    assert "**2100**" not in text.markdown and "in bold" not in text.markdown
-    assert r"\textbf{2100}" not in text.latex
+    for paper in ("Table 9", "Table 10", "Table 11", "Table 12", "Table 13", "Table 14"):  # no bold there
+        text = tables.render({**spec, "paper": paper}, cells)
+        assert "**2100**" not in text.markdown and "in bold" not in text.markdown
+        assert r"\textbf{2100}" not in text.latex
+    assert "**2100**" in tables.render({**spec, "paper": "Table 6"}, cells).markdown  # no Average column
 
 
 def test_renderings(runs):
@@ -567,6 +568,11 @@ def test_glue_table_has_each_tasks_metrics_and_the_glue_average(glue_runs):
         "STS-B / Spearman",
     ]
     assert "| SAM " in text.markdown and "55.5 ± 2.1" in text.markdown  # CoLA Mcc of SAM, 1 decimal
+    # the paper bolds only the GLUE average: SAM's best CoLA Mcc (55.5) is not bold, its Average is
+    assert cell(cells, arm="SAM", dataset="CoLA", metric="glue_mcc")["best"]
+    sam_row = next(line for line in text.markdown.splitlines() if line.startswith("| SAM "))
+    assert sam_row.count("**") == 2 and sam_row.split("|")[2].strip().startswith("**")
+    assert text.latex.count(r"\textbf{") == 1 and "best mean of the Average column in bold" in text.markdown
     compared = cmp.compare(spec, cells, frame).frame
     mrpc_f1 = compared[(cells.loc[compared.index, "dataset"] == "MRPC") & (compared["metric"] == "glue_f1")]
     assert sorted(mrpc_f1["paper_mean"]) == [89.9, 90.5]  # AdamW's and SAM's F1 beside ours

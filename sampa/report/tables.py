@@ -2,11 +2,11 @@
 
 :func:`sampa.report.cells.cell_table` computes the cells; :func:`sampa.report.compare.compare` sets the
 paper's values beside them; this module only formats both (``render``). Conventions of the paper's
-tables: the best mean of each line in bold (the mean only, not its ± std; none where the paper marks none:
-:data:`NOTHING_BOLD`), the second best underlined where the paper does (:data:`SECOND_BEST_UNDERLINED`),
-reference columns (a longer run of one method,
-never ranked) in grey. The LaTeX compiles in :data:`sampa.report.latex.PREAMBLE` and never exceeds the
-text width.
+tables: the best mean of each line in bold (the mean only, not its ± std), none where the paper marks
+none (:data:`NOTHING_BOLD`) and only in one column where the paper does (:data:`BOLD_ONLY_IN`); the second
+best underlined where the paper does (:data:`SECOND_BEST_UNDERLINED`); reference columns (a longer run of
+one method, never ranked) in grey. The LaTeX compiles in :data:`sampa.report.latex.PREAMBLE` and never
+exceeds the text width.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ __all__ = ["AVERAGE", "COST", "TableError", "TableText", "cell_table", "render",
 
 #: paper tables that underline the second best method of each line (besides the best in bold)
 SECOND_BEST_UNDERLINED = ("Table 4",)
-#: paper tables that mark no best method (Table 14: one memory figure per method, nothing in bold)
-NOTHING_BOLD = ("Table 14",)
+#: paper tables that mark no best method: the appendix tables 9-14 have no bold cell
+NOTHING_BOLD = ("Table 9", "Table 10", "Table 11", "Table 12", "Table 13", "Table 14")
+#: paper tables that bold the best only in one column, as (axis, label): Table 6 only its GLUE average
+BOLD_ONLY_IN = {"Table 6": ("dataset", AVERAGE)}
 #: a single-line table with more columns is set as one column (LaTeX)
 MAX_COLUMNS_IN_A_LINE = 5
 #: column axes whose labels read without a spanning header (method, metric and dataset names)
@@ -108,13 +110,38 @@ def _bolds(spec: Mapping[str, Any]) -> bool:
     return spec.get("paper") not in NOTHING_BOLD
 
 
+def _bold(spec: Mapping[str, Any], cells: pd.DataFrame) -> pd.Series:
+    """Which cells are set in bold: the best of their line, where the paper marks the best there."""
+    if not _bolds(spec):
+        return pd.Series(False, index=cells.index)
+    only = _bold_only_in(spec, cells)
+    best = cells["best"].astype(bool)
+    return best & (cells[only[0]] == only[1]) if only else best
+
+
+def _bold_only_in(spec: Mapping[str, Any], cells: pd.DataFrame) -> tuple[str, str] | None:
+    """(axis, label) of the one column with bold cells, where the paper has one and so does the table (a
+    one-task Table 6 has no Average column: its task's score is the average, in bold as usual)."""
+    only = BOLD_ONLY_IN.get(spec.get("paper", ""))
+    layout = spec["table"]
+    if only is None or only[0] not in [*layout["rows"], *layout["columns"]]:
+        return None
+    return only if (cells[only[0]] == only[1]).any() else None
+
+
+def _bold_where(spec: Mapping[str, Any], cells: pd.DataFrame) -> str:
+    """Where the bold cells are, in words: "each line", or the one column the paper marks."""
+    only = _bold_only_in(spec, cells)
+    return f"the {only[1]} column" if only else "each line"
+
+
 def rule_line(spec: Mapping[str, Any], cells: pd.DataFrame, *, grey: bool) -> str:
     """How to read the cells: statistics, what is bold, underlined and grey (only what the table shows)."""
     seeds = len(spec["seeds"])
     line = f"Mean ± sample std over {seeds} seed{'s' if seeds > 1 else ''} per cell"
     line += "; (n=k): only k runs complete"
-    if _bolds(spec) and cells["best"].any():
-        line += "; best mean of each line in bold"
+    if _bold(spec, cells).any():
+        line += f"; best mean of {_bold_where(spec, cells)} in bold"
         if _underlines(spec) and cells["second"].any():
             line += ", second best underlined"
     if cells["reference"].any():
@@ -154,9 +181,9 @@ def needs_lines(cells: pd.DataFrame) -> list[str]:
 def render_markdown(
     spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None
 ) -> str:
-    underline, bold = _underlines(spec), _bolds(spec)
-    flags = cells[["text", "best", "second"]].itertuples()
-    marked = [_mark_markdown(r.text, bold and r.best, underline and r.second) for r in flags]
+    underline = _underlines(spec)
+    flags = cells[["text", "second"]].assign(bold=_bold(spec, cells)).itertuples()
+    marked = [_mark_markdown(r.text, r.bold, underline and r.second) for r in flags]
     table = pivot(spec, cells, pd.Series(marked, index=cells.index))
     table.columns = [_markdown_header(table.columns, i) for i in range(len(table.columns))]
     table.index.names = [axis_name(n) for n in table.index.names]
@@ -196,11 +223,11 @@ def _markdown_header(columns: pd.Index, i: int) -> str:
 
 def render_latex(spec: Mapping[str, Any], cells: pd.DataFrame, comparison: Comparison | None = None) -> str:
     """A booktabs table: bold best mean, underlined second best (where the paper does), grey references."""
-    underline, bold = _underlines(spec), _bolds(spec)
+    underline = _underlines(spec)
     marked = pd.Series(
         [
-            latex.number_cell(r.text, bold=bold and r.best, underline=underline and r.second)
-            for r in cells[["text", "best", "second"]].itertuples()
+            latex.number_cell(r.text, bold=r.bold, underline=underline and r.second)
+            for r in cells[["text", "second"]].assign(bold=_bold(spec, cells)).itertuples()
         ],
         index=cells.index,
     )
