@@ -75,9 +75,10 @@ def test_text_run_with_mapping_batches_resumes_and_records_its_metric(tmp_path, 
 
 def test_text_run_learns_the_synthetic_task(tmp_path):
     pytest.importorskip("transformers")
-    cfg = _text_run("sampa", epochs=4, batch_size=32, lr=3e-3, warmup=0.0, weight_decay=0.0)
+    cfg = _text_run("sampa", epochs=8, batch_size=32, lr=3e-3, warmup=0.0, weight_decay=0.0)
     metrics = train(cfg, tmp_path, log_progress=False)
-    assert metrics["test_task_metrics"]["acc"] > 90  # percent; chance: 50
+    # percent; a bag of tokens gets 43, the most frequent class 33, reading the first word 90 (label noise)
+    assert metrics["test_task_metrics"]["acc"] > 60
 
 
 #: the paper's Table 6 AdamW cells as fractions, and each task's GLUE score in % (mean of its metrics)

@@ -38,11 +38,11 @@ def test_unknown_source_and_missing_data_are_one_line_errors(tmp_path):
 
 def test_synthetic_text_source_trains_and_evaluates_a_tiny_bert():
     source = load_source("synthetic-text")
-    assert source.num_classes == 2 and source.train_size == TRAIN_SIZES["synthetic-text"]
+    assert source.num_classes == 4 and source.train_size == TRAIN_SIZES["synthetic-text"]
     torch.manual_seed(0)
     model = build_source_model("bert-tiny", source.num_classes)
     inputs, labels, indices = next(source.train_batches(8, seed=0, epoch=0))
-    assert model(**inputs).shape == (8, 2) and labels.shape == indices.shape == (8,)
+    assert model(**inputs).shape == (8, 4) and labels.shape == indices.shape == (8,)
     scores = source.evaluate(model, 64)
     assert set(scores) == {"loss", "acc", "task_score"} and 0.0 <= scores["acc"] <= 1.0
     assert scores["task_score"] == scores["acc"]  # a plain classification task: accuracy is its score

@@ -14,7 +14,8 @@ split: validation and test are the same eval set (ImageNet's ``val/``, GLUE's de
 labels are hidden), as the paper reports them (ImageNet: "maximum test accuracies" over epochs; GLUE:
 dev scores, MNLI on the matched dev set).
 
-Names: ``imagenet``; ``glue-<task>`` (``glue-cola`` ... ``glue-wnli``); ``synthetic-text`` (toy, no files);
+Names: ``imagenet``; ``glue-<task>`` (``glue-cola`` ... ``glue-wnli``); ``synthetic-text`` (toy, no files:
+:func:`sampa.data.glue.synthetic_first_word`);
 ``imagefolder-toy`` (generated JPEGs in ``<data root>/imagefolder-toy``, read like ImageNet, 32 x 32 crops).
 Pretrained weights live under ``<data root>/weights/`` (:data:`WEIGHTS`) or in the Hugging Face hub cache.
 """
