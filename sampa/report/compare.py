@@ -60,7 +60,7 @@ class Comparison:
     unmatched: list[str]
     synthetic: bool
     ratio_base: str
-    unmatched_groups: tuple[str, ...] = ()  # the unmatched cells summarised (:func:`paper.summarise`)
+    unmatched_groups: tuple[str, ...]  # the unmatched cells summarised (:func:`paper.summarise`)
 
     def counts(self) -> dict[str, int]:
         verdicts = self.frame["verdict"].value_counts() if len(self.frame) else pd.Series(dtype=int)
