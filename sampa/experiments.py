@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from sampa.config import MACHINE_KEYS  # set per machine, never by an experiment (RunConfig's metadata)
+from sampa.glue_tasks import GLUE_DISPLAY
 
 if TYPE_CHECKING:
     from sampa.config import RunConfig
@@ -53,15 +54,7 @@ DATASET_DISPLAY = {
     "synthetic-text": "Synthetic text",
     "imagenet": "ImageNet-1K",
     "imagefolder-toy": "Toy ImageFolder (generated)",
-    "glue-cola": "CoLA",
-    "glue-sst2": "SST-2",
-    "glue-mrpc": "MRPC",
-    "glue-stsb": "STS-B",
-    "glue-qqp": "QQP",
-    "glue-mnli": "MNLI",
-    "glue-qnli": "QNLI",
-    "glue-rte": "RTE",
-    "glue-wnli": "WNLI",
+    **GLUE_DISPLAY,
 }
 #: the order of methods in the paper's tables and figures (``arms: all``); others follow in registry order
 PAPER_ORDER = ("sgd", "sam", "sampa", "randsam", "optsam", "samdb", "looksam", "aesam", "saf", "mesa", "esam")

@@ -60,7 +60,8 @@ def _imagenet(folder: Path) -> list[str]:
 
 
 def _glue(task: str, folder: Path) -> list[str]:
-    from sampa.data.glue import FOLDER, GLUE_TASKS, split_files
+    from sampa.data.glue import FOLDER, split_files
+    from sampa.glue_tasks import GLUE_TASKS
 
     if task not in GLUE_TASKS:
         return []  # an unknown task is a config error, reported by validation

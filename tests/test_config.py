@@ -131,7 +131,7 @@ def test_config_and_run_files_import_without_torch():
     import sys
     from pathlib import Path
 
-    modules = "sampa.config, sampa.experiments, sampa.rundir, sampa.report.metrics"
+    modules = "sampa.config, sampa.experiments, sampa.rundir, sampa.report.metrics, sampa.glue_tasks"
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)

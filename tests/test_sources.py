@@ -7,7 +7,6 @@ import torch
 from problems import write_stsb, write_tiny_bert
 
 from sampa.data.cifar import DataUnavailableError
-from sampa.data.glue import TASK_NAMES
 from sampa.data.sources import (
     SOURCE_NAMES,
     TRAIN_SIZES,
@@ -16,6 +15,7 @@ from sampa.data.sources import (
     squared_error,
     weights_location,
 )
+from sampa.glue_tasks import TASK_NAMES
 
 transformers = pytest.importorskip("transformers")  # the nlp extra
 from sampa.models.pretrained import SOURCE_MODEL_NAMES, build_source_model  # noqa: E402

@@ -9,10 +9,7 @@ import torch
 
 from sampa.data.cifar import DataUnavailableError
 from sampa.data.glue import (
-    GLUE_TASKS,
-    TASK_NAMES,
     TextSplit,
-    glue_task,
     read_glue,
     synthetic_first_word,
     synthetic_text,
@@ -20,6 +17,7 @@ from sampa.data.glue import (
     text_batches,
     tokenize,
 )
+from sampa.glue_tasks import GLUE_TASKS, TASK_NAMES, glue_task
 from sampa.metrics.scores import (
     GLUE_METRICS,
     average_ranks,
@@ -149,6 +147,21 @@ def test_task_table_matches_the_papers_settings():
     }
     assert {t for t in TASK_NAMES if GLUE_TASKS[t].epochs == 5} == {"mrpc", "wnli"}
     assert [t for t in TASK_NAMES if GLUE_TASKS[t].regression] == ["stsb"]
+    assert GLUE_METRICS["mrpc"] == ("acc", "f1") and GLUE_METRICS["cola"] == ("mcc",)
+
+
+def test_planning_and_reporting_name_the_tasks_from_the_one_table():
+    """Display names, training-set sizes and metrics of the GLUE datasets come from sampa.glue_tasks."""
+    from sampa.data.sources import TRAIN_SIZES
+    from sampa.experiments import DATASET_DISPLAY
+    from sampa.report.metrics import applies
+
+    for task in GLUE_TASKS.values():
+        assert DATASET_DISPLAY[task.dataset] == task.display
+        assert TRAIN_SIZES[task.dataset] == task.train_size
+        assert applies(f"glue_{task.metrics[0]}", task.dataset)
+    assert (DATASET_DISPLAY["glue-stsb"], TRAIN_SIZES["glue-rte"]) == ("STS-B", 2_490)
+    assert not applies("glue_mcc", "glue-mrpc") and applies("glue_mcc", "glue-cola")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_paper_config_plans_the_expected_runs_per_table(no_data):
 
 def fake_paper_data(root: Path) -> None:
     """Empty files where Tables 3, 5 and 6 look for their data and weights (enough to plan, not to train)."""
-    from sampa.data.glue import GLUE_TASKS
+    from sampa.glue_tasks import GLUE_TASKS
 
     for split in ("train", "val"):
         (root / "imagenet" / split / "n01440764").mkdir(parents=True)

@@ -32,91 +32,11 @@ from torch import Tensor
 
 from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
 from sampa.data.seeding import STREAM_EPOCH, STREAM_SYNTHETIC, cpu_generator
+from sampa.glue_tasks import GlueTask, glue_task  # the task table (names, metrics, settings)
 
 FOLDER = "glue"
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 TextBatch = tuple[dict[str, Tensor], Tensor, Tensor]
-
-
-@dataclass(frozen=True)
-class TsvLayout:
-    """Where a task's fields are in its GLUE TSVs: column names (or indices when there is no header)."""
-
-    folder: str
-    text: tuple[str | int, ...]
-    label: str | int
-    header: bool = True
-    dev_file: str = "dev.tsv"
-    label_codes: tuple[str, ...] = ()  # string labels in the hub's order ("" : labels are numbers)
-
-
-@dataclass(frozen=True)
-class GlueTask:
-    """One GLUE task with the paper's fine-tuning settings (Table 6: epochs, rho)."""
-
-    name: str
-    display: str
-    text: tuple[str, ...]  # the hub's column names of the one or two texts
-    num_labels: int  # 1: regression (STS-B)
-    eval_split: str
-    tsv: TsvLayout
-    epochs: int = 3
-    rho: float = 0.05
-
-    @property
-    def regression(self) -> bool:
-        return self.num_labels == 1
-
-
-_NLI = ("entailment", "not_entailment")
-GLUE_TASKS: dict[str, GlueTask] = {
-    t.name: t
-    for t in (
-        GlueTask(
-            "cola", "CoLA", ("sentence",), 2, "validation", TsvLayout("CoLA", (3,), 1, header=False), rho=0.01
-        ),
-        GlueTask("sst2", "SST-2", ("sentence",), 2, "validation", TsvLayout("SST-2", ("sentence",), "label")),
-        GlueTask(
-            "mrpc", "MRPC", ("sentence1", "sentence2"), 2, "validation",
-            TsvLayout("MRPC", ("#1 String", "#2 String"), "Quality"), epochs=5,
-        ),
-        GlueTask(
-            "stsb", "STS-B", ("sentence1", "sentence2"), 1, "validation",
-            TsvLayout("STS-B", ("sentence1", "sentence2"), "score"), rho=0.005,
-        ),
-        GlueTask(
-            "qqp", "QQP", ("question1", "question2"), 2, "validation",
-            TsvLayout("QQP", ("question1", "question2"), "is_duplicate"),
-        ),
-        GlueTask(
-            "mnli", "MNLI", ("premise", "hypothesis"), 3, "validation_matched",
-            TsvLayout(
-                "MNLI", ("sentence1", "sentence2"), "gold_label", dev_file="dev_matched.tsv",
-                label_codes=("entailment", "neutral", "contradiction"),
-            ),
-        ),
-        GlueTask(
-            "qnli", "QNLI", ("question", "sentence"), 2, "validation",
-            TsvLayout("QNLI", ("question", "sentence"), "label", label_codes=_NLI),
-        ),
-        GlueTask(
-            "rte", "RTE", ("sentence1", "sentence2"), 2, "validation",
-            TsvLayout("RTE", ("sentence1", "sentence2"), "label", label_codes=_NLI), rho=0.005,
-        ),
-        GlueTask(
-            "wnli", "WNLI", ("sentence1", "sentence2"), 2, "validation",
-            TsvLayout("WNLI", ("sentence1", "sentence2"), "label"), epochs=5,
-        ),
-    )
-}  # fmt: skip
-TASK_NAMES = tuple(GLUE_TASKS)
-
-
-def glue_task(name: str) -> GlueTask:
-    """The task called ``name`` (one of ``TASK_NAMES``)."""
-    if name not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
-    return GLUE_TASKS[name]
 
 
 # ----------------------------------------------------------------------------------------------

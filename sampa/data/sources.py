@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from sampa.data.cifar import resolve_root
 from sampa.data.glue import TextData, glue_task, load_glue, load_tokenizer, synthetic_text_data
 from sampa.data.imagefolder import TOY_TRAIN_SIZE
+from sampa.glue_tasks import GLUE_TASKS
 from sampa.metrics.scores import Columns, text_columns, text_scores, topk_columns, topk_scores
 from sampa.paths import TOY_IMAGEFOLDER, WEIGHTS
 
@@ -41,15 +42,7 @@ TOPK = (1, 5)  # ImageNet's accuracies
 #: training-set sizes, known without reading data (steps per epoch, batch-size checks)
 TRAIN_SIZES: dict[str, int] = {
     "imagenet": 1_281_167,
-    "glue-cola": 8_551,
-    "glue-sst2": 67_349,
-    "glue-mrpc": 3_668,
-    "glue-stsb": 5_749,
-    "glue-qqp": 363_846,
-    "glue-mnli": 392_702,
-    "glue-qnli": 104_743,
-    "glue-rte": 2_490,
-    "glue-wnli": 635,
+    **{task.dataset: task.train_size for task in GLUE_TASKS.values()},
     "synthetic-text": 512,
     TOY_IMAGEFOLDER: TOY_TRAIN_SIZE,
 }

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from sampa.glue_tasks import GLUE_METRICS
+
 
 def topk_correct(logits: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, Tensor]:
     """Number of samples whose target is among the ``k`` highest logits, for each ``k`` (device tensors)."""
@@ -69,20 +71,6 @@ def average_ranks(x: Tensor) -> Tensor:
 def spearman(x: Tensor, y: Tensor) -> float:
     """Spearman rank correlation: Pearson correlation of the average ranks."""
     return pearson(average_ranks(x), average_ranks(y))
-
-
-#: task -> its GLUE metric names, in the order of the paper's Table 6 cells
-GLUE_METRICS: dict[str, tuple[str, ...]] = {
-    "cola": ("mcc",),
-    "sst2": ("acc",),
-    "mrpc": ("acc", "f1"),
-    "stsb": ("pearson", "spearman"),
-    "qqp": ("acc", "f1"),
-    "mnli": ("acc",),
-    "qnli": ("acc",),
-    "rte": ("acc",),
-    "wnli": ("acc",),
-}
 
 
 def task_metric_names(task: str | None) -> tuple[str, ...]:

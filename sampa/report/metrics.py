@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from sampa.glue_tasks import METRIC_LABELS, task_of
 from sampa.rundir import METRICS_KEYS, DamagedFileError, read_metrics
 
 __all__ = [
@@ -57,13 +58,7 @@ METRICS: dict[str, Metric] = {
     "glue_score": Metric("GLUE score", "test_task_score", decimals=1, best="max"),
     **{
         f"glue_{name}": Metric(label, f"test_task_metrics.{name}", decimals=1, best="max", optional=True)
-        for name, label in (
-            ("mcc", "Mcc"),
-            ("acc", "Acc"),
-            ("f1", "F1"),
-            ("pearson", "Pearson"),
-            ("spearman", "Spearman"),
-        )
+        for name, label in METRIC_LABELS.items()
     },
     "final_test_acc": Metric("Final test accuracy (%)", "final_test_acc", scale=100, best="max"),
     "best_val_acc": Metric("Best validation accuracy (%)", "best_val_acc", scale=100, best="max"),
@@ -108,17 +103,11 @@ METRICS: dict[str, Metric] = {
 def applies(name: str, dataset: str) -> bool:
     """Whether metric ``name`` is one of ``dataset``'s: a GLUE task has only its own metrics (Table 6's
     columns: CoLA Mcc, STS-B Pearson/Spearman, MRPC and QQP Acc/F1, others Acc)."""
-    from sampa.metrics.scores import GLUE_METRICS
-
     column = METRICS[name].column
-    task = dataset.removeprefix("glue-")
-    if (
-        not column.startswith("test_task_metrics.")
-        or not dataset.startswith("glue-")
-        or task not in GLUE_METRICS
-    ):
+    task = task_of(dataset)
+    if task is None or not column.startswith("test_task_metrics."):
         return True
-    return column.removeprefix("test_task_metrics.") in GLUE_METRICS[task]
+    return column.removeprefix("test_task_metrics.") in task.metrics
 
 
 class MetricError(ValueError):

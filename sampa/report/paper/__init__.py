@@ -28,6 +28,7 @@ from importlib import resources
 import pandas as pd
 
 from sampa.experiments import DATASET_DISPLAY
+from sampa.glue_tasks import METRIC_LABELS
 from sampa.report.cells import AVERAGE
 
 #: the paper's metric names -> ours ("" = no counterpart in sampa-bench)
@@ -44,7 +45,7 @@ METRIC_NAMES = {
 KEY_AXES = ("dataset", "model", "label_noise", "batch_size", "setting")
 #: the paper's dataset names that are not ours (the benchmark a row belongs to, for summaries)
 BENCHMARKS = {"glue": "GLUE", "imagenet1k": "ImageNet-1K"}
-_GLUE_METRIC = re.compile(r"([A-Za-z0-9-]+)_(mcc|acc|f1|pearson|spearman)")
+_GLUE_METRIC = re.compile(rf"([A-Za-z0-9-]+)_({'|'.join(METRIC_LABELS)})")
 _NOISE = re.compile(r"label noise (\d+)%|(\d+)% label noise")
 _BATCH = re.compile(r"batch size (\d+)")
 
