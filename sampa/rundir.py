@@ -31,18 +31,22 @@ from typing import Any
 from sampa import io
 from sampa.faults import kill_point
 
+#: metrics.json's format: 2 since every value is stored as a fraction (1, or no ``metrics_version``: the
+#: text-task scores ``PERCENT_KEYS_V1`` were in percent; :func:`read_metrics` converts them)
+METRICS_VERSION = 2
+PERCENT_KEYS_V1 = ("best_val_task_score", "test_task_metrics", "test_task_score")
 #: metrics.json: what happened to the run
 OUTCOME_KEYS = ("status", "diverged", "diverged_epoch", "epochs", "epochs_completed")
 #: metrics.json: the results (all null for a diverged run: no numbers of a non-finite model)
 RESULT_KEYS = (
     "best_epoch",
     "best_val_acc",  # plain accuracy at the best epoch (null for regression, STS-B)
-    "best_val_task_score",  # text tasks: the selecting task score at the best epoch, in % (null otherwise)
+    "best_val_task_score",  # text tasks: the selecting task score at the best epoch (null otherwise)
     "test_acc",  # the paper's number: the best-validation checkpoint on the test set (null for STS-B)
     "test_loss",
     "test_top5_acc",  # ImageNet (null otherwise)
-    "test_task_metrics",  # text tasks: {metric: value in %}, GLUE's (mcc, acc, f1, ...) (null otherwise)
-    "test_task_score",  # text tasks: mean of test_task_metrics, the task's GLUE score, in % (null otherwise)
+    "test_task_metrics",  # text tasks: {metric: value}, GLUE's (mcc, acc, f1, ...) (null otherwise)
+    "test_task_score",  # text tasks: mean of test_task_metrics, the task's GLUE score (null otherwise)
     "final_val_acc",
     "final_val_loss",
     "final_test_acc",
@@ -52,7 +56,10 @@ RESULT_KEYS = (
 )
 #: metrics.json: nested sections
 SECTION_KEYS = ("time", "passes_per_step", "config", "provenance", "backend", "memory")
-METRICS_KEYS = OUTCOME_KEYS + RESULT_KEYS + SECTION_KEYS
+#: metrics.json: whether ``test_*`` are the validation scores of the best epoch, not a second evaluation
+#: (datasets whose validation and test sets are one set: ImageNet's val/, GLUE's dev set)
+PROTOCOL_KEYS = ("test_is_val",)
+METRICS_KEYS = ("metrics_version", *OUTCOME_KEYS, *PROTOCOL_KEYS, *RESULT_KEYS, *SECTION_KEYS)
 #: ``status`` of a finished run
 FINISHED = ("complete", "diverged")
 
@@ -88,14 +95,41 @@ def metrics_record(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
-    """A finished run's ``metrics.json``; :class:`DamagedFileError` if it is not one."""
+    """A finished run's ``metrics.json`` in the current units (:func:`in_fractions`);
+    :class:`DamagedFileError` if it is not one."""
     path = Path(path)
     metrics = _read_json_file(path, f"delete {path.parent} to train this run again")
     missing = [k for k in OUTCOME_KEYS if k not in metrics]
     if missing or metrics["status"] not in FINISHED:
         what = f"no {missing[0]!r}" if missing else f"status {metrics['status']!r}"
         raise DamagedFileError(f"{path} is damaged ({what}); delete {path.parent} to train this run again")
-    return metrics
+    try:
+        return in_fractions(metrics)
+    except ValueError as err:
+        raise DamagedFileError(f"{path}: {err}") from None
+
+
+def in_fractions(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` content with every score a fraction: a version-1 record's text-task scores
+    (:data:`PERCENT_KEYS_V1`, in percent) divided by 100, and marked :data:`METRICS_VERSION`."""
+    version = metrics.get("metrics_version", 1)
+    if version == METRICS_VERSION:
+        return dict(metrics)
+    if version != 1:
+        raise ValueError(f"metrics_version {version!r} is not one of 1, {METRICS_VERSION} (a newer "
+                         "sampa-bench wrote it)")  # fmt: skip
+    out = dict(metrics) | {"metrics_version": METRICS_VERSION}
+    for key in PERCENT_KEYS_V1:
+        if key in metrics:
+            out[key] = _fraction(metrics[key])
+    return out
+
+
+def _fraction(percent: Any) -> Any:
+    """A value (or a mapping of values) in percent as a fraction; None stays None."""
+    if isinstance(percent, Mapping):
+        return {k: _fraction(v) for k, v in percent.items()}
+    return None if percent is None else percent / 100
 
 
 def _read_json_file(path: Path, remedy: str) -> dict[str, Any]:

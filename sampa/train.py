@@ -3,7 +3,8 @@ from ``sampa.optim``).
 
 :meth:`_Run.execute` is the paper's protocol (Section 5.1) read top to bottom: train an epoch, stop if
 the loss is not finite, evaluate on the validation split, record the epoch (best-validation weights,
-log, checkpoint), and at the end report the test accuracy of the best-validation weights. Restarting
+log, checkpoint), and at the end report the test accuracy of the best-validation weights (where validation
+and test are one set, ImageNet's and GLUE's, that is the best epoch's validation score). Restarting
 the same command resumes from the checkpoint and ends with the same results as an uninterrupted run
 (deterministic data order, RNG states in the checkpoint); see :mod:`sampa.rundir` for what is on
 disk at every moment.
@@ -40,7 +41,7 @@ from sampa.metrics.scores import Columns, merge_columns, topk_columns, topk_scor
 from sampa.models import build_model
 from sampa.models.pretrained import SOURCE_MODEL_NAMES, build_source_model
 from sampa.optim import Method, StepRecord, build_method
-from sampa.rundir import DamagedFileError, RunDir, RunError, os_error_message
+from sampa.rundir import METRICS_VERSION, DamagedFileError, RunDir, RunError, os_error_message
 
 __all__ = ["DamagedFileError", "EngineState", "RunError", "evaluate", "evaluate_sharded", "lr_at", "train"]
 
@@ -95,6 +96,12 @@ SCHEDULE_FACTORS: dict[str, tuple[Callable[[int, int, int], float], bool]] = {
     "cosine_iter": (_cosine, True),
     "linear": (lambda step, total, warmup: schedules.linear_warmup_decay(1.0, step, total, warmup), True),
 }
+
+
+def test_is_val(cfg: RunConfig) -> bool:
+    """Whether the run's validation and test sets are one set (a source's eval set: ImageNet's ``val/``,
+    GLUE's dev set): then ``test_*`` are the validation scores of the best epoch, not a second pass."""
+    return is_source(cfg.dataset)
 
 
 def selection_key(cfg: RunConfig) -> str:
@@ -296,7 +303,8 @@ class _Run:
                     # 5. an interruption may end this process here; the same command resumes
                     if stop_after is not None and epochs_run >= stop_after and state.epoch < cfg.epochs:
                         return None
-                # 6. final numbers: the last model on val/test, the best-validation weights on test
+                # 6. final numbers: the last model on val/test, the best-validation weights on test (one
+                #    eval set, test_is_val: the epochs' validation scores, without evaluating again)
                 return self._finish()
         finally:
             self.memory.stop()
@@ -334,9 +342,11 @@ class _Run:
         with watch:
             self.backend.check_replicas(self.model, epoch)
             self.backend.before_eval(self.model)
-            out = _prefixed("val", self._evaluate(self.model, "val"))
+            val = self._evaluate(self.model, "val")
+            out = _prefixed("val", val)
             if self.cfg.test_every_epoch:
-                out |= _prefixed("test", self._evaluate(self.model, "test"))
+                test = val if test_is_val(self.cfg) else self._evaluate(self.model, "test")
+                out |= _prefixed("test", test)
         out["eval_time_s"] = watch.seconds
         return out
 
@@ -369,12 +379,17 @@ class _Run:
     def _finish(self) -> dict[str, Any]:
         memory = self._gathered_memory()  # every process: also waits until best.pt is written
         final_val = final_test = best_test = None
-        if not self.state.history[-1]["diverged"]:
-            self.backend.before_eval(self.model)
+        history = self.state.history
+        if not history[-1]["diverged"]:
             kill_point("final:eval")
-            final_val = self._evaluate(self.model, "val")
-            final_test = self._evaluate(self.model, "test")
-            best_test = self._best_checkpoint_test()
+            final_val = _scores(history[-1], "val")  # the last model, as its epoch evaluated it
+            if test_is_val(self.cfg):  # one eval set: the scores are known, no second pass
+                final_test = final_val
+                best_test = self._best_epoch_val()
+            else:
+                self.backend.before_eval(self.model)
+                final_test = self._evaluate(self.model, "test")
+                best_test = self._best_checkpoint_test()
         metrics = build_metrics(self.cfg, self.state, final_val, final_test, best_test, self.steps_per_epoch)
         metrics["provenance"] = provenance([self.device]) | {"resumes": self.state.resumes}
         metrics["backend"] = {
@@ -389,6 +404,11 @@ class _Run:
         if self.backend.is_writer:
             self.run_dir.finish(self.state.history, metrics)
         return metrics
+
+    def _best_epoch_val(self) -> dict[str, Any] | None:
+        """The validation scores the best epoch recorded (None if no epoch improved)."""
+        best = self.state.best_epoch
+        return _scores(self.state.history[best - 1], "val") if best else None
 
     def _best_checkpoint_test(self) -> dict[str, float] | None:
         present = self.backend.gather(self.run_dir.best.exists())  # every rank evaluates its share
@@ -540,12 +560,12 @@ def build_metrics(
     results = {
         "best_epoch": state.best_epoch or None,
         "best_val_acc": best_row.get("val_acc"),  # plain accuracy (None for regression)
-        "best_val_task_score": _percent(best_row.get("val_task_score")) if task else None,
+        "best_val_task_score": best_row.get("val_task_score") if task else None,
         "test_acc": best_test["acc"] if best_test else None,  # the paper's number: best-validation weights
         "test_loss": best_test["loss"] if best_test else None,
         "test_top5_acc": best_test.get("top5_acc") if best_test else None,  # ImageNet
-        "test_task_metrics": _task_metrics(cfg, best_test),  # text: the task's metric(s), in %
-        "test_task_score": _percent(best_test["task_score"]) if task and best_test else None,
+        "test_task_metrics": _task_metrics(cfg, best_test),  # text: the task's metric(s)
+        "test_task_score": best_test["task_score"] if task and best_test else None,
         "final_val_acc": final_val["acc"] if final_val else None,
         "final_val_loss": final_val["loss"] if final_val else None,
         "final_test_acc": final_test["acc"] if final_test else None,
@@ -556,11 +576,13 @@ def build_metrics(
     if diverged:
         results = dict.fromkeys(results)
     return {
+        "metrics_version": METRICS_VERSION,  # every score a fraction
         "status": "diverged" if diverged else "complete",
         "diverged": diverged,
         "diverged_epoch": rows[-1]["epoch"] if diverged else None,
         "epochs": cfg.epochs,
         "epochs_completed": state.epoch,
+        "test_is_val": test_is_val(cfg),
         **results,
         "time": {
             "first_epoch_s": times[0],
@@ -579,15 +601,11 @@ def build_metrics(
 
 
 def _task_metrics(cfg: RunConfig, scores: dict[str, Any] | None) -> dict[str, float] | None:
-    """A text task's metrics in percent, e.g. ``{"acc": 86.5, "f1": 90.5}`` (MRPC); None otherwise."""
+    """A text task's metrics (fractions), e.g. ``{"acc": 0.865, "f1": 0.905}`` (MRPC); None otherwise."""
     names = task_metric_names(cfg.dataset)
     if scores is None or not names:
         return None
-    return {name: _percent(scores[name]) for name in names}
-
-
-def _percent(fraction: float | None) -> float | None:
-    return None if fraction is None else 100.0 * fraction
+    return {name: scores[name] for name in names}
 
 
 def _backend_time(history: list[dict[str, Any]], train_total_s: float) -> dict[str, Any]:
@@ -602,6 +620,11 @@ def _backend_time(history: list[dict[str, Any]], train_total_s: float) -> dict[s
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{k}": v for k, v in values.items()}
+
+
+def _scores(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The scores a log row holds under ``prefix`` (``val_acc`` -> ``acc``); inverse of :func:`_prefixed`."""
+    return {k.removeprefix(f"{prefix}_"): v for k, v in row.items() if k.startswith(f"{prefix}_")}
 
 
 def _json_safe(obj: Any) -> Any:

@@ -119,6 +119,29 @@ def test_metrics_keys_are_defined_once():
             assert m.column.split(".")[0] in METRICS_KEYS, name
 
 
+def test_metrics_of_version_1_are_read_as_fractions(tmp_path):
+    """metrics.json before version 2 had the text-task scores in percent; every reader gets fractions."""
+    import json
+
+    from sampa.rundir import DamagedFileError, read_metrics
+
+    old = {"status": "complete", "diverged": False, "diverged_epoch": None, "epochs": 3,
+           "epochs_completed": 3, "test_acc": 0.75, "test_task_metrics": {"acc": 75.0, "f1": 80.0},
+           "test_task_score": 77.5, "best_val_task_score": 77.5}  # fmt: skip
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(old))
+    read = read_metrics(path)
+    assert read["test_task_metrics"] == {"acc": 0.75, "f1": 0.8} and read["test_acc"] == 0.75
+    assert read["test_task_score"] == read["best_val_task_score"] == 0.775 and read["metrics_version"] == 2
+    path.write_text(json.dumps(read))
+    assert read_metrics(path) == read  # version 2 is read as written
+    path.write_text(json.dumps(old | {"test_task_metrics": None, "test_task_score": None}))
+    assert read_metrics(path)["test_task_score"] is None  # not a text task
+    path.write_text(json.dumps(old | {"metrics_version": 3}))
+    with pytest.raises(DamagedFileError, match=r"metrics.json: metrics_version 3 is not one of 1, 2"):
+        read_metrics(path)
+
+
 def test_schedules_are_the_configs_choices():
     from sampa.config import SCHEDULES
 

@@ -65,8 +65,8 @@ def test_text_run_with_mapping_batches_resumes_and_records_its_metric(tmp_path, 
     for key in ("test_acc", "test_loss", "final_train_loss", "test_task_metrics"):
         assert resumed[key] == whole[key], key
     assert whole["status"] == "complete" and whole["test_top5_acc"] is None
-    assert whole["test_task_metrics"] == {"acc": 100 * whole["test_acc"]}  # percent, as GLUE reports
-    assert whole["test_task_score"] == 100 * whole["test_acc"]
+    assert whole["test_task_metrics"] == {"acc": whole["test_acc"]}  # a fraction, as every score
+    assert whole["test_task_score"] == whole["test_acc"] and whole["test_is_val"] is True
     rows = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     want = [0.0, pytest.approx(1e-3 * 8 / 14)]
     assert [r["lr"] for r in rows] == [lr_at(cfg, 0, 0), lr_at(cfg, 1, 0)] == want
@@ -77,37 +77,39 @@ def test_text_run_learns_the_synthetic_task(tmp_path):
     pytest.importorskip("transformers")
     cfg = _text_run("sampa", epochs=8, batch_size=32, lr=3e-3, warmup=0.0, weight_decay=0.0)
     metrics = train(cfg, tmp_path, log_progress=False)
-    # percent; a bag of tokens gets 43, the most frequent class 33, reading the first word 90 (label noise)
-    assert metrics["test_task_metrics"]["acc"] > 60
+    # a bag of tokens gets 0.43, the most frequent class 0.33, reading the first word 0.9 (label noise)
+    assert metrics["test_task_metrics"]["acc"] > 0.6
 
 
-#: the paper's Table 6 AdamW cells as fractions, and each task's GLUE score in % (mean of its metrics)
+#: the paper's Table 6 AdamW cells and each task's GLUE score (mean of its metrics), as fractions
 PAPER_ADAMW = {
-    "cola": ({"mcc": 0.566}, 56.6),
-    "mrpc": ({"acc": 0.856, "f1": 0.899}, 87.75),
-    "stsb": ({"pearson": 0.854, "spearman": 0.853}, 85.35),
-    "qqp": ({"acc": 0.902, "f1": 0.868}, 88.5),
-    "mnli": ({"acc": 0.826}, 82.6),
+    "cola": ({"mcc": 0.566}, 0.566),
+    "mrpc": ({"acc": 0.856, "f1": 0.899}, 0.8775),
+    "stsb": ({"pearson": 0.854, "spearman": 0.853}, 0.8535),
+    "qqp": ({"acc": 0.902, "f1": 0.868}, 0.885),
+    "mnli": ({"acc": 0.826}, 0.826),
 }
 
 
 @pytest.mark.parametrize("task", list(PAPER_ADAMW))
-def test_glue_record_has_plain_accuracy_task_metrics_in_percent_and_the_task_score(task):
+def test_glue_record_has_plain_accuracy_task_metrics_and_the_task_score_as_fractions(task):
     """metrics.json of a GLUE run: test_acc is plain accuracy (null for STS-B), test_task_metrics the
-    task's metrics in %, test_task_score their mean; the best epoch is chosen by the validation task score."""
+    task's metrics, test_task_score their mean, all fractions; the best epoch is chosen by the validation
+    task score."""
     metrics, score = PAPER_ADAMW[task]
     acc = None if task == "stsb" else 0.7  # plain accuracy, unlike MRPC/QQP's task score
-    evals = {"loss": 0.4, "acc": metrics.get("acc", acc), **metrics, "task_score": score / 100}
+    evals = {"loss": 0.4, "acc": metrics.get("acc", acc), **metrics, "task_score": score}
     row = {"epoch": 1, "diverged": False, "train_loss": 0.5, "train_acc": 0.6, "epoch_time_s": 1.0,
            "passes_per_step": {"forward": 1.0}, "val_acc": evals["acc"],
-           "val_task_score": score / 100}  # fmt: skip
-    state = EngineState(epoch=1, history=[row], best_val_score=score / 100, best_epoch=1)
+           "val_task_score": score}  # fmt: skip
+    state = EngineState(epoch=1, history=[row], best_val_score=score, best_epoch=1)
     cfg = RunConfig(dataset=f"glue-{task}", model="bert-base", epochs=1)
     record = build_metrics(cfg, state, evals, evals, evals, steps_per_epoch=10)
     assert selection_key(cfg) == "val_task_score" and selection_key(RunConfig()) == "val_acc"
-    assert record["test_task_metrics"] == pytest.approx({k: 100 * v for k, v in metrics.items()})
+    assert record["test_task_metrics"] == pytest.approx(metrics)
     assert record["test_task_score"] == pytest.approx(score)
     assert record["best_val_task_score"] == pytest.approx(score)
+    assert record["metrics_version"] == 2 and record["test_is_val"] is True
     assert record["test_acc"] == record["best_val_acc"] == evals["acc"]
     assert (record["test_acc"] is None) == (task == "stsb")
     assert set(record) | {"provenance", "backend", "memory"} == set(METRICS_KEYS)
@@ -126,7 +128,7 @@ def test_stsb_run_selects_by_task_score_and_has_no_accuracy(tmp_path, monkeypatc
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     scores = [r["val_task_score"] for r in rows]
     assert metrics["best_epoch"] == 1 + scores.index(max(scores))
-    assert metrics["best_val_task_score"] == pytest.approx(100 * max(scores))
+    assert metrics["best_val_task_score"] == pytest.approx(max(scores))
     assert all(r["val_acc"] is None for r in rows) and metrics["test_acc"] is None
     assert set(metrics["test_task_metrics"]) == {"pearson", "spearman"}
     assert metrics["test_task_score"] == pytest.approx(sum(metrics["test_task_metrics"].values()) / 2)
@@ -167,6 +169,75 @@ def test_toy_imagefolder_run_records_top5(tmp_path):
     assert metrics["test_top5_acc"] >= metrics["test_acc"]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["test_top5_acc"] == metrics["test_top5_acc"]
+
+
+def _counted_evaluations(monkeypatch) -> list[str]:
+    """The split of every evaluation pass the engine makes from now on (it wraps evaluate_sharded)."""
+    passes: list[str] = []
+    real = engine.evaluate_sharded
+
+    def counted(model, data, split, *args):
+        passes.append(split)
+        return real(model, data, split, *args)
+
+    monkeypatch.setattr(engine, "evaluate_sharded", counted)
+    return passes
+
+
+def _log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _source_run(kind: str, tmp_path, **changes) -> RunConfig:
+    if kind == "text":  # GLUE-like: a text task scored by its task metrics on its one eval set
+        pytest.importorskip("transformers")
+        return _text_run("sgd", lr=3e-3, **changes)
+    return RunConfig(model="tinycnn", dataset="imagefolder-toy", optimizer="sgd", epochs=2, batch_size=32,
+                     lr=0.05, data_root=str(tmp_path / "data"), device="cpu", threads=1, num_workers=1,
+                     **changes)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["text", "imagefolder"])
+def test_one_eval_set_is_evaluated_once_per_epoch_and_never_again(tmp_path, monkeypatch, kind):
+    """Validation = test (GLUE's dev set, ImageNet's val/): one pass per epoch, none at the end; test_* are
+    the best epoch's validation scores, final_* the last epoch's, and equal to evaluating again."""
+    cfg = _source_run(kind, tmp_path)
+    passes = _counted_evaluations(monkeypatch)
+    metrics = train(cfg, tmp_path / "once", log_progress=False)
+    assert passes == ["val"] * cfg.epochs and metrics["test_is_val"] is True
+    rows = _log(tmp_path / "once")
+    best, last = rows[metrics["best_epoch"] - 1], rows[-1]
+    for key in ("acc", "loss", "top5_acc", "task_score"):  # top-5: ImageNet's; the task score: text's
+        assert metrics[f"test_{key}"] == best.get(f"val_{key}"), key
+    assert metrics["final_val_acc"] == metrics["final_test_acc"] == last["val_acc"]
+    assert metrics["final_test_loss"] == last["val_loss"]
+    assert (metrics["test_task_metrics"] is None) == (kind == "imagefolder")
+
+    passes.clear()  # the same run evaluating the best checkpoint and the last model again
+    monkeypatch.setattr(engine, "test_is_val", lambda _cfg: False)
+    again = train(cfg, tmp_path / "twice", log_progress=False)
+    assert passes == ["val"] * cfg.epochs + ["test", "test"]
+    for key in ("test_acc", "test_loss", "test_top5_acc", "test_task_metrics", "final_test_acc"):
+        assert again[key] == metrics[key], key
+
+
+def test_test_every_epoch_copies_the_validation_scores_of_one_eval_set(tmp_path, monkeypatch):
+    cfg = _source_run("imagefolder", tmp_path, test_every_epoch=True)
+    passes = _counted_evaluations(monkeypatch)
+    train(cfg, tmp_path / "run", log_progress=False)
+    assert passes == ["val"] * cfg.epochs
+    for row in _log(tmp_path / "run"):
+        assert row["test_acc"] == row["val_acc"] and row["test_top5_acc"] == row["val_top5_acc"]
+
+
+def test_separate_test_set_is_evaluated_for_the_best_and_the_last_model(tmp_path, monkeypatch):
+    """A held-out validation split (CIFAR-style): one pass per epoch on val, then two on test (the
+    best-validation checkpoint and the last model); the last model's val scores are the last epoch's."""
+    cfg = tiny_run(epochs=2)
+    passes = _counted_evaluations(monkeypatch)
+    metrics = train(cfg, tmp_path / "run", log_progress=False)
+    assert passes == ["val", "val", "test", "test"] and metrics["test_is_val"] is False
+    assert metrics["final_val_acc"] == _log(tmp_path / "run")[-1]["val_acc"]
 
 
 def test_missing_extra_or_data_is_one_line(tmp_path, monkeypatch, capsys):

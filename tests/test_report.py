@@ -488,7 +488,7 @@ GLUE_CONFIG = {
         }
     },
 }
-# the task metrics (in %) of seeds 0 and 1, per arm and task, as metrics.json records them
+# the task metrics (in %, as the table shows them) of seeds 0 and 1, per arm and task
 GLUE_RESULTS = {
     ("AdamW", "glue-cola"): [{"mcc": 50.0}, {"mcc": 52.0}],
     ("AdamW", "glue-mrpc"): [{"acc": 80.0, "f1": 86.0}, {"acc": 82.0, "f1": 88.0}],
@@ -499,30 +499,48 @@ GLUE_RESULTS = {
 }
 
 
-@pytest.fixture
-def glue_runs(tmp_path):
+@pytest.fixture(params=[2, 1], ids=["fractions", "percent-v1"])
+def glue_runs(tmp_path, request):
     pytest.importorskip("transformers", reason="GLUE runs need the nlp extra")
     spec = ex.resolve(GLUE_CONFIG, "t6")
-    return spec, write_glue_runs(tmp_path, spec)
+    return spec, write_glue_runs(tmp_path, spec, request.param)
 
 
-def write_glue_runs(tmp_path: Path, spec: dict) -> pd.DataFrame:
-    """The planned runs of a GLUE spec, finished with the scores of GLUE_RESULTS; their runs table."""
+def write_glue_runs(root: Path, spec: dict, version: int = 2) -> pd.DataFrame:
+    """The planned runs of a GLUE spec, finished with the scores of GLUE_RESULTS as metrics.json files of
+    ``version`` 2 (fractions) or 1 (text-task scores in %, no ``metrics_version``); their runs table."""
     planned = ex.plan_experiment(spec)
+    unit = 100 if version == 1 else 1
     for run in planned:
-        scores = GLUE_RESULTS[(run.cell["arm"], run.settings["dataset"])][run.seed]
-        d = tmp_path / run.path
+        percent = GLUE_RESULTS[(run.cell["arm"], run.settings["dataset"])][run.seed]
+        scores = {k: v / 100 * unit for k, v in percent.items()}
+        d = root / run.path
         d.mkdir(parents=True)
         config = {**{k: v for k, v in run.settings.items()}, "devices": 1}
         metrics = {
             "status": "complete",
-            "test_acc": scores["acc"] / 100 if "acc" in scores else None,
+            "test_acc": percent["acc"] / 100 if "acc" in percent else None,
             "test_task_metrics": scores,
             "test_task_score": sum(scores.values()) / len(scores),
             "config": config,
-        }
+        } | ({"metrics_version": 2, "test_is_val": True} if version == 2 else {})
         (d / "metrics.json").write_text(json.dumps(metrics))
-    return collect_runs([tmp_path / r.path for r in planned], tmp_path)
+    return collect_runs([root / r.path for r in planned], root)
+
+
+def test_glue_runs_in_percent_and_in_fractions_make_the_same_table(tmp_path):
+    """Run directories written before scores were fractions (version 1: GLUE's in %) read as fractions."""
+    pytest.importorskip("transformers", reason="GLUE runs need the nlp extra")
+    spec = ex.resolve(GLUE_CONFIG, "t6")
+    made = {}
+    for version in (1, 2):
+        frame = write_glue_runs(tmp_path / str(version), spec, version)
+        assert frame["test_task_score"].between(0, 1).all() and (frame["metrics_version"] == 2).all()
+        cells = tables.cell_table(spec, frame)
+        made[version] = (frame.drop(columns="test_is_val", errors="ignore"), tables.render(spec, cells, None))
+    pd.testing.assert_frame_equal(made[1][0], made[2][0])
+    assert made[1][1] == made[2][1]  # markdown, LaTeX and CSV
+    assert "**55.5** ± 2.1" in made[1][1].markdown  # SAM's CoLA Mcc in %, 1 decimal
 
 
 def test_glue_table_has_each_tasks_metrics_and_the_glue_average(glue_runs):

@@ -4,8 +4,9 @@ The GLUE metrics follow the benchmark's definitions (the same values as scikit-l
 Matthews correlation (CoLA), F1 of the positive class with accuracy (MRPC, QQP), Pearson and
 Spearman correlation (STS-B; Spearman with average ranks for ties), accuracy otherwise. A task's
 score is the mean of its metrics (:func:`task_score`), and the GLUE score is the mean of the task
-scores (:func:`glue_average`), as the GLUE leaderboard computes them. Values are fractions here;
-``metrics.json`` records the task metrics in percent (``sampa.train``).
+scores (:func:`glue_average`), as the GLUE leaderboard computes them. Values are fractions (MCC and the
+correlations in [-1, 1]), here and in ``metrics.json``; tables show them in percent. Which metrics a task
+has is in :mod:`sampa.glue_tasks`.
 """
 
 from __future__ import annotations

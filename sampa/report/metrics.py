@@ -53,11 +53,13 @@ METRICS: dict[str, Metric] = {
     "test_acc": Metric("Test accuracy (%)", "test_acc", scale=100, best="max"),
     "test_top1_acc": Metric("Top-1 (%)", "test_acc", scale=100, best="max"),  # ImageNet: test_acc is top-1
     "test_top5_acc": Metric("Top-5 (%)", "test_top5_acc", scale=100, best="max", optional=True),
-    # text tasks (metrics.json, in %): the task's GLUE score (mean of its metrics) and each metric; a GLUE
-    # task has only its own metrics (:func:`applies`)
-    "glue_score": Metric("GLUE score", "test_task_score", decimals=1, best="max"),
+    # text tasks (fractions in metrics.json, shown in %): the task's GLUE score (mean of its metrics) and
+    # each metric; a GLUE task has only its own metrics (:func:`applies`)
+    "glue_score": Metric("GLUE score", "test_task_score", scale=100, decimals=1, best="max"),
     **{
-        f"glue_{name}": Metric(label, f"test_task_metrics.{name}", decimals=1, best="max", optional=True)
+        f"glue_{name}": Metric(
+            label, f"test_task_metrics.{name}", scale=100, decimals=1, best="max", optional=True
+        )
         for name, label in METRIC_LABELS.items()
     },
     "final_test_acc": Metric("Final test accuracy (%)", "final_test_acc", scale=100, best="max"),

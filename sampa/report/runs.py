@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from sampa.rundir import in_fractions
+
 #: identity columns first, in this order
 ID_COLUMNS = ("run", "status", "dataset", "model", "optimizer", "seed")
 #: metrics.json sections handled separately (not flattened)
@@ -36,7 +38,7 @@ def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"run": _relative(run_dir, runs_root)}
     outcome = _read_record(run_dir / "outcome.json")
     row |= flatten(outcome.get("shared") or {}, "shared.")
-    metrics = _read_record(run_dir / "metrics.json")
+    metrics = _metrics_record(run_dir / "metrics.json")
     if not metrics:
         recorded = outcome.get("status") if outcome.get("status") in ("failed", "needs data") else None
         row["status"] = recorded or ("incomplete" if (run_dir / "checkpoint.pt").exists() else "missing")
@@ -197,6 +199,17 @@ def _read_record(path: Path) -> dict[str, Any]:
         _warn(f"{path} is damaged (not a JSON object): skipped; delete it to train the run again")
         return {}
     return data
+
+
+def _metrics_record(path: Path) -> dict[str, Any]:
+    """A run's metrics.json with every score a fraction (older records' percentages converted); {} if
+    absent, and {} with a one-line warning if damaged or written by a newer version."""
+    metrics = _read_record(path)
+    try:
+        return in_fractions(metrics) if metrics else {}
+    except ValueError as err:
+        _warn(f"{path}: {err}: skipped")
+        return {}
 
 
 def _warn(message: str) -> None:
