@@ -543,10 +543,11 @@ def test_a_glue_average_over_some_tasks_decides_nothing(tmp_path):
         acc = 70.0 if run.cell["arm"] == "SAMPa-0.1" else 60.0
         (root / run.path).mkdir(parents=True)
         metrics = {
+            "metrics_version": 2,  # every score a fraction
             "status": "complete",
             "test_acc": acc / 100,
-            "test_task_metrics": {"acc": acc},
-            "test_task_score": acc,
+            "test_task_metrics": {"acc": acc / 100},
+            "test_task_score": acc / 100,
             "config": {**run.settings, "devices": 1},
         }
         (root / run.path / "metrics.json").write_text(json.dumps(metrics))
