@@ -540,7 +540,7 @@ def test_glue_runs_in_percent_and_in_fractions_make_the_same_table(tmp_path):
         made[version] = (frame.drop(columns="test_is_val", errors="ignore"), tables.render(spec, cells, None))
     pd.testing.assert_frame_equal(made[1][0], made[2][0])
     assert made[1][1] == made[2][1]  # markdown, LaTeX and CSV
-    assert "**55.5** ± 2.1" in made[1][1].markdown  # SAM's CoLA Mcc in %, 1 decimal
+    assert "| 55.5 ± 2.1 " in made[1][1].markdown  # SAM's CoLA Mcc in %, 1 decimal
 
 
 def test_glue_table_has_each_tasks_metrics_and_the_glue_average(glue_runs):
