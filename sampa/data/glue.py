@@ -182,10 +182,10 @@ def synthetic_text_data(
     label_noise: float = 0.1,
     device: str | torch.device = "cpu",
 ) -> TextData:
-    """The dataset ``synthetic-text``: the first-word task (:func:`synthetic_first_word`) as train and eval
-    splits, each with its own ``label_noise``."""
+    """The dataset ``synthetic-text``: the marker task (:func:`synthetic_text`) with ``label_noise`` as train
+    and eval splits."""
     splits = [
-        synthetic_first_word(size, num_labels=num_labels, label_noise=label_noise, seed=seed).to(device)
+        synthetic_text(size, num_labels=num_labels, label_noise=label_noise, seed=seed).to(device)
         for size, seed in ((train_size, 0), (eval_size, 1))
     ]
     return TextData("synthetic-text", num_labels, *splits)
@@ -256,14 +256,22 @@ def text_batches(
 
 
 def synthetic_text(
-    n: int, *, num_labels: int = 2, vocab_size: int = 64, length: int = 16, seed: int = 0
+    n: int,
+    *,
+    num_labels: int = 2,
+    vocab_size: int = 64,
+    length: int = 16,
+    label_noise: float = 0.0,
+    seed: int = 0,
 ) -> TextSplit:
-    """A toy task learned in a few steps (tests): every sequence ``[CLS=1] w ... w [SEP=2] pad=0 ...`` has one
-    marker token ``3 + label`` at a random position among random filler words ``>= 3 + num_labels``; lengths
-    vary. A bag of tokens solves it; the dataset ``synthetic-text`` is :func:`synthetic_first_word`."""
-    if vocab_size < 4 + num_labels or length < 4 or n < 1:
+    """A toy task learned in a few steps, reliably (the dataset ``synthetic-text``): every sequence
+    ``[CLS=1] w ... w [SEP=2] pad=0 ...`` has one marker token ``3 + class`` at a random position among
+    random filler words ``>= 3 + num_labels``; lengths vary. The label is the marker's class, replaced by
+    another class with probability ``label_noise`` (so at most 1 - label_noise is attainable)."""
+    if vocab_size < 4 + num_labels or length < 4 or n < 1 or not 0 <= label_noise < 1:
         raise ValueError(
-            f"need vocab_size >= {4 + num_labels}, length >= 4, n >= 1; got {vocab_size}, {length}, {n}"
+            f"need vocab_size >= {4 + num_labels}, length >= 4, n >= 1, 0 <= label_noise < 1; "
+            f"got {vocab_size}, {length}, {n}, {label_noise}"
         )
     gen = cpu_generator(seed, STREAM_SYNTHETIC)
     labels = torch.randint(0, num_labels, (n,), generator=gen)
@@ -272,7 +280,16 @@ def synthetic_text(
     positions = torch.arange(length)
     mark = 1 + (torch.rand(n, generator=gen) * (used - 2)).long()  # strictly between [CLS] and [SEP]
     ids = torch.where(positions == mark[:, None], 3 + labels[:, None], ids)
-    return _framed(ids, used, labels)
+    return _framed(ids, used, _noisy(labels, num_labels, label_noise, gen))
+
+
+def _noisy(labels: Tensor, num_labels: int, label_noise: float, gen: torch.Generator) -> Tensor:
+    """``labels``, each replaced by a uniformly drawn other class with probability ``label_noise``."""
+    if label_noise == 0:
+        return labels
+    flip = torch.rand(len(labels), generator=gen) < label_noise
+    other = torch.randint(1, num_labels, (len(labels),), generator=gen)
+    return torch.where(flip, (labels + other) % num_labels, labels)
 
 
 def _framed(ids: Tensor, used: Tensor, labels: Tensor) -> TextSplit:
@@ -285,32 +302,3 @@ def _framed(ids: Tensor, used: Tensor, labels: Tensor) -> TextSplit:
     ids = torch.where(mask, ids, torch.tensor(0))
     tokens = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     return TextSplit({k: v.to(torch.int32) for k, v in tokens.items()}, labels)
-
-
-def synthetic_first_word(
-    n: int,
-    *,
-    num_labels: int = 4,
-    vocab_size: int = 64,
-    length: int = 16,
-    label_noise: float = 0.1,
-    seed: int = 0,
-) -> TextSplit:
-    """A toy task that needs attention to a position: sequences ``[CLS=1] w ... w [SEP=2] pad=0 ...`` of
-    random words ``w >= 3`` and lengths; the label is the first word's class ``w mod num_labels``, replaced
-    by another class with probability ``label_noise`` (so at most 1 - label_noise is attainable). The bag of
-    tokens holds the first word among the others, so it says little (tests: well below what reading
-    the first word gives), and the majority class is about 1/num_labels."""
-    if vocab_size < 3 + num_labels or length < 3 or n < 1 or num_labels < 2 or not 0 <= label_noise < 1:
-        raise ValueError(
-            f"need vocab_size >= {3 + num_labels}, length >= 3, n >= 1, num_labels >= 2, "
-            f"0 <= label_noise < 1; got {vocab_size}, {length}, {n}, {num_labels}, {label_noise}"
-        )
-    gen = cpu_generator(seed, STREAM_SYNTHETIC)
-    used = torch.randint(3, length + 1, (n,), generator=gen)  # tokens incl. [CLS] and [SEP]
-    ids = torch.randint(3, vocab_size, (n, length), generator=gen)
-    labels = ids[:, 1] % num_labels
-    flip = torch.rand(n, generator=gen) < label_noise
-    other = torch.randint(1, num_labels, (n,), generator=gen)
-    labels = torch.where(flip, (labels + other) % num_labels, labels)
-    return _framed(ids, used, labels)

@@ -15,7 +15,7 @@ labels are hidden), as the paper reports them (ImageNet: "maximum test accuracie
 dev scores, MNLI on the matched dev set).
 
 Names: ``imagenet``; ``glue-<task>`` (``glue-cola`` ... ``glue-wnli``); ``synthetic-text`` (toy, no files:
-:func:`sampa.data.glue.synthetic_first_word`);
+:func:`sampa.data.glue.synthetic_text_data`);
 ``imagefolder-toy`` (generated JPEGs in ``<data root>/imagefolder-toy``, read like ImageNet, 32 x 32 crops).
 Pretrained weights live under ``<data root>/weights/`` (:data:`WEIGHTS`) or in the Hugging Face hub cache.
 """
