@@ -18,7 +18,6 @@ include: "workflow/rules/figures.smk"
 localrules:
     all,
     aggregate_runs,
-    aggregate_experiment,
     make_table,
     make_scorecard,
     make_figure,

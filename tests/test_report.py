@@ -380,6 +380,38 @@ def test_commands_plan_aggregate_table(runs, tmp_path, capsys, monkeypatch):
     assert "unknown experiment 't9'; choose one of: t1, t3, t4" in capsys.readouterr().err
 
 
+def test_table_and_figure_from_run_directories_equal_those_from_the_runs_table(runs, tmp_path, capsys):
+    # the workflow gives a table its runs' outcome records (no aggregate job): same bytes as from the CSV
+    from sampa.report.commands import main
+
+    plan, root, _ = runs
+    runs_csv = tmp_path / "runs.csv"
+    records = [str(root / path / "outcome.json") for path in dict.fromkeys(r.path for r in plan.runs["t1"])]
+    assert main(["aggregate", "--runs-root", str(root), "--out", str(runs_csv), *records]) == 0
+    table = ["table", "--spec", ex.spec_json(plan.specs["t1"])]
+    figure_spec = {**plan.specs["t1"], "kind": "figure", "figure": {"plot": "bars", "metrics": ["test_acc"]}}
+    figure = ["figure", "--spec", json.dumps(figure_spec), "--runs-root", str(root)]
+    made = {}
+    for source, inputs in (("csv", []), ("dirs", ["--runs-root", str(root), *records])):
+        table_in = ["--runs", str(runs_csv)] if source == "csv" else inputs
+        outs = {ext: tmp_path / f"{source}.{ext}" for ext in ("md", "tex", "csv", "pdf", "png")}
+        assert main([*table, *table_in, *(f"--{e}={outs[e]}" for e in ("md", "tex", "csv"))]) == 0
+        assert "| SAM " in outs["md"].read_text()
+        fig_out = {e: tmp_path / f"{source}-figure.{e}" for e in ("pdf", "png", "csv")}
+        fig_in = ["--data", str(runs_csv)] if source == "csv" else records
+        assert main([*figure, *fig_in, *(f"--{e}={fig_out[e]}" for e in fig_out)]) == 0
+        made[source] = [path.read_bytes() for path in [*outs.values(), *fig_out.values()] if path.exists()]
+    assert len(made["dirs"]) == 6 and made["dirs"] == made["csv"]
+
+    # both, or neither: one line, exit 2, nothing written
+    assert main([*table, "--runs", str(runs_csv), *records]) == 2
+    assert "give run directories or --runs, not both" in capsys.readouterr().err
+    assert main([*table, "--md", str(tmp_path / "none.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give run directories or --runs (the runs table" in err
+    assert not (tmp_path / "none.md").exists()
+
+
 def test_optional_metrics_are_not_applicable_rather_than_missing(runs):
     plan, _, frame = runs
     spec = copy.deepcopy(plan.specs["t1"])

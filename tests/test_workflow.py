@@ -192,7 +192,6 @@ def test_paper_dry_run_job_counts(tmp_path, no_data):
     assert counts["make_table"] == 15  # Tables 1-14 (3, 5 and 6 say "not run: needs ...") and vSAM
     assert counts["make_figure"] == 5 and counts["run_toy"] == 1 and counts["aggregate_runs"] == 1
     assert counts["make_scorecard"] == 1  # results/paper/tables/reproduction.{md,tex}
-    assert counts["aggregate_experiment"] == 15 + 4  # every table and every figure but the toy one
 
 
 def test_one_table_by_target_name_trains_only_its_runs(tmp_path, no_data):
@@ -203,7 +202,8 @@ def test_one_table_by_target_name_trains_only_its_runs(tmp_path, no_data):
     target = "results/paper/tables/table1.md"
     counts = job_counts(snakemake("-n", target, "--configfile", config, cwd=tmp_path, env=no_data).stdout)
     assert counts["train_run"] == len(table1)
-    assert counts["aggregate_experiment"] == 1 and "aggregate_runs" not in counts
+    # the table itself and its runs' data check, nothing else (no runs table, no other table)
+    assert counts == {"prepare_data": 1, "train_run": len(table1), "make_table": 1, "total": len(table1) + 2}
 
 
 def test_slurm_profile_plans_the_paper(tmp_path):
@@ -451,12 +451,11 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     assert job_counts(second) == {
         "train_run": 1,
         "aggregate_runs": 1,
-        "aggregate_experiment": 2,  # the table's runs and the figure's
         "make_table": 1,
         "make_figure": 1,
         "make_scorecard": 1,
         "all": 1,
-        "total": 8,
+        "total": 6,
     }
     # training is deterministic: the retrained run gives byte-identical tables
     assert {p.name: p.read_bytes() for p in (work / "results/mini/tables").iterdir()} == tables_before

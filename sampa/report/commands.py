@@ -56,6 +56,32 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="experiment id in --config")
 
 
+def _run_dirs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "run_dirs",
+        nargs="*",
+        metavar="RUN",
+        help="run directories (or files inside them, e.g. outcome.json): the runs table is read from them",
+    )
+    p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="run ids are paths relative to this")
+
+
+def _runs(args: argparse.Namespace, flag: str) -> Any:
+    """The runs table: read from the run directories given (the workflow's way, no aggregate job), else
+    the CSV that ``flag`` names."""
+    from sampa.experiments import PlanError
+    from sampa.report.runs import runs_table
+
+    path = getattr(args, flag.removeprefix("--"))
+    if args.run_dirs and path:
+        raise PlanError(f"give run directories or {flag}, not both")
+    if args.run_dirs:
+        return runs_table(args.run_dirs, args.runs_root)
+    if not path:
+        raise PlanError(f"give run directories or {flag} (the runs table from python -m sampa aggregate)")
+    return _runs_table(path, flag)
+
+
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
     from sampa.experiments import (
         PlanError,
@@ -237,7 +263,8 @@ def _aggregate(args: argparse.Namespace) -> int:
 def _add_table(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table", help="one paper table as Markdown, LaTeX and CSV")
     _spec_arguments(p)
-    p.add_argument("--runs", help="runs table (python -m sampa aggregate)")
+    p.add_argument("--runs", help="runs table (python -m sampa aggregate), instead of run directories")
+    _run_dirs_arguments(p)
     p.add_argument("--md", help="Markdown output")
     p.add_argument("--tex", help="LaTeX (booktabs) output")
     p.add_argument("--csv", help="CSV output (one row per cell)")
@@ -255,7 +282,7 @@ def _table(args: argparse.Namespace) -> int:
     if spec.get("not_run"):  # what it needs is missing here (planned no runs)
         text = render_not_run(spec)
     else:
-        runs = _runs_table(args.runs)
+        runs = _runs(args, "--runs")
         cells = cell_table(spec, runs)
         text = render(spec, cells, compare(spec, cells, runs))
     for path, content in ((args.md, text.markdown), (args.tex, text.latex), (args.csv, text.csv)):
@@ -273,8 +300,10 @@ def _table(args: argparse.Namespace) -> int:
 def _add_figure(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("figure", help="one paper figure as PDF + PNG, with its data as CSV")
     _spec_arguments(p)
-    p.add_argument("--data", required=True, help="runs table, or the toy trajectories CSV for plot: toy")
-    p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="run directories (per-epoch logs)")
+    p.add_argument(
+        "--data", help="the toy trajectories CSV (plot: toy), or a runs table instead of run directories"
+    )
+    _run_dirs_arguments(p)
     p.add_argument("--pdf", required=True)
     p.add_argument("--png", required=True)
     p.add_argument("--csv", help="the plotted data")
@@ -288,9 +317,13 @@ def _figure(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if spec["kind"] != "figure":
         raise FigureError(f"experiment {spec['id']!r} is a {spec['kind']}, not a figure")
-    if not Path(args.data).exists():
-        raise FigureError(f"--data {args.data!r} does not exist")
-    result = make_figure(spec, args.data, args.pdf, args.png, args.runs_root)
+    if spec["figure"]["plot"] != "toy":
+        data = _runs(args, "--data")
+    elif args.run_dirs or not (args.data and Path(args.data).is_file()):
+        raise FigureError(f"a toy figure is drawn from --data, its trajectories CSV (got {args.data!r})")
+    else:
+        data = args.data
+    result = make_figure(spec, data, args.pdf, args.png, args.runs_root)
     if args.csv:
         write_csv(result.frame, args.csv)
     if result.missing:

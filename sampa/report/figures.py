@@ -62,22 +62,24 @@ class FigureData:
 
 def make_figure(
     spec: Mapping[str, Any],
-    data: str | os.PathLike,
+    data: str | os.PathLike | pd.DataFrame,
     pdf: str | os.PathLike,
     png: str | os.PathLike,
     runs_root: str | os.PathLike = "results/runs",
 ) -> FigureData:
-    """Draw the experiment's figure from ``data`` (runs.csv, or the toy trajectories CSV) and save it."""
+    """Draw the experiment's figure from ``data`` (the runs table, or the toy trajectories; a frame or a
+    CSV file) and save it."""
+    frame = data if isinstance(data, pd.DataFrame) else pd.read_csv(data)
     style.apply()
     plot = spec["figure"]["plot"]
     if plot == "toy":
-        fig, result = _toy(spec, pd.read_csv(data))
+        fig, result = _toy(spec, frame)
     else:
         planned = plan_experiment(spec)
         if plot == "epochs":
             fig, result = _epochs(spec, planned, runs_root)
         else:
-            obs = observations(planned, pd.read_csv(data), spec["figure"].get("metrics", ["test_acc"]))
+            obs = observations(planned, frame, spec["figure"].get("metrics", ["test_acc"]))
             fig, result = _bars(spec, planned, obs) if plot == "bars" else _line(spec, planned, obs)
     style.banner(fig, [] if plot == "toy" else banner_lines(spec, result.frame))
     style.save(fig, pdf, png)

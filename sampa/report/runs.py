@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.Path
         return pd.DataFrame(columns=list(ID_COLUMNS))
     frame = frame.drop_duplicates("run").sort_values("run", kind="stable").reset_index(drop=True)
     return frame[_column_order(frame.columns)]
+
+
+def runs_table(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:
+    """The runs table of these run directories as ``python -m sampa aggregate`` writes it and a table
+    command reads it back (same values and types: a table made from run directories is byte-equal to
+    one made from the aggregated CSV)."""
+    csv = collect_runs(run_dirs, runs_root).to_csv(index=False, lineterminator="\n")
+    return pd.read_csv(StringIO(csv))
 
 
 def collect_epochs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:

@@ -125,7 +125,6 @@ def _alternatives(names):
 wildcard_constraints:
     table=_alternatives(TABLES),
     figure=_alternatives(FIGURE_IDS),
-    experiment=_alternatives([*TABLES, *FIGURE_IDS]),
     dataset=_alternatives(PLAN.prepared_datasets()),
 
 
@@ -198,18 +197,14 @@ def get_all_metrics(wildcards):
     return run_metrics(RUNS)
 
 
-def get_experiment_metrics(wildcards):
-    """The outcome records of one experiment's runs: a table or figure waits for its own runs only."""
-    return run_metrics(dict.fromkeys(run.path for run in PLAN.runs[wildcards.experiment]))
-
-
-def experiment_runs(experiment):
-    """The runs table of one experiment (results/<name>/experiments/<id>/runs.csv)."""
-    return f"{RESULTS}/experiments/{experiment}/runs.csv"
+def experiment_metrics(experiment):
+    """The outcome records of one experiment's runs: its table or figure waits for these only, so
+    `snakemake results/<name>/tables/table1.md` trains Table 1's runs and nothing else."""
+    return run_metrics(dict.fromkeys(run.path for run in PLAN.runs[experiment]))
 
 
 def get_table_runs(wildcards):
-    return experiment_runs(wildcards.table)
+    return experiment_metrics(wildcards.table)
 
 
 def get_spec(wildcards):
@@ -217,19 +212,18 @@ def get_spec(wildcards):
     return experiments.spec_json(PLAN.specs[experiment])
 
 
+def _is_toy(figure):
+    return PLAN.specs[figure]["figure"]["plot"] == "toy"
+
+
 def get_figure_data(wildcards):
-    spec = PLAN.specs[wildcards.figure]
-    if spec["figure"]["plot"] == "toy":
-        return f"{RESULTS}/toy/{wildcards.figure}/trajectories.csv"
-    return experiment_runs(wildcards.figure)
+    """The toy figure's trajectories (the other figures are drawn from their runs)."""
+    return [f"{RESULTS}/toy/{wildcards.figure}/trajectories.csv"] if _is_toy(wildcards.figure) else []
 
 
-def get_figure_logs(wildcards):
-    """Per-epoch figures read log.jsonl of their runs (complete once the run finished)."""
-    spec = PLAN.specs[wildcards.figure]
-    if spec["figure"]["plot"] != "epochs":
-        return []
-    return run_metrics(dict.fromkeys(run.path for run in PLAN.runs[wildcards.figure]))
+def get_figure_runs(wildcards):
+    """The figure's runs (per-epoch figures read their log.jsonl, complete once the run finished)."""
+    return [] if _is_toy(wildcards.figure) else experiment_metrics(wildcards.figure)
 
 
 def get_toy_settings(wildcards):

@@ -22,7 +22,7 @@ rule run_toy:
 rule make_figure:
     input:
         data=get_figure_data,
-        logs=get_figure_logs,
+        runs=get_figure_runs,
         code=FIGURE_CODE,
     output:
         pdf=report(
@@ -44,12 +44,13 @@ rule make_figure:
         f"{LOGS}/figures/{{figure}}.log",
     params:
         spec=get_spec,
+        data=lambda wildcards, input: ["--data", input.data] if input.data else [],
         runs_root=RUNS_ROOT,
     message:
         "figure {wildcards.figure}"
     conda:
         ENV
     shell:
-        "$SAMPA_PYTHON -m sampa figure --spec {params.spec:q} --data {input.data:q} "
+        "$SAMPA_PYTHON -m sampa figure --spec {params.spec:q} {params.data:q} "
         "--runs-root {params.runs_root:q} --pdf {output.pdf:q} --png {output.png:q} "
-        "--csv {output.csv:q} > {log:q} 2>&1"
+        "--csv {output.csv:q} {input.runs:q} > {log:q} 2>&1"

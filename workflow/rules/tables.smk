@@ -1,7 +1,7 @@
-# Paper tables: Markdown + LaTeX (booktabs) + CSV, from the runs table. Presentation only: a change
-# to the table code or to one experiment's spec re-makes tables, never trains. Runs whose data, weights or
-# extra are missing here are not planned: their cells say "— [a]" and what [a] needs (spec `needs`); with no
-# run left the table says "not run: needs ..." (spec `not_run`).
+# Paper tables: Markdown + LaTeX (booktabs) + CSV, from the experiment's own run directories. Presentation
+# only: a change to the table code or to one experiment's spec re-makes tables, never trains. Runs whose data,
+# weights or extra are missing here are not planned: their cells say "— [a]" and what [a] needs (spec `needs`);
+# with no run left the table says "not run: needs ..." (spec `not_run`).
 
 
 rule make_table:
@@ -28,13 +28,14 @@ rule make_table:
         f"{LOGS}/tables/{{table}}.log",
     params:
         spec=get_spec,
+        runs_root=RUNS_ROOT,
     message:
         "table {wildcards.table}"
     conda:
         ENV
     shell:
-        "$SAMPA_PYTHON -m sampa table --spec {params.spec:q} --runs {input.runs:q} "
-        "--md {output.md:q} --tex {output.tex:q} --csv {output.csv:q} > {log:q} 2>&1"
+        "$SAMPA_PYTHON -m sampa table --spec {params.spec:q} --runs-root {params.runs_root:q} "
+        "--md {output.md:q} --tex {output.tex:q} --csv {output.csv:q} {input.runs:q} > {log:q} 2>&1"
 
 
 # The reproduction scorecard: each claim of the paper with our evidence and a verdict.
