@@ -9,7 +9,10 @@ it imports nothing of sampa, and no torch (planning and reporting import it chea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+#: the GLUE data's folder under the data root
+FOLDER = "glue"
 #: a GLUE task's dataset name is this prefix and the task's name (``glue-cola``)
 DATASET_PREFIX = "glue-"
 #: metric -> its label in tables (Table 6's column names)
@@ -117,3 +120,17 @@ def task_of(dataset: str) -> GlueTask | None:
     """The GLUE task of dataset name ``dataset`` (``glue-cola``), None for any other dataset."""
     name = dataset.removeprefix(DATASET_PREFIX)
     return GLUE_TASKS.get(name) if dataset.startswith(DATASET_PREFIX) else None
+
+
+def split_files(name: str, split: str, root: Path) -> list[Path]:
+    """The files of ``split`` ("train" or "eval") of task ``name`` under the data root's ``glue/``: its GLUE
+    TSV, else the hub's parquet files; [] when neither is there."""
+    task = glue_task(name)
+    if split not in ("train", "eval"):
+        raise ValueError(f"unknown GLUE split {split!r}; choose one of: train, eval")
+    folder = root / FOLDER
+    tsv_file = folder / task.tsv.folder / ("train.tsv" if split == "train" else task.tsv.dev_file)
+    if tsv_file.is_file():
+        return [tsv_file]
+    hub_split = "train" if split == "train" else task.eval_split
+    return sorted((folder / task.name).glob(f"{hub_split}-*.parquet"))

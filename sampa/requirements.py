@@ -6,9 +6,8 @@ planner (:mod:`sampa.experiments`: such runs are not planned, their table cells 
 
 CIFAR is not checked here: the workflow's ``prepare_data`` step verifies (or downloads) it, and its runs
 say "needs data" when it cannot. Nor is the toy ImageFolder (``imagefolder-toy``): that step generates
-it, and it needs no extra (torchvision, a core dependency, decodes it). Importing this module needs no
-torch (a cached dry run stays fast); only a GLUE dataset imports :mod:`sampa.data.glue` for its file
-layout.
+it, and it needs no extra (torchvision, a core dependency, decodes it). Nothing here imports torch (a
+cached dry run re-checks its runs' data and stays fast; the GLUE file layout is in :mod:`sampa.glue_tasks`).
 """
 
 from __future__ import annotations
@@ -60,8 +59,7 @@ def _imagenet(folder: Path) -> list[str]:
 
 
 def _glue(task: str, folder: Path) -> list[str]:
-    from sampa.data.glue import FOLDER, split_files
-    from sampa.glue_tasks import GLUE_TASKS
+    from sampa.glue_tasks import FOLDER, GLUE_TASKS, split_files
 
     if task not in GLUE_TASKS:
         return []  # an unknown task is a config error, reported by validation

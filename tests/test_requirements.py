@@ -84,3 +84,22 @@ def test_hub_names_are_the_models():
 
     assert requirements.HUB_WEIGHTS["vit-b16"][0] == f"timm/{vit.ARCHITECTURE}.{vit.DEFAULT_TAG}"
     assert requirements.HUB_WEIGHTS["bert-base"][0] == bert.HUB_NAME
+
+
+def test_glue_files_are_checked_without_torch(tmp_path):
+    # a cached workflow plan re-checks the GLUE files of its runs on every dry run: no torch import for it
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / "glue" / "RTE" / name).write_text("index\tsentence1\tsentence2\tlabel\n")
+    code = (
+        "import sys; from pathlib import Path; from sampa.requirements import _glue; "
+        f"data = Path({str(tmp_path)!r}); "
+        "print(_glue('rte', data), _glue('cola', data) != [], 'torch' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.stdout.split() == ["[]", "True", "False"], proc.stderr

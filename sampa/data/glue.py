@@ -32,9 +32,8 @@ from torch import Tensor
 
 from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
 from sampa.data.seeding import STREAM_EPOCH, STREAM_SYNTHETIC, cpu_generator
-from sampa.glue_tasks import GlueTask, glue_task  # the task table (names, metrics, settings)
+from sampa.glue_tasks import FOLDER, GlueTask, glue_task, split_files  # the task table and file layout
 
-FOLDER = "glue"
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 TextBatch = tuple[dict[str, Tensor], Tensor, Tensor]
 
@@ -54,7 +53,7 @@ class RawSplit:
 def read_glue(name: str, split: str, root: str | os.PathLike | None = None) -> RawSplit:
     """``split`` ("train" or "eval") of task ``name`` from the TSV or parquet layout in ``<root>/glue``."""
     task = glue_task(name)
-    files = split_files(name, split, root)
+    files = split_files(name, split, resolve_root(root))
     if files and files[0].suffix == ".tsv":
         return _read_tsv(task, files[0])
     if files:
@@ -67,20 +66,6 @@ def read_glue(name: str, split: str, root: str | os.PathLike | None = None) -> R
         f"{folder / task.name}/{hub_split}-*.parquet (huggingface-cli download nyu-mll/glue "
         f"--repo-type dataset --local-dir {folder}), or set {ENV_VAR} to the folder above glue/"
     )
-
-
-def split_files(name: str, split: str, root: str | os.PathLike | None = None) -> list[Path]:
-    """The files of ``split`` ("train" or "eval") of task ``name`` under ``<root>/glue``: its GLUE TSV, else
-    the hub's parquet files; [] when neither is there."""
-    task = glue_task(name)
-    if split not in ("train", "eval"):
-        raise ValueError(f"unknown GLUE split {split!r}; choose one of: train, eval")
-    folder = resolve_root(root) / FOLDER
-    tsv_file = folder / task.tsv.folder / ("train.tsv" if split == "train" else task.tsv.dev_file)
-    if tsv_file.is_file():
-        return [tsv_file]
-    hub_split = "train" if split == "train" else task.eval_split
-    return sorted((folder / task.name).glob(f"{hub_split}-*.parquet"))
 
 
 def _read_tsv(task: GlueTask, path: Path) -> RawSplit:
