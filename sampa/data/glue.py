@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
+from sampa.data.dataset import corrupt_labels
 from sampa.data.seeding import STREAM_EPOCH, STREAM_SYNTHETIC, cpu_generator
 from sampa.glue_tasks import FOLDER, GlueTask, glue_task, split_files  # the task table and file layout
 
@@ -251,8 +252,9 @@ def synthetic_text(
 ) -> TextSplit:
     """A toy task learned in a few steps, reliably (the dataset ``synthetic-text``): every sequence
     ``[CLS=1] w ... w [SEP=2] pad=0 ...`` has one marker token ``3 + class`` at a random position among
-    random filler words ``>= 3 + num_labels``; lengths vary. The label is the marker's class, replaced by
-    another class with probability ``label_noise`` (so at most 1 - label_noise is attainable)."""
+    random filler words ``>= 3 + num_labels``; lengths vary. The label is the marker's class, except for
+    a ``label_noise`` share of the sequences, labelled with another class
+    (:func:`sampa.data.dataset.corrupt_labels`; so at most 1 - label_noise is attainable)."""
     if vocab_size < 4 + num_labels or length < 4 or n < 1 or not 0 <= label_noise < 1:
         raise ValueError(
             f"need vocab_size >= {4 + num_labels}, length >= 4, n >= 1, 0 <= label_noise < 1; "
@@ -265,16 +267,7 @@ def synthetic_text(
     positions = torch.arange(length)
     mark = 1 + (torch.rand(n, generator=gen) * (used - 2)).long()  # strictly between [CLS] and [SEP]
     ids = torch.where(positions == mark[:, None], 3 + labels[:, None], ids)
-    return _framed(ids, used, _noisy(labels, num_labels, label_noise, gen))
-
-
-def _noisy(labels: Tensor, num_labels: int, label_noise: float, gen: torch.Generator) -> Tensor:
-    """``labels``, each replaced by a uniformly drawn other class with probability ``label_noise``."""
-    if label_noise == 0:
-        return labels
-    flip = torch.rand(len(labels), generator=gen) < label_noise
-    other = torch.randint(1, num_labels, (len(labels),), generator=gen)
-    return torch.where(flip, (labels + other) % num_labels, labels)
+    return _framed(ids, used, corrupt_labels(labels, num_labels, label_noise, seed)[0])
 
 
 def _framed(ids: Tensor, used: Tensor, labels: Tensor) -> TextSplit:
