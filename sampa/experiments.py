@@ -335,10 +335,15 @@ def method_label(name: str, hparams: Mapping[str, Any]) -> str:
 def plan_experiment(spec: Mapping[str, Any]) -> list[PlannedRun]:
     """The runs of a table or figure experiment that can run here, validated: none when the spec says
     ``not_run``, and none of the dataset/model pairs listed in its ``needs`` (:func:`mark_requirements`)."""
+    return runnable(spec, expand_experiment(spec))
+
+
+def runnable(spec: Mapping[str, Any], runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Those of the experiment's ``runs`` (:func:`expand_experiment`) that can run here, as the spec says."""
     if spec.get("not_run"):
         return []
     needs = spec.get("needs", {})
-    return [run for run in expand_experiment(spec) if requirement_key(run.settings) not in needs]
+    return [run for run in runs if requirement_key(run.settings) not in needs]
 
 
 def expand_experiment(spec: Mapping[str, Any]) -> list[PlannedRun]:
@@ -550,12 +555,12 @@ def mark_requirements(
     spec.pop("not_run", None)
     if not needs:
         return runs
-    runnable = [run for run in runs if requirement_key(run.settings) not in needs]
-    if runnable:
+    here = runnable({"needs": needs}, runs)
+    if here:
         spec["needs"] = needs
     else:
         spec["not_run"] = "; ".join(merged([line for lines in needs.values() for line in lines]))
-    return runnable
+    return here
 
 
 def partial_runs(spec: Mapping[str, Any]) -> str:
@@ -564,8 +569,8 @@ def partial_runs(spec: Mapping[str, Any]) -> str:
     from sampa.requirements import merged
 
     needs = merged([line for lines in spec.get("needs", {}).values() for line in lines])
-    here, planned = len(plan_experiment(spec)), len(expand_experiment(spec))
-    return f"{here} of {planned} runs here (the rest {'; '.join(needs)})"
+    runs = expand_experiment(spec)
+    return f"{len(runnable(spec, runs))} of {len(runs)} runs here (the rest {'; '.join(needs)})"
 
 
 def _requirement_keys(runs: list[PlannedRun], checked: dict[str, list[str]]) -> list[str]:
@@ -800,6 +805,7 @@ __all__ = [
     "requirement_key",
     "resolve",
     "run_path",
+    "runnable",
     "schema_error",
     "spec_json",
 ]

@@ -29,9 +29,9 @@ from sampa.experiments import (
     axis_label,
     expand_experiment,
     is_measured,
-    plan_experiment,
     requirement_key,
     run_defaults,
+    runnable,
 )
 from sampa.paths import generated_data
 from sampa.report.metrics import Metric, applies, metric
@@ -113,7 +113,7 @@ def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
     ]
     cells = cells[columns]
     if any(is_measured(name) for name in layout["metrics"]):  # time/memory: say what may bias them
-        cells.attrs["caveats"] = timing_caveats(runs, [run.path for run in plan_experiment(spec)])
+        cells.attrs["caveats"] = timing_caveats(runs, [run.path for run in runnable(spec, planned)])
     return cells
 
 
