@@ -9,13 +9,13 @@ reserved memory since the monitor started (its baseline already holds the contex
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Iterator
 
 import torch
 
 from sampa.doctor.common import FAIL, SKIP, Machine, Row, Setup, guarded, trajectory, verdict
+from sampa.gpus import has_nvml_bindings
 from sampa.metrics.memory import MIB, MemoryMonitor
 
 BAND_MIB, BAND_SHARE = 256.0, 0.10
@@ -58,7 +58,8 @@ def check_device(device: torch.device) -> Row:
         expected = after["torch_max_reserved_mib"] - reserved_before
         how = f"growth of torch reserved {expected:.0f}"
     if nvml is None:
-        why = "pynvml is not installed (pip install nvidia-ml-py)" if not has_pynvml() else "no NVML reading"
+        missing = "pynvml is not installed (pip install nvidia-ml-py)"
+        why = "no NVML reading" if has_nvml_bindings() else missing
         return Row(f"5 NVML memory {device}", f"NVML: {method}", why, FAIL)
     band = max(BAND_MIB, BAND_SHARE * expected)
     return Row(
@@ -67,7 +68,3 @@ def check_device(device: torch.device) -> Row:
         f"NVML peak {nvml:.0f} MiB vs {how} = {expected:.0f} MiB",
         verdict(abs(nvml - expected) <= band),
     )
-
-
-def has_pynvml() -> bool:
-    return importlib.util.find_spec("pynvml") is not None
