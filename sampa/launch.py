@@ -213,12 +213,19 @@ def _start_rank(rank: int, error_file: str, spec: str) -> subprocess.Popen:
     return subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL)
 
 
+def gloo_on_loopback() -> None:
+    """Bind gloo's own sockets to the loopback interface too (unless the user chose one): by default gloo
+    picks the interface of the host name, which may face a network. Call before the process group exists."""
+    if "lo" in {name for _, name in socket.if_nameindex()}:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+
+
 def spawned_rank(rank: int, spec: dict[str, Any]) -> None:
     """Body of a rank started by this launcher (called by :mod:`sampa.rank` once it is armed)."""
     cfg = config_from_dict(spec["config"])
     host, port = spec["host"], spec["port"]
-    if host == LOOPBACK and "lo" in {name for _, name in socket.if_nameindex()}:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own sockets on loopback too
+    if host == LOOPBACK:
+        gloo_on_loopback()
     store = dist.TCPStore(host, port, is_master=False, timeout=_timeout(cfg))
     device = torch.device("cuda", rank) if spec["kind"] == "cuda" else torch.device("cpu")
     run_rank(cfg, spec["out"], rank, device, store)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from problems import process_alive
 
-from sampa.launch import failure_summary
+from sampa.launch import failure_summary, gloo_on_loopback
 from sampa.rank import ORPHANED, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +136,12 @@ def test_rank_error_is_one_line():
     from sampa.train import RunError
 
     assert one_line(RunError("resume refused")) == "resume refused"
+
+
+def test_gloo_is_bound_to_loopback_unless_the_user_chose_an_interface(monkeypatch):
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    gloo_on_loopback()
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "lo"
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    gloo_on_loopback()
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"

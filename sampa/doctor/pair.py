@@ -33,6 +33,7 @@ from sampa.doctor.common import (
     trajectory,
     verdict,
 )
+from sampa.launch import gloo_on_loopback
 from sampa.optim import method_class
 
 #: rel. distance pair vs one device. Both run with deterministic algorithms: 10 steps of ResNet-20 amplify
@@ -151,6 +152,8 @@ def _rank(rank: int, m: Machine, store: tuple[str, str], out: str) -> None:
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(1)
+    if backend == "gloo":
+        gloo_on_loopback()  # as the launcher does: the ranks meet on 127.0.0.1
     timeout = datetime.timedelta(seconds=TIMEOUT_S)
     dist.init_process_group(backend, store=connect(store, timeout), rank=rank, world_size=2, timeout=timeout)
     results = {}
