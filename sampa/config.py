@@ -332,6 +332,7 @@ def _check_extras(cfg: RunConfig) -> None:
 def _check_relations(cfg: RunConfig) -> None:
     """Checks that involve several fields, the method's hyperparameters or the data's size."""
     from sampa.backends.fastpath import FastPath
+    from sampa.backends.fused import UNBATCHABLE_MODELS
     from sampa.optim import HyperparameterError, check_method
 
     for key, value in cfg.hparams.items():  # written to config.json: JSON numbers are finite
@@ -363,6 +364,11 @@ def _check_relations(cfg: RunConfig) -> None:
             )
     if cfg.backend == "fused" and cfg.devices != 1:
         raise ConfigError(f"backend 'fused' runs on one device; devices must be 1 (got {cfg.devices})")
+    if cfg.backend == "fused" and cfg.model in UNBATCHABLE_MODELS:
+        raise ConfigError(
+            f"backend 'fused' cannot batch model {cfg.model!r} (torch.func.vmap rejects its data-dependent "
+            "attention mask); use backend 'single'"
+        )
     if cfg.compile == "step" and cfg.devices != 1:
         raise ConfigError(f"compile 'step' runs on one device; devices must be 1 (got {cfg.devices})")
     try:

@@ -169,6 +169,30 @@ def test_fused_sampa_on_a_model_without_buffers():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_fused_jobs_draw_their_own_dropout_masks():
+    """Two jobs at the same point on the same batch differ only by their dropout masks: each replica
+    draws its own, as each sequential pass does (vmap's default refused random operations)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * 8 * 8, 5)).train()
+    method = build_method("sgd", model, make_loss(0.0), make_base("sgd", model))
+    ((x, y),) = image_batches([1])  # one sample: a dropped input gets no weight gradient
+    first, second = FusedExecutor().evaluate(method, [GradJob(x, y), GradJob(x, y)])
+    dropped = [(result.grads[0] == 0).all(dim=0) for result in (first, second)]
+    for mask in dropped:
+        assert 0.3 < mask.float().mean() < 0.7  # about half the inputs dropped in each replica
+    assert not torch.equal(*dropped)  # ... and not the same ones
+
+
+def test_fused_backend_refuses_a_model_vmap_cannot_batch_before_any_work(tmp_path, capsys):
+    from sampa.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", "bert-tiny", "--dataset", "synthetic-text", "--backend", "fused"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "backend 'fused' cannot batch model 'bert-tiny'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("name", ["sgd", "sam"])
 def test_methods_without_independent_jobs_run_unchanged(name):
     reference, fused = twin_methods(name, "sgd")

@@ -23,6 +23,10 @@ batch, twice per epoch), restricted gradients (``wrt``), several losses per job 
 BiSAM+SAMPa's surrogate), or more than one job updating BatchNorm statistics.
 ``local`` means nothing on one device and is ignored, as in the sequential executor.
 
+Dropout draws different masks in each replica (``vmap(randomness="different")``), as the sequential path
+draws one mask per pass. Hugging Face BERT cannot be batched (``UNBATCHABLE_MODELS``): the configuration
+refuses ``backend: fused`` for it.
+
 On a CPU the fused pass is slower than two sequential ones (grouped convolutions are compute-bound
 there); it pays off on a GPU, where a ResNet-56 step at batch 128 is mostly launch overhead.
 """
@@ -44,6 +48,10 @@ from sampa.optim import GradJob, GradResult, Method, SequentialExecutor
 from sampa.optim.evaluation import laid_out_like, model_forward, num_correct
 from sampa.optim.flat import FlatVector, as_flat
 from sampa.optim.tensors import TensorList
+
+#: models ``torch.func.vmap`` cannot batch: Hugging Face BERT chooses its attention mask with data-dependent
+#: control flow (``transformers.masking_utils``), which vmap rejects
+UNBATCHABLE_MODELS = ("bert-base", "bert-tiny")
 
 
 class FusedExecutor(SequentialExecutor):
@@ -85,7 +93,7 @@ def evaluate_fused(method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         return model_forward(method, model, x, {**params, **buffers})
 
     with _VmapAutocast(method.autocast) if method.autocast else contextlib.nullcontext():
-        logits = torch.func.vmap(replica)(params, buffers, inputs)
+        logits = torch.func.vmap(replica, randomness="different")(params, buffers, inputs)
     per_sample = [method.loss_fn(logits[k], job.targets) for k, job in enumerate(jobs)]
     losses = [loss.mean() for loss in per_sample]
     grads = torch.autograd.grad(torch.stack(losses).sum(), leaves)  # dW[k] = grad of job k's own loss
