@@ -412,6 +412,61 @@ def test_table_and_figure_from_run_directories_equal_those_from_the_runs_table(r
     assert not (tmp_path / "none.md").exists()
 
 
+def test_run_directories_outside_the_experiment_are_an_error_or_ignored_with_a_warning(
+    runs, tmp_path, capsys
+):
+    import shutil
+
+    from sampa.report.commands import main
+
+    plan, root, _ = runs
+    ours = [str(root / path) for path in dict.fromkeys(r.path for r in plan.runs["t1"])]
+    figure_spec = {**plan.specs["t1"], "kind": "figure", "figure": {"plot": "bars", "metrics": ["test_acc"]}}
+    table = ["table", "--spec", ex.spec_json(plan.specs["t1"]), "--runs-root", str(root)]
+    figure = ["figure", "--spec", json.dumps(figure_spec), "--runs-root", str(root)]
+    # the same runs under another root (--runs-root forgotten), and a run of no experiment
+    elsewhere = [str(tmp_path / "elsewhere" / Path(p).relative_to(root)) for p in ours[:2]]
+    stranger = str(root / "cifar10/resnet56/sam/rho=0.5/default/seed0")
+    for command, outs in ((table, ("md",)), (figure, ("pdf", "png"))):
+        files = {ext: tmp_path / f"{command[0]}.{ext}" for ext in outs}
+        written = [f"--{ext}={path}" for ext, path in files.items()]
+        assert main([*command, *written, *elsewhere, stranger]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"RUN {elsewhere[0]!r} is not a run of experiment 't1'" in err
+        assert f"e.g. {str(root / plan.runs['t1'][0].path)!r}" in err
+        assert not any(path.exists() for path in files.values())
+
+        assert main([*command, *written, *ours]) == 0
+        assert "warning" not in capsys.readouterr().err
+        made = [path.read_bytes() for path in files.values()]
+        assert main([*command, *written, *elsewhere, *ours, stranger]) == 0
+        err = capsys.readouterr().err
+        assert f"warning: ignored 3 of {len(ours) + 3} RUN paths that are not runs of experiment 't1'" in err
+        assert f"(first: {elsewhere[0]!r})" in err
+        assert [path.read_bytes() for path in files.values()] == made  # as if they were not given
+
+    # an absent directory of a planned run is a missing run, not an error (as for aggregate)
+    gone = next(r for r in plan.runs["t1"] if str(root / r.path) == ours[0])
+    shutil.rmtree(ours[0])
+    csv = tmp_path / "absent.csv"
+    assert main([*table, f"--csv={csv}", *ours]) == 0
+    assert "warning" not in capsys.readouterr().err
+    frame = pd.read_csv(csv)
+    assert cell(frame, model=gone.cell["model"], arm=gone.cell["arm"], metric="test_acc")["n"] == 2
+
+
+def test_the_workflow_gives_tables_and_figures_only_their_own_runs():
+    """The workflow passes each table and figure its planned runs (never warned about as not its own)."""
+    from sampa.report.runs import run_id
+
+    plan = ex.plan(ex.load_config(Path(__file__).parents[1] / "configs" / "smoke.yaml"))
+    for name, spec in plan.specs.items():
+        planned = {r.path for r in ex.expand_experiment(json.loads(ex.spec_json(spec)))}
+        given = [f"results/runs/{r.path}/outcome.json" for r in plan.runs[name]]
+        assert {run_id(path, "results/runs") for path in given} <= planned, name
+
+
 def test_optional_metrics_are_not_applicable_rather_than_missing(runs):
     plan, _, frame = runs
     spec = copy.deepcopy(plan.specs["t1"])

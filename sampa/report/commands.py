@@ -66,20 +66,48 @@ def _run_dirs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="run ids are paths relative to this")
 
 
-def _runs(args: argparse.Namespace, flag: str) -> Any:
-    """The runs table: read from the run directories given (the workflow's way, no aggregate job), else
-    the CSV that ``flag`` names."""
+def _runs(args: argparse.Namespace, flag: str, run_dirs: list[str]) -> Any:
+    """The runs table: read from ``run_dirs`` (:func:`_experiment_run_dirs`: the workflow's way, no
+    aggregate job), else the CSV that ``flag`` names."""
     from sampa.experiments import PlanError
     from sampa.report.runs import runs_table
 
-    path = getattr(args, flag.removeprefix("--"))
-    if args.run_dirs and path:
-        raise PlanError(f"give run directories or {flag}, not both")
     if args.run_dirs:
-        return runs_table(args.run_dirs, args.runs_root)
+        return runs_table(run_dirs, args.runs_root)
+    path = getattr(args, flag.removeprefix("--"))
     if not path:
         raise PlanError(f"give run directories or {flag} (the runs table from python -m sampa aggregate)")
     return _runs_table(path, flag)
+
+
+def _experiment_run_dirs(args: argparse.Namespace, spec: dict[str, Any], flag: str) -> list[str]:
+    """Those of the run directories given that are runs of the experiment (planned here or not; an
+    absent one is a missing run). None of them: one-line error naming the first and what a run path of
+    the experiment looks like. Some not: one line on stderr says how many are ignored."""
+    from sampa.experiments import PlanError, expand_experiment
+    from sampa.report.runs import run_id
+
+    if args.run_dirs and getattr(args, flag.removeprefix("--")):
+        raise PlanError(f"give run directories or {flag}, not both")
+    given = list(dict.fromkeys(args.run_dirs))
+    planned = list(dict.fromkeys(run.path for run in expand_experiment(spec))) if given else []
+    known = set(planned)
+    ours = [path for path in given if run_id(path, args.runs_root) in known]
+    if len(ours) == len(given):
+        return ours
+    first = next(path for path in given if path not in ours)
+    where = f"experiment {spec['id']!r}"
+    if not ours:
+        looks = "it plans no runs"
+        if planned:
+            looks = f"its runs are under --runs-root, e.g. {Path(args.runs_root, planned[0]).as_posix()!r}"
+        raise PlanError(f"RUN {first!r} is not a run of {where} (nor is any RUN given); {looks}")
+    print(
+        f"sampa {spec['kind']}: warning: ignored {len(given) - len(ours)} of {len(given)} RUN paths that "
+        f"are not runs of {where} (first: {first!r})",
+        file=sys.stderr,
+    )
+    return ours
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -279,10 +307,11 @@ def _table(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if spec["kind"] != "table":
         raise TableError(f"experiment {spec['id']!r} is a {spec['kind']}, not a table")
+    run_dirs = _experiment_run_dirs(args, spec, "--runs")
     if spec.get("not_run"):  # what it needs is missing here (planned no runs)
         text = render_not_run(spec)
     else:
-        runs = _runs(args, "--runs")
+        runs = _runs(args, "--runs", run_dirs)
         cells = cell_table(spec, runs)
         text = render(spec, cells, compare(spec, cells, runs))
     for path, content in ((args.md, text.markdown), (args.tex, text.latex), (args.csv, text.csv)):
@@ -318,7 +347,7 @@ def _figure(args: argparse.Namespace) -> int:
     if spec["kind"] != "figure":
         raise FigureError(f"experiment {spec['id']!r} is a {spec['kind']}, not a figure")
     if spec["figure"]["plot"] != "toy":
-        data = _runs(args, "--data")
+        data = _runs(args, "--data", _experiment_run_dirs(args, spec, "--data"))
     elif args.run_dirs or not (args.data and Path(args.data).is_file()):
         raise FigureError(f"a toy figure is drawn from --data, its trajectories CSV (got {args.data!r})")
     else:

@@ -34,6 +34,12 @@ def run_dir_of(path: str | os.PathLike) -> Path:
     return path.parent if path.suffix else path
 
 
+def run_id(path: str | os.PathLike, runs_root: str | os.PathLike) -> str:
+    """The id of the run at ``path`` (a run directory or a file inside it): its path relative to
+    ``runs_root`` (the path itself when it is not under ``runs_root``), as the runs table's ``run``."""
+    return _relative(run_dir_of(path), Path(runs_root))
+
+
 def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
     """One flat row: identity, configuration, final metrics, timing, passes, memory, provenance."""
     row: dict[str, Any] = {"run": _relative(run_dir, runs_root)}
