@@ -308,6 +308,46 @@ def test_figures_are_byte_stable_vector_pdfs(runs, tmp_path):
     assert set(result.frame["arm"]) == {"SGD", "SAM", "SAMPa-0.2", "SAMPa-0.2 (400 ep)"}
 
 
+def test_std_bands_and_error_bars_stay_within_the_metrics_range(tmp_path, monkeypatch):
+    """Accuracy 97.3 ± 3.8 % at lambda = 1: Figure 3's band and a bar's error bar end at 100 %."""
+    from matplotlib.collections import PolyCollection
+
+    from sampa.report import style
+    from sampa.report.figures import make_figure, sd_band
+
+    sweep = {
+        "kind": "figure",
+        "title": "Test accuracy against lambda",
+        "run": {"model": "resnet56"},
+        "arms": ["sampa"],
+        "grid": {"hparams.lam": [0.0, 1.0]},
+        "figure": {"plot": "line", "x": "hparams.lam", "metrics": ["test_acc"]},
+    }
+    plan = ex.plan({**CONFIG, "experiments": {"f3": sweep}})
+    root = tmp_path / "runs"
+    acc = {"0": [0.90, 0.91, 0.92], "1": [0.99, 1.0, 0.93]}
+    for run in plan.runs["f3"]:
+        write_run(root, run, acc[run.cell["hparams.lam"]][run.seed])
+    frame = collect_runs([root / r.path for r in plan.runs["f3"]], root)
+    drawn = []
+    monkeypatch.setattr(style, "save", lambda fig, pdf, png: drawn.append(fig))
+    spec = plan.specs["f3"]
+    outputs = (tmp_path / "f.pdf", tmp_path / "f.png")
+    make_figure(spec, frame, *outputs, root)
+    lam1 = {"label": "SAMPa-1", "optimizer": "sampa", "hparams": {"rho": 0.1, "lam": 1.0}}
+    bars = {**sweep, "arms": [lam1], "grid": {}, "figure": {"plot": "bars", "metrics": ["test_acc"]}}
+    make_figure(ex.resolve({**CONFIG, "experiments": {"f2": bars}}, "f2"), frame, *outputs, root)
+
+    line, bar = (fig.axes[0] for fig in drawn)
+    (band,) = [c for c in line.collections if isinstance(c, PolyCollection)]
+    top = max(path.vertices[:, 1].max() for path in band.get_paths())
+    assert top == pytest.approx(100.0)  # clipped there, not dropped: 97.3 + 3.8 would be 101.1
+    ends = [x for error_bar in bar.lines for x in error_bar.get_xdata()]
+    assert max(ends) == pytest.approx(100.0) and min(ends) > 90
+    low, high = sd_band("grad_cosine")(pd.Series([1.0, 0.9, 0.2]))
+    assert high == 1.0 and low == pytest.approx(0.7 - math.sqrt(0.19))
+
+
 def test_seed_dots_stand_out_on_every_bar_colour():
     """Figure 2's per-seed dots: a face or an edge of at least half a point with WCAG contrast >= 3 against
     every optimizer's bar colour (black dots were invisible on SGD's and ESAM's black bars)."""

@@ -11,6 +11,9 @@ Plot kinds (``figure.plot`` in the config):
   value of ``facet``, mean with a ± std band over seeds.
 * ``epochs``: per-epoch curves from ``log.jsonl`` (Figure 4: cos and distance between
   grad f(y_t) and grad f(x_t)), mean with a ± std band over seeds.
+
+Every ± std band or error bar is clipped to the range of its metric (:attr:`Metric.bounds`): an accuracy
+band ends at 100 %, a cosine band at 1.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,7 +164,7 @@ def _bars(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame)
             hue="arm",
             hue_order=arms,
             palette=colors,
-            errorbar="sd",
+            errorbar=sd_band(name),
             saturation=1.0,
             legend=False,
             ax=ax,
@@ -190,7 +193,7 @@ def _line(spec: Mapping[str, Any], planned: list[PlannedRun], obs: pd.DataFrame)
     fig, axes = style.figure(len(panels), sharey=True)
     for ax, panel in zip(axes, panels, strict=True):
         rows = done if panel is None else done[done[facet] == panel]
-        sns.lineplot(data=rows, x="x", y="value", errorbar="sd", ax=ax, **_arm_styles(planned))
+        sns.lineplot(data=rows, x="x", y="value", errorbar=sd_band(name), ax=ax, **_arm_styles(planned))
         ax.set_xlabel(axis_name(x))
         ax.set_ylabel(_label(name))
         if panel is not None:
@@ -221,13 +224,24 @@ def _epochs(
                 f"{spec['id']}: the runs' logs have no {m.column!r} (is diagnostics_every set?)"
             )
         rows = frame.dropna(subset=[m.column]).assign(value=lambda f, m=m: f[m.column] * m.scale)
-        sns.lineplot(data=rows, x="epoch", y="value", errorbar="sd", ax=ax, **_arm_styles(planned))
+        sns.lineplot(data=rows, x="epoch", y="value", errorbar=sd_band(name), ax=ax, **_arm_styles(planned))
         ax.set_xlabel("epoch")
         ax.set_ylabel(_label(name))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     style.panel_labels(axes)
     style.legend_below(fig, axes)
     return fig, FigureData(frame, [f"{r} (missing log)" for r in missing])
+
+
+def sd_band(name: str) -> Callable[[pd.Series], tuple[float, float]]:
+    """seaborn's ``errorbar="sd"`` (mean ± sample std over seeds) clipped to metric ``name``'s bounds."""
+    low, high = metric(name).bounds
+
+    def band(values: pd.Series) -> tuple[float, float]:
+        mean, std = values.mean(), values.std()
+        return float(np.clip(mean - std, low, high)), float(np.clip(mean + std, low, high))
+
+    return band
 
 
 def _arm_styles(planned: list[PlannedRun]) -> dict[str, Any]:

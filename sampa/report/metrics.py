@@ -3,6 +3,7 @@ and the reader of a run's ``metrics.json`` (keys defined once, in :mod:`sampa.ru
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,8 @@ class Metric:
     """A column of ``runs.csv`` (or of the per-epoch table), scaled and labelled for presentation.
 
     ``best``: ``max``/``min`` marks the best cell in bold; ``None`` never does. ``spread``: show
-    ``mean ± std`` over seeds (otherwise the mean only).
+    ``mean ± std`` over seeds (otherwise the mean only). ``bounds``: the range of the shown value (a
+    figure's ± std band is clipped to it: an accuracy band never runs above 100 %).
     """
 
     label: str
@@ -46,24 +48,45 @@ class Metric:
     fallback: str | None = None  # column used where ``column`` is empty (said in the table's notes)
     fallback_note: str = ""
     optional: bool = False  # runs without a value are "not applicable", not missing (e.g. one device)
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+
+
+#: the range of a percentage (accuracy, F1, a share) and of a correlation in percent (Mcc, Pearson)
+PERCENT = (0.0, 100.0)
+CORRELATION = (-100.0, 100.0)
 
 
 METRICS: dict[str, Metric] = {
     # accuracy of the best-validation checkpoint on the test set (the paper's protocol, Section 5.1)
-    "test_acc": Metric("Test accuracy (%)", "test_acc", scale=100, best="max"),
-    "test_top1_acc": Metric("Top-1 (%)", "test_acc", scale=100, best="max"),  # ImageNet: test_acc is top-1
-    "test_top5_acc": Metric("Top-5 (%)", "test_top5_acc", scale=100, best="max", optional=True),
+    "test_acc": Metric("Test accuracy (%)", "test_acc", scale=100, best="max", bounds=PERCENT),
+    # ImageNet: test_acc is top-1
+    "test_top1_acc": Metric("Top-1 (%)", "test_acc", scale=100, best="max", bounds=PERCENT),
+    "test_top5_acc": Metric(
+        "Top-5 (%)", "test_top5_acc", scale=100, best="max", optional=True, bounds=PERCENT
+    ),
     # text tasks (fractions in metrics.json, shown in %): the task's GLUE score (mean of its metrics) and
-    # each metric; a GLUE task has only its own metrics (:func:`applies`)
-    "glue_score": Metric("GLUE score", "test_task_score", scale=100, decimals=1, best="max"),
+    # each metric; a GLUE task has only its own metrics (:func:`applies`); CoLA's score is its Mcc
+    "glue_score": Metric(
+        "GLUE score", "test_task_score", scale=100, decimals=1, best="max", bounds=CORRELATION
+    ),
     **{
         f"glue_{name}": Metric(
-            label, f"test_task_metrics.{name}", scale=100, decimals=1, best="max", optional=True
+            label,
+            f"test_task_metrics.{name}",
+            scale=100,
+            decimals=1,
+            best="max",
+            optional=True,
+            bounds=PERCENT if name in ("acc", "f1") else CORRELATION,
         )
         for name, label in METRIC_LABELS.items()
     },
-    "final_test_acc": Metric("Final test accuracy (%)", "final_test_acc", scale=100, best="max"),
-    "best_val_acc": Metric("Best validation accuracy (%)", "best_val_acc", scale=100, best="max"),
+    "final_test_acc": Metric(
+        "Final test accuracy (%)", "final_test_acc", scale=100, best="max", bounds=PERCENT
+    ),
+    "best_val_acc": Metric(
+        "Best validation accuracy (%)", "best_val_acc", scale=100, best="max", bounds=PERCENT
+    ),
     # synchronised training time, evaluation excluded; median over epochs after the first
     "time_per_epoch_s": Metric("Time/epoch (s)", "time.epoch_median_s", best="min"),
     "time_per_batch_ms": Metric("Time/batch (ms)", "time.step_median_s", scale=1000, best="min"),
@@ -91,13 +114,18 @@ METRICS: dict[str, Metric] = {
         scale=100,
         decimals=1,
         optional=True,
+        bounds=PERCENT,
     ),
     # per-epoch series from log.jsonl (SAMPa's diagnostics_every probe, paper Figure 4)
-    "grad_cosine": Metric("cos(∇f(y_t), ∇f(x_t))", "stats.grad_cosine.mean", decimals=4, per_epoch=True),
+    "grad_cosine": Metric(
+        "cos(∇f(y_t), ∇f(x_t))", "stats.grad_cosine.mean", decimals=4, per_epoch=True, bounds=(-1.0, 1.0)
+    ),
     "grad_distance": Metric("‖∇f(y_t) − ∇f(x_t)‖", "stats.grad_distance.mean", decimals=4, per_epoch=True),
     # per-epoch share of steps that were SAM steps (LookSAM, AE-SAM, vSAM record ``sam_step`` per step)
-    "sam_step_rate": Metric("SAM steps (share of steps)", "stats.sam_step.mean", decimals=3, per_epoch=True),
-    "val_acc": Metric("Validation accuracy (%)", "val_acc", scale=100, per_epoch=True),
+    "sam_step_rate": Metric(
+        "SAM steps (share of steps)", "stats.sam_step.mean", decimals=3, per_epoch=True, bounds=(0.0, 1.0)
+    ),
+    "val_acc": Metric("Validation accuracy (%)", "val_acc", scale=100, per_epoch=True, bounds=PERCENT),
     "train_loss": Metric("Training loss", "train_loss", decimals=3, per_epoch=True),
 }
 
