@@ -817,3 +817,45 @@ def test_paper_cells_are_summarised_as_products_of_where_method_and_metric():
         "ResNet-56 on CIFAR-10, batch size 64, 128,"
     )
     assert paper.summarise(table7.iloc[:0]) == []
+
+
+def test_averages_over_different_datasets_are_not_ranked(tmp_path):
+    """SAMPa (WRN-28-2) lacks CIFAR-100 here: its Average over CIFAR-10 alone is never bold against SAM's and
+    SGD's over both datasets, nor against an Average over another single dataset."""
+    arms = {
+        "sgd": {"label": "SGD", "optimizer": "sgd", "run": {"model": "resnet56"}},
+        "sam": {"label": "SAM", "optimizer": "sam", "hparams": {"rho": 0.05}, "run": {"model": "resnet56"}},
+        "sampa": {
+            "label": "SAMPa",
+            "optimizer": "sampa",
+            "hparams": {"lam": 0.2},
+            "run": {"model": "wrn28-2"},
+        },
+    }
+    table = {"rows": ["dataset"], "columns": ["arm"], "metrics": ["test_acc"], "average_row": True}
+    experiment = {"kind": "table", "title": "x", "arms": list(arms), "table": table}
+    experiment["grid"] = {"dataset": ["cifar10", "cifar100"]}
+    spec = ex.resolve({**CONFIG, "arms": arms, "experiments": {"t": experiment}}, "t")
+    acc = {("SGD", "cifar10"): 0.94, ("SAM", "cifar10"): 0.95, ("SAMPa", "cifar10"): 0.97}
+    acc |= {("SGD", "cifar100"): 0.75, ("SAM", "cifar100"): 0.77, ("SAMPa", "cifar100"): 0.78}
+    root = tmp_path / "runs"
+    planned = ex.expand_experiment(spec)
+    for run in planned:
+        write_run(root, run, acc[(run.cell["arm"], run.settings.get("dataset", "cifar10"))] + run.seed / 1000)
+    frame = collect_runs([root / r.path for r in planned], root)
+
+    def averages(needs: list[str]) -> pd.DataFrame:
+        spec["needs"] = {key: ["needs it"] for key in needs}
+        cells = tables.cell_table(spec, frame)
+        return cells[cells["dataset"] == "Average"].set_index("arm")
+
+    same = averages(["cifar100 wrn28-2", "cifar100 resnet56"])  # every arm over CIFAR-10 alone: ranked
+    assert set(same["partial"]) == {"1 of 2 datasets"} and same["best"].tolist() == [False, False, True]
+    assert same["second"].tolist() == [False, True, False]
+    for needs in (["cifar100 wrn28-2"], ["cifar100 wrn28-2", "cifar10 resnet56"]):
+        cells = averages(needs)
+        assert cells.loc["SAMPa", "partial"] == "1 of 2 datasets" and cells.loc["SAMPa", "n"] == 3
+        assert not cells["best"].any() and not cells["second"].any(), needs
+    text = tables.render(spec, tables.cell_table(spec, frame), None)
+    assert "**" not in text.markdown.split("| Average")[1].splitlines()[0]
+    assert "; Averages over different datasets are not compared (none in bold)." in text.markdown

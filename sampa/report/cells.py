@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -111,7 +111,9 @@ def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         "needs",
         "partial",
     ]
+    unranked = _unranked_note(cells, layout)
     cells = cells[columns]
+    cells.attrs["unranked"] = unranked
     if any(is_measured(name) for name in layout["metrics"]):  # time/memory: say what may bias them
         cells.attrs["caveats"] = timing_caveats(runs, [run.path for run in runnable(spec, planned)])
     return cells
@@ -323,9 +325,15 @@ def _average_rows(obs: pd.DataFrame, axes: list[str], row_axes: Sequence[str]) -
                 "status_note": "",
                 "needs": "" if kept else _joined_needs(everything["needs"]),
                 "partial": _partial(kept, lines, row_axes) if kept else "",
+                "over": _rows_key(group[row_axes]),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _rows_key(rows: pd.DataFrame) -> str:
+    """The rows an Average is taken over, as one string (equal strings: the same rows)."""
+    return "\n".join(sorted({"\t".join(map(str, row)) for row in rows.itertuples(index=False)}))
 
 
 def _partial(kept: int, lines: int, row_axes: Sequence[str]) -> str:
@@ -370,12 +378,29 @@ def _ranked(cells: pd.DataFrame, layout: Mapping[str, Any], rank: int) -> list[b
 
     Reference arms, empty cells and cells holding a metric's fallback (host memory for device memory: not
     the quantity the table compares) never compete; ``best_groups`` limits the comparison to groups of
-    arm labels (e.g. each variant against its +SAMPa combination). Ties as printed share a rank; tables
+    arm labels (e.g. each variant against its +SAMPa combination). Averages over different rows (an arm
+    lacks a dataset here) are not compared: their group has no best. Ties as printed share a rank; tables
     without an arm axis rank nothing.
     """
     flags = pd.Series(False, index=cells.index)
+    for name, members in _competing(cells, layout):
+        levels = sorted(set(members), reverse=metric(name).best == "max")
+        if len(levels) >= rank and (rank == 1 or len(members) > 2):
+            flags[members.index[members == levels[rank - 1]]] = True
+    return flags.tolist()
+
+
+def _competing(cells: pd.DataFrame, layout: Mapping[str, Any]) -> Iterator[tuple[str, pd.Series]]:
+    """Each group of cells that compete for best: its metric and their means as printed."""
+    for name, group in _groups(cells, layout):
+        if _same_rows(group):
+            yield name, group["mean"].round(metric(name).decimals)
+
+
+def _groups(cells: pd.DataFrame, layout: Mapping[str, Any]) -> Iterator[tuple[str, pd.DataFrame]]:
+    """The candidates of each line and ``best_groups`` group (see :func:`_ranked`), with their metric."""
     if "arm" not in cells.columns or cells["arm"].nunique() < 2:
-        return flags.tolist()
+        return
     line_keys = [
         c for c in cells.columns if c in (*layout["rows"], *layout["columns"], "metric") and c != "arm"
     ]
@@ -384,16 +409,26 @@ def _ranked(cells: pd.DataFrame, layout: Mapping[str, Any], rank: int) -> list[b
         if name == COST_METRIC or metric(name).best is None:
             continue
         candidates = line[(~line["reference"]) & (line["n"] > 0) & (~line["fallback"].astype(bool))]
-        shown = candidates["mean"].round(metric(name).decimals)
         groups = layout.get("best_groups") or [list(candidates["arm"])]
         for group in groups:
-            members = shown[candidates["arm"].isin(group)]
-            if len(members) < 2 and len(groups) > 1:
-                continue
-            levels = sorted(set(members), reverse=metric(name).best == "max")
-            if len(levels) >= rank and (rank == 1 or len(members) > 2):
-                flags[members.index[members == levels[rank - 1]]] = True
-    return flags.tolist()
+            members = candidates[candidates["arm"].isin(group)]
+            if len(members) >= 2 or len(groups) == 1:
+                yield name, members
+
+
+def _same_rows(cells: pd.DataFrame) -> bool:
+    """Whether these cells' Averages (if they are) are taken over the same rows, so they compare."""
+    return "over" not in cells or cells["over"].dropna().nunique() <= 1
+
+
+def _unranked_note(cells: pd.DataFrame, layout: Mapping[str, Any]) -> str:
+    """Says that Averages over different rows are not compared, where a table has them (else "")."""
+    mixed = [group for _, group in _groups(cells, layout) if not _same_rows(group)]
+    if not mixed:
+        return ""
+    partial = next((p for group in mixed for p in group["partial"] if p), "")  # "8 of 9 datasets"
+    rows = partial.split(" ", 3)[-1] if partial else "rows"
+    return f"{AVERAGE}s over different {rows} are not compared (none in bold)"
 
 
 def _cell_text(row: Any, markers: Mapping[str, str]) -> str:

@@ -151,6 +151,8 @@ def rule_line(spec: Mapping[str, Any], cells: pd.DataFrame, *, grey: bool) -> st
         line += "; (host): " + "; ".join(_fallback_notes(spec))
     if (cells["partial"].astype(bool) & (cells["n"] > 0)).any():  # an Average shown over fewer rows
         line += f"; {AVERAGE} (k of m): over the k that ran here, not compared with the paper's"
+    if cells.attrs.get("unranked"):
+        line += f"; {cells.attrs['unranked']}"
     return line + "."
 
 
