@@ -859,3 +859,17 @@ def test_averages_over_different_datasets_are_not_ranked(tmp_path):
     text = tables.render(spec, tables.cell_table(spec, frame), None)
     assert "**" not in text.markdown.split("| Average")[1].splitlines()[0]
     assert "; Averages over different datasets are not compared (none in bold)." in text.markdown
+
+
+def test_paper_cells_in_words_name_the_dataset_where_their_table_has_several():
+    """Table 5 has the same ViT cells on CIFAR-10 and CIFAR-100: each reads differently, also when only the
+    CIFAR-100 ones are listed; a table of one dataset does not repeat it."""
+    from sampa.report import paper
+
+    for name in paper.paper_results()["paper"].unique():
+        words = paper.describe_rows(paper.rows_of(name))
+        assert len(set(words)) == len(words), name
+    table5 = paper.rows_of("Table 5")
+    left = paper.describe_rows(table5[table5["benchmark"] == "CIFAR-100"], table=False)
+    assert "ViT-B/16 (pretrained, fine-tuned) on CIFAR-100 SAM test_acc" in left
+    assert paper.describe_rows(paper.rows_of("Table 1"))[0] == "Table 1 DenseNet-121 SGD test_acc"

@@ -105,7 +105,7 @@ def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) ->
     frame["delta_text"] = [_delta_text(r) for r in frame.itertuples()]
     used = set(matches.values())
     left = rows.loc[[j for j in rows.index if j not in used]]
-    unmatched = [paper.describe(row, table=False) for _, row in left.iterrows()]
+    unmatched = paper.describe_rows(left, table=False)
     base = "SAM" if base_axis == "arm" else f"{base_axis.replace('_', ' ')} {base_label}"
     return Comparison(spec["paper"], frame, unmatched, synthetic, base, tuple(paper.summarise(left)))
 

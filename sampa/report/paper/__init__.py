@@ -93,13 +93,22 @@ def rows_of(paper: str) -> pd.DataFrame:
     return rows[rows["paper"] == paper].reset_index(drop=True)
 
 
-def describe(row: pd.Series, table: bool = True) -> str:
-    """A paper cell in words: "Table 7 ResNet-32 SAM test_acc, label noise 20%" (keys, no other notes)."""
+def describe(row: pd.Series, table: bool = True, dataset: bool = False) -> str:
+    """A paper cell in words: "Table 7 ResNet-32 SAM test_acc, label noise 20%" (keys, no other notes);
+    with ``dataset``, where it was measured too: "ViT-B/16 on CIFAR-100 SAM test_acc"."""
     parts = [row["paper"]] if table else []
-    parts += [row["model"], row["method"] + (" (grey column)" if row["reference"] else ""), row["metric"]]
+    parts += [row["model"] + (f" on {row['benchmark']}" if dataset else "")]
+    parts += [row["method"] + (" (grey column)" if row["reference"] else ""), row["metric"]]
     noise = f"label noise {row['label_noise']}" if row["label_noise"] else ""
     batch = f"batch size {row['batch_size']}" if row["batch_size"] else ""
     return ", ".join([" ".join(parts), *filter(None, [noise, batch])])
+
+
+def describe_rows(rows: pd.DataFrame, table: bool = True) -> list[str]:
+    """Paper cells in words (:func:`describe`), each with its dataset where its paper table has cells of
+    several (Table 5: CIFAR-10 and CIFAR-100), so no two cells read the same."""
+    several = {p for p in rows["paper"].unique() if rows_of(p)["benchmark"].nunique() > 1}
+    return [describe(row, table, dataset=row["paper"] in several) for _, row in rows.iterrows()]
 
 
 #: where a paper cell is (a summary splits cells that are not one product along these first)
