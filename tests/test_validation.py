@@ -185,6 +185,8 @@ def test_help_shows_usage_and_every_field_flag(capsys):
         (["table", "--spec", "[1]"], "table", r"--spec must be a JSON object \(got list\)"),
         (["table", "--spec", '{"id": "t"}'], "table", r"--spec must be a resolved experiment"),
         (["table", "--spec", '{"id": "t", "kind": "table"}'], "table", r"give run directories or --runs"),
+        (["table", "--spec", '{"id": "t", "kind": "table"}', "--md", "{tmp}/t.md", "{tmp}/run"], "table",
+         r"RUN '.*run' is not a run of experiment 't' \(nor is any RUN given\); it plans no runs$"),
         (["table", "--spec", '{"id": "t", "kind": "table"}', "--runs", "{tmp}/no.csv"], "table",
          r"--runs '.*no.csv' does not exist"),
         (["table", "--spec", '{"id": "t", "kind": "table"}', "--runs", "{tmp}/norun.csv"], "table",
