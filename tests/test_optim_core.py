@@ -327,3 +327,82 @@ def test_methods_that_need_sample_indices_say_so():
     assert torch.equal(method.batch_indices, torch.arange(16))
     method.start_epoch(3, 10, 7)
     assert (method.epoch, method.epochs, method.steps_per_epoch) == (3, 10, 7)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout masks: one seed per gradient job
+
+
+class RecordingDropout(torch.nn.Dropout):
+    """Dropout that remembers the mask of every training forward pass."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__(p)
+        self.masks: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.training:
+            self.masks.append(out != 0)
+        return out
+
+
+def dropout_method(name: str, executor=None, **hp):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), RecordingDropout(0.5), torch.nn.Linear(16, 3)).train()
+    base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss = torch.nn.CrossEntropyLoss(reduction="none")
+    return build_method(name, model, loss, base, executor=executor, seed=3, **hp), model[1]
+
+
+def dropout_batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(4)
+    return [
+        (torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(steps)
+    ]
+
+
+class ReversedExecutor:
+    """Evaluates a call's jobs last to first, each with its own stream (as another process would)."""
+
+    def evaluate(self, method, jobs):
+        from sampa.optim.evaluation import evaluate_job
+
+        results = {i: evaluate_job(method, jobs[i], stream=(i, 0)) for i in reversed(range(len(jobs)))}
+        return [results[i] for i in range(len(jobs))]
+
+    def depth(self, jobs):
+        return len(jobs)
+
+    def share_rows(self, indices, rows):
+        return indices, rows
+
+
+def test_dropout_masks_do_not_depend_on_the_order_the_jobs_run_in():
+    """SAMPa's two jobs evaluated in reverse order draw the same masks: the same trajectory, bitwise."""
+    reference, _ = dropout_method("sampa", lam=0.2)
+    reordered, _ = dropout_method("sampa", executor=ReversedExecutor(), lam=0.2)
+    for x, y in dropout_batches(5):
+        reference.step(x, y)
+        reordered.step(x, y)
+    for p, q in zip(reference.model.parameters(), reordered.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_each_pass_of_a_step_draws_its_own_masks_and_the_global_generator_is_untouched():
+    method, dropout = dropout_method("sam", rho=0.1)
+    before = torch.get_rng_state()
+    for x, y in dropout_batches(2):
+        method.step(x, y)
+    assert torch.equal(torch.get_rng_state(), before)
+    ascent, descent, next_ascent, _ = dropout.masks
+    assert not torch.equal(ascent, descent)  # SAM's two passes: two masks, as two forward passes draw
+    assert not torch.equal(ascent, next_ascent)  # the next step: new masks
+
+
+def test_a_dropout_rate_of_zero_draws_no_masks():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Dropout(0.0))
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = build_method("sam", model, torch.nn.CrossEntropyLoss(reduction="none"), base)
+    assert not method.masks

@@ -79,10 +79,25 @@ class PlainCNN(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+class DropoutCNN(PlainCNN):
+    """PlainCNN with dropout before its classifier: every gradient job draws masks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(self.drop(x.mean(dim=(2, 3))))
+
+
+MODELS = {"plain": PlainCNN, "dropout": DropoutCNN}
+
+
 @dataclass(frozen=True)
 class Scenario:
     method: str | type
-    model: str  # "tinycnn" (BatchNorm) or "plain"
+    model: str  # "tinycnn" (BatchNorm), "plain" or "dropout"
     base: str = "sgd"
     hparams: dict[str, Any] = field(default_factory=dict)
     sizes: tuple[int, ...] = (32,) * 12
@@ -106,6 +121,7 @@ SCENARIOS = {
     "bisam-plain": Scenario("bisam", "plain", hparams={"rho": 0.1}, sizes=ODD_SIZES),
     "esam-plain": Scenario("esam", "plain", hparams={"rho": 0.1}, sizes=ODD_SIZES),  # partial backward
     "bn-average": Scenario("sgd", "tinycnn", lr=1e-30, sizes=(32,) * 4),
+    "sampa-0.2-dropout": Scenario("sampa", "dropout", hparams={"lam": 0.2, "rho": 0.1}, sizes=(32,) * 6),
 }
 #: the same scenarios with flat buffers, compared with the per-tensor single-device runs
 FLAT = ("sampa-0.2-sgd", "sampa-bisam-sgd", "sgd-plain", "msam-tinycnn")
@@ -121,7 +137,7 @@ SCENARIOS |= {
 def run_scenario(sc: Scenario, backend: Any) -> dict[str, Any]:
     """Train a fresh model on deterministic batches through ``backend``; final state and step losses."""
     torch.manual_seed(0)
-    model = PlainCNN() if sc.model == "plain" else build_model(sc.model, 10)
+    model = MODELS[sc.model]() if sc.model in MODELS else build_model(sc.model, 10)
     if sc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters())
@@ -221,9 +237,18 @@ def assert_states_close(a: dict, b: dict, rtol: float, atol: float, keys: str = 
 
 
 @pytest.mark.parametrize(
-    "name", ["sampa-0-sgd", "sampa-0.2-sgd", "sampa-1-sgd", "sampa-0.2-adamw", "sampa-bisam-sgd"]
+    "name",
+    [
+        "sampa-0-sgd",
+        "sampa-0.2-sgd",
+        "sampa-1-sgd",
+        "sampa-0.2-adamw",
+        "sampa-bisam-sgd",
+        "sampa-0.2-dropout",
+    ],
 )
 def test_pair_sampa_equals_single_device_sampa(pair_results, name):
+    """... with dropout too: each job draws its masks from its own seed, wherever it runs."""
     reference = single(name)
     steps = len(reference["sequential"])
     for rank in (0, 1):

@@ -48,6 +48,10 @@ floating-point buffers are averaged over all ranks. For equal shards the average
 full-batch running mean exactly, because the update is linear; the running variance becomes the mean of
 the shards' variances, which misses the spread between the shard means.
 
+Dropout: a rank evaluates a job (or its part of one) under the job's own mask seed
+(``sampa.optim.evaluation.mask_stream``: job number and part), so k = 1 draws the masks one device draws
+and the parts of a job (k > 1, data mode) draw different ones.
+
 Replica check (``check_replicas``, every epoch): for each parameter, the sum of its elements' bit
 patterns (int64, exact, NaN-safe) is compared across all ranks. Any difference stops the run.
 
@@ -238,9 +242,9 @@ class PairExecutor:
 
     def _evaluate_task(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         topology, buffers, works = self.topology, [], []
-        for job, owner in zip(jobs, assign_owners(jobs), strict=True):
+        for index, (job, owner) in enumerate(zip(jobs, assign_owners(jobs), strict=True)):
             if owner == topology.group:
-                buffer = self._group_result(method, job)
+                buffer = self._group_result(method, job, index)
             else:
                 size = _grad_size(method) * job.num_backward + 3 + job.targets.shape[0]
                 buffer = torch.empty(size, dtype=_grad_dtype(method), device=self.device)
@@ -251,17 +255,17 @@ class PairExecutor:
         self._wait(works, self.comm_cross)
         return [self._unpack(method, job, buffer) for job, buffer in zip(jobs, buffers, strict=True)]
 
-    def _group_result(self, method: Method, job: GradJob) -> Tensor:
+    def _group_result(self, method: Method, job: GradJob, index: int) -> Tensor:
         """The job's full-batch result packed by :func:`_pack`: this rank's own (k = 1), or the group's
-        all-reduced shards (k > 1)."""
+        all-reduced shards (k > 1). ``index``: the job's place in its call (keys its dropout masks)."""
         k, i = self.topology.group_size, self.topology.local_index
         if k == 1:
-            return _pack(method, self._compute(method, job), job)
+            return _pack(method, self._compute(method, job, (index, 0)), job)
         count = job.targets.shape[0]
         shard = dataclasses.replace(
             job, inputs=take_shard(job.inputs, k, i), targets=take_shard(job.targets, k, i)
         )
-        result = self._compute(method, shard)
+        result = self._compute(method, shard, (index, i + 1))
         buffer = _pack_shard(method, result, shard, count, shard_start(count, k, i), first=i == 0)
         work = dist.all_reduce(buffer, group=self.groups.inner, async_op=True)
         self.group_bytes += _nbytes(buffer)
@@ -289,8 +293,8 @@ class PairExecutor:
 
     def _evaluate_data(self, method: Method, jobs: Sequence[GradJob]) -> list[GradResult]:
         results, pending = [], []
-        for job in jobs:
-            result = self._compute(method, job)
+        for index, job in enumerate(jobs):
+            result = self._compute(method, job, (index, self.rank + 1))
             if not job.local:  # sum of n_r g_r and of n_r over the ranks, started right away
                 one = torch.ones(1, dtype=_grad_dtype(method), device=self.device)
                 buffer = torch.cat([*_gradient_pieces(method, result), one]).mul_(result.count)
@@ -307,13 +311,15 @@ class PairExecutor:
 
     # -- shared -------------------------------------------------------------------------------
 
-    def _compute(self, method: Method, job: GradJob) -> GradResult:
+    def _compute(self, method: Method, job: GradJob, stream: tuple[int, int]) -> GradResult:
+        """This rank's evaluation of ``job``; ``stream``: (its index in the call, the part computed here:
+        0 for the whole job, i + 1 for part i), as ``evaluation.mask_stream`` keys dropout masks."""
         if job.targets.shape[0] == 0:  # an empty shard (one-sample batch) contributes nothing
             zero = torch.zeros((), device=self.device)
             grads = [[torch.zeros_like(p) for p in method.params] for _ in range(job.num_backward)]
             return GradResult(grads[0], zero, zero.long(), 0, extra_grads=grads[1:])
         with self.compute.interval():
-            return evaluate_job(method, job)
+            return evaluate_job(method, job, stream)
 
     def _wait(self, works: list[Any], intervals: _Intervals) -> None:
         with intervals.interval():

@@ -34,10 +34,12 @@ from sampa.optim.evaluation import (
     PassCount,
     SequentialExecutor,
     base_step,
+    draws_masks,
     frozen_bn_stats,
     laid_out_like,
     model_forward,
     optimized_parameters,
+    stream_seed,
 )
 from sampa.optim.flat import FlatLayout, FlatParameters, FlatVector, plain
 from sampa.optim.lookahead import lookahead
@@ -116,7 +118,11 @@ class Method:
         **hparams: Any,
     ) -> None:
         self.hp = make_hparams(self.Hparams, self.name, hparams)
+        self.seed = seed
         self.rng = torch.Generator().manual_seed(seed)  # CPU generator: same draws on every device
+        #: whether the model draws dropout masks: then each gradient job draws them from its own seed
+        #: (``job_seed``), so they do not depend on the executor (one device, two processes)
+        self.masks = draws_masks(model)
         self.model, self.loss_fn, self.base_optimizer = model, loss_fn, base_optimizer
         self.executor: Executor = executor if executor is not None else SequentialExecutor()
         self.params, self.param_names = optimized_parameters(model, base_optimizer)
@@ -129,6 +135,7 @@ class Method:
         self.flat: FlatParameters | None = None  # parameters as one buffer (``flat.flatten_parameters``)
         self._plain_layout = FlatLayout(self.params)
         self._passes = PassCount()  # pass counts of the current step
+        self._first_job = 0  # number of the first job of the current ``gradients`` call within the step
 
     def start_epoch(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
         """Called before each epoch (0-based ``epoch`` of ``epochs``); without it a method stays at 0."""
@@ -177,8 +184,14 @@ class Method:
 
     def gradients(self, jobs: Sequence[GradJob]) -> list[GradResult]:
         """Independent gradient evaluations; an executor may run them at the same time."""
+        self._first_job = self._passes.forward
         self._passes.add(jobs, depth=self.executor.depth(jobs))
         return self.executor.evaluate(self, jobs)
+
+    def job_seed(self, index: int, part: int = 0) -> int:
+        """The seed of the dropout masks of job ``index`` of the current ``gradients`` call (``part``: 0 for
+        the whole job, i + 1 for the i-th part a process computes); see ``evaluation.mask_stream``."""
+        return stream_seed(self.seed, self.step_count, self._first_job + index, part)
 
     def forward_only(
         self,

@@ -18,6 +18,7 @@ but leaves the running statistics untouched (``track_running_stats`` is off for 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -89,13 +90,16 @@ class Evaluable(Protocol):
     param_names: list[str]
     flat: FlatParameters | None
     autocast: torch.dtype | None
+    masks: bool
+
+    def job_seed(self, index: int, part: int) -> int: ...
 
 
 class SequentialExecutor:
     """Reference executor: evaluates jobs one after the other on the model's own device."""
 
     def evaluate(self, method: Evaluable, jobs: Sequence[GradJob]) -> list[GradResult]:
-        return [evaluate_job(method, job) for job in jobs]
+        return [evaluate_job(method, job, stream=(index, 0)) for index, job in enumerate(jobs)]
 
     def depth(self, jobs: Sequence[GradJob]) -> int:
         return len(jobs)
@@ -104,10 +108,13 @@ class SequentialExecutor:
         return indices, rows  # one replica holds every sample of the batch
 
 
-def evaluate_job(method: Evaluable, job: GradJob) -> GradResult:
-    """Forward and backward of one job on the local device."""
+def evaluate_job(method: Evaluable, job: GradJob, stream: tuple[int, int] | None = None) -> GradResult:
+    """Forward and backward of one job on the local device; ``stream`` = (index of the job in its
+    ``gradients`` call, part of it this process computes: 0 for the whole job) keys its dropout masks
+    (:func:`mask_stream`; None: torch's global generator draws them)."""
     leaves, overrides, to_gradient = _differentiable_point(method, job)
-    with frozen_bn_stats(method.model, freeze=not job.update_bn):
+    masks = mask_stream(method, *stream) if stream is not None else contextlib.nullcontext()
+    with frozen_bn_stats(method.model, freeze=not job.update_bn), masks:
         logits = model_forward(method, method.model, job.inputs, overrides)
     per_sample = method.loss_fn(logits, job.targets)
     loss = per_sample.mean()
@@ -125,6 +132,62 @@ def evaluate_job(method: Evaluable, job: GradJob) -> GradResult:
         per_sample_loss=per_sample.detach() if per_sample.dim() > 0 else None,
         logits=logits.detach(),
     )
+
+
+#: modules that draw random masks in training mode (their rate: ``p``, or timm's ``drop_prob``)
+MASK_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def draws_masks(model: nn.Module) -> bool:
+    """Whether ``model`` has a dropout (or timm DropPath) module with a nonzero rate."""
+    return any(
+        (isinstance(m, MASK_MODULES) and m.p > 0) or getattr(m, "drop_prob", 0) > 0 for m in model.modules()
+    )
+
+
+@contextlib.contextmanager
+def mask_stream(method: Evaluable, index: int, part: int) -> Iterator[None]:
+    """Dropout masks of one gradient job from a generator seeded by (the method's seed, its step, the job's
+    number within the step, ``part``), not from torch's global stream, which stays untouched.
+
+    So the masks of a job do not depend on where or after what it runs: two processes that each
+    evaluate one of SAMPa's two jobs draw what one device draws for them, and the process computing
+    part i of a job (``part`` i + 1) draws its own. Only where the model draws masks (``method.masks``)
+    and is training; otherwise a no-op (nothing for ``torch.compile`` to trace)."""
+    if not (method.masks and method.model.training):
+        yield
+        return
+    saved = _seed_generators(method, method.job_seed(index, part))
+    try:
+        yield
+    finally:
+        _restore_generators(saved)
+
+
+@never_compiled
+def _seed_generators(method: Evaluable, seed: int) -> tuple[Tensor, torch.device, Tensor | None]:
+    """Seed the CPU generator and the parameters' CUDA device's; return their states before."""
+    device = method.params[0].device
+    saved = torch.get_rng_state(), device, None
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        saved = saved[0], device, torch.cuda.get_rng_state(device)
+        torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+    return saved
+
+
+@never_compiled
+def _restore_generators(saved: tuple[Tensor, torch.device, Tensor | None]) -> None:
+    cpu, device, cuda = saved
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def stream_seed(*key: int) -> int:
+    """A 63-bit seed from integers (a hash: nearby keys give unrelated seeds)."""
+    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def num_correct(logits: Tensor, targets: Tensor) -> Tensor:
