@@ -27,5 +27,7 @@ def smooth_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float = 0.1
 
 
 def make_loss(smoothing: float) -> partial[Tensor]:
-    """The per-sample training loss with label smoothing ``smoothing`` in [0, 1)."""
+    """The per-sample training loss with label smoothing ``smoothing`` in [0, 1) (else ``ValueError``)."""
+    if isinstance(smoothing, bool) or not isinstance(smoothing, int | float) or not 0 <= smoothing < 1:
+        raise ValueError(f"label smoothing must be a number in [0, 1) (got {smoothing!r})")
     return partial(smooth_cross_entropy, smoothing=smoothing)

@@ -59,6 +59,7 @@ ROWS: tuple[MethodRow, ...] = (
         SAM_PASSES,
         (
             ({"rho": -0.1}, r"rho must be in \[0, inf\] \(got -0.1\)"),
+            ({"rho": float("inf")}, r"rho must be a finite number \(got inf\)"),
             ({"lam": 0.2}, "unknown hyperparameter 'lam' for method 'sam'; valid: rho, eps"),
         ),
     ),
@@ -70,7 +71,7 @@ ROWS: tuple[MethodRow, ...] = (
         (
             ({"lam": 1.5}, r"lam must be in \[0, 1\] \(got 1.5\)"),
             ({"lam": -0.01}, r"lam must be in \[0, 1\]"),
-            ({"rho": float("nan")}, "rho must be a number"),
+            ({"rho": float("nan")}, "rho must be a finite number"),
             ({"diagnostics_every": -1}, "diagnostics_every must be an integer >= 0"),
         ),
         configs=({}, {"lam": 0.0}, {"diagnostics_every": 2}),
@@ -104,8 +105,8 @@ ROWS: tuple[MethodRow, ...] = (
         (
             ({"delta": 1.0}, r"delta must be in \(0, 1\) \(got 1.0\)"),
             ({"delta": 0.0}, r"delta must be in \(0, 1\)"),
-            ({"lam1": "x"}, r"lam1 must be a number \(got 'x'\)"),
-            ({"rho": float("nan")}, "rho must be a number"),
+            ({"lam1": "x"}, r"lam1 must be a finite number \(got 'x'\)"),
+            ({"rho": float("nan")}, "rho must be a finite number"),
         ),
         configs=({}, {"lam1": 0.0, "lam2": 0.0}),
     ),
@@ -233,7 +234,7 @@ ROWS: tuple[MethodRow, ...] = (
         {"rho": 0.5},
         SAM_PASSES,
         (
-            ({"rho": float("nan")}, "rho must be a number"),
+            ({"rho": float("nan")}, "rho must be a finite number"),
             ({"eta": 0.1}, "unknown hyperparameter 'eta' for method 'samon'; valid: rho, eps"),
         ),
     ),

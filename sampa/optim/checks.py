@@ -47,9 +47,10 @@ def check_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    """Raise ``HyperparameterError('name must be in [low, high] (got value)')`` when out of range."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise HyperparameterError(f"{name} must be a number (got {value!r})")
+    """Raise ``HyperparameterError('name must be in [low, high] (got value)')`` when out of range; a value
+    that is not a finite number (a string, a bool, nan, inf) is an error too."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise HyperparameterError(f"{name} must be a finite number (got {value!r})")
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:

@@ -92,6 +92,22 @@ class Executor(Protocol):
         ...
 
 
+def _check_arguments(model: Any, loss_fn: Any, base_optimizer: Any) -> None:
+    """One-line ``TypeError`` for a constructor argument of the wrong kind (e.g. swapped arguments)."""
+    expected = (
+        ("model", model, nn.Module, "a torch.nn.Module"),
+        ("base_optimizer", base_optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer"),
+    )
+    for name, value, kind, text in expected:
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be {text} (got {type(value).__name__})")
+    if not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be callable as loss_fn(logits, targets) -> per-sample losses "
+            f"(got {type(loss_fn).__name__})"
+        )
+
+
 class Method:
     """Base class: a subclass sets ``name``, ``display_name``, ``Hparams``; implements :meth:`direction`."""
 
@@ -118,6 +134,7 @@ class Method:
         **hparams: Any,
     ) -> None:
         self.hp = make_hparams(self.Hparams, self.name, hparams)
+        _check_arguments(model, loss_fn, base_optimizer)
         self.seed = seed
         self.rng = torch.Generator().manual_seed(seed)  # CPU generator: same draws on every device
         #: whether the model draws dropout masks: then each gradient job draws them from its own seed
