@@ -5,12 +5,58 @@ documented), and the package surface names the contract."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
-from problems import BNNet, ce
+from methods_table import ROW_IDS, ROWS
+from problems import STEPS_PER_EPOCH, BNNet, ce, indexed_batches, run_steps
 
+from sampa import io
 from sampa.losses import make_loss
-from sampa.optim import HyperparameterError, build_method
+from sampa.optim import METHOD_NAMES, HyperparameterError, build_method
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def readme_loop_code() -> list[str]:
+    """The Python blocks of README's section "Use it in your own training loop", in order."""
+    text = README.read_text()
+    section = text.split("## Use it in your own training loop", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_readme_training_loop_runs_as_written_and_resumes(tmp_path, monkeypatch, capsys):
+    """README's code, run as written: only the loader ("any iterable of (images, labels) batches") is
+    ours, and the epochs are 2 of its 200 (any number runs the same code)."""
+    train, resume = readme_loop_code()
+    assert train.count("epochs = 200\n") == 1
+    train = train.replace("epochs = 200\n", "epochs = 2\n")
+    gen = torch.Generator().manual_seed(0)
+    loader = [
+        (torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen))
+        for _ in range(2)
+    ]
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict = {"loader": loader}
+    exec(compile(train, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == ["0", "1"]
+    forward = [int(line.split()[3]) for line in printed]
+    assert forward == [2, 2]  # SAMPa: 2 forward passes from the second step on
+    assert namespace["method"].step_count == 4 and (tmp_path / "checkpoint.pt").exists()
+    resumed: dict = {"loader": loader}
+    torch.manual_seed(1)  # another initialisation: the resume block restores everything
+    exec(compile(train.split("\nfor epoch")[0], "README.md", "exec"), resumed)  # "building the same ..."
+    exec(compile(resume, "README.md", "exec"), resumed)
+    for ns in (namespace, resumed):  # one more step each: the resumed run continues identically
+        ns["model"].train()
+        ns["method"].step(*loader[0])
+    assert resumed["method"].step_count == 5 and resumed["scheduler"].last_epoch == 2
+    pairs = zip(namespace["model"].state_dict().values(), resumed["model"].state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def sgd(model: torch.nn.Module) -> torch.optim.SGD:
@@ -54,3 +100,101 @@ def test_arguments_of_the_wrong_kind_are_one_line_errors():
         with pytest.raises(TypeError, match=match) as info:
             build_method("sam", *args)
         assert "\n" not in str(info.value)
+
+
+def batch(size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(size, 4, generator=gen), torch.randint(0, 3, (size,), generator=gen)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["sgd", "sam", "sampa"])
+def test_a_scalar_loss_is_an_error_naming_the_fix(name, reduction):
+    """A mean and a sum are both scalars: the sum would silently scale every step by the batch size."""
+    model = BNNet()
+    method = build_method(name, model, torch.nn.CrossEntropyLoss(reduction=reduction), sgd(model))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"loss_fn must return one loss per sample, shape \(16,\)"):
+        method.step(*batch())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_eval_mode_during_step_is_an_error():
+    model = BNNet()
+    method = build_method("sam", model, ce, sgd(model))
+    model.eval()
+    with pytest.raises(RuntimeError, match=r"the model is in eval mode: call model.train\(\) before"):
+        method.step(*batch())
+    model.train()
+    model.bn.eval()  # BatchNorm frozen on purpose (fine-tuning): allowed, running statistics unchanged
+    stats = model.bn.running_mean.clone()
+    method.step(*batch())
+    assert torch.equal(stats, model.bn.running_mean)
+
+
+def test_a_batch_on_another_device_or_of_another_size_is_an_error():
+    model = BNNet()
+    method = build_method("sampa", model, ce, sgd(model))
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"inputs are on meta but the model's parameters on cpu: move"):
+        method.step(x.to("meta"), y)
+    with pytest.raises(ValueError, match=r"targets are on meta but the model's parameters on cpu"):
+        method.step(x, y.to("meta"))
+    with pytest.raises(ValueError, match=r"the batch has 16 inputs but targets of shape \(8,\)"):
+        method.step(x, y[:8])
+
+
+def adamw(model: torch.nn.Module) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
+def test_state_dict_round_trip_with_adamw_continues_identically(row, tmp_path):
+    """tests/test_methods.py resumes every method on SGD; AdamW's state (step counts, moments) too."""
+
+    def build():
+        torch.manual_seed(0)
+        model = BNNet()
+        return model, build_method(row.name, model, ce, adamw(model), seed=3, **row.hparams)
+
+    data, total, cut = indexed_batches(), 4 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH
+    model_a, method_a = build()
+    run_steps(method_a, data, total)
+    model_b, method_b = build()
+    run_steps(method_b, data, cut)
+    io.save_torch(tmp_path / "ckpt.pt", {"model": model_b.state_dict(), "method": method_b.state_dict()})
+    ckpt = io.load_torch(tmp_path / "ckpt.pt")
+    model_c, method_c = build()
+    model_c.load_state_dict(ckpt["model"])
+    method_c.load_state_dict(ckpt["method"])
+    run_steps(method_c, data, total, start=cut)
+    pairs = zip(model_a.state_dict().values(), model_c.state_dict().values(), strict=True)
+    assert all(torch.equal(a, c) for a, c in pairs)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_loading_another_methods_state_is_an_error(name):
+    other = "sam" if name != "sam" else "sampa"
+    model = BNNet()
+    saved = build_method(other, model, ce, sgd(model)).state_dict()
+    method = build_method(name, model, ce, sgd(model))
+    with pytest.raises(
+        ValueError, match=f"this state was saved by method '{other}'; it cannot be loaded into"
+    ):
+        method.load_state_dict(saved)
+    with pytest.raises(
+        ValueError, match=r"not a method state \(from method.state_dict\(\)\): no key 'method'"
+    ):
+        method.load_state_dict({"base_optimizer": sgd(model).state_dict()})
+
+
+def test_a_state_saved_before_the_name_was_recorded_still_loads():
+    model = BNNet()
+    method = build_method("sampa", model, ce, sgd(model))
+    run_steps(method, indexed_batches(), 2)
+    state = method.state_dict()
+    assert state.pop("name") == "sampa"
+    resumed = build_method("sampa", model, ce, sgd(model))
+    resumed.load_state_dict(state)
+    assert resumed.step_count == 2 and resumed.g_y is not None

@@ -12,7 +12,9 @@ The :class:`Executor` is all a method knows about where gradients run: ``Sequent
 A method may mutate only the parameters (through the base optimizer's step), ``p.grad`` (G, right
 before that step), the base optimizer's state, BatchNorm running statistics (only in jobs marked
 ``update_bn``, see :mod:`sampa.optim.evaluation`) and its own state. Loss convention:
-``loss_fn(logits, targets)`` returns per-sample losses (``reduction="none"``); a scalar is accepted too.
+``loss_fn(logits, targets)`` returns per-sample losses, shape (batch,) (``reduction="none"``); a scalar
+(``reduction="mean"`` or ``"sum"``) is a one-line error at the first step. The model must be in training
+mode (``model.train()``) and the batch on the parameters' device; both are checked at every step.
 """
 
 from __future__ import annotations
@@ -164,6 +166,12 @@ class Method:
             raise ValueError(
                 f"method {self.name!r} needs the samples' dataset indices: call step(x, y, indices)"
             )
+        if not self.model.training:
+            raise RuntimeError(
+                "the model is in eval mode: call model.train() before method.step (eval mode would use "
+                "BatchNorm running statistics in every pass and switch dropout off; to freeze BatchNorm on "
+                "purpose, put only those modules in eval mode)"
+            )
         self.batch_indices = indices
         self._passes = passes = PassCount()
         direction, report, stats = self.direction(inputs, targets)
@@ -258,11 +266,25 @@ class Method:
         return vector if self.flat is None else FlatVector(self.flat.layout.flatten(vector), self.flat.layout)
 
     def state_dict(self) -> dict[str, Any]:
-        """Base optimizer state + method state; loadable with ``torch.load(weights_only=True)``."""
+        """Method name, base optimizer state, method state; loadable with ``torch.load(weights_only=True)``.
+
+        The model's own state (parameters, BatchNorm statistics) is not part of it: checkpoint
+        ``model.state_dict()`` beside it."""
         state = {"base_optimizer": self.base_optimizer.state_dict(), "method": plain(self.method_state())}
-        return state | {"step_count": self.step_count, "rng": self.rng.get_state()}
+        return state | {"name": self.name, "step_count": self.step_count, "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` of the same method (a state without a name, from before the
+        name was saved, is accepted); another method's state is a one-line ``ValueError``."""
+        missing = [key for key in ("base_optimizer", "method", "step_count", "rng") if key not in state]
+        if missing:
+            raise ValueError(f"not a method state (from method.state_dict()): no key {missing[0]!r}")
+        saved = state.get("name", self.name)
+        if saved != self.name:
+            raise ValueError(
+                f"this state was saved by method {saved!r}; it cannot be loaded into {self.name!r} "
+                f"(build the method with build_method({saved!r}, ...))"
+            )
         self.base_optimizer.load_state_dict(state["base_optimizer"])
         self.load_method_state(state["method"])
         self.step_count = int(state["step_count"])

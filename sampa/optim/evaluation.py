@@ -26,12 +26,12 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from sampa.batch import Inputs, call_model, device_of
+from sampa.batch import Inputs, batch_size, call_model, device_of
 from sampa.optim.eager import never_compiled
 from sampa.optim.flat import FlatParameters, FlatVector, as_flat
 from sampa.optim.tensors import TensorList
 
-#: ``loss_fn(logits, targets)``: per-sample losses (``reduction="none"``) or a scalar
+#: ``loss_fn(logits, targets)``: per-sample losses, shape (batch,) (``reduction="none"``; not a scalar)
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -112,11 +112,13 @@ def evaluate_job(method: Evaluable, job: GradJob, stream: tuple[int, int] | None
     """Forward and backward of one job on the local device; ``stream`` = (index of the job in its
     ``gradients`` call, part of it this process computes: 0 for the whole job) keys its dropout masks
     (:func:`mask_stream`; None: torch's global generator draws them)."""
+    check_batch(job.inputs, job.targets, method.params[0].device)
     leaves, overrides, to_gradient = _differentiable_point(method, job)
     masks = mask_stream(method, *stream) if stream is not None else contextlib.nullcontext()
     with frozen_bn_stats(method.model, freeze=not job.update_bn), masks:
         logits = model_forward(method, method.model, job.inputs, overrides)
     per_sample = method.loss_fn(logits, job.targets)
+    check_per_sample(per_sample, job.targets.shape[0])
     loss = per_sample.mean()
     losses = [loss] if job.losses is None else _objectives(job, logits, method.loss_fn, loss)
     grads = [
@@ -129,7 +131,7 @@ def evaluate_job(method: Evaluable, job: GradJob, stream: tuple[int, int] | None
         loss=loss.detach(),
         correct=num_correct(logits, job.targets),
         count=job.targets.shape[0],
-        per_sample_loss=per_sample.detach() if per_sample.dim() > 0 else None,
+        per_sample_loss=per_sample.detach(),
         logits=logits.detach(),
     )
 
@@ -188,6 +190,32 @@ def stream_seed(*key: int) -> int:
     """A 63-bit seed from integers (a hash: nearby keys give unrelated seeds)."""
     digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def check_batch(inputs: Inputs, targets: Tensor, device: torch.device) -> None:
+    """One-line ``ValueError`` unless inputs and targets hold the same number of samples and lie on the
+    parameters' ``device`` (metadata only: no host synchronisation)."""
+    size = batch_size(inputs)
+    if targets.dim() == 0 or targets.shape[0] != size:
+        raise ValueError(f"the batch has {size} inputs but targets of shape {tuple(targets.shape)}")
+    for what, where in (("inputs", device_of(inputs)), ("targets", targets.device)):
+        if where != device:
+            raise ValueError(
+                f"the batch's {what} are on {where} but the model's parameters on {device}: "
+                f"move the batch first (sampa.batch.to_device(inputs, device), targets.to(device))"
+            )
+
+
+def check_per_sample(losses: Tensor, size: int) -> None:
+    """One-line ``ValueError`` unless ``loss_fn`` gave one loss per sample (``reduction="none"``): a
+    scalar cannot tell a mean from a sum (a sum scales every step by the batch size), and per-sample
+    values feed ESAM's sample selection and the data-parallel backends."""
+    if tuple(losses.shape) != (size,):
+        raise ValueError(
+            f"loss_fn must return one loss per sample, shape ({size},), got shape {tuple(losses.shape)}: "
+            f"use reduction='none' (e.g. sampa.losses.make_loss(0.1) or "
+            f"torch.nn.functional.cross_entropy(logits, targets, reduction='none'))"
+        )
 
 
 def num_correct(logits: Tensor, targets: Tensor) -> Tensor:
