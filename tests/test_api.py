@@ -5,6 +5,7 @@ documented), and the package surface names the contract."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from problems import STEPS_PER_EPOCH, BNNet, ce, indexed_batches, run_steps
 from sampa import io
 from sampa.losses import make_loss
 from sampa.optim import METHOD_NAMES, HyperparameterError, build_method
+from sampa.optim.lookahead import lookahead
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -198,3 +200,131 @@ def test_a_state_saved_before_the_name_was_recorded_still_loads():
     resumed = build_method("sampa", model, ce, sgd(model))
     resumed.load_state_dict(state)
     assert resumed.step_count == 2 and resumed.g_y is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning: frozen layers, parameter groups, schedulers
+
+
+@pytest.mark.parametrize("name", ["sam", "sampa", "asam"])
+@pytest.mark.parametrize("in_optimizer", [True, False])
+def test_frozen_layers_stay_put_whether_or_not_the_optimizer_holds_them(name, in_optimizer):
+    torch.manual_seed(0)
+    model = BNNet()
+    model.fc1.requires_grad_(False)
+    params = model.parameters() if in_optimizer else [p for p in model.parameters() if p.requires_grad]
+    method = build_method(name, model, ce, torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    frozen, head = model.fc1.weight.clone(), model.fc2.weight.clone()
+    run_steps(method, indexed_batches(), 3)
+    assert torch.equal(frozen, model.fc1.weight) and not torch.equal(head, model.fc2.weight)
+    assert method.param_names == ["bn.weight", "bn.bias", "fc2.weight", "fc2.bias"]
+
+
+@pytest.mark.parametrize("change", ["unfreeze", "freeze", "add_group"])
+def test_changing_the_trainable_parameters_after_building_is_an_error(change):
+    """Unfreezing would otherwise silently leave the layer frozen (the method's parameters are fixed)."""
+    model = BNNet()
+    model.fc1.requires_grad_(False)
+    opt = torch.optim.SGD([p for n, p in model.named_parameters() if not n.startswith("bn")], lr=0.1)
+    method = build_method("sampa", model, ce, opt)
+    method.step(*batch())
+    if change == "unfreeze":
+        model.fc1.requires_grad_(True)
+    elif change == "freeze":
+        model.fc2.bias.requires_grad_(False)
+    else:
+        opt.add_param_group({"params": list(model.bn.parameters())})
+    with pytest.raises(RuntimeError, match="trainable parameters changed since the method was built"):
+        method.step(*batch())
+    if change == "add_group":
+        return
+    method = build_method("sampa", model, ce, opt)  # built again: fine
+    method.step(*batch())
+
+
+def test_parameter_groups_keep_their_own_learning_rate_and_weight_decay():
+    """SGD as the method equals torch's own loop over the same groups; SAMPa's look-ahead honours them."""
+
+    def groups(model: BNNet) -> list[dict]:
+        return [
+            {"params": list(model.fc1.parameters()), "lr": 0.0},
+            {"params": list(model.bn.parameters()), "weight_decay": 0.0},
+            {"params": list(model.fc2.parameters()), "lr": 0.3, "weight_decay": 0.01},
+        ]
+
+    torch.manual_seed(0)
+    model = BNNet()
+    reference = copy.deepcopy(model)
+    method = build_method("sgd", model, ce, torch.optim.SGD(groups(model), lr=0.1, momentum=0.9))
+    opt = torch.optim.SGD(groups(reference), lr=0.1, momentum=0.9)
+    for x, y, _ in indexed_batches():
+        method.step(x, y)
+        opt.zero_grad()
+        ce(reference(x), y).mean().backward()
+        opt.step()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    sampa = build_method("sampa", model, ce, torch.optim.SGD(groups(model), lr=0.1, momentum=0.9))
+    frozen = model.fc1.weight.clone()
+    run_steps(sampa, indexed_batches(), 4)
+    assert torch.equal(frozen, model.fc1.weight)  # lr 0: SAMPa's y and its steps keep the group's lr
+
+
+def test_a_scheduler_on_the_base_optimizer_drives_every_step():
+    """SGD as the method under StepLR equals torch's own loop under the same scheduler."""
+    torch.manual_seed(0)
+    model = BNNet()
+    reference = copy.deepcopy(model)
+    base, opt = sgd(model), sgd(reference)
+    method = build_method("sgd", model, ce, base)
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5) for o in (base, opt)]
+    for x, y, _ in indexed_batches() * 2:
+        method.step(x, y)
+        opt.zero_grad()
+        ce(reference(x), y).mean().backward()
+        opt.step()
+        for scheduler in schedulers:
+            scheduler.step()
+    assert base.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 0.1 * 0.5**6
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", [torch.optim.SGD, torch.optim.AdamW])
+def test_the_lookahead_of_sampa_honours_parameter_groups(kind):
+    """y_{t+1} = the step the base optimizer would take: with groups of their own lr and weight decay."""
+    model = BNNet()
+    groups = [
+        {"params": list(model.fc1.parameters()), "lr": 0.3, "weight_decay": 0.1},
+        {"params": list(model.fc2.parameters())},
+    ]
+    extra = {"momentum": 0.9} if kind is torch.optim.SGD else {}
+    opt = kind(groups, lr=0.01, weight_decay=0.0, **extra)
+    params = [*model.fc1.parameters(), *model.fc2.parameters()]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        predicted = lookahead(opt, params, grads)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+        for p, y in zip(params, predicted, strict=True):
+            torch.testing.assert_close(p.detach(), y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("base", [sgd, adamw], ids=["sgd", "adamw"])
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_every_method_trains_with_its_defaults(name, base):
+    """As a researcher first tries it: defaults, a small model, SGD or AdamW; the loss falls."""
+    torch.manual_seed(0)
+    model = BNNet()
+    method = build_method(name, model, ce, base(model))
+    data = indexed_batches(1, size=32)
+    records = run_steps(method, data, 12, epochs=2)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert float(records[-1].loss) < float(records[0].loss)
+
+
+def test_a_base_optimizer_over_another_models_parameters_is_an_error():
+    model, other = BNNet(), BNNet()
+    with pytest.raises(ValueError, match=r"holds a tensor of shape \(6, 4\) that is not a parameter of the"):
+        build_method("sam", model, ce, sgd(other))

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from sampa.batch import Inputs
 from sampa.optim.checks import HyperparameterError, Hyperparameters, make_hparams
 from sampa.optim.clipping import clip_by_global_norm
+from sampa.optim.eager import never_compiled
 from sampa.optim.evaluation import (
     GradJob,
     GradResult,
@@ -110,6 +111,18 @@ def _check_arguments(model: Any, loss_fn: Any, base_optimizer: Any) -> None:
         )
 
 
+def _held(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """Every tensor the optimizer holds, in its order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+@never_compiled  # traced, it would guard on the whole param_groups (learning rates: recompiles)
+def _trainable_changed(optimizer: torch.optim.Optimizer, held: list[Tensor], flags: list[bool]) -> bool:
+    """Whether the optimizer gained tensors or one of ``held`` switched ``requires_grad`` from ``flags``."""
+    count = sum(len(group["params"]) for group in optimizer.param_groups)
+    return count != len(held) or [p.requires_grad for p in held] != flags
+
+
 class Method:
     """Base class: a subclass sets ``name``, ``display_name``, ``Hparams``; implements :meth:`direction`."""
 
@@ -145,6 +158,8 @@ class Method:
         self.model, self.loss_fn, self.base_optimizer = model, loss_fn, base_optimizer
         self.executor: Executor = executor if executor is not None else SequentialExecutor()
         self.params, self.param_names = optimized_parameters(model, base_optimizer)
+        self._held = _held(base_optimizer)  # what self.params was chosen from (requires_grad at build)
+        self._held_flags = [p.requires_grad for p in self._held]
         self.step_count = 0
         self.epoch, self.epochs, self.steps_per_epoch = 0, 0, 0  # set by start_epoch
         self.batch_indices: Tensor | None = None  # dataset indices of the current batch, if given
@@ -162,6 +177,17 @@ class Method:
 
     def step(self, inputs: Inputs, targets: Tensor, indices: Tensor | None = None) -> StepRecord:
         """One complete update on the batch; ``indices``: the samples' dataset indices (``needs_indices``)."""
+        self._check_ready(indices)
+        self.batch_indices = indices
+        self._passes = passes = PassCount()
+        direction, report, stats = self.direction(inputs, targets)
+        self.apply_update(direction)
+        self.step_count += 1
+        return StepRecord(report.loss, report.correct, report.count, **vars(passes), stats=stats)
+
+    def _check_ready(self, indices: Tensor | None = None) -> None:
+        """One-line error for a step that cannot be right: indices missing for a method that needs them,
+        the model in eval mode, or the trainable parameters changed since the method was built."""
         if self.needs_indices and indices is None:
             raise ValueError(
                 f"method {self.name!r} needs the samples' dataset indices: call step(x, y, indices)"
@@ -172,12 +198,11 @@ class Method:
                 "BatchNorm running statistics in every pass and switch dropout off; to freeze BatchNorm on "
                 "purpose, put only those modules in eval mode)"
             )
-        self.batch_indices = indices
-        self._passes = passes = PassCount()
-        direction, report, stats = self.direction(inputs, targets)
-        self.apply_update(direction)
-        self.step_count += 1
-        return StepRecord(report.loss, report.correct, report.count, **vars(passes), stats=stats)
+        if _trainable_changed(self.base_optimizer, self._held, self._held_flags):
+            raise RuntimeError(
+                "the base optimizer's trainable parameters changed since the method was built (requires_grad "
+                "switched, or a parameter group added): build the method again after freezing or unfreezing"
+            )
 
     def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         """Return (update direction G aligned with ``self.params``, reporting pass, per-step stats)."""

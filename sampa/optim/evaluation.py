@@ -318,8 +318,12 @@ def optimized_parameters(
     """The optimizer's trainable parameters (in its order) and their names in the model."""
     names = {id(p): n for n, p in model.named_parameters()}
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if any(id(p) not in names for p in params):
-        raise ValueError("the base optimizer holds a tensor that is not a parameter of the model")
+    strangers = [p for p in params if id(p) not in names]
+    if strangers:
+        raise ValueError(
+            f"the base optimizer holds a tensor of shape {tuple(strangers[0].shape)} that is not a parameter "
+            f"of the model: build it from this model's parameters (model.parameters())"
+        )
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the base optimizer holds no trainable parameter of the model")
