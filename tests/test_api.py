@@ -6,7 +6,10 @@ documented), and the package surface names the contract."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from problems import STEPS_PER_EPOCH, BNNet, ce, indexed_batches, run_steps
 
 from sampa import io
 from sampa.losses import make_loss
-from sampa.optim import METHOD_NAMES, HyperparameterError, build_method
+from sampa.optim import METHOD_CLASSES, METHOD_NAMES, METHODS, HyperparameterError, build_method
 from sampa.optim.lookahead import lookahead
 
 README = Path(__file__).parents[1] / "README.md"
@@ -200,6 +203,74 @@ def test_a_state_saved_before_the_name_was_recorded_still_loads():
     resumed = build_method("sampa", model, ce, sgd(model))
     resumed.load_state_dict(state)
     assert resumed.step_count == 2 and resumed.g_y is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# The package surface and the documented defaults
+
+DOCS = Path(__file__).parents[1] / "docs" / "methods.md"
+SYMBOLS = {"ρ": "rho", "λ": "lam", "η": "eta", "θ": "theta", "μ": "mu", "α": "alpha"}
+
+
+def table_rows(text: str, header: str) -> dict[str, list[str]]:
+    """Rows of the Markdown table under the line starting with ``header``: first cell's `name` -> cells."""
+    lines = text.split(header, 1)[1].splitlines()[2:]
+    rows = {}
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def test_the_docs_table_of_defaults_is_the_code():
+    rows = table_rows(DOCS.read_text(), "| name | display | keyword arguments (defaults) |")
+    assert list(rows) == [cls.name for cls in METHOD_CLASSES]
+    for cls in METHOD_CLASSES:
+        documented = dict(re.findall(r"`(\w+)=([^`]+)`", rows[cls.name][2]))
+        code = {key: repr(value) for key, value in dataclasses.asdict(cls.Hparams()).items()}
+        assert documented == code, cls.name
+        assert rows[cls.name][1] == cls.display_name
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "column"),
+    [(README, "| name | method | passes / step |", 4), (DOCS, "| registry | display | defaults |", 2)],
+)
+def test_defaults_written_with_symbols_are_the_code(path, header, column):
+    """README's method table and the baselines table of docs/methods.md write defaults as ρ = 0.05."""
+    rows = table_rows(path.read_text(), header)
+    assert len(rows) >= 5
+    for name, cells in rows.items():
+        defaults = METHODS[name].Hparams()
+        written = re.findall(r"([ρληθμα])\s*=\s*([-\d.]+)", cells[column])
+        assert written or cells[column] == "–", name
+        assert {SYMBOLS[s]: float(v) for s, v in written} == {
+            SYMBOLS[s]: getattr(defaults, SYMBOLS[s]) for s, _ in written
+        }, name
+
+
+def test_every_method_class_and_the_contract_are_exported():
+    import sampa.optim
+
+    exported = set(sampa.optim.__all__)
+    assert {cls.__name__ for cls in METHOD_CLASSES} <= exported
+    assert {"build_method", "Method", "StepRecord", "LossFn", "HyperparameterError"} <= exported
+    assert all(hasattr(sampa.optim, name) for name in exported)
+
+
+def test_importing_the_api_is_cheap():
+    """``import sampa`` loads nothing; the API modules of README's loop load torch and nothing heavy."""
+    heavy = ["torch", "pandas", "matplotlib", "snakemake", "yaml", "jsonschema", "torchvision"]
+    heavy += ["transformers", "timm", "scipy", "torch._dynamo", "sampa.train", "sampa.config", "sampa.data"]
+    code = (
+        "import sys; import sampa; first = [m for m in HEAVY if m in sys.modules]; "
+        "import sampa.optim, sampa.losses, sampa.models; print(first, [m for m in HEAVY if m in sys.modules])"
+    ).replace("HEAVY", repr(heavy))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] ['torch']", out.stderr
 
 
 # ----------------------------------------------------------------------------------------------

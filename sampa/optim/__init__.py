@@ -2,7 +2,15 @@
 
 >>> base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
 >>> method = build_method("sampa", model, loss_fn, base, rho=0.1, lam=0.2)
->>> record = method.step(inputs, targets)
+>>> model.train()
+>>> record = method.step(inputs, targets)  # one complete update; inputs on the model's device
+
+``loss_fn(logits, targets)`` returns per-sample losses (``reduction="none"``). Hyperparameters are keyword
+arguments (``METHODS[name].Hparams`` lists them with their defaults); a wrong name or value is a one-line
+``HyperparameterError``. Schedule the learning rate on ``base`` as usual; checkpoint with
+``method.state_dict()`` beside ``model.state_dict()``. README "Use it in your own training loop" covers
+frozen parameters, parameter groups, gradient clipping (``method.clip_norm``), mixed precision
+(``method.autocast``) and epoch-dependent methods (``method.start_epoch``).
 """
 
 from __future__ import annotations
@@ -74,34 +82,56 @@ def build_method(
     seed: int = 0,
     **hparams: Any,
 ) -> Method:
-    """Build the method registered under ``name``."""
+    """Build the method registered under ``name`` (one of :data:`METHOD_NAMES`) around ``model``.
+
+    ``loss_fn(logits, targets)`` returns per-sample losses (``reduction="none"``); ``base_optimizer`` holds
+    parameters of ``model`` (those with ``requires_grad`` are trained); ``hparams`` are the method's keyword
+    arguments (``METHODS[name].Hparams``); ``seed`` seeds the method's own random draws; ``executor``
+    (default: :class:`SequentialExecutor`) is where gradients run. A wrong name is a ``ValueError``, a
+    wrong hyperparameter a :class:`HyperparameterError`, an argument of the wrong kind a ``TypeError``,
+    each one line naming the value and the valid choices. Then ``method.step(inputs, targets)`` with the
+    model in training mode performs one update (:class:`Method`).
+    """
     return method_class(name)(model, loss_fn, base_optimizer, executor=executor, seed=seed, **hparams)
 
 
+#: the registry, the contract and every method class (tests/test_api.py checks that none is missing)
 __all__ = [
     "AESAM",
+    "ASAM",
     "ESAM",
+    "GNP",
     "MESA",
     "METHODS",
+    "METHOD_CLASSES",
     "METHOD_NAMES",
     "MSAM",
     "SAF",
     "SAM",
+    "SAMON",
     "SGD",
     "VSAM",
+    "BiSAM",
     "Executor",
     "GradJob",
     "GradResult",
     "HyperparameterError",
     "Hyperparameters",
     "LookSAM",
+    "LossFn",
     "MSAMPa",
     "Method",
     "OptSAM",
     "RandSAM",
     "SAMPa",
+    "SAMPaASAM",
+    "SAMPaBiSAM",
+    "SAMPaSAMON",
+    "SAMPaVaSSO",
+    "SAMdb",
     "SequentialExecutor",
     "StepRecord",
+    "VaSSO",
     "build_method",
     "check_method",
     "method_class",
