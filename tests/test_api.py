@@ -33,7 +33,7 @@ def readme_loop_code() -> list[str]:
 
 
 def test_the_readme_training_loop_runs_as_written_and_resumes(tmp_path, monkeypatch, capsys):
-    """README's code, run as written: only the loader ("any iterable of (images, labels) batches") is
+    """README's code, run as written: only the loader ("any sized iterable of (images, labels) batches") is
     ours, and the epochs are 2 of its 200 (any number runs the same code)."""
     train, resume = readme_loop_code()
     assert train.count("epochs = 200\n") == 1
@@ -399,3 +399,19 @@ def test_a_base_optimizer_over_another_models_parameters_is_an_error():
     model, other = BNNet(), BNNet()
     with pytest.raises(ValueError, match=r"holds a tensor of shape \(6, 4\) that is not a parameter of the"):
         build_method("sam", model, ce, sgd(other))
+
+
+def test_a_data_parallel_wrapper_is_an_error(tmp_path):
+    """DDP does not all-reduce gradients from torch.autograd.grad: each replica would silently train alone."""
+    import torch.distributed as dist
+
+    model = BNNet()
+    with pytest.raises(TypeError, match=r"model is wrapped in DataParallel, which does not average"):
+        build_method("sam", torch.nn.DataParallel(model), ce, sgd(model))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        with pytest.raises(TypeError, match=r"wrapped in DistributedDataParallel.*pass the bare model"):
+            build_method("sampa", ddp, ce, sgd(ddp))
+    finally:
+        dist.destroy_process_group()

@@ -104,6 +104,12 @@ def _check_arguments(model: Any, loss_fn: Any, base_optimizer: Any) -> None:
     for name, value, kind, text in expected:
         if not isinstance(value, kind):
             raise TypeError(f"{name} must be {text} (got {type(value).__name__})")
+    if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        raise TypeError(
+            f"model is wrapped in {type(model).__name__}, which does not average gradients taken with "
+            f"torch.autograd.grad (as every method takes them): pass the bare model (model.module); data "
+            f"parallelism is an executor's job (the engine's backends: python -m sampa train --gpus N)"
+        )
     if not callable(loss_fn):
         raise TypeError(
             f"loss_fn must be callable as loss_fn(logits, targets) -> per-sample losses "
