@@ -415,3 +415,23 @@ def test_a_data_parallel_wrapper_is_an_error(tmp_path):
             build_method("sampa", ddp, ce, sgd(ddp))
     finally:
         dist.destroy_process_group()
+
+
+def test_bfloat16_autocast_trains_and_float16_is_an_error():
+    """bfloat16 through method.autocast (or an autocast around the step) works; float16 would need a
+    GradScaler, which cannot reach a loss the step differentiates itself."""
+    torch.manual_seed(0)
+    model = BNNet()
+    method = build_method("sampa", model, ce, sgd(model))
+    method.autocast = torch.bfloat16
+    records = run_steps(method, indexed_batches(), 6)
+    assert records[-1].loss.dtype == torch.float32
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        method.step(*batch())
+    message = r"float16 autocast is not supported: .* use bfloat16 \(method.autocast = torch.bfloat16\)"
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(RuntimeError, match=message):
+        method.step(*batch())
+    method.autocast = torch.float16
+    with pytest.raises(RuntimeError, match=message):
+        method.step(*batch())

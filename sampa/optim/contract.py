@@ -123,10 +123,25 @@ def _held(optimizer: torch.optim.Optimizer) -> list[Tensor]:
 
 
 @never_compiled  # traced, it would guard on the whole param_groups (learning rates: recompiles)
-def _trainable_changed(optimizer: torch.optim.Optimizer, held: list[Tensor], flags: list[bool]) -> bool:
-    """Whether the optimizer gained tensors or one of ``held`` switched ``requires_grad`` from ``flags``."""
-    count = sum(len(group["params"]) for group in optimizer.param_groups)
-    return count != len(held) or [p.requires_grad for p in held] != flags
+def _setup_problem(method: Method) -> str | None:
+    """What makes a step wrong that its arguments do not show, as a one-line message (None: nothing)."""
+    optimizer, held = method.base_optimizer, method._held
+    if (
+        sum(len(g["params"]) for g in optimizer.param_groups) != len(held)
+        or [p.requires_grad for p in held] != method._held_flags
+    ):
+        return (
+            "the base optimizer's trainable parameters changed since the method was built (requires_grad "
+            "switched, or a parameter group added): build the method again after freezing or unfreezing"
+        )
+    device = method.params[0].device.type
+    outer = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    if torch.float16 in (method.autocast, outer):
+        return (
+            "float16 autocast is not supported: the step runs backward itself, so no GradScaler can scale "
+            "its loss and small gradients would underflow; use bfloat16 (method.autocast = torch.bfloat16)"
+        )
+    return None
 
 
 class Method:
@@ -193,7 +208,7 @@ class Method:
 
     def _check_ready(self, indices: Tensor | None = None) -> None:
         """One-line error for a step that cannot be right: indices missing for a method that needs them,
-        the model in eval mode, or the trainable parameters changed since the method was built."""
+        the model in eval mode, the trainable parameters changed since the method was built, float16."""
         if self.needs_indices and indices is None:
             raise ValueError(
                 f"method {self.name!r} needs the samples' dataset indices: call step(x, y, indices)"
@@ -204,11 +219,9 @@ class Method:
                 "BatchNorm running statistics in every pass and switch dropout off; to freeze BatchNorm on "
                 "purpose, put only those modules in eval mode)"
             )
-        if _trainable_changed(self.base_optimizer, self._held, self._held_flags):
-            raise RuntimeError(
-                "the base optimizer's trainable parameters changed since the method was built (requires_grad "
-                "switched, or a parameter group added): build the method again after freezing or unfreezing"
-            )
+        problem = _setup_problem(self)
+        if problem is not None:
+            raise RuntimeError(problem)
 
     def direction(self, inputs: Inputs, targets: Tensor) -> tuple[TensorList, GradResult, dict[str, Any]]:
         """Return (update direction G aligned with ``self.params``, reporting pass, per-step stats)."""
