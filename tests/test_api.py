@@ -390,7 +390,7 @@ def test_every_method_trains_with_its_defaults(name, base):
     model = BNNet()
     method = build_method(name, model, ce, base(model))
     data = indexed_batches(1, size=32)
-    records = run_steps(method, data, 12, epochs=2)
+    records = run_steps(method, data, 12, epochs=4)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert float(records[-1].loss) < float(records[0].loss)
 
@@ -435,3 +435,20 @@ def test_bfloat16_autocast_trains_and_float16_is_an_error():
     method.autocast = torch.float16
     with pytest.raises(RuntimeError, match=message):
         method.step(*batch())
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((-1, 10, 5), r"epoch must be an integer >= 0 \(got -1\)"),
+        ((0, 0, 5), r"epochs must be an integer >= 1 \(got 0\)"),
+        ((0, 10, 0), r"steps_per_epoch must be an integer >= 1 \(got 0\)"),
+        ((0, 10.0, 5), r"epochs must be an integer >= 1 \(got 10.0\)"),
+    ],
+)
+def test_start_epoch_rejects_what_no_loop_has(args, match):
+    """e.g. ``len(loader)`` of an empty loader: AE-SAM's schedule would divide by epochs x steps."""
+    model = BNNet()
+    method = build_method("aesam", model, ce, sgd(model))
+    with pytest.raises(ValueError, match=f"start_epoch: {match}"):
+        method.start_epoch(*args)

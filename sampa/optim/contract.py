@@ -193,7 +193,15 @@ class Method:
         self._first_job = 0  # number of the first job of the current ``gradients`` call within the step
 
     def start_epoch(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
-        """Called before each epoch (0-based ``epoch`` of ``epochs``); without it a method stays at 0."""
+        """Called before each epoch (0-based ``epoch`` of ``epochs``, ``steps_per_epoch`` steps each, e.g.
+        ``len(loader)``); without it a method stays at epoch 0. Bad values are a one-line ``ValueError``."""
+        for name, value, low in (
+            ("epoch", epoch, 0),
+            ("epochs", epochs, 1),
+            ("steps_per_epoch", steps_per_epoch, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"start_epoch: {name} must be an integer >= {low} (got {value!r})")
         self.epoch, self.epochs, self.steps_per_epoch = epoch, epochs, steps_per_epoch
 
     def step(self, inputs: Inputs, targets: Tensor, indices: Tensor | None = None) -> StepRecord:
