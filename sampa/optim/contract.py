@@ -108,7 +108,7 @@ def _check_arguments(model: Any, loss_fn: Any, base_optimizer: Any) -> None:
         raise TypeError(
             f"model is wrapped in {type(model).__name__}, which does not average gradients taken with "
             f"torch.autograd.grad (as every method takes them): pass the bare model (model.module); data "
-            f"parallelism is an executor's job (the engine's backends: python -m sampa train --gpus N)"
+            f"parallelism is an executor's job (the engine's backends: python -m sampa train --devices 2k)"
         )
     if not callable(loss_fn):
         raise TypeError(
