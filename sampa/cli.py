@@ -104,9 +104,9 @@ def _add_field_flag(p: argparse.ArgumentParser, name: str) -> None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Config file values, overridden by flags, validated."""
-    if not args.out.strip():
+    if not args.out.strip() or "\0" in args.out:
         raise ConfigError(f"--out must name the run's directory (got {args.out!r})")
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    values: dict[str, Any] = load_config_file(args.config) if args.config is not None else {}
     values |= _parse_settings(args.settings)
     for name in FLAG_FIELDS:
         if getattr(args, name) is not None:
@@ -136,6 +136,8 @@ def _parse_settings(text: str | None) -> dict[str, Any]:
 
 def _claim_gpus(args: argparse.Namespace, cfg: RunConfig) -> None:
     """Give this process its GPUs before anything touches CUDA (see sampa.gpus)."""
+    if args.gpu_lock_dir is not None and args.gpus is None:
+        raise ConfigError(f"--gpu-lock-dir {args.gpu_lock_dir!r} needs --gpus (it holds the GPU locks)")
     if args.gpus is None or _started_by_launcher(cfg):
         return
     if 0 < args.gpus < cfg.devices:  # e.g. Snakemake capped the job's gpu resource at --resources gpu=1
@@ -256,8 +258,10 @@ def _toy_setup(args: argparse.Namespace, cls: type) -> Any:
         raise ConfigError(f"--lams must be comma-separated numbers (got {args.lams!r})") from None
     for flag in ("out", "summary"):
         path = getattr(args, flag)
-        if path is not None and (not path.strip() or Path(path).is_dir()):
+        if path is not None and (not path.strip() or "\0" in path or Path(path).is_dir()):
             raise ConfigError(f"--{flag} must be a file path (got {path!r})")
+    if args.summary is not None and Path(args.summary).resolve() == Path(args.out).resolve():
+        raise ConfigError(f"--summary must be another file than --out (both {args.out!r})")
     setup = cls(lr=args.lr, decay=args.decay, rho=args.rho, steps=args.steps, lams=lams, seed=args.seed)
     return check_setup(setup, prefix="--")
 

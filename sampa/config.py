@@ -178,7 +178,9 @@ class RunConfig:
         1.0, "synthetic datasets: weight of the per-sample noise (difficulty)", low=0.0
     )
     eval_batch_size: int = setting(1000, "evaluation batch size", low=1)
-    threads: int = setting(0, "torch CPU threads (0 = torch's default)", low=0, machine=True)
+    threads: int = setting(
+        0, "torch CPU threads (0 = torch's default)", low=0, high=2**31, high_open=True, machine=True
+    )  # torch.set_num_threads takes a C int
     num_workers: int | None = setting(
         None, "ImageNet: JPEG-decoding worker processes per training process (null = min(8, CPUs); "
         "0 = decode in the training process)", low=0, machine=True,
@@ -222,8 +224,13 @@ def train_set_size(cfg: RunConfig) -> int:
 
     if cfg.dataset in TRAIN_SIZES:
         return TRAIN_SIZES[cfg.dataset]
-    total = cfg.synthetic_train_size if cfg.dataset.startswith("synthetic") else CIFAR_TRAIN_SIZE
+    total = _split_total(cfg)
     return total - round(total * cfg.val_fraction)
+
+
+def _split_total(cfg: RunConfig) -> int:
+    """Training samples before a CIFAR-style dataset's train/validation split."""
+    return cfg.synthetic_train_size if cfg.dataset.startswith("synthetic") else CIFAR_TRAIN_SIZE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,6 +336,36 @@ def _check_extras(cfg: RunConfig) -> None:
                 raise ConfigError(f"{key} {name!r} needs the {extra} extra: pip install -e '.[{extra}]'")
 
 
+def _check_modality(cfg: RunConfig) -> None:
+    """A text model needs a text dataset, an image model an image dataset."""
+    from sampa.data.sources import TEXT_DATASETS
+    from sampa.models.pretrained import TEXT_MODEL_NAMES
+
+    text = cfg.dataset in TEXT_DATASETS
+    if (cfg.model in TEXT_MODEL_NAMES) != text:
+        kind = "text" if text else "image"
+        models = TEXT_MODEL_NAMES if text else [m for m in _models() if m not in TEXT_MODEL_NAMES]
+        raise ConfigError(
+            f"model {cfg.model!r} cannot read the {kind} dataset {cfg.dataset!r}; "
+            f"choose {'a text' if text else 'an image'} model: {', '.join(models)}"
+        )
+
+
+def _check_split(cfg: RunConfig) -> None:
+    """A CIFAR-style dataset's validation split holds out at least one sample and keeps at least one."""
+    from sampa.data.sources import TRAIN_SIZES  # these have their own validation set
+
+    if cfg.dataset in TRAIN_SIZES:
+        return
+    total = _split_total(cfg)
+    held_out = round(total * cfg.val_fraction)
+    if not 0 < held_out < total:
+        raise ConfigError(
+            f"val_fraction {cfg.val_fraction!r} holds out {held_out} of {total} training samples "
+            f"of {cfg.dataset}; it must hold out 1 to {total - 1}"
+        )
+
+
 def _check_relations(cfg: RunConfig) -> None:
     """Checks that involve several fields, the method's hyperparameters or the data's size."""
     from sampa.backends.fastpath import FastPath
@@ -342,6 +379,7 @@ def _check_relations(cfg: RunConfig) -> None:
         check_method(cfg.optimizer, dict(cfg.hparams))
     except HyperparameterError as err:
         raise ConfigError(str(err)) from None
+    _check_modality(cfg)
     _check_extras(cfg)
     if cfg.warmup and cfg.schedule != "linear":
         raise ConfigError(f"warmup {cfg.warmup!r} needs schedule 'linear' (got schedule {cfg.schedule!r})")
@@ -375,6 +413,7 @@ def _check_relations(cfg: RunConfig) -> None:
         FastPath(compile=cfg.compile)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    _check_split(cfg)
     n_train = train_set_size(cfg)
     if n_train < 1 or cfg.batch_size > n_train:
         raise ConfigError(

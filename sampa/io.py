@@ -116,6 +116,8 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception]
         raise error(f"cannot read {what} {str(path)!r}: {err.strerror}") from None
     except UnicodeDecodeError as err:
         raise error(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start})") from None
+    except ValueError as err:  # a NUL byte in the path
+        raise error(f"cannot read {what} {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         raise error(f"{what} {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -94,8 +94,22 @@ def test_bad_config_file_values(tmp_path, capsys, yaml_text, message):
         (["--seed", str(2**64)], r"seed must be an integer in \[0, "),
         (["--synthetic-noise", "-1"], r"synthetic_noise must be in \[0, inf\] \(got -1.0\)"),
         (["--bogus"], r"unrecognized arguments: --bogus"),
+        (["--threads", str(2**40)], r"threads must be an integer in \[0, 2147483648\) \(got 1099511627776\)"),
+        (["--synthetic-train-size", "100", "--val-fraction", "0.001"],
+         r"val_fraction 0.001 holds out 0 of 100 training samples of synthetic; it must hold out 1 to 99"),
+        (["--synthetic-train-size", "100", "--val-fraction", "0.999"],
+         r"holds out 100 of 100 training samples"),
+        (["--dataset", "synthetic-text"],
+         r"model 'tinycnn' cannot read the text dataset 'synthetic-text'; choose a text model: "
+         r"bert-base, bert-tiny$"),
+        (["--model", "bert-tiny"],
+         r"model 'bert-tiny' cannot read the image dataset 'synthetic'; choose an image model: .*tinycnn"),
+        (["--gpu-lock-dir", "locks"], r"--gpu-lock-dir 'locks' needs --gpus"),
+        (["--config", ""], r"cannot read config file '': Is a directory"),
+        (["--config", "run\0.yaml"], r"cannot read config file 'run\\x00.yaml': embedded null byte"),
+        (["--out", "run\0"], r"--out must name the run's directory \(got 'run\\x00'\)"),
     ],
-)
+)  # fmt: skip
 def test_bad_flags(tmp_path, capsys, flags, message):
     out = tmp_path / "run"
     err = one_line_error([*TRAIN, "--out", str(out), *flags], capsys, "train")
@@ -180,6 +194,8 @@ def test_help_shows_usage_and_every_field_flag(capsys):
         (["toy", "--out", "{tmp}/t.csv", "--lams", ","], "toy", r"--lams must be one or more numbers"),
         (["toy", "--out", "{tmp}"], "toy", r"--out must be a file path"),
         (["toy", "--out", "{tmp}/t.csv", "--steps", "x"], "toy", r"argument --steps: invalid int value"),
+        (["toy", "--out", "{tmp}/t.csv", "--summary", "{tmp}/t.csv"], "toy",
+         r"--summary must be another file than --out \(both '.*t.csv'\)"),
         (["aggregate", "--out", "{tmp}"], "aggregate", r"--out '.*' is a directory; give a file path"),
         (["aggregate", "--out", ""], "aggregate", r"--out is empty"),
         (["table", "--spec", "[1]"], "table", r"--spec must be a JSON object \(got list\)"),

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from torch import nn
 
 SOURCE_MODEL_NAMES = ("bert-base", "bert-tiny", "resnet50", "vit-b16", "vit-tiny")
+#: the models that read tokenised text (every other model reads images)
+TEXT_MODEL_NAMES = ("bert-base", "bert-tiny")
 DISPLAY_NAMES = {
     "bert-base": "BERT-base",
     "bert-tiny": "BERT-tiny",
