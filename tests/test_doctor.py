@@ -166,6 +166,20 @@ def test_bad_input_is_one_line_before_anything_runs(tmp_path, capsys, flags, mes
     assert selected_groups("") == list(GROUPS) and selected_groups(" pair, fused") == ["pair", "fused"]
 
 
+@pytest.mark.parametrize("out", ["", " ", "{tmp}/file.txt", "{tmp}/doc\0"])
+def test_an_out_that_is_no_folder_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch, out):
+    """Not the working directory for an empty --out; not a file's "File exists" after the work began."""
+    import sampa.doctor
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sampa.doctor, "machine_line", lambda: pytest.fail("the doctor started"))
+    (tmp_path / "file.txt").write_text("x")
+    out = out.replace("{tmp}", str(tmp_path))
+    assert cli_main(["doctor", "--out", out]) == 2
+    assert capsys.readouterr().err == f"sampa doctor: error: --out must name a folder (got {out!r})\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
 def test_row_status_must_be_known():
     with pytest.raises(ValueError, match="unknown status 'ok'; choose one of: pass, fail, skip, info"):
         Row("c", "r", "f", "ok")

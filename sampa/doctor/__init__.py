@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.budget_s > 0:
         raise ConfigError(f"--budget-s must be a positive number of seconds (got {args.budget_s:g})")
     out = Path(args.out)
+    if not args.out.strip() or "\0" in args.out or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out must name a folder (got {args.out!r})")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     where = machine_line()
     print(where, flush=True)
