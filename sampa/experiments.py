@@ -152,7 +152,20 @@ def schema_error(config: Mapping[str, Any], schema: Mapping[str, Any] | None = N
     if error is None:
         return None
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    return f"{where}: {error.message}"
+    return f"{where}: {_schema_message(error)}"
+
+
+def _schema_message(error: Any) -> str:
+    """jsonschema's message of one violation, with the valid choices where it leaves them out."""
+    if error.validator == "additionalProperties" and "properties" in error.schema:
+        return f"{error.message}; valid keys: {', '.join(error.schema['properties'])}"
+    if error.validator == "not" and "enum" in error.validator_value:  # propertyNames: forbidden keys
+        forbidden = ", ".join(map(str, error.validator_value["enum"]))
+        return f"key {error.instance!r} cannot be set here; forbidden keys: {forbidden}"
+    if error.validator == "anyOf" and error.context:
+        wants = dict.fromkeys(e.message for e in error.context)
+        return f"{error.instance!r} is not valid: " + ", or ".join(wants)
+    return str(error.message)
 
 
 def check_schema(config: Mapping[str, Any]) -> None:
@@ -295,11 +308,7 @@ def all_arms(method_hparams: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
     """One arm per registered optimizer (``arms: all``), labelled as in the paper's tables."""
     from sampa.optim import METHOD_NAMES
 
-    unknown = sorted(set(method_hparams) - set(METHOD_NAMES))
-    if unknown:
-        raise PlanError(
-            f"method_hparams: unknown optimizer {unknown[0]!r}; choose one of: {', '.join(METHOD_NAMES)}"
-        )
+    check_method_hparams(method_hparams)
     arms = []
     rank = {name: i for i, name in enumerate(PAPER_ORDER)}
     for name in sorted(METHOD_NAMES, key=lambda n: rank.get(n, len(rank))):
@@ -314,6 +323,23 @@ def all_arms(method_hparams: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
             }
         )
     return arms
+
+
+def check_method_hparams(method_hparams: Mapping[str, Mapping[str, Any]]) -> None:
+    """``method_hparams`` names registered optimizers and their hyperparameters, whether or not an
+    experiment uses ``arms: all``."""
+    from sampa.optim import METHOD_NAMES, HyperparameterError, check_method
+
+    unknown = sorted(set(method_hparams) - set(METHOD_NAMES))
+    if unknown:
+        raise PlanError(
+            f"method_hparams: unknown optimizer {unknown[0]!r}; choose one of: {', '.join(METHOD_NAMES)}"
+        )
+    for name, hparams in method_hparams.items():
+        try:
+            check_method(name, dict(hparams))
+        except HyperparameterError as err:
+            raise PlanError(f"method_hparams.{name}: {err}") from None
 
 
 def method_label(name: str, hparams: Mapping[str, Any]) -> str:
@@ -514,6 +540,7 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
     """
     if not schema_checked:
         check_schema(config)
+    check_method_hparams(config.get("method_hparams", {}))
     specs = {
         name: resolve(config, name) for name, exp in config["experiments"].items() if exp.get("enabled", True)
     }

@@ -134,7 +134,31 @@ def test_gpus_per_run():
         ({"arms__sam__hparams": {"k": 5}}, "unknown hyperparameter 'k' for method 'sam'"),
         ({"seeds": []}, r"seeds: \[\] should be non-empty"),
         ({"experiments__t1__seeds": [0, 0]}, "has non-unique elements"),
-        ({"run__device": "cuda"}, "run: 'device' should not be valid"),
+        ({"run__device": "cuda"}, "run: key 'device' cannot be set here; forbidden keys: device, threads, "),
+        # a typo'd key names the valid ones; a value of no alternative says what each wants
+        ({"seed": [0]}, r"\(top level\): .*\('seed' was unexpected\); valid keys: name, .*, seeds, "),
+        (
+            {"arms__sam__hparam": {}},
+            r"arms.sam: .*\('hparam' was unexpected\); valid keys: label, optimizer, ",
+        ),
+        (
+            {"experiments__t1__tabel": {}},
+            r"\('tabel' was unexpected\); valid keys: kind, title, .*, table, figure$",
+        ),
+        (
+            {"experiments__t1__arms": "al"},
+            r"arms: 'al' is not valid: 'all' was expected, or 'al' is not of type",
+        ),
+        # method_hparams is checked whether or not an experiment uses `arms: all`
+        (
+            {"method_hparams": {"samm": {}}},
+            "method_hparams: unknown optimizer 'samm'; choose one of: .*sampa",
+        ),
+        (
+            {"method_hparams": {"sam": {"rhoo": 1}}},
+            "method_hparams.sam: unknown hyperparameter 'rhoo' .*: rho, eps",
+        ),
+        ({"method_hparams": {"sam": {"rho": -1}}}, r"method_hparams.sam: rho must be in \[0, inf\]"),
         ({"experiments__t1__arms": ["sgd", "nope"]}, "unknown arm 'nope'; arms defined: sgd, sam, sampa"),
         ({"experiments__t1__kind": "chart"}, "'chart' is not one of"),
         ({"experiments__t1__grid": {"label_noise": []}}, "should be non-empty"),
