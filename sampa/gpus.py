@@ -65,8 +65,19 @@ def has_nvml_bindings() -> bool:
 
 def lock_dir(path: str | os.PathLike | None = None) -> Path:
     """The lock directory: ``path``, else ``$SAMPA_GPU_LOCK_DIR``, else /tmp/sampa-gpu-locks."""
+    source = (
+        "--gpu-lock-dir"
+        if path
+        else f"${LOCK_DIR_ENV}"
+        if os.environ.get(LOCK_DIR_ENV)
+        else "the default lock directory"
+    )
     chosen = Path(path or os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
-    chosen.mkdir(parents=True, exist_ok=True)
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as err:  # a file, no permission, a NUL byte
+        why = getattr(err, "strerror", None) or err
+        raise GpuError(f"{source} {str(chosen)!r} cannot hold the GPU locks: {why}") from None
     with contextlib.suppress(PermissionError):  # shared by every user's jobs on this machine, like /tmp
         chosen.chmod(0o1777)
     return chosen

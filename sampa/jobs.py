@@ -247,6 +247,14 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
 # Data
 
 
+def download_allowed(environ: Mapping[str, str]) -> bool:
+    """``$SAMPA_DOWNLOAD``: 1 (or unset) lets data preparation download CIFAR, 0 forbids it."""
+    raw = environ.get("SAMPA_DOWNLOAD") or "1"
+    if raw not in ("0", "1"):
+        raise JobError(f"environment variable SAMPA_DOWNLOAD must be 0 or 1 (got {raw!r})")
+    return raw == "1"
+
+
 def prepare_data(dataset: str, root: str | None = None) -> dict[str, Any]:
     """Verify (extract, or download where allowed) ``dataset`` once, under a lock, or generate it (the
     toy ImageFolder); its data record."""
@@ -265,12 +273,13 @@ def prepare_data(dataset: str, root: str | None = None) -> dict[str, Any]:
     if dataset not in CIFAR_SOURCES:
         prepared = ", ".join([*CIFAR_SOURCES, TOY_IMAGEFOLDER])
         raise JobError(f"dataset {dataset!r} needs no preparation; prepared: {prepared}")
+    download = download_allowed(os.environ)
     folder = resolve_root(root)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f".{dataset}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            path = ensure_extracted(dataset, folder, download=os.environ.get("SAMPA_DOWNLOAD", "1") != "0")
+            path = ensure_extracted(dataset, folder, download=download)
         except (DataUnavailableError, OSError) as err:
             return {"status": NEEDS_DATA, "reason": " ".join(str(err).split())}
     return {"status": DATA_READY, "folder": str(path.resolve())}

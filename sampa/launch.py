@@ -160,6 +160,8 @@ def _env_int(environ: dict[str, str] | os._Environ, name: str, default: int | No
     raw = environ.get(name)
     if raw is None and default is not None:
         return default
+    if raw is None:  # e.g. RANK without WORLD_SIZE: a launcher sets both
+        raise ConfigError(f"environment variable {name} must be an integer (it is not set)")
     try:
         return int(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):

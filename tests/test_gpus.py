@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -120,3 +121,14 @@ def test_train_cli_refuses_fewer_gpus_than_devices(tmp_path, capsys):
     args = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--devices", "2", "--gpus", "1"]
     assert main([*args, "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == "sampa train: error: this run needs 2 GPUs but was given 1 (--gpus)\n"
+
+
+@pytest.mark.parametrize("given", ["flag", "env"])
+def test_a_lock_dir_that_is_a_file_is_one_line_naming_where_it_came_from(tmp_path, monkeypatch, given):
+    path = tmp_path / "locks"
+    path.write_text("not a directory")
+    monkeypatch.setenv("SAMPA_GPU_LOCK_DIR", str(path) if given == "env" else "")
+    source = "--gpu-lock-dir" if given == "flag" else "$SAMPA_GPU_LOCK_DIR"
+    message = f"^{re.escape(source)} '{re.escape(str(path))}' cannot hold the GPU locks: File exists$"
+    with pytest.raises(gpus.GpuError, match=message):
+        gpus.claim(1, gpus=FAKE, directory=path if given == "flag" else None, env={})

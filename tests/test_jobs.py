@@ -275,3 +275,15 @@ def test_the_launcher_prefix_starts_the_run(tmp_path):
     bad = run_job("train", "--out", str(out), "--launcher='srun", "--", log=log)
     assert bad.returncode == 2
     assert log.read_text().strip().splitlines()[-1].startswith("sampa.jobs train: error: --launcher is not")
+
+
+@pytest.mark.parametrize("value", ["no", "false", "2", " 0"])
+def test_a_bad_sampa_download_is_one_line_before_data_is_touched(tmp_path, monkeypatch, capsys, value):
+    monkeypatch.setenv("SAMPA_DOWNLOAD", value)
+    record, root = tmp_path / "cifar10.json", tmp_path / "data"
+    assert jobs.main(["prepare-data", "cifar10", "--record", str(record), "--root", str(root)]) == 2
+    want = f"environment variable SAMPA_DOWNLOAD must be 0 or 1 (got {value!r})"
+    assert capsys.readouterr().err == f"sampa.jobs prepare-data: error: {want}\n"
+    assert not record.exists() and not root.exists()
+    assert jobs.download_allowed({}) and jobs.download_allowed({"SAMPA_DOWNLOAD": "1"})
+    assert not jobs.download_allowed({"SAMPA_DOWNLOAD": "0"})

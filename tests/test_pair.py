@@ -532,6 +532,13 @@ def test_busy_master_port_is_a_one_line_error(tmp_path, capsys, monkeypatch):
         ({"RANK": "0", "WORLD_SIZE": "3"}, "needs exactly 2 processes, but torchrun started 3"),
         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, "needs exactly 2 processes, but SLURM started 4"),
         ({"MASTER_PORT": "http"}, "MASTER_PORT must be an integer"),
+        ({"RANK": "0"}, r"environment variable WORLD_SIZE must be an integer \(it is not set\)"),
+        ({"RANK": "x", "WORLD_SIZE": "2"}, r"environment variable RANK must be an integer \(got 'x'\)"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": ""}, r"LOCAL_RANK must be an integer \(got ''\)"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, r"rank must be in \[0, 1\] \(got 2 from torchrun\)"),
+        ({"SLURM_PROCID": "a", "SLURM_NTASKS": "2"}, r"SLURM_PROCID must be an integer \(got 'a'\)"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "two"}, r"SLURM_NTASKS must be an integer \(got 'two'\)"),
+        ({"MASTER_PORT": "70000"}, r"MASTER_PORT must be a port number in \[0, 65535\] \(got 70000\)"),
     ],
 )
 def test_launcher_environment_errors(tmp_path, capsys, monkeypatch, env, pattern):
