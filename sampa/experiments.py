@@ -168,6 +168,21 @@ def _schema_message(error: Any) -> str:
     return str(error.message)
 
 
+#: what :func:`resolve` and :func:`mark_requirements` add to an experiment of the config
+SPEC_KEYS = ("id", "note", "profile", "needs", "not_run")
+
+
+def check_spec(spec: Mapping[str, Any], flag: str) -> None:
+    """A resolved experiment given on the command line (``--spec``) is still one of the schema."""
+    core = {k: v for k, v in spec.items() if k not in SPEC_KEYS and (k != "arms" or v)}  # a toy: no arms
+    message = schema_error(core, {"$defs": load_schema()["$defs"], "$ref": "#/$defs/experiment"})
+    lacking = [k for k in ("id", "seeds", "run", "arms", "grid", "overrides") if k not in spec]
+    if message is None and lacking:  # what resolve() always writes
+        message = f"(top level): {lacking[0]!r} is a required property"
+    if message:
+        raise PlanError(f"{flag} is not a resolved experiment: {message}")
+
+
 def check_schema(config: Mapping[str, Any]) -> None:
     message = schema_error(config)
     if message:

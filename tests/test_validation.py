@@ -11,6 +11,14 @@ import pytest
 from sampa.cli import main
 from sampa.config import FIELDS, ConfigError, RunConfig, config_from_dict, validate
 
+#: a resolved table experiment, as the workflow passes it (--spec)
+SPEC = json.dumps(
+    {"id": "t", "kind": "table", "title": "T", "seeds": [0], "run": {}, "grid": {}, "overrides": [],
+     "arms": [{"label": "SAM", "optimizer": "sam", "hparams": {}, "run": {}}],
+     "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]}}
+)  # fmt: skip
+TOY = ["figure", "--config", "configs/smoke.yaml", "--experiment", "figure1", "--pdf", "{tmp}/f.pdf",
+       "--png", "{tmp}/f.png"]  # fmt: skip
 TRAIN = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu"]
 
 
@@ -200,24 +208,40 @@ def test_help_shows_usage_and_every_field_flag(capsys):
         (["aggregate", "--out", ""], "aggregate", r"--out is empty"),
         (["table", "--spec", "[1]"], "table", r"--spec must be a JSON object \(got list\)"),
         (["table", "--spec", '{"id": "t"}'], "table", r"--spec must be a resolved experiment"),
-        (["table", "--spec", '{"id": "t", "kind": "table"}'], "table", r"give run directories or --runs"),
-        (["table", "--spec", '{"id": "t", "kind": "table"}', "--md", "{tmp}/t.md", "{tmp}/run"], "table",
-         r"RUN '.*run' is not a run of experiment 't' \(nor is any RUN given\); it plans no runs$"),
-        (["table", "--spec", '{"id": "t", "kind": "table"}', "--runs", "{tmp}/no.csv"], "table",
+        (["table", "--spec", SPEC], "table", r"give run directories or --runs"),
+        (["table", "--spec", SPEC, "--md", "{tmp}/t.md", "{tmp}/run"], "table",
+         r"RUN '.*run' is not a run of experiment 't' \(nor is any RUN given\)"),
+        (["table", "--spec", SPEC, "--runs", "{tmp}/no.csv"], "table",
          r"--runs '.*no.csv' does not exist"),
-        (["table", "--spec", '{"id": "t", "kind": "table"}', "--runs", "{tmp}/norun.csv"], "table",
+        (["table", "--spec", SPEC, "--runs", "{tmp}/norun.csv"], "table",
          r"--runs '.*' has no 'run' column"),
-        (["table", "--spec", '{"id": "t", "kind": "table"}', "--runs", "{tmp}/empty.csv"], "table",
+        (["table", "--spec", SPEC, "--runs", "{tmp}/empty.csv"], "table",
          r"--runs '.*' is not a CSV table"),
         (["scorecard", "--specs", "3", "--runs", "{tmp}/norun.csv"], "scorecard", r"--specs must be a JSON"),
         (["scorecard", "--specs", '{"a": 1}', "--runs", "{tmp}/norun.csv"], "scorecard",
          r"--specs must map experiment ids"),
         (["scorecard", "--specs", "{}", "--runs", "{tmp}/norun.csv"], "scorecard", r"has no 'run' column"),
+        (["table", "--spec", SPEC.replace('"grid": {}, ', "")], "table",
+         r"--spec is not a resolved experiment: \(top level\): 'grid' is a required property"),
+        (["table", "--spec", '{"id": "t", "kind": "table", "title": "T"}'], "table",
+         r"--spec is not a resolved experiment: \(top level\): 'table' is a required property"),
+        (["table", "--spec", SPEC, "--config", "configs/smoke.yaml", "--experiment", "table1"], "table",
+         r"give --spec, or --config and --experiment, not both"),
+        ([*TOY, "--data", "{tmp}/empty.csv"], "figure", r"--data '.*empty.csv' is not a CSV table"),
+        ([*TOY, "--data", "{tmp}/norun.csv"], "figure",
+         r"--data '.*norun.csv' has no 'method' column; give the CSV of python -m sampa toy --out$"),
+        (["scorecard", "--specs", "{}", "--runs", "{tmp}/runs.csv", "--toy", "{tmp}/empty.csv"], "scorecard",
+         r"--toy '.*empty.csv' is not a CSV table"),
+        (["scorecard", "--specs", "{}", "--runs", "{tmp}/runs.csv", "--toy", "{tmp}/norun.csv"], "scorecard",
+         r"--toy '.*norun.csv' has no 'method' column; give the CSV of python -m sampa toy --summary$"),
+        (["scorecard", "--specs", '{"t": {"kind": "table"}}', "--runs", "{tmp}/runs.csv"], "scorecard",
+         r"--specs 't' is not a resolved experiment: \(top level\): 'table' is a required property"),
     ],
 )  # fmt: skip
 def test_report_commands_bad_input(tmp_path, capsys, argv, command, message):
     (tmp_path / "norun.csv").write_text("a,b\n1,2\n")
     (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "runs.csv").write_text("run,status\n")
     before = sorted(tmp_path.iterdir())
     err = one_line_error([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys, command)
     assert re.search(message, err), err

@@ -114,16 +114,20 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     from sampa.experiments import (
         PlanError,
         check_schema,
+        check_spec,
         expand_experiment,
         load_config,
         mark_requirements,
         resolve,
     )
 
+    if args.spec is not None and (args.config is not None or args.experiment is not None):
+        raise PlanError("give --spec, or --config and --experiment, not both")
     if args.spec:
         spec = _json_mapping(args.spec, "--spec")
         if not isinstance(spec.get("kind"), str) or not isinstance(spec.get("id"), str):
             raise PlanError("--spec must be a resolved experiment (a JSON object with 'id' and 'kind')")
+        check_spec(spec, "--spec")
         return spec
     if not (args.config and args.experiment):
         raise PlanError("give --spec, or --config and --experiment")
@@ -186,21 +190,44 @@ def _json_mapping(text: str, flag: str) -> dict[str, Any]:
 
 def _runs_table(path: str | None, flag: str = "--runs") -> Any:
     """The runs table of ``python -m sampa aggregate``; one-line error if it is missing or is not one."""
-    import pandas as pd
-
     from sampa.experiments import PlanError
 
     if not path:
         raise PlanError(f"{flag} is required (the runs table from python -m sampa aggregate)")
-    if not Path(path).is_file():
-        raise PlanError(f"{flag} {path!r} does not exist or is not a file")
-    try:
-        runs = pd.read_csv(path)
-    except (ValueError, UnicodeDecodeError) as err:  # empty, or not CSV
-        raise PlanError(f"{flag} {path!r} is not a CSV table ({str(err).splitlines()[0]})") from None
+    runs = _read_csv(path, flag)
     if "run" not in runs.columns:
         raise PlanError(f"{flag} {path!r} has no 'run' column; give the table of python -m sampa aggregate")
     return runs
+
+
+#: the columns read from the toy's CSV files (``python -m sampa toy --out``, ``--summary``)
+TOY_TRAJECTORIES = ("method", "step", "distance")
+TOY_SUMMARY = ("method", "tail_mean_distance", "threshold", "converged")
+
+
+def _toy_csv(path: str, flag: str, columns: Sequence[str], made_by: str) -> Any:
+    """A CSV file of ``python -m sampa toy``, with the ``columns`` its reader uses."""
+    from sampa.experiments import PlanError
+
+    frame = _read_csv(path, flag)
+    lacking = [c for c in columns if c not in frame.columns]
+    if lacking:
+        raise PlanError(f"{flag} {path!r} has no {lacking[0]!r} column; give the CSV of {made_by}")
+    return frame
+
+
+def _read_csv(path: str, flag: str) -> Any:
+    """A CSV table; one-line error if it is missing or is not one."""
+    import pandas as pd
+
+    from sampa.experiments import PlanError
+
+    if not Path(path).is_file():
+        raise PlanError(f"{flag} {path!r} does not exist or is not a file")
+    try:
+        return pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as err:  # empty, or not CSV
+        raise PlanError(f"{flag} {path!r} is not a CSV table ({str(err).splitlines()[0]})") from None
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -351,7 +378,7 @@ def _figure(args: argparse.Namespace) -> int:
     elif args.run_dirs or not (args.data and Path(args.data).is_file()):
         raise FigureError(f"a toy figure is drawn from --data, its trajectories CSV (got {args.data!r})")
     else:
-        data = args.data
+        data = _toy_csv(args.data, "--data", TOY_TRAJECTORIES, "python -m sampa toy --out")
     result = make_figure(spec, data, args.pdf, args.png, args.runs_root)
     if args.csv:
         write_csv(result.frame, args.csv)
@@ -379,10 +406,8 @@ def _add_scorecard(sub: argparse._SubParsersAction) -> None:
 
 
 def _scorecard(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from sampa import io
-    from sampa.experiments import PlanError, load_config, plan
+    from sampa.experiments import PlanError, check_spec, load_config, plan
     from sampa.report.scorecard import Inputs, scorecard
     from sampa.report.scorecard_text import render_latex, render_markdown
 
@@ -390,14 +415,14 @@ def _scorecard(args: argparse.Namespace) -> int:
         specs = _json_mapping(args.specs, "--specs")
         if not all(isinstance(v, dict) for v in specs.values()):
             raise PlanError("--specs must map experiment ids to resolved experiments (JSON objects)")
+        for name, spec in specs.items():
+            check_spec(spec, f"--specs {name!r}")
     elif args.config:
         specs = plan(load_config(args.config)).specs
     else:
         raise PlanError("give --specs or --config")
     runs = _runs_table(args.runs)
-    if args.toy and not Path(args.toy).is_file():
-        raise PlanError(f"--toy {args.toy!r} does not exist or is not a file")
-    toy = pd.read_csv(args.toy) if args.toy else None
+    toy = _toy_csv(args.toy, "--toy", TOY_SUMMARY, "python -m sampa toy --summary") if args.toy else None
     inputs = Inputs(specs, runs, toy, Path(args.runs_root))
     card = scorecard(inputs)
     if args.md:
