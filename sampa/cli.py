@@ -197,11 +197,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def _check_requirements(cfg: RunConfig) -> None:
     """Data, weights and extras the run needs, checked before its directory is written (one line)."""
+    from sampa.data.cifar import CIFAR_SOURCES, DataUnavailableError, check_present, resolve_root
     from sampa.requirements import missing
 
     needs = missing(cfg.dataset, cfg.model, cfg.data_root)
     if needs:
         raise ConfigError("; ".join(needs))
+    if cfg.dataset in CIFAR_SOURCES and not cfg.download:  # with download, only trying tells
+        try:
+            check_present(cfg.dataset, resolve_root(cfg.data_root))
+        except DataUnavailableError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _train_pair(cfg: RunConfig, out: str) -> dict[str, Any] | None:

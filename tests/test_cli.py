@@ -97,6 +97,20 @@ def test_missing_cifar_offline_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert "configs/smoke.yaml" in err and str(tmp_path / "data") in err
 
 
+def test_missing_cifar_without_download_is_refused_before_the_run_directory(tmp_path, capsys):
+    from sampa.data.cifar import check_present
+
+    out, data = tmp_path / "run", tmp_path / "data"
+    argv = [*BASE, "--dataset", "cifar10", "--no-download", "--data-root", str(data), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cifar-10-python.tar.gz not found in {data} (download=False)" in err
+    assert not out.exists() and not data.exists()
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"")  # present: verified (MD5) when the run reads it
+    check_present("cifar10", data)
+
+
 def test_config_file_with_flag_overrides_trains(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(

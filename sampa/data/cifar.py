@@ -154,6 +154,14 @@ def _download(src: CifarSource, root: Path) -> None:
         raise _unavailable(src, root, f"download failed: {_one_line(exc)}") from exc
 
 
+def check_present(name: str, root: Path) -> None:
+    """Without downloading, ``name`` must be under ``root`` (its folder or archive; nothing is read):
+    :class:`DataUnavailableError` before a run directory is written."""
+    src = CIFAR_SOURCES[name]
+    if not _folder_complete(root / src.folder, src) and not (root / src.archive).is_file():
+        raise _unavailable(src, root, "download=False")
+
+
 def ensure_extracted(name: str, root: Path, download: bool) -> Path:
     """The verified extracted folder of ``name`` under ``root``, extracting or downloading it if needed."""
     src = CIFAR_SOURCES[name]
