@@ -387,8 +387,9 @@ def runnable(spec: Mapping[str, Any], runs: list[PlannedRun]) -> list[PlannedRun
     return [run for run in runs if requirement_key(run.settings) not in needs]
 
 
-def expand_experiment(spec: Mapping[str, Any]) -> list[PlannedRun]:
-    """Every run of a table or figure experiment, validated, whether or not it can run here."""
+def expand_experiment(spec: Mapping[str, Any], matched: set[int] | None = None) -> list[PlannedRun]:
+    """Every run of a table or figure experiment, validated, whether or not it can run here; the indices
+    of the spec's ``overrides`` that match a run are added to ``matched``."""
     if not spec.get("arms"):
         return []
     axes = [(axis, _points(axis, values, spec["id"])) for axis, values in spec["grid"].items()]
@@ -396,7 +397,8 @@ def expand_experiment(spec: Mapping[str, Any]) -> list[PlannedRun]:
     combos = itertools.product(spec["arms"], *(points for _, points in axes))
     for arm, *points in combos:
         for seed in spec["seeds"]:
-            runs.append(_planned_run(spec, arm, list(zip([a for a, _ in axes], points, strict=True)), seed))
+            cell_points = list(zip([a for a, _ in axes], points, strict=True))
+            runs.append(_planned_run(spec, arm, cell_points, seed, matched if matched is not None else set()))
     return runs
 
 
@@ -439,7 +441,11 @@ def axis_label(axis: str, value: Any) -> str:
 
 
 def _planned_run(
-    spec: Mapping[str, Any], arm: Mapping[str, Any], points: list[tuple[str, dict[str, Any]]], seed: int
+    spec: Mapping[str, Any],
+    arm: Mapping[str, Any],
+    points: list[tuple[str, dict[str, Any]]],
+    seed: int,
+    matched: set[int],
 ) -> PlannedRun:
     run = {**spec["run"], **arm["run"]}
     hparams = dict(arm["hparams"])
@@ -449,8 +455,9 @@ def _planned_run(
     cell = {"arm": arm["label"], **{axis: point["label"] for axis, point in points}}
     values = {"arm": arm["label"], **{axis: point["value"] for axis, point in points}}
     context = _context(spec["id"], cell)
-    for override in spec["overrides"]:
+    for index, override in enumerate(spec["overrides"]):
         if _matches(override.get("when", {}), arm, run, hparams, cell, context):
+            matched.add(index)
             run.update(override.get("run", {}))
             hparams.update(override.get("hparams", {}))
     settings = _checked_settings(arm["optimizer"], run, hparams, seed, context)
@@ -560,10 +567,19 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         name: resolve(config, name) for name, exp in config["experiments"].items() if exp.get("enabled", True)
     }
     result = Plan(name=config["name"], use_gpus=bool(config.get("use_gpus", False)), specs=specs)
+    shared = len(config.get("overrides", []))  # the config's overrides come first in each spec's
+    used: set[int] = set()
     for name, spec in specs.items():
-        runs = expand_experiment(spec)
+        matched: set[int] = set()
+        runs = expand_experiment(spec, matched)
+        _check_own_overrides(name, spec, matched, shared)
+        used |= matched
         check_layout(spec, runs)
         result.runs[name] = mark_requirements(spec, runs, result.checked)
+    unused = [i for i in range(shared) if i not in used]
+    if unused:
+        when = config["overrides"][unused[0]].get("when")
+        raise PlanError(f"overrides[{unused[0]}]: when {when!r} matches no run of any experiment")
     result.timing = [name for name, spec in specs.items() if any(map(is_measured, _metrics_of(spec)))]
     result.data = _prepared(result)
     check_runtime(config.get("runtime", {}))
@@ -572,6 +588,17 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         for path, run in result.unique_runs().items()
     }
     return result
+
+
+def _check_own_overrides(name: str, spec: Mapping[str, Any], matched: set[int], shared: int) -> None:
+    """Each override of the experiment itself (after the config's ``shared`` ones) matches a run: one that
+    matches none has a typo in its ``when`` and would silently change nothing."""
+    for index in range(shared, len(spec["overrides"])):
+        if index not in matched:
+            when = spec["overrides"][index].get("when")
+            arms = ", ".join(arm["label"] for arm in spec["arms"]) or "(none)"
+            where = f"experiment {name!r}: overrides[{index - shared}]"
+            raise PlanError(f"{where}: when {when!r} matches no run (arms: {arms})")
 
 
 def requirement_key(settings: Mapping[str, Any]) -> str:

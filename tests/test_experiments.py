@@ -161,6 +161,16 @@ def test_gpus_per_run():
         ({"method_hparams": {"sam": {"rho": -1}}}, r"method_hparams.sam: rho must be in \[0, inf\]"),
         ({"experiments__t1__arms": ["sgd", "nope"]}, "unknown arm 'nope'; arms defined: sgd, sam, sampa"),
         ({"experiments__t1__kind": "chart"}, "'chart' is not one of"),
+        # an override whose `when` matches no run would silently change nothing
+        (
+            {"experiments__t1__overrides": [{"when": {"arm": "SAMM"}, "run": {"epochs": 3}}]},
+            r"^experiment 't1': overrides\[0\]: when \{'arm': 'SAMM'\} matches no run "
+            r"\(arms: SGD, SAM, SAMPa-0.2\)$",
+        ),
+        (
+            {"overrides": [{"when": {"optimizer": "sam", "label_noise": 0.9}, "run": {"epochs": 3}}]},
+            r"^overrides\[0\]: when .*'label_noise': 0.9\} matches no run of any experiment$",
+        ),
         ({"experiments__t1__grid": {"label_noise": []}}, "should be non-empty"),
         ({"run__epochs": 0}, r"epochs must be an integer >= 1 \(got 0\)"),
         # table and figure settings: checked when the plan is built, not when the table is made
