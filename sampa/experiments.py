@@ -159,9 +159,10 @@ def _schema_message(error: Any) -> str:
     """jsonschema's message of one violation, with the valid choices where it leaves them out."""
     if error.validator == "additionalProperties" and "properties" in error.schema:
         return f"{error.message}; valid keys: {', '.join(error.schema['properties'])}"
-    if error.validator == "not" and "enum" in error.validator_value:  # propertyNames: forbidden keys
-        forbidden = ", ".join(map(str, error.validator_value["enum"]))
-        return f"key {error.instance!r} cannot be set here; forbidden keys: {forbidden}"
+    if error.validator == "not" and {"enum", "const"} & set(error.validator_value):  # propertyNames
+        value = error.validator_value
+        reserved = ", ".join(map(str, value.get("enum", [value.get("const")])))
+        return f"key {error.instance!r} is not allowed here (reserved: {reserved})"
     if error.validator == "anyOf" and error.context:
         wants = dict.fromkeys(e.message for e in error.context)
         return f"{error.instance!r} is not valid: " + ", or ".join(wants)

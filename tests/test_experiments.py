@@ -134,7 +134,8 @@ def test_gpus_per_run():
         ({"arms__sam__hparams": {"k": 5}}, "unknown hyperparameter 'k' for method 'sam'"),
         ({"seeds": []}, r"seeds: \[\] should be non-empty"),
         ({"experiments__t1__seeds": [0, 0]}, "has non-unique elements"),
-        ({"run__device": "cuda"}, "run: key 'device' cannot be set here; forbidden keys: device, threads, "),
+        ({"run__device": "cuda"}, r"run: key 'device' is not allowed here \(reserved: device, threads, "),
+        ({"experiments__reproduction": {}}, r"experiments: key 'reproduction' is not allowed here"),
         # a typo'd key names the valid ones; a value of no alternative says what each wants
         ({"seed": [0]}, r"\(top level\): .*\('seed' was unexpected\); valid keys: name, .*, seeds, "),
         (

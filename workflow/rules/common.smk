@@ -51,8 +51,6 @@ try:
 except experiments.PlanError as err:
     fail(err)
 
-if "reproduction" in PLAN.specs:
-    fail("experiment name 'reproduction' is reserved for the scorecard (results/<name>/tables/reproduction.md)")
 NAME = PLAN.name
 RUNS_ROOT = "results/runs"
 RESULTS = f"results/{NAME}"
