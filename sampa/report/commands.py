@@ -164,6 +164,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Every output is a file path: not empty, not an existing directory (checked before any work)."""
     from sampa.experiments import PlanError
 
+    seen: dict[Path, str] = {}
     for name in _OUTPUT_FLAGS:
         path = getattr(args, name, None)
         if path is None:
@@ -173,6 +174,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise PlanError(f"{flag} is empty; give a file path")
         if Path(path).is_dir():
             raise PlanError(f"{flag} {path!r} is a directory; give a file path")
+        other = seen.setdefault(Path(path).resolve(), flag)
+        if other != flag:
+            raise PlanError(f"{other} and {flag} name the same file {path!r}; give each its own")
 
 
 def _json_mapping(text: str, flag: str) -> dict[str, Any]:
