@@ -141,26 +141,29 @@ def get_run_settings(wildcards):
     return json.dumps(get_run(wildcards).settings, sort_keys=True)
 
 
-def get_run_gpus(wildcards):
-    return get_run(wildcards).gpus(PLAN.use_gpus)
+def per_run(value_of):
+    """A train_run resource (or thread count) from each run's value: a constant where every run has the
+    same, else a lookup by the run wildcard. Snakemake evaluates a callable resource for every job
+    (inspecting its signature each time), which dominated a paper dry run; a constant it just reads."""
+    values = {path: value_of(run) for path, run in RUNS.items()}
+    distinct = set(values.values())
+    if len(distinct) == 1:
+        return distinct.pop()
+    return lambda wildcards: values[get_run(wildcards).path]
 
 
-def get_run_machine_share(wildcards):
-    return MACHINE_SHARES if wildcards.run in TIMING else 1
-
-
-def get_run_slurm_extra(wildcards):
-    return "--exclusive" if wildcards.run in TIMING else ""
-
-
-def get_run_placement(resource):
-    """An input function for one SLURM resource of the run's placement (None: not set)."""
-    return lambda wildcards: PLACEMENTS[get_run(wildcards).path].resources()[resource]
-
-
-def get_run_launcher(wildcards):
-    """The command prefix that starts the run's ranks ('' on one node: the run's own launcher does)."""
-    return PLACEMENTS[get_run(wildcards).path].launcher()
+RUN_THREADS = per_run(lambda run: int(run.settings.get("devices", 1)))  # one CPU thread per process
+RUN_GPUS = per_run(lambda run: run.gpus(PLAN.use_gpus))
+# timing protection: the whole machine (all shares) and, on a cluster, an exclusive node
+RUN_MACHINE_SHARE = per_run(lambda run: MACHINE_SHARES if run.path in TIMING else 1)
+RUN_SLURM_EXTRA = per_run(lambda run: "--exclusive" if run.path in TIMING else "")
+# one SLURM resource of the run's placement each (None: not set), and the command prefix that starts
+# the run's ranks ('' on one node: the run's own launcher does)
+RUN_PLACEMENT = {
+    name: per_run(lambda run, name=name: PLACEMENTS[run.path].resources()[name])
+    for name in ("nodes", "tasks", "tasks_per_gpu", "mpi", "cpus_per_task")
+}
+RUN_LAUNCHER = per_run(lambda run: PLACEMENTS[run.path].launcher())
 
 
 def get_run_runtime(wildcards, attempt):
@@ -175,15 +178,11 @@ def get_run_last_attempt(wildcards, attempt):
     return int(attempt > workflow.execution_settings.retries)
 
 
+
 def get_run_data(wildcards):
     """The data record of the run's dataset (none for synthetic data)."""
     dataset = PLAN.data.get(get_run(wildcards).path)
     return [f"{DATA_RECORDS}/{dataset}.json"] if dataset else []
-
-
-def get_run_threads(wildcards):
-    """One CPU thread per process: a two-device run is two processes (the data live on the device)."""
-    return int(get_run(wildcards).settings.get("devices", 1))
 
 
 def run_metrics(paths):

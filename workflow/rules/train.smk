@@ -9,6 +9,9 @@
 # thread (`threads` counts the processes); GPUs are claimed by the job itself (sampa/gpus.py).
 # A run wider than one cluster node (config gpus_per_node, set by profiles/slurm) is an MPI-style SLURM
 # job: resources nodes/tasks/mpi, and `--launcher` starts one rank per task with srun (sampa.jobs.Placement).
+# Per-run resources are precomputed when the workflow is planned (common.smk `per_run`): a constant where
+# every run has the same value, so Snakemake need not call a function per job and resource
+# (runtime and last_attempt depend on the attempt: functions).
 
 
 rule train_run:
@@ -20,20 +23,20 @@ rule train_run:
         "logs/runs/{run}.log",
     params:
         settings=get_run_settings,
-        out=lambda wildcards: f"{RUNS_ROOT}/{wildcards.run}",
+        out=f"{RUNS_ROOT}/{{run}}",
         data=lambda wildcards, input: [f"--data={path}" for path in input.data],
-    threads: get_run_threads
+    threads: RUN_THREADS
     resources:
-        gpu=get_run_gpus,
-        machine=get_run_machine_share,
+        gpu=RUN_GPUS,
+        machine=RUN_MACHINE_SHARE,
         runtime=get_run_runtime,
-        slurm_extra=get_run_slurm_extra,
-        nodes=get_run_placement("nodes"),
-        tasks=get_run_placement("tasks"),
-        tasks_per_gpu=get_run_placement("tasks_per_gpu"),
-        mpi=get_run_placement("mpi"),
-        cpus_per_task=get_run_placement("cpus_per_task"),
-        launcher=get_run_launcher,
+        slurm_extra=RUN_SLURM_EXTRA,
+        nodes=RUN_PLACEMENT["nodes"],
+        tasks=RUN_PLACEMENT["tasks"],
+        tasks_per_gpu=RUN_PLACEMENT["tasks_per_gpu"],
+        mpi=RUN_PLACEMENT["mpi"],
+        cpus_per_task=RUN_PLACEMENT["cpus_per_task"],
+        launcher=RUN_LAUNCHER,
         last_attempt=get_run_last_attempt,
     message:
         "train {wildcards.run} ({resources.gpu} GPU)"
