@@ -2,7 +2,10 @@
 
 import sys
 
-if sys.argv[1:2] == ["aggregate"]:  # reads run files only: skip importing torch (see sampa.report.commands)
+#: commands that read run files only: started without importing torch (see sampa.report.commands)
+PRESENTATION = ("aggregate", "table", "figure", "scorecard")
+
+if sys.argv[1:2] and sys.argv[1] in PRESENTATION:
     from sampa.report.commands import main
 else:
     from sampa.cli import main

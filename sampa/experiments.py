@@ -31,12 +31,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sampa.config import MACHINE_KEYS  # set per machine, never by an experiment (RunConfig's metadata)
 from sampa.glue_tasks import GLUE_DISPLAY
+from sampa.names import MODEL_DISPLAY
 
 if TYPE_CHECKING:
     from sampa.config import RunConfig
@@ -431,9 +433,7 @@ def _points(axis: str, values: Any, experiment: str) -> list[dict[str, Any]]:
 def axis_label(axis: str, value: Any) -> str:
     """How a grid value reads in a table: model and dataset names as in the paper, noise in %."""
     if axis == "model":
-        from sampa.models import DISPLAY_NAMES
-
-        return DISPLAY_NAMES.get(value, str(value))
+        return MODEL_DISPLAY.get(value, str(value))
     if axis == "dataset":
         return DATASET_DISPLAY.get(value, str(value))
     if axis == "label_noise":
@@ -461,7 +461,7 @@ def _planned_run(
             matched.add(index)
             run.update(override.get("run", {}))
             hparams.update(override.get("hparams", {}))
-    settings = _checked_settings(arm["optimizer"], run, hparams, seed, context)
+    settings = _checked_settings(arm["optimizer"], run, hparams, seed, context, spec.get(METHOD_DEFAULTS))
     return PlannedRun(
         experiment=spec["id"],
         cell=cell,
@@ -508,12 +508,22 @@ def _matches(
 
 
 def _checked_settings(
-    optimizer: str, run: Mapping[str, Any], hparams: Mapping[str, Any], seed: int, context: str
+    optimizer: str,
+    run: Mapping[str, Any],
+    hparams: Mapping[str, Any],
+    seed: int,
+    context: str,
+    planned: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Validate the run with ``sampa.config.validate``; return its explicit non-default settings.
 
     The seed is checked by the schema; the rest is validated once per distinct setting (memoised).
+    ``planned``: the method defaults of a spec the workflow planned (validated then; see
+    :func:`method_defaults`): the settings follow from them without validating again (or torch).
     """
+    if planned is not None and optimizer in planned:
+        defaults = SimpleNamespace(**planned[optimizer])
+        return {**_settings(optimizer, run, hparams, defaults), "seed": seed}
     key = json.dumps([optimizer, run, hparams], sort_keys=True, default=str)
     if key not in _VALIDATED:
         _VALIDATED[key] = _validated(optimizer, run, hparams, context)
@@ -542,12 +552,33 @@ def _validated(
         method_defaults = method_class(optimizer).Hparams()
     except (ConfigError, HyperparameterError, ValueError, TypeError) as err:
         raise PlanError(f"{context}: {err}") from None
+    return _settings(cfg.optimizer, run, hparams, method_defaults)
+
+
+def _settings(
+    optimizer: str, run: Mapping[str, Any], hparams: Mapping[str, Any], defaults: Any
+) -> dict[str, Any]:
+    """A run's explicit settings: those that differ from RunConfig's and the method's ``defaults``."""
     settings = _without_defaults(run, run_defaults())
-    settings["optimizer"] = cfg.optimizer
-    settings["hparams"] = _without_defaults(hparams, method_defaults)
+    settings["optimizer"] = optimizer
+    settings["hparams"] = _without_defaults(hparams, defaults)
     for value in [*run.values(), *hparams.values()]:
         canonical(value)  # every value must be writable in a run path
     return settings
+
+
+#: spec key: the default hyperparameters of its arms' methods, as planned (:func:`method_defaults`)
+METHOD_DEFAULTS = "method_defaults"
+
+
+def method_defaults(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The default hyperparameters of the methods of ``spec``'s arms. :func:`plan` records them in the
+    spec it validated, so the table, figure and scorecard commands, given that spec, expand its runs
+    without importing the methods (torch)."""
+    from sampa.optim import method_class
+
+    optimizers = sorted({arm["optimizer"] for arm in spec.get("arms", [])})
+    return {name: asdict(method_class(name).Hparams()) for name in optimizers}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,6 +608,7 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         used |= matched
         check_layout(spec, runs)
         result.runs[name] = mark_requirements(spec, runs, result.checked)
+        spec[METHOD_DEFAULTS] = method_defaults(spec)  # validated: the spec's commands need no torch
     unused = [i for i in range(shared) if i not in used]
     if unused:
         when = config["overrides"][unused[0]].get("when")
@@ -867,6 +899,7 @@ __all__ = [
     "expand_experiment",
     "load_config",
     "mark_requirements",
+    "method_defaults",
     "method_label",
     "normalize",
     "partial_runs",

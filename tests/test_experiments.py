@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -317,6 +318,29 @@ def test_resolved_spec_is_self_contained_json():
     assert [a["label"] for a in spec["arms"]] == ["SGD", "SAM", "SAMPa-0.2"]
     assert spec["seeds"] == [0, 1] and spec["run"]["epochs"] == 2
     assert [r.path for r in ex.plan_experiment(spec)] == [r.path for r in ex.plan(cfg).runs["t1"]]
+
+
+def test_a_planned_spec_expands_to_the_same_runs_from_its_recorded_method_defaults():
+    """The table, figure and scorecard commands expand a spec the workflow planned from the method
+    defaults recorded in it (no torch, no second validation): the same runs, paths and cells as
+    validating every run, for every experiment of the paper config."""
+    from dataclasses import asdict
+
+    from sampa.optim import method_class
+
+    plan = ex.plan(ex.load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"))
+    for name, spec in plan.specs.items():
+        assert set(spec["method_defaults"]) == {arm["optimizer"] for arm in spec["arms"]}, name
+        validating = {k: v for k, v in spec.items() if k != "method_defaults"}
+        assert ex.expand_experiment(spec) == ex.expand_experiment(validating), name
+    sampa = asdict(method_class("sampa").Hparams())
+    assert plan.specs["table1"]["method_defaults"]["sampa"] == sampa
+    # the recorded defaults are what decides: another default of lam names the default run's lam
+    spec = copy.deepcopy(plan.specs["table1"])
+    spec["method_defaults"]["sampa"]["lam"] = sampa["lam"] + 0.1
+    before = {r.path for r in ex.expand_experiment(plan.specs["table1"])}
+    changed = {r.path for r in ex.expand_experiment(spec)} - before
+    assert changed and all(f"lam={ex.canonical(sampa['lam'])}" in path for path in changed)
 
 
 def test_cached_plan_equals_plan_and_follows_changes(tmp_path):

@@ -279,6 +279,51 @@ def test_slurm_profile_spreads_a_run_wider_than_a_node_over_nodes(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# The presentation jobs read run files: no torch
+
+
+#: runs ``python -m sampa ARGS`` and prints, at exit, whether torch was imported
+TORCH_PROBE = (
+    "import atexit, runpy, sys; "
+    "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
+    "runpy.run_module('sampa', run_name='__main__', alter_sys=True)"
+)
+
+
+def test_table_figure_aggregate_and_scorecard_jobs_never_import_torch(tmp_path):
+    """Given the specs the workflow planned, the presentation commands expand their runs from the
+    spec's recorded method defaults instead of the methods themselves (importing torch costs a job
+    about 2 CPU-s), and name models from sampa.names."""
+    from test_report import CONFIG, write_run  # tests/ is on sys.path under pytest
+
+    plan = ex.plan(copy.deepcopy(CONFIG))
+    root = tmp_path / "runs"
+    for i, run in enumerate(plan.runs["t1"]):
+        write_run(root, run, None if i == 0 else 0.9 + i / 1000)  # one unfinished run
+    records = [str(root / path / "outcome.json") for path in dict.fromkeys(r.path for r in plan.runs["t1"])]
+    bars = {**plan.specs["t1"], "kind": "figure", "figure": {"plot": "bars", "metrics": ["test_acc"]}}
+    out = {name: tmp_path / name for name in ("t.md", "t.tex", "t.csv", "f.pdf", "f.png", "f.csv", "r.csv")}
+    out["card.md"] = tmp_path / "card.md"
+    table = ["--md", str(out["t.md"]), "--tex", str(out["t.tex"]), "--csv", str(out["t.csv"])]
+    figure = ["--pdf", str(out["f.pdf"]), "--png", str(out["f.png"]), "--csv", str(out["f.csv"])]
+    card = ["--runs", str(out["r.csv"]), "--md", str(out["card.md"])]
+    commands = [
+        ["aggregate", "--runs-root", str(root), "--out", str(out["r.csv"]), *records],
+        ["table", "--spec", ex.spec_json(plan.specs["t1"]), "--runs-root", str(root), *records, *table],
+        ["figure", "--spec", ex.spec_json(bars), "--runs-root", str(root), *records, *figure],
+        ["scorecard", "--specs", ex.spec_json(plan.specs), *card],
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for command in commands:
+        probe = [sys.executable, "-c", TORCH_PROBE, *command]
+        proc = subprocess.run(probe, capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip().endswith("torch imported: False"), (command[0], proc.stdout[-500:])
+    assert all(path.stat().st_size > 0 for path in out.values())
+    assert "| ResNet-56 " in out["t.md"].read_text()  # axis_label named the model without sampa.models
+
+
+# ----------------------------------------------------------------------------------------------
 # Config validation before any job starts
 
 

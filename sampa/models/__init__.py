@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from sampa.names import MODEL_DISPLAY
+
 from .densenet import densenet121
 from .pyramidnet import pyramidnet110
 from .resnet18 import resnet18
@@ -37,18 +39,7 @@ _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
 
-DISPLAY_NAMES: dict[str, str] = {
-    "densenet121": "DenseNet-121",
-    "pyramidnet110": "PyramidNet-110",
-    "resnet18": "ResNet-18",
-    "resnet20": "ResNet-20",
-    "resnet32": "ResNet-32",
-    "resnet56": "ResNet-56",
-    "tinycnn": "TinyCNN",
-    "vgg19bn": "VGG19-BN",
-    "wrn28-10": "WRN-28-10",
-    "wrn28-2": "WRN-28-2",
-}
+DISPLAY_NAMES: dict[str, str] = MODEL_DISPLAY  # the paper's names (sampa.names: no torch)
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:

@@ -236,12 +236,13 @@ def _read_csv(path: str, flag: str) -> Any:
 
 def _input_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input (imported only when an error occurs: aggregate runs without torch)."""
+    from sampa.config import ConfigError
     from sampa.experiments import PlanError
     from sampa.report.figures import FigureError
     from sampa.report.metrics import MetricError
     from sampa.report.tables import TableError
 
-    return (PlanError, TableError, FigureError, MetricError)
+    return (ConfigError, PlanError, TableError, FigureError, MetricError)
 
 
 # ----------------------------------------------------------------------------------------------
