@@ -379,8 +379,9 @@ def forget_failures(run_dirs: Iterable[Path], data_records: Iterable[Path]) -> i
     return forgotten
 
 
-def summary(runs: Mapping[str, Path], log_of: Mapping[str, str], limit: int = 20) -> str:
-    """One screen: how many runs finished, which did not (with their logs)."""
+def summary(runs: Mapping[str, Path], log_of: Mapping[str, str], limit: int = 20, others: int = 0) -> str:
+    """One screen: how many runs finished, which did not (with their logs). ``others``: runs of the
+    config that the invocation did not need (its targets did not ask for them): mentioned, not counted."""
     status = {}
     for name, run_dir in runs.items():
         record = _read(Path(run_dir) / OUTCOME)
@@ -391,6 +392,7 @@ def summary(runs: Mapping[str, Path], log_of: Mapping[str, str], limit: int = 20
     lines = [
         f"sampa workflow: {finished} of {len(runs)} runs finished"
         + "".join(f", {n} {s}" for s, n in sorted(counts.items()) if s not in ("complete",))
+        + (f" ({others} other run{'s' * (others != 1)} of the config not needed here)" if others else "")
     ]
     bad = [name for name, s in status.items() if s not in FINISHED]
     for name in bad[:limit]:

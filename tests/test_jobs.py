@@ -136,6 +136,14 @@ def test_summary_counts_runs_and_names_the_logs_of_failures(tmp_path):
     assert "retries them" in lines[-1]
 
 
+def test_summary_mentions_the_runs_the_invocation_did_not_need(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / jobs.OUTCOME).write_text('{"status": "complete"}')
+    (tmp_path / "a" / "metrics.json").write_text("{}")
+    text = jobs.summary({"a": tmp_path / "a"}, {"a": "logs/runs/a.log"}, others=3)
+    assert text == "sampa workflow: 1 of 1 runs finished (3 other runs of the config not needed here)"
+
+
 def test_other_training_jobs_count_each_job_once_and_not_the_own():
     table = {
         1: (0, "init"),

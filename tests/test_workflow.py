@@ -522,6 +522,26 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     assert counts["train_run"] == 1 and counts["make_table"] == 1
 
 
+def test_the_summary_counts_the_runs_its_targets_needed(tmp_path):
+    """`snakemake <one table>` ends with the count of that table's runs, not of every run of the config
+    (its finished run is written by hand: only the table job runs)."""
+    from test_report import write_run  # tests/ is on sys.path under pytest
+
+    config = mini_config() | {"name": "two", "seeds": [0]}
+    table = {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]}
+    config["experiments"] = {
+        name: {"kind": "table", "title": name, "arms": [{"label": name, "optimizer": name}], "table": table}
+        for name in ("sam", "sgd")
+    }
+    path = str(write_config(tmp_path / "two.yaml", config))
+    (run,) = ex.plan(ex.load_config(path)).runs["sam"]
+    write_run(tmp_path / "results/runs", run, 0.9)
+    (tmp_path / "results/runs" / run.path / "outcome.json").write_text('{"status": "complete"}')
+    out = snakemake("--cores", "1", "results/two/tables/sam.md", "--configfile", path, cwd=tmp_path).stdout
+    assert job_counts(out) == {"make_table": 1, "total": 1}
+    assert "sampa workflow: 1 of 1 runs finished (1 other run of the config not needed here)\n" in out
+
+
 def partial_config() -> dict:
     """A table of synthetic runs (one of them killed), a table whose runs need CIFAR-10 and one whose
     ImageNet is not here."""

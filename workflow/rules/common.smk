@@ -263,9 +263,24 @@ def final_outputs():
     return outputs
 
 
+def invoked_runs():
+    """The runs whose training job is in this invocation's DAG, trained now or already (None where
+    Snakemake does not say: then the summary counts every run of the config)."""
+    try:
+        dag_jobs = list(workflow.dag.jobs)
+        return {job.wildcards_dict["run"] for job in dag_jobs if job.rule.name == "train_run"}
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
 def print_summary():
-    """The last screen of an invocation: runs finished, runs failed with their logs."""
-    print(
-        jobs.summary({p: Path(RUNS_ROOT, p) for p in RUNS}, {p: f"logs/runs/{p}.log" for p in RUNS}),
-        file=sys.stderr,
+    """The last screen of an invocation: runs finished, runs failed with their logs (the runs its
+    targets needed: `snakemake results/<name>/tables/table1.md` counts Table 1's runs)."""
+    invoked = invoked_runs()
+    paths = list(RUNS) if invoked is None else [p for p in RUNS if p in invoked]
+    text = jobs.summary(
+        {p: Path(RUNS_ROOT, p) for p in paths},
+        {p: f"logs/runs/{p}.log" for p in paths},
+        others=len(RUNS) - len(paths),
     )
+    print(text, file=sys.stderr)
