@@ -590,7 +590,7 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
 
     Runs whose data, weights or extra are missing here are not planned (:func:`mark_requirements`): the
     spec lists what they need (``needs``), or says ``not_run`` when no run of the experiment can run;
-    its table and the scorecard show it.
+    its table and the scorecard show it. Each spec records its methods' defaults (:func:`method_defaults`).
     """
     if not schema_checked:
         check_schema(config)
