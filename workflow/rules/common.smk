@@ -152,7 +152,8 @@ def per_run(value_of):
     return lambda wildcards: values[get_run(wildcards).path]
 
 
-RUN_THREADS = per_run(lambda run: int(run.settings.get("devices", 1)))  # one CPU thread per process
+# one CPU thread per process: a two-device run is two processes (the data live on the device)
+RUN_THREADS = per_run(lambda run: int(run.settings.get("devices", 1)))
 RUN_GPUS = per_run(lambda run: run.gpus(PLAN.use_gpus))
 # timing protection: the whole machine (all shares) and, on a cluster, an exclusive node
 RUN_MACHINE_SHARE = per_run(lambda run: MACHINE_SHARES if run.path in TIMING else 1)
@@ -176,7 +177,6 @@ def get_run_last_attempt(wildcards, attempt):
     """1 on the job's last attempt (no retries left): an interruption is then a failed run, not a
     failed job, so it never blocks the tables (sampa/jobs.py)."""
     return int(attempt > workflow.execution_settings.retries)
-
 
 
 def get_run_data(wildcards):
