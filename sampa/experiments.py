@@ -171,8 +171,10 @@ def _schema_message(error: Any) -> str:
     return str(error.message)
 
 
-#: what :func:`resolve` and :func:`mark_requirements` add to an experiment of the config
-SPEC_KEYS = ("id", "note", "profile", "needs", "not_run")
+#: spec key: the default hyperparameters of its arms' methods, as planned (:func:`method_defaults`)
+METHOD_DEFAULTS = "method_defaults"
+#: what :func:`resolve`, :func:`mark_requirements` and :func:`plan` add to an experiment of the config
+SPEC_KEYS = ("id", "note", "profile", "needs", "not_run", METHOD_DEFAULTS)
 
 
 def check_spec(spec: Mapping[str, Any], flag: str) -> None:
@@ -182,8 +184,15 @@ def check_spec(spec: Mapping[str, Any], flag: str) -> None:
     lacking = [k for k in ("id", "seeds", "run", "arms", "grid", "overrides") if k not in spec]
     if message is None and lacking:  # what resolve() always writes
         message = f"(top level): {lacking[0]!r} is a required property"
+    defaults = spec.get(METHOD_DEFAULTS, {})
+    if message is None and not (isinstance(defaults, Mapping) and all(map(_is_mapping, defaults.values()))):
+        message = f"{METHOD_DEFAULTS}: must map method names to their default hyperparameters"
     if message:
         raise PlanError(f"{flag} is not a resolved experiment: {message}")
+
+
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping)
 
 
 def check_schema(config: Mapping[str, Any]) -> None:
@@ -565,10 +574,6 @@ def _settings(
     for value in [*run.values(), *hparams.values()]:
         canonical(value)  # every value must be writable in a run path
     return settings
-
-
-#: spec key: the default hyperparameters of its arms' methods, as planned (:func:`method_defaults`)
-METHOD_DEFAULTS = "method_defaults"
 
 
 def method_defaults(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -341,6 +341,9 @@ def test_a_planned_spec_expands_to_the_same_runs_from_its_recorded_method_defaul
     before = {r.path for r in ex.expand_experiment(plan.specs["table1"])}
     changed = {r.path for r in ex.expand_experiment(spec)} - before
     assert changed and all(f"lam={ex.canonical(sampa['lam'])}" in path for path in changed)
+    ex.check_spec(plan.specs["table1"], "--spec")  # a planned spec is a resolved experiment
+    with pytest.raises(ex.PlanError, match=r"--spec is not a resolved experiment: method_defaults: must map"):
+        ex.check_spec({**plan.specs["table1"], "method_defaults": {"sampa": 0.2}}, "--spec")
 
 
 def test_cached_plan_equals_plan_and_follows_changes(tmp_path):
