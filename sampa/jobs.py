@@ -247,6 +247,20 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
 # Data
 
 
+#: the main Snakemake process's retry count, for jobs it runs elsewhere (workflow/rules/common.smk)
+RETRIES_ENV = "SAMPA_WORKFLOW_RETRIES"
+
+
+def retries_of(environ: Mapping[str, str], default: int) -> int:
+    """``$SAMPA_WORKFLOW_RETRIES`` (set by the main Snakemake process), else ``default``."""
+    raw = environ.get(RETRIES_ENV)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise JobError(f"environment variable {RETRIES_ENV} must be an integer >= 0 (got {raw!r})")
+    return int(raw)
+
+
 def download_allowed(environ: Mapping[str, str]) -> bool:
     """``$SAMPA_DOWNLOAD``: 1 (or unset) lets data preparation download CIFAR, 0 forbids it."""
     raw = environ.get("SAMPA_DOWNLOAD") or "1"

@@ -223,6 +223,24 @@ def test_slurm_profile_plans_the_paper(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("mode", "env", "last"),
+    [
+        (["--retries", "2"], {}, "0"),  # the main process: attempt 1 of 3
+        (["--mode", "remote", "--retries", "0", "--attempt", "2"], {"SAMPA_WORKFLOW_RETRIES": "2"}, "0"),
+        (["--mode", "remote", "--retries", "0", "--attempt", "3"], {"SAMPA_WORKFLOW_RETRIES": "2"}, "1"),
+    ],
+)
+def test_a_job_run_on_a_cluster_node_knows_the_retries_of_the_main_process(tmp_path, mode, env, last):
+    """On a node, Snakemake runs the job with --retries 0 and the attempt number; the main process's
+    retry count comes through the environment, so only the real last attempt records an interruption."""
+    config = str(REPO / "configs" / "smoke.yaml")
+    run = ex.plan(ex.load_config(config)).runs["table1"][0].path
+    target = f"results/runs/{run}/outcome.json"
+    out = snakemake("-n", "-p", target, "--configfile", config, *mode, cwd=tmp_path, env=env).stdout
+    assert re.findall(r"--last-attempt (\d)", out) == [last]
+
+
 TABLE3_8GPU = REPO / "configs" / "multi-gpu" / "table3-8gpu.yaml"
 
 

@@ -176,7 +176,20 @@ def get_run_runtime(wildcards, attempt):
 def get_run_last_attempt(wildcards, attempt):
     """1 on the job's last attempt (no retries left): an interruption is then a failed run, not a
     failed job, so it never blocks the tables (sampa/jobs.py)."""
-    return int(attempt > workflow.execution_settings.retries)
+    return int(attempt > workflow_retries())
+
+
+def workflow_retries():
+    """The retries of the main Snakemake process. A job it submits to a cluster runs Snakemake again on
+    the node with `--retries 0` (snakemake/spawn_jobs.py), where every attempt would look like the last
+    (an interrupted job recorded as a failed run, not retried with a longer time limit): so the main
+    process puts its count in the environment, which the jobs inherit (the SLURM plugin submits with
+    --export=ALL), before it submits any."""
+    retries = workflow.execution_settings.retries
+    if workflow.remote_exec or workflow.subprocess_exec:
+        return jobs.retries_of(os.environ, retries)
+    os.environ[jobs.RETRIES_ENV] = str(retries)
+    return retries
 
 
 def get_run_data(wildcards):
