@@ -295,3 +295,10 @@ def test_a_bad_sampa_download_is_one_line_before_data_is_touched(tmp_path, monke
     assert not record.exists() and not root.exists()
     assert jobs.download_allowed({}) and jobs.download_allowed({"SAMPA_DOWNLOAD": "1"})
     assert not jobs.download_allowed({"SAMPA_DOWNLOAD": "0"})
+
+
+def test_the_retry_count_from_the_main_process_is_read_or_a_one_line_error():
+    assert jobs.retries_of({}, 3) == 3
+    assert jobs.retries_of({jobs.RETRIES_ENV: "2"}, 0) == 2
+    with pytest.raises(jobs.JobError, match=r"SAMPA_WORKFLOW_RETRIES must be an integer >= 0 \(got 'two'\)"):
+        jobs.retries_of({jobs.RETRIES_ENV: "two"}, 0)
