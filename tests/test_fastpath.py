@@ -327,6 +327,26 @@ def test_a_step_never_synchronises_with_the_host(name, fused, flat):
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["sam", "sampa"])
+def test_a_step_with_dropout_never_synchronises_with_the_host(name):
+    """Each job's dropout masks come from its own seed (``evaluation.mask_stream``): seeding and restoring
+    the CUDA generator must not wait for the device either."""
+    torch.manual_seed(0)
+    model = nn.Sequential(SmallBNNet(), nn.Dropout(0.3)).cuda().train()
+    base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=True)
+    method = build_method(name, model, make_loss(0.1), base)
+    assert method.masks
+    batches = [(x.cuda(), y.cuda()) for x, y in image_batches([16] * 4)]
+    method.step(*batches[0])
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in batches[1:]:
+            method.step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.slow
 def test_compiled_fused_run_matches_the_reference_run(tmp_path):
     reference_run = train(small_run(), tmp_path / "ref", log_progress=False)
