@@ -131,7 +131,10 @@ class RunConfig:
     label_noise: float = setting(
         0.0, "symmetric noise rate on training labels", low=0.0, high=1.0, high_open=True
     )
-    cutout: int = setting(0, "Cutout patch size (0 = off; the official code uses 16)", low=0)
+    cutout: int = setting(
+        0, "Cutout patch side in pixels, at most the image side (32 for CIFAR/synthetic; 0 = off; the "
+        "official code uses 16); CIFAR-style datasets only", low=0,
+    )  # fmt: skip
     val_fraction: float = setting(
         0.1, "share of training samples held out for validation", low=0.0, high=1.0, low_open=True,
         high_open=True,
@@ -351,6 +354,16 @@ def _check_modality(cfg: RunConfig) -> None:
         )
 
 
+def _check_cutout(cfg: RunConfig) -> None:
+    """Cutout only on the in-memory image datasets, with a patch no larger than their images."""
+    from sampa.data import check_cutout
+
+    try:
+        check_cutout(cfg.dataset, cfg.cutout)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _check_split(cfg: RunConfig) -> None:
     """A CIFAR-style dataset's validation split holds out at least one sample and keeps at least one."""
     from sampa.data.sources import TRAIN_SIZES  # these have their own validation set
@@ -381,6 +394,7 @@ def _check_relations(cfg: RunConfig) -> None:
         raise ConfigError(str(err)) from None
     _check_modality(cfg)
     _check_extras(cfg)
+    _check_cutout(cfg)
     if cfg.warmup and cfg.schedule != "linear":
         raise ConfigError(f"warmup {cfg.warmup!r} needs schedule 'linear' (got schedule {cfg.schedule!r})")
     if cfg.devices % 2 and cfg.devices != 1:

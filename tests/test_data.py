@@ -510,6 +510,32 @@ def test_check_dataset_args() -> None:
             D.check_dataset_args("synthetic", 0.1, rate)
 
 
+@pytest.mark.parametrize("name", D.DATASET_NAMES)
+def test_cutout_is_at_most_the_image_side(name: str) -> None:
+    side = D.IMAGE_SIZES[name]
+    for ok in (0, 1, 16, side):
+        D.check_cutout(name, ok)
+    with pytest.raises(ValueError, match=rf"^cutout {side + 1} must be 0 \(off\) or .* 1 to {side} pixels"):
+        D.check_cutout(name, side + 1)
+
+
+@pytest.mark.parametrize("name", ["imagenet", "synthetic-text", "sst2"])
+def test_cutout_only_on_in_memory_image_datasets(name: str) -> None:
+    D.check_cutout(name, 0)
+    with pytest.raises(ValueError, match=rf"^cutout 16 does not apply to dataset '{name}'.*use cutout 0$"):
+        D.check_cutout(name, 16)
+
+
+def test_synthetic_image_size_is_the_images_made() -> None:
+    images = make_synthetic(100, 100, "train")[0]
+    assert tuple(images.shape[2:]) == (D.IMAGE_SIZES["synthetic"], D.IMAGE_SIZES["synthetic100"])
+
+
+def test_train_batches_refuse_a_cutout_larger_than_the_images(small: D.Dataset) -> None:
+    with pytest.raises(ValueError, match=r"cutout 33 is larger than the 32-pixel images; use 0 to 32"):
+        next(iter(D.train_batches(small, 10, seed=0, epoch=0, augment=D.Augment(cutout=33))))
+
+
 def test_augment_and_split_validation() -> None:
     for kwargs in ({"crop_padding": -1}, {"cutout": -2}, {"cutout_prob": 1.5}):
         with pytest.raises(ValueError):

@@ -112,6 +112,13 @@ def test_bad_config_file_values(tmp_path, capsys, yaml_text, message):
          r"bert-base, bert-tiny$"),
         (["--model", "bert-tiny"],
          r"model 'bert-tiny' cannot read the image dataset 'synthetic'; choose an image model: .*tinycnn"),
+        (["--cutout", "33"],
+         r"cutout 33 must be 0 \(off\) or a patch side of 1 to 32 pixels for the 32x32 images of synthetic$"),
+        (["--cutout", "64", "--dataset", "cifar100"], r"cutout 64 must be 0 \(off\) or a patch side"),
+        (["--cutout", "-1"], r"cutout must be an integer >= 0 \(got -1\)"),
+        (["--cutout", "16", "--dataset", "synthetic-text", "--model", "bert-tiny"],
+         r"cutout 16 does not apply to dataset 'synthetic-text' \(Cutout is implemented for cifar10, "
+         r"cifar100, synthetic, synthetic100 only\); use cutout 0$"),
         (["--gpu-lock-dir", "locks"], r"--gpu-lock-dir 'locks' needs --gpus"),
         (["--config", ""], r"cannot read config file '': Is a directory"),
         (["--config", "run\0.yaml"], r"cannot read config file 'run\\x00.yaml': embedded null byte"),

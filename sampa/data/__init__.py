@@ -8,11 +8,13 @@ from sampa.data.batches import Augment, EpochDraws, draw_epoch, eval_batches, nu
 from sampa.data.cifar import CIFAR_SOURCES, ENV_VAR, ChecksumError, CifarSource, DataUnavailableError
 from sampa.data.dataset import (
     DATASET_NAMES,
+    IMAGE_SIZES,
     NUM_CLASSES,
     SPLIT_NAMES,
     Dataset,
     ImageSplit,
     channel_stats,
+    check_cutout,
     check_dataset_args,
     load_dataset,
 )
@@ -21,6 +23,7 @@ __all__ = [
     "CIFAR_SOURCES",
     "DATASET_NAMES",
     "ENV_VAR",
+    "IMAGE_SIZES",
     "NUM_CLASSES",
     "SPLIT_NAMES",
     "Augment",
@@ -31,6 +34,7 @@ __all__ = [
     "EpochDraws",
     "ImageSplit",
     "channel_stats",
+    "check_cutout",
     "check_dataset_args",
     "draw_epoch",
     "eval_batches",

@@ -132,6 +132,9 @@ def train_batches(
     n = len(ds.train)
     steps = num_batches(n, batch_size)
     images, labels = ds.train.images, ds.train.labels
+    if augment.cutout > min(images.shape[2:]):
+        side = min(images.shape[2:])
+        raise ValueError(f"cutout {augment.cutout} is larger than the {side}-pixel images; use 0 to {side}")
     draws = draw_epoch(
         n, seed=seed, epoch=epoch, augment=augment, height=images.shape[2], width=images.shape[3]
     ).to(images.device)

@@ -9,11 +9,13 @@ import torch
 
 from sampa.data.cifar import read_cifar
 from sampa.data.seeding import STREAM_NOISE, STREAM_SPLIT, cpu_generator
-from sampa.data.synthetic import DISTRACTOR, NOISE, make_synthetic
+from sampa.data.synthetic import DISTRACTOR, IMAGE_SIZE, NOISE, make_synthetic
 
 DATASET_NAMES = ("cifar10", "cifar100", "synthetic", "synthetic100")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10, "synthetic100": 100}
 SPLIT_NAMES = ("train", "val", "test")
+#: side of the (square) images in pixels: CIFAR is 32x32, the synthetic generator matches it
+IMAGE_SIZES = {"cifar10": 32, "cifar100": 32, "synthetic": IMAGE_SIZE, "synthetic100": IMAGE_SIZE}
 
 Stats = tuple[float, float, float]
 
@@ -82,6 +84,26 @@ def check_dataset_args(name: str, val_fraction: float, label_noise: float) -> No
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if not 0.0 <= label_noise < 1.0:
         raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
+
+
+def check_cutout(name: str, cutout: int) -> None:
+    """Cutout needs one of these datasets (the others have their own input pipeline without it) and a
+    patch no larger than the image: a bigger one never fits (it is clipped at every centre), masks more
+    of the image the larger it is, and all of it at every centre from twice the side less one. One-line
+    ``ValueError``."""
+    if cutout == 0:
+        return
+    if name not in IMAGE_SIZES:
+        raise ValueError(
+            f"cutout {cutout} does not apply to dataset {name!r} (Cutout is implemented for "
+            f"{', '.join(IMAGE_SIZES)} only); use cutout 0"
+        )
+    side = IMAGE_SIZES[name]
+    if not 0 < cutout <= side:
+        raise ValueError(
+            f"cutout {cutout} must be 0 (off) or a patch side of 1 to {side} pixels for the "
+            f"{side}x{side} images of {name}"
+        )
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
