@@ -177,22 +177,62 @@ METHOD_DEFAULTS = "method_defaults"
 SPEC_KEYS = ("id", "note", "profile", "needs", "not_run", METHOD_DEFAULTS)
 
 
+#: the arms of a resolved experiment: a list of the config's arms with hparams and run filled in
+_RESOLVED_ARMS = {
+    "type": "array",
+    "items": {"allOf": [{"$ref": "#/$defs/arm"}, {"required": ["hparams", "run"]}]},
+}
+
+
+def _spec_keys_schema() -> dict[str, Any]:
+    """What :func:`resolve`, :func:`mark_requirements` and :func:`plan` add (``SPEC_KEYS``): JSON schema."""
+    from sampa.names import METHOD_NAMES
+
+    scalar = {"type": ["number", "string", "boolean", "null"]}
+    defaults = {"type": "object", "additionalProperties": scalar}
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "note": {"type": "string"},
+            "profile": {"type": "string"},
+            "needs": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            },
+            "not_run": {"type": "string"},
+            METHOD_DEFAULTS: {
+                "type": "object",
+                "propertyNames": {"enum": list(METHOD_NAMES)},
+                "additionalProperties": defaults,
+            },
+        },
+    }
+
+
 def check_spec(spec: Mapping[str, Any], flag: str) -> None:
-    """A resolved experiment given on the command line (``--spec``) is still one of the schema."""
+    """A resolved experiment given on the command line (``--spec``) is one :func:`plan` could have
+    written: the schema's experiment with what :func:`resolve` writes (arms in full, seeds, run, grid,
+    overrides) and what plan adds (``SPEC_KEYS``), whose runs expand and whose metrics and axes
+    :func:`check_layout` accepts; one-line :class:`PlanError` otherwise.
+
+    ``method_defaults`` must name registered methods (:data:`sampa.names.METHOD_NAMES`, without torch)
+    and map each to hyperparameter names and JSON scalars; the runs' hyperparameters must be among those
+    names. The values themselves are trusted: the methods' real defaults live in their ``Hparams``
+    classes, which cannot be read without importing torch (what a planned spec spares these commands).
+    """
     core = {k: v for k, v in spec.items() if k not in SPEC_KEYS and (k != "arms" or v)}  # a toy: no arms
-    message = schema_error(core, {"$defs": load_schema()["$defs"], "$ref": "#/$defs/experiment"})
+    resolved = {"allOf": [{"$ref": "#/$defs/experiment"}, {"properties": {"arms": _RESOLVED_ARMS}}]}
+    message = schema_error(core, {"$defs": load_schema()["$defs"], **resolved})
     lacking = [k for k in ("id", "seeds", "run", "arms", "grid", "overrides") if k not in spec]
     if message is None and lacking:  # what resolve() always writes
         message = f"(top level): {lacking[0]!r} is a required property"
-    defaults = spec.get(METHOD_DEFAULTS, {})
-    if message is None and not (isinstance(defaults, Mapping) and all(map(_is_mapping, defaults.values()))):
-        message = f"{METHOD_DEFAULTS}: must map method names to their default hyperparameters"
+    if message is None:
+        message = schema_error({k: spec[k] for k in SPEC_KEYS if k in spec}, _spec_keys_schema())
     if message:
         raise PlanError(f"{flag} is not a resolved experiment: {message}")
-
-
-def _is_mapping(value: Any) -> bool:
-    return isinstance(value, Mapping)
+    if not spec.get("not_run"):  # shown as what it needs: no runs (whose extras may be missing here)
+        check_layout(spec, expand_experiment(spec))
 
 
 def check_schema(config: Mapping[str, Any]) -> None:
@@ -531,6 +571,12 @@ def _checked_settings(
     :func:`method_defaults`): the settings follow from them without validating again (or torch).
     """
     if planned is not None and optimizer in planned:
+        unknown = sorted(set(hparams) - set(planned[optimizer]))
+        if unknown:  # as check_method says it
+            valid = ", ".join(planned[optimizer]) or "(none)"
+            raise PlanError(
+                f"{context}: unknown hyperparameter {unknown[0]!r} for method {optimizer!r}; valid: {valid}"
+            )
         defaults = SimpleNamespace(**planned[optimizer])
         return {**_settings(optimizer, run, hparams, defaults), "seed": seed}
     key = json.dumps([optimizer, run, hparams], sort_keys=True, default=str)

@@ -341,9 +341,49 @@ def test_a_planned_spec_expands_to_the_same_runs_from_its_recorded_method_defaul
     before = {r.path for r in ex.expand_experiment(plan.specs["table1"])}
     changed = {r.path for r in ex.expand_experiment(spec)} - before
     assert changed and all(f"lam={ex.canonical(sampa['lam'])}" in path for path in changed)
-    ex.check_spec(plan.specs["table1"], "--spec")  # a planned spec is a resolved experiment
-    with pytest.raises(ex.PlanError, match=r"--spec is not a resolved experiment: method_defaults: must map"):
-        ex.check_spec({**plan.specs["table1"], "method_defaults": {"sampa": 0.2}}, "--spec")
+    for spec in plan.specs.values():
+        ex.check_spec(spec, "--spec")  # a planned spec is a resolved experiment
+
+
+def _planned_table1() -> dict:
+    plan = ex.plan(ex.load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"))
+    return copy.deepcopy(plan.specs["table1"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method_defaults": [1]}, r"method_defaults: \[1\] is not of type 'object'$"),
+        ({"method_defaults": {"sampa": 0.2}}, r"method_defaults.sampa: 0.2 is not of type 'object'$"),
+        ({"method_defaults": {"adam": {}}}, r"method_defaults: 'adam' is not one of \['aesam', .*'vsam'\]$"),
+        ({"method_defaults": {"sam": {"rho": [0.05]}}}, r"method_defaults.sam.rho: \[0.05\] is not of type"),
+        ({"method_defaults": {"sam": {"rho": {"a": 1}}}}, r"method_defaults.sam.rho: \{'a': 1\} is not"),
+        ({"needs": "cifar10"}, r"needs: 'cifar10' is not of type 'object'$"),
+        ({"needs": {"cifar10 resnet56": "data"}}, r"needs.cifar10 resnet56: 'data' is not of type 'array'$"),
+        ({"not_run": 1}, r"not_run: 1 is not of type 'string'$"),
+        ({"note": None}, r"note: None is not of type 'string'$"),
+    ],
+)  # fmt: skip
+def test_check_spec_checks_what_plan_adds(change, message):
+    with pytest.raises(ex.PlanError, match=r"^--spec is not a resolved experiment: " + message):
+        ex.check_spec({**_planned_table1(), **change}, "--spec")
+
+
+def test_a_planned_spec_knows_its_methods_hyperparameters_without_torch():
+    """With recorded method defaults no run is validated (no torch), but a hyperparameter they do not
+    name is still an error, as check_method would say it."""
+    spec = _planned_table1()
+    arm = next(a for a in spec["arms"] if a["optimizer"] == "sam")
+    arm["hparams"]["rh0"] = 0.1
+    with pytest.raises(ex.PlanError, match=r"\(arm 'SAM'.*\): unknown hyperparameter 'rh0' for method 'sam'"):
+        ex.check_spec(spec, "--spec")
+
+
+def test_method_names_without_torch_are_the_registry():
+    from sampa.names import METHOD_NAMES as torch_free
+    from sampa.optim import METHOD_NAMES
+
+    assert torch_free == METHOD_NAMES
 
 
 def test_cached_plan_equals_plan_and_follows_changes(tmp_path):

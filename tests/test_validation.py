@@ -17,6 +17,12 @@ SPEC = json.dumps(
      "arms": [{"label": "SAM", "optimizer": "sam", "hparams": {}, "run": {}}],
      "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]}}
 )  # fmt: skip
+#: a resolved line figure over lr (facet: a grid axis it lacks)
+FIG_SPEC = (
+    SPEC.replace('"kind": "table"', '"kind": "figure"').replace('"grid": {}', '"grid": {"lr": [0.1]}')
+    .replace('"table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]}',
+             '"figure": {"plot": "line", "x": "lr", "facet": "wd"}')
+)  # fmt: skip
 TOY = ["figure", "--config", "configs/smoke.yaml", "--experiment", "figure1", "--pdf", "{tmp}/f.pdf",
        "--png", "{tmp}/f.png"]  # fmt: skip
 TRAIN = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu"]
@@ -230,6 +236,21 @@ def test_help_shows_usage_and_every_field_flag(capsys):
         (["scorecard", "--specs", "{}", "--runs", "{tmp}/norun.csv"], "scorecard", r"has no 'run' column"),
         (["table", "--spec", SPEC.replace('"grid": {}, ', "")], "table",
          r"--spec is not a resolved experiment: \(top level\): 'grid' is a required property"),
+        (["table", "--spec", SPEC.replace('"hparams": {}, ', ""), "--runs", "{tmp}/runs.csv"], "table",
+         r"--spec is not a resolved experiment: arms.0: 'hparams' is a required property$"),
+        (["table", "--spec", SPEC.replace(', "run": {}}', "}"), "--runs", "{tmp}/runs.csv"], "table",
+         r"--spec is not a resolved experiment: arms.0: 'run' is a required property$"),
+        (["table", "--spec", re.sub(r'"arms": \[.*?\]', '"arms": ["sam"]', SPEC), "--runs", "{tmp}/runs.csv"],
+         "table", r"--spec is not a resolved experiment: arms.0: 'sam' is not of type 'object'$"),
+        (["table", "--spec", SPEC.replace('"test_acc"', '"accuracy"'), "--runs", "{tmp}/runs.csv"], "table",
+         r"experiment 't': unknown metric 'accuracy'; choose one of: test_acc, "),
+        (["table", "--spec", SPEC.replace('"metric"]', '"metric"], "average_column": "avg"'), "--runs",
+          "{tmp}/runs.csv"], "table", r"experiment 't': unknown metric 'avg'; choose one of: test_acc, "),
+        (["table", "--spec", SPEC.replace('"overrides"', '"needs": "x", "overrides"'), "--runs",
+          "{tmp}/runs.csv"], "table", r"--spec is not a resolved experiment: needs: 'x' is not of type"),
+        (["figure", "--spec", FIG_SPEC, "--pdf", "{tmp}/f.pdf", "--png", "{tmp}/f.png", "--data",
+          "{tmp}/runs.csv"], "figure",
+         r"experiment 't': figure facet 'wd' is not a grid axis; grid axes: lr$"),
         (["table", "--spec", '{"id": "t", "kind": "table", "title": "T"}'], "table",
          r"--spec is not a resolved experiment: \(top level\): 'table' is a required property"),
         (["table", "--spec", SPEC, "--config", "configs/smoke.yaml", "--experiment", "table1"], "table",
