@@ -25,6 +25,7 @@ from sampa.config import (
     check_value,
     config_from_dict,
     load_config_file,
+    valid_values,
     validate,
 )
 from sampa.doctor import add_parser as add_doctor_parser
@@ -88,7 +89,7 @@ def _add_field_flag(p: argparse.ArgumentParser, name: str) -> None:
     kind, meta = FIELD_TYPES[name], FIELDS[name].metadata
     flag = f"--{name.replace('_', '-')}"
     default = getattr(RunConfig(), name)
-    help_text = f"{meta['help']} (default: {default})"
+    help_text = _help(meta, valid_values(kind, meta), default)
     if kind is bool:
         p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     elif kind in (int, float, int | None, float | None):
@@ -100,6 +101,15 @@ def _add_field_flag(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument(
             flag, dest=name, type=float, nargs=2, default=None, metavar=("B1", "B2"), help=help_text
         )
+
+
+def _help(meta: Any, valid: str, default: Any) -> str:
+    """A flag's help: its text, then what it accepts and its default (unless the text says it)."""
+    facts = [valid] if valid else []
+    if "(default:" not in meta["help"]:
+        facts.append(f"default: {default}")
+    text = f"{meta['help']} ({'; '.join(facts)})" if facts else meta["help"]
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -231,13 +241,23 @@ def _add_toy_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="CSV file for the trajectories")
     p.add_argument("--summary", help="CSV file for the per-method summary (default: printed only)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr, help="eta_0; eta_t = eta_0/(1+t)^decay")
-    p.add_argument("--decay", type=float, default=d.decay)
-    p.add_argument("--rho", type=float, default=d.rho)
-    p.add_argument("--lams", default=",".join(f"{x:g}" for x in d.lams), help="comma-separated lambdas")
-    p.add_argument("--seed", type=int, default=d.seed)
+    for name in ("steps", "lr", "decay", "rho", "seed"):
+        default = getattr(d, name)
+        p.add_argument(f"--{name}", type=type(default), default=default, help=_toy_help(name, default))
+    lams = ",".join(f"{x:g}" for x in d.lams)
+    p.add_argument("--lams", default=lams, help="comma-separated " + _toy_help("lams", lams))
     p.set_defaults(handler=_toy)
+
+
+def _toy_help(name: str, default: Any) -> str:
+    """Help of a toy flag from :class:`sampa.toy.ToySetup`'s field metadata."""
+    import dataclasses
+    import typing
+
+    from sampa.toy import ToySetup
+
+    field = next(f for f in dataclasses.fields(ToySetup) if f.name == name)
+    return _help(field.metadata, valid_values(typing.get_type_hints(ToySetup)[name], field.metadata), default)
 
 
 def _toy(args: argparse.Namespace) -> int:

@@ -100,7 +100,7 @@ class RunConfig:
 
     model: str = setting("resnet56", "network architecture", choices=_models)
     dataset: str = setting("cifar10", "dataset", choices=_datasets)
-    optimizer: str = setting("sgd", "method name (sampa.optim.METHOD_NAMES)", choices=_methods)
+    optimizer: str = setting("sgd", "method (sampa.optim.METHOD_NAMES)", choices=_methods)
     hparams: dict[str, Any] = setting({}, "method hyperparameters (rho, lam, ...)", flag=False)  # noqa: RUF009
     base_optimizer: str = setting("sgd", "base optimizer", choices=BASE_OPTIMIZERS)
     lr: float = setting(0.1, "peak learning rate", low=0.0, low_open=True)
@@ -119,8 +119,8 @@ class RunConfig:
         choices=SCHEDULES,
     )
     warmup: float = setting(
-        0.0, "linear schedule: share of all training steps spent warming up from 0", low=0.0, high=1.0,
-        high_open=True,
+        0.0, "linear schedule: fraction of all training steps spent warming up from 0 (0.1 = 10%)", low=0.0,
+        high=1.0, high_open=True,
     )  # fmt: skip
     clip_norm: float | None = setting(
         None, "clip each update direction to this global norm (null = no clipping)", low=0.0, low_open=True
@@ -129,15 +129,19 @@ class RunConfig:
         0.1, "1-s on the true class, s/(C-1) on the others", low=0.0, high=1.0, high_open=True
     )
     label_noise: float = setting(
-        0.0, "symmetric noise rate on training labels", low=0.0, high=1.0, high_open=True
+        0.0,
+        "symmetric label noise: fraction of training labels changed (0.4 = 40%)",
+        low=0.0,
+        high=1.0,
+        high_open=True,
     )
     cutout: int = setting(
-        0, "Cutout patch side in pixels, at most the image side (32 for CIFAR/synthetic; 0 = off; the "
-        "official code uses 16); CIFAR-style datasets only", low=0,
+        0, "Cutout patch side in pixels, 0 = off (the official code uses 16); at most the image side: 32 on "
+        "CIFAR and synthetic, the only datasets with Cutout", low=0,
     )  # fmt: skip
     val_fraction: float = setting(
-        0.1, "share of training samples held out for validation", low=0.0, high=1.0, low_open=True,
-        high_open=True,
+        0.1, "fraction of training samples held out for validation (0.1 = 10%)", low=0.0, high=1.0,
+        low_open=True, high_open=True,
     )  # fmt: skip
     seed: int = setting(0, "run seed (data order, initialisation, method randomness)", low=0,
                         high=SEED_LIMIT, high_open=True)  # fmt: skip
@@ -157,7 +161,7 @@ class RunConfig:
     channels_last: bool = setting(False, "model and batches in channels_last memory format")
     cudnn_benchmark: bool = setting(False, "torch.backends.cudnn.benchmark during the run")
     optimizer_impl: str = setting(
-        "default", "base optimizer kernels (default: torch's choice)",
+        "default", "base optimizer kernels (default = torch's choice)",
         choices=_fast_path_choices("OPTIMIZER_IMPLS"),
     )  # fmt: skip
     compile: str = setting(
@@ -166,7 +170,7 @@ class RunConfig:
     )  # fmt: skip
     flat_buffers: bool = setting(False, "parameters, points and gradients as one contiguous buffer each")
     dist_timeout_s: float = setting(
-        300.0, "two devices: a dead or hung rank stops the run after this long", low=0.0, low_open=True,
+        300.0, "two devices: seconds after which a dead or hung rank stops the run", low=0.0, low_open=True,
         machine=True,
     )  # fmt: skip
     data_root: str | None = setting(None, "dataset directory (default: $SAMPA_DATA, then ./data)",
@@ -321,6 +325,25 @@ def _check_numbers(name: str, value: Any, items: tuple[Any, ...], meta: Mapping[
         raise ConfigError(f"{name} must be {what} (got {value!r})")
     for i, item in enumerate(value):
         _check_float(f"{name}[{i}]", item, meta)
+
+
+def valid_values(kind: Any, meta: Mapping[str, Any]) -> str:
+    """What a field accepts, for help texts: its choices or its range ("" for booleans, paths, mappings)."""
+    choices = meta.get("choices")
+    if choices is not None:
+        return "one of: " + ", ".join(map(str, choices() if callable(choices) else choices))
+    low, high = meta.get("low"), meta.get("high")
+    if low is None and high is None:
+        return ""
+    each = "each " if typing.get_origin(kind) is tuple else ""
+    if kind in (int, int | None):
+        end = ")" if meta.get("high_open") else "]"
+        return f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}{end}"
+    lo = "(" if meta.get("low_open") or low is None else "["
+    hi = ")" if meta.get("high_open") or high is None else "]"
+    low_text = "-inf" if low is None else _fmt(low)
+    high_text = "inf" if high is None else _fmt(high)
+    return f"{each}in {lo}{low_text}, {high_text}{hi}"
 
 
 def _fmt(x: float) -> str:

@@ -35,10 +35,10 @@ class ToySetup:
 
     x0: tuple[float, ...] = setting((1.0, 1.0), "starting point")
     lr: float = setting(0.1, "eta_0; eta_t = eta_0/(1+t)^decay", low=0.0, low_open=True)
-    decay: float = setting(0.6, "step-size decay exponent", low=0.0)
-    rho: float = setting(0.1, "perturbation radius", low=0.0)
+    decay: float = setting(0.6, "step-size decay exponent (see --lr)", low=0.0)
+    rho: float = setting(0.1, "perturbation radius of every method", low=0.0)
     steps: int = setting(2000, "optimisation steps", low=2)
-    lams: tuple[float, ...] = setting((0.0, 0.2, 0.5, 1.0), "SAMPa lambdas", low=0.0, high=1.0)
+    lams: tuple[float, ...] = setting((0.0, 0.2, 0.5, 1.0), "SAMPa lambdas (a curve each)", low=0.0, high=1.0)
     seed: int = setting(0, "RandSAM's seed", low=0, high=SEED_LIMIT, high_open=True)
 
     def lr_at(self, t: int) -> float:

@@ -204,6 +204,42 @@ def test_help_shows_usage_and_every_field_flag(capsys):
     assert "--no-nesterov" in text and "--no-download" in text
 
 
+def _flag_help(argv: list[str], capsys) -> dict[str, str]:
+    """Each flag of ``argv --help`` -> its help text (one line, whatever the terminal width)."""
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    entries = re.split(r"\n  (?=-)", options)
+    return {e.split()[0].split(",")[0]: " ".join(e.split()) for e in entries if e.strip().startswith("--")}
+
+
+@pytest.mark.parametrize(
+    ("flag", "wanted"),
+    [
+        ("--schedule", "one of: cosine, cosine_iter, constant, linear; default: cosine"),
+        ("--optimizer", "one of: aesam, asam,"),
+        ("--amp", "one of: off, bf16; default: off"),
+        ("--cutout", "in pixels"),
+        ("--cutout", "an integer >= 0; default: 0"),
+        ("--label-noise", "(0.4 = 40%) (in [0, 1); default: 0.0)"),
+        ("--warmup", "fraction of all training steps"),
+        ("--val-fraction", "(in (0, 1); default: 0.1)"),
+        ("--betas", "each in [0, 1); default: (0.9, 0.999)"),
+        ("--dist-timeout-s", "seconds"),
+        ("--seed", "an integer in [0, 9223372036854775808)"),
+    ],
+)
+def test_train_help_names_units_choices_and_ranges(capsys, flag, wanted):
+    assert wanted in _flag_help(["train"], capsys)[flag]
+
+
+def test_toy_help_names_every_range(capsys):
+    helps = _flag_help(["toy"], capsys)
+    assert "an integer >= 2; default: 2000" in helps["--steps"]
+    assert "each in [0, 1]" in helps["--lams"] and "in [0, inf)" in helps["--decay"]
+    assert all("default:" in helps[f"--{n}"] for n in ("steps", "lr", "decay", "rho", "lams", "seed"))
+
+
 @pytest.mark.parametrize(
     ("argv", "command", "message"),
     [
