@@ -365,9 +365,9 @@ def _add_figure(sub: argparse._SubParsersAction) -> None:
         "--data", help="the toy trajectories CSV (plot: toy), or a runs table instead of run directories"
     )
     _run_dirs_arguments(p)
-    p.add_argument("--pdf", required=True)
-    p.add_argument("--png", required=True)
-    p.add_argument("--csv", help="the plotted data")
+    p.add_argument("--pdf", required=True, help="PDF output file (vector)")
+    p.add_argument("--png", required=True, help="PNG output file (raster), a file other than --pdf")
+    p.add_argument("--csv", help="CSV output: the plotted data")
     p.set_defaults(handler=lambda a: _run("figure", _figure, a))
 
 
