@@ -308,37 +308,28 @@ def test_fast_path_run_matches_the_reference_run(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize(
-    ("name", "fused"), [("sgd", False), ("sam", False), ("sampa", False), ("sampa", True)]
+    ("name", "fused", "dropout"),
+    [
+        ("sgd", False, False),
+        ("sam", False, False),
+        ("sampa", False, False),
+        ("sampa", True, False),
+        ("sam", False, True),  # each job's masks from its own seed (evaluation.mask_stream)
+        ("sampa", False, True),
+        ("sampa", True, True),  # the fused pass draws each replica's masks under vmap
+    ],
 )
-def test_a_step_never_synchronises_with_the_host(name, fused, flat):
+def test_a_step_never_synchronises_with_the_host(name, fused, dropout, flat):
     torch.manual_seed(0)
-    model = SmallBNNet().cuda().train()
+    model = SmallBNNet() if not dropout else nn.Sequential(SmallBNNet(), nn.Dropout(0.3))
+    model = model.cuda().train()
     base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=True)
     method = build_method(name, model, make_loss(0.1), base, executor=FusedExecutor() if fused else None)
+    assert method.masks == dropout
     if flat:
         flatten_parameters(method)
     batches = [(x.cuda(), y.cuda()) for x, y in image_batches([16] * 4)]
     method.step(*batches[0])  # first step: optimizer state is created
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for x, y in batches[1:]:
-            method.step(x, y)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["sam", "sampa"])
-def test_a_step_with_dropout_never_synchronises_with_the_host(name):
-    """Each job's dropout masks come from its own seed (``evaluation.mask_stream``): seeding and restoring
-    the CUDA generator must not wait for the device either."""
-    torch.manual_seed(0)
-    model = nn.Sequential(SmallBNNet(), nn.Dropout(0.3)).cuda().train()
-    base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=True)
-    method = build_method(name, model, make_loss(0.1), base)
-    assert method.masks
-    batches = [(x.cuda(), y.cuda()) for x, y in image_batches([16] * 4)]
-    method.step(*batches[0])
     torch.cuda.set_sync_debug_mode("error")
     try:
         for x, y in batches[1:]:
