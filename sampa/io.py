@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -123,3 +124,11 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception]
     if not isinstance(data, dict):
         raise error(f"{what} {str(path)!r} must hold a mapping")
     return data
+
+
+def stdout_closed() -> int:
+    """After a ``BrokenPipeError`` on stdout: point stdout at /dev/null (so flushing it at exit cannot
+    fail again) and return the exit status of a process ended by SIGPIPE (128 + 13)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141

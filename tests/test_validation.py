@@ -4,12 +4,18 @@ written. The train checks come from RunConfig's field types and metadata (one me
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from sampa.cli import main
 from sampa.config import FIELDS, ConfigError, RunConfig, config_from_dict, validate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: a resolved table experiment, as the workflow passes it (--spec)
 SPEC = json.dumps(
@@ -255,6 +261,8 @@ def test_toy_help_names_every_range(capsys):
          r"--summary must be another file than --out \(both '.*t.csv'\)"),
         (["aggregate", "--out", "{tmp}"], "aggregate", r"--out '.*' is a directory; give a file path"),
         (["aggregate", "--out", ""], "aggregate", r"--out is empty"),
+        (["aggregate", "--out", "{tmp}/a.csv", "{tmp}/runs/*/seed*"], "aggregate",
+         r"RUN '.*/runs/\*/seed\*' is a shell pattern that matched nothing \(no run directory\)$"),
         (["table", "--spec", "[1]"], "table", r"--spec must be a JSON object \(got list\)"),
         (["table", "--spec", '{"id": "t"}'], "table", r"--spec must be a resolved experiment"),
         (["table", "--spec", SPEC], "table", r"give run directories or --runs"),
@@ -335,3 +343,18 @@ def test_settings_mapping_round_trip(tmp_path):
     """A valid config survives JSON (the workflow's --settings) unchanged."""
     cfg = RunConfig(model="tinycnn", dataset="synthetic", betas=(0.8, 0.99), nesterov=True, device="cpu")
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == validate(cfg)
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):
+    """`python -m sampa plan ... | head -1`: stdout closed before the output is written, no error line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sampa", "plan", "--config", str(ROOT / "configs" / "smoke.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+    )
+    proc.stdout.close()  # the reader is gone before the plan is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""

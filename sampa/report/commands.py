@@ -151,6 +151,10 @@ def _run(command: str, handler: Any, args: argparse.Namespace) -> int:
             raise
         print(f"sampa {command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as a pipe's writer does
+        from sampa import io
+
+        return io.stdout_closed()
     except OSError as err:  # a write failed: permission, no space, not a directory
         print(f"sampa {command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 1
@@ -305,8 +309,12 @@ def _add_aggregate(sub: argparse._SubParsersAction) -> None:
 
 
 def _aggregate(args: argparse.Namespace) -> int:
+    from sampa.experiments import PlanError
     from sampa.report.runs import collect_epochs, collect_runs, write_csv
 
+    unmatched = next((run for run in args.runs if set("*?[") & set(run) and not Path(run).exists()), None)
+    if unmatched is not None:  # an absent run is a missing run; this is none: the shell kept the pattern
+        raise PlanError(f"RUN {unmatched!r} is a shell pattern that matched nothing (no run directory)")
     frame = collect_runs(args.runs, args.runs_root)
     write_csv(frame, args.out)
     if args.epochs_out:
