@@ -39,6 +39,7 @@ from sampa.optim.evaluation import (
     base_step,
     draws_masks,
     frozen_bn_stats,
+    held_tensors,
     laid_out_like,
     model_forward,
     optimized_parameters,
@@ -117,11 +118,6 @@ def _check_arguments(model: Any, loss_fn: Any, base_optimizer: Any) -> None:
         )
 
 
-def _held(optimizer: torch.optim.Optimizer) -> list[Tensor]:
-    """Every tensor the optimizer holds, in its order."""
-    return [p for group in optimizer.param_groups for p in group["params"]]
-
-
 @never_compiled  # traced, it would guard on the whole param_groups (learning rates: recompiles)
 def _setup_problem(method: Method) -> str | None:
     """What makes a step wrong that its arguments do not show, as a one-line message (None: nothing)."""
@@ -179,7 +175,7 @@ class Method:
         self.model, self.loss_fn, self.base_optimizer = model, loss_fn, base_optimizer
         self.executor: Executor = executor if executor is not None else SequentialExecutor()
         self.params, self.param_names = optimized_parameters(model, base_optimizer)
-        self._held = _held(base_optimizer)  # what self.params was chosen from (requires_grad at build)
+        self._held = held_tensors(base_optimizer)  # what self.params was chosen from (requires_grad at build)
         self._held_flags = [p.requires_grad for p in self._held]
         self.step_count = 0
         self.epoch, self.epochs, self.steps_per_epoch = 0, 0, 0  # set by start_epoch

@@ -312,12 +312,17 @@ def base_step(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step()
 
 
+def held_tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """Every tensor the optimizer holds, trainable or not, in its order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def optimized_parameters(
     model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[list[Tensor], list[str]]:
     """The optimizer's trainable parameters (in its order) and their names in the model."""
     names = {id(p): n for n, p in model.named_parameters()}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    params = held_tensors(optimizer)
     strangers = [p for p in params if id(p) not in names]
     if strangers:
         raise ValueError(
