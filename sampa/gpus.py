@@ -65,14 +65,13 @@ def has_nvml_bindings() -> bool:
 
 def lock_dir(path: str | os.PathLike | None = None) -> Path:
     """The lock directory: ``path``, else ``$SAMPA_GPU_LOCK_DIR``, else /tmp/sampa-gpu-locks."""
-    source = (
-        "--gpu-lock-dir"
-        if path
-        else f"${LOCK_DIR_ENV}"
-        if os.environ.get(LOCK_DIR_ENV)
-        else "the default lock directory"
+    choices = (
+        ("--gpu-lock-dir", path),
+        (f"${LOCK_DIR_ENV}", os.environ.get(LOCK_DIR_ENV)),
+        ("the default lock directory", DEFAULT_LOCK_DIR),
     )
-    chosen = Path(path or os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
+    source, value = next((source, value) for source, value in choices if value)
+    chosen = Path(value)
     try:
         chosen.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as err:  # a file, no permission, a NUL byte
