@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +47,11 @@ NEEDS_DATA = "needs data"
 DATA_READY = "ready"
 POLL_S = 5.0
 INTERRUPTS = (signal.SIGTERM, signal.SIGINT)  # what a user or a scheduler stops a job with
+#: on SLURM, a training job stops its run this long before the job's time limit (at most half the time
+#: it has): time to record and exit, as SLURM reports a job still running at its limit as TIMEOUT,
+#: which Snakemake treats as a failed job whatever the job recorded. $SAMPA_STOP_BEFORE_LIMIT_S overrides
+STOP_BEFORE_LIMIT_S = 120.0
+STOP_ENV = "SAMPA_STOP_BEFORE_LIMIT_S"
 
 
 class JobError(ValueError):
@@ -136,6 +143,7 @@ def run_training(
         reasons = "; ".join(_read(r).get("reason", f"{r} not found") for r in missing)
         print(f"not trained: {reasons}", file=sys.stderr, flush=True)
         return {"status": NEEDS_DATA, "reason": reasons}
+    stop_at = _stop_time(os.environ)
     command = [*launcher, python, "-m", "sampa", "train", *train_args, "--out", str(out)]
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     watch = MachineWatch(os.getpid())
@@ -143,11 +151,18 @@ def run_training(
     received = _forward_signals(child)
     tail = _TailReader()
     watch.sample()
+    stopped = False
     while True:
+        wait = POLL_S if stop_at is None else max(0.0, min(POLL_S, stop_at - time.monotonic()))
         try:
-            child.wait(timeout=POLL_S)
+            child.wait(timeout=wait)
             break
         except subprocess.TimeoutExpired:
+            if stop_at is not None and time.monotonic() >= stop_at and not received:
+                print("stopping the run before the job's time limit", file=sys.stderr, flush=True)
+                stopped = True
+                received.append(signal.SIGTERM)
+                child.send_signal(signal.SIGTERM)
             watch.sample()
     code = child.returncode
     record: dict[str, Any] = {"returncode": code, "shared": watch.record()}
@@ -157,17 +172,57 @@ def run_training(
     signum = received[-1] if received else _interrupt_signal(code)
     if signum is not None and not last_attempt:  # interrupted: let Snakemake retry
         sys.exit(128 + signum)
-    return {"status": FAILED, "reason": _failure(code, signum, tail), **record}
+    return {"status": FAILED, "reason": _failure(code, signum, tail, stopped), **record}
 
 
-def _failure(code: int, interrupt: int | None, tail: _TailReader) -> str:
+def _failure(code: int, interrupt: int | None, tail: _TailReader, stopped: bool = False) -> str:
     """Why a run failed: interrupted on its last attempt, killed by a signal, or its last error line."""
+    if stopped:
+        return "stopped before the job's time limit on its last attempt (no retries left)"
     if interrupt is not None:
         return f"interrupted by {signal.Signals(interrupt).name} on its last attempt (no retries left)"
     if code < 0:
         hint = " (out of memory, or kill -9)" if -code == signal.SIGKILL else ""
         return f"killed by {_signal_name(-code)}{hint}"
     return tail.last_line()
+
+
+def _stop_time(environ: Mapping[str, str]) -> float | None:
+    """When (``time.monotonic()``) a SLURM job stops its run: :data:`STOP_BEFORE_LIMIT_S` (at most half
+    the time left) before its time limit, which ``squeue`` tells; None outside SLURM or without a limit."""
+    raw = environ.get(STOP_ENV, str(STOP_BEFORE_LIMIT_S))
+    try:
+        before = float(raw)
+    except ValueError:
+        before = -1.0
+    if not 0 <= before < math.inf:
+        raise JobError(f"environment variable {STOP_ENV} must be a number of seconds >= 0 (got {raw!r})")
+    left = slurm_time_left(environ)
+    return None if left is None else time.monotonic() + left - min(before, left / 2)
+
+
+def slurm_time_left(environ: Mapping[str, str]) -> float | None:
+    """Seconds the SLURM job ``$SLURM_JOB_ID`` has left (``squeue -o %L``); None outside SLURM, without
+    a time limit, or when squeue cannot tell."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        answer = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job, "--format=%L"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return _slurm_duration(answer.stdout.strip()) if answer.returncode == 0 else None
+
+
+def _slurm_duration(text: str) -> float | None:
+    """SLURM's [days-][hours:]minutes:seconds as seconds; None for anything else (UNLIMITED, NOT_SET)."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text)
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def _interrupt_signal(returncode: int) -> int | None:
@@ -259,6 +314,17 @@ def retries_of(environ: Mapping[str, str], default: int) -> int:
     if not raw.isdigit():
         raise JobError(f"environment variable {RETRIES_ENV} must be an integer >= 0 (got {raw!r})")
     return int(raw)
+
+
+def rejoin_run_wildcard(wildcards: Mapping[str, str]) -> dict[str, str]:
+    """A training job's ``run`` wildcard as the main process sent it to a cluster node. Snakemake passes
+    a job to its node as ``--target-jobs 'train_run:run="a/b=1,c=2/seed0"'`` and splits that at every
+    comma (snakemake issue #2366), so the node gets ``{"run": "a/b=1", "c": "2/seed0"}``; a run path's
+    commas only ever separate ``key=value`` settings, so the pieces join back in order."""
+    if "run" not in wildcards or len(wildcards) == 1:
+        return dict(wildcards)
+    pieces = [f"{key}={value}" for key, value in wildcards.items() if key != "run"]
+    return {"run": ",".join([wildcards["run"], *pieces])}
 
 
 def download_allowed(environ: Mapping[str, str]) -> bool:

@@ -302,3 +302,56 @@ def test_the_retry_count_from_the_main_process_is_read_or_a_one_line_error():
     assert jobs.retries_of({jobs.RETRIES_ENV: "2"}, 0) == 2
     with pytest.raises(jobs.JobError, match=r"SAMPA_WORKFLOW_RETRIES must be an integer >= 0 \(got 'two'\)"):
         jobs.retries_of({jobs.RETRIES_ENV: "two"}, 0)
+
+
+def test_a_run_path_split_at_its_commas_on_the_way_to_a_node_is_joined_back():
+    """Snakemake sends a cluster job its target as `--target-jobs` and splits that at every comma
+    (snakemake#2366): the round trip through Snakemake's own encoder and parser, then the repair."""
+    from snakemake.target_jobs import parse_target_jobs_cli_args
+    from snakemake_interface_executor_plugins.utils import TargetSpec, encode_target_jobs_cli_args
+
+    for run in (
+        "cifar10/resnet56/sam/rho=0.05/epochs=2,lr=0.1,synthetic_noise=0.15/seed0",
+        "a/b/sgd/default/c/seed1",
+    ):
+        sent = encode_target_jobs_cli_args([TargetSpec("train_run", {"run": run})])
+        (got,) = parse_target_jobs_cli_args(sent)
+        assert jobs.rejoin_run_wildcard(got.wildcards_dict) == {"run": run}
+    assert jobs.rejoin_run_wildcard({"dataset": "cifar10"}) == {"dataset": "cifar10"}
+
+
+@pytest.mark.parametrize("last_attempt", [0, 1])
+def test_a_slurm_job_stops_its_run_before_the_time_limit(tmp_path, last_attempt):
+    """SLURM reports a job still running at its limit as TIMEOUT, a failed job whatever it recorded: the
+    job asks squeue for its time left and stops the run itself before (here 4 s left, stop 2 s before)."""
+    out, log = tmp_path / "runs/r", tmp_path / "r.log"
+    squeue = tmp_path / "bin/squeue"
+    squeue.parent.mkdir()
+    squeue.write_text('#!/bin/sh\n[ "$*" = "--noheader --jobs 77 --format=%L" ] && echo 0:04\n')
+    squeue.chmod(0o755)
+    env = {
+        "SLURM_JOB_ID": "77",
+        jobs.STOP_ENV: "2",
+        "PATH": f"{squeue.parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    settings = json.dumps(TINY | {"epochs": 1000})
+    args = ["train", "--out", str(out), "--last-attempt", str(last_attempt), "--", "--settings", settings]
+    start = time.monotonic()
+    proc = run_job(*args, log=log, env=env)
+    assert time.monotonic() - start < 60, log.read_text()
+    assert "stopping the run before the job's time limit" in log.read_text()
+    assert proc.returncode == (0 if last_attempt else 128 + signal.SIGTERM), log.read_text()
+    if last_attempt:
+        reason = json.loads((out / jobs.OUTCOME).read_text())["reason"]
+        assert reason == "stopped before the job's time limit on its last attempt (no retries left)"
+    assert not (out / "metrics.json").exists()
+
+
+def test_the_time_a_slurm_job_has_left_and_a_bad_stop_setting():
+    assert jobs._slurm_duration("1-02:03:04") == 93784 and jobs._slurm_duration("4:05") == 245
+    assert jobs._slurm_duration("UNLIMITED") is None and jobs._slurm_duration("NOT_SET") is None
+    assert jobs.slurm_time_left({}) is None  # not a SLURM job: no stop of its own
+    with pytest.raises(
+        jobs.JobError, match=r"SAMPA_STOP_BEFORE_LIMIT_S must be a number of seconds >= 0 \(got '-1'\)"
+    ):
+        jobs._stop_time({jobs.STOP_ENV: "-1"})

@@ -74,11 +74,42 @@ else:
     os.environ.update(SAMPA_PYTHON=shlex.quote(config.get("python") or sys.executable))
 TIMING = PLAN.timing_runs() if config.get("protect_timing", False) else set()
 
-# a failed run or an unavailable dataset is a record, not a result: forget it, so it is retried
-jobs.forget_failures(
-    [Path(RUNS_ROOT, path) for path in RUNS],
-    [Path(DATA_RECORDS, f"{dataset}.json") for dataset in PLAN.prepared_datasets()],
-)
+
+def rejoin_split_runs(workflow):
+    """On a cluster node, give the training job its whole run path back: Snakemake splits the path it
+    sends with `--target-jobs` at every comma (sampa.jobs.rejoin_run_wildcard; snakemake issue #2366),
+    so every run with a comma in its path failed on every attempt. Snakemake hands the parsed targets
+    to the workflow after this file is read: the repair happens when they are assigned."""
+
+    def repaired(settings):
+        if settings is not None and settings.target_jobs:
+            settings.target_jobs = [
+                type(spec)(spec.rulename, jobs.rejoin_run_wildcard(spec.wildcards_dict))
+                if spec.rulename == "train_run"
+                else spec
+                for spec in settings.target_jobs
+            ]
+        return settings
+
+    def assign(self, settings):
+        self.__dict__["dag_settings"] = repaired(settings)
+
+    cls = type(workflow)
+    settings = property(lambda self: self.__dict__.get("dag_settings"), assign)
+    workflow.__class__ = type(cls.__name__, (cls,), {"dag_settings": settings})
+    repaired(workflow.dag_settings)
+
+
+# a failed run or an unavailable dataset is a record, not a result: forget it, so it is retried. Only
+# in the process that Snakemake was started as: a job on a cluster node reads this file too, and would
+# delete the records of runs that failed earlier in the same invocation, which the tables wait for
+if workflow.remote_exec or workflow.subprocess_exec:
+    rejoin_split_runs(workflow)
+else:
+    jobs.forget_failures(
+        [Path(RUNS_ROOT, path) for path in RUNS],
+        [Path(DATA_RECORDS, f"{dataset}.json") for dataset in PLAN.prepared_datasets()],
+    )
 
 # GPUs: `--resources gpu=N` bounds concurrent GPU jobs; without it, use the GPUs of this machine, or
 # those CUDA_VISIBLE_DEVICES names (a workflow profile is static YAML and cannot detect them). Which GPU a job gets is decided by

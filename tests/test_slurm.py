@@ -1,0 +1,180 @@
+"""The workflow through the real SLURM executor plugin, on this machine: a fake SLURM
+(tests/fake_slurm/) runs each sbatch job here, enforces its time limit as slurmd does (scaled down:
+``FAKE_SLURM_MINUTE_S`` seconds a SLURM minute) and answers the plugin's sacct queries.
+
+The slow test runs three runs in one invocation of ``snakemake --profile profiles/slurm``: one killed
+by its time limit in attempt 1 after two epochs (retried with the longer limit, it resumes and ends as
+the uninterrupted run), one that no attempt can finish (its last attempt is recorded as a failed run
+and the next invocation retries it), and one that fails by itself (recorded at once, not retried).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_crash import log_rows, outcome
+from test_workflow import REPO, SNAKEFILE, job_counts, mini_config, snakemake, write_config
+
+from sampa import experiments as ex
+from sampa import jobs
+
+pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
+
+FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
+PROFILE = ["--profile", str(REPO / "profiles" / "slurm")]
+MINUTE_S = 2.0  # a 15-minute limit is 30 s here
+FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]
+
+
+def test_a_job_on_a_cluster_node_trains_the_run_whose_path_has_commas(tmp_path):
+    """The node gets its target from `--target-jobs`, which Snakemake splits at commas (snakemake#2366):
+    the node must plan the whole run path, not the piece before its first comma."""
+    from snakemake_interface_executor_plugins.utils import TargetSpec, encode_target_jobs_cli_args
+
+    config = str(REPO / "configs" / "smoke.yaml")
+    run = ex.plan(ex.load_config(config)).runs["table1"][0].path
+    assert "," in run
+    (target,) = encode_target_jobs_cli_args([TargetSpec("train_run", {"run": run})])
+    node = ["--mode", "remote", "--retries", "0", "--attempt", "1", "--target-jobs", target]
+    out = snakemake("-n", "-p", "--configfile", config, *node, cwd=tmp_path).stdout
+    assert f"--out results/runs/{run} " in out
+
+
+def test_a_job_on_a_node_keeps_the_failure_records_that_the_tables_wait_for(tmp_path):
+    """Forgetting failed runs (so they are retried) is for the start of an invocation: a job that starts
+    on a node later must not delete the record of a run that failed earlier in the same invocation."""
+    from snakemake_interface_executor_plugins.utils import TargetSpec, encode_target_jobs_cli_args
+
+    config = str(REPO / "configs" / "smoke.yaml")
+    failed, other = (run.path for run in ex.plan(ex.load_config(config)).runs["table1"][:2])
+    record = tmp_path / "results/runs" / failed / jobs.OUTCOME
+    record.parent.mkdir(parents=True)
+    record.write_text('{"status": "failed", "reason": "an error"}')
+    (target,) = encode_target_jobs_cli_args([TargetSpec("train_run", {"run": other})])
+    node = ["--mode", "remote", "--retries", "0", "--attempt", "1", "--target-jobs", target]
+    snakemake("-n", "--configfile", config, *node, cwd=tmp_path)
+    assert record.exists()
+    snakemake("-n", "--configfile", config, cwd=tmp_path)  # a new invocation retries the run
+    assert not record.exists()
+
+
+def slurm_config() -> dict:
+    """Three SGD runs of the smoke model with time limits from a minute an epoch (15 minutes at least):
+    10 epochs (30 minutes); 3 epochs of one-image steps on 20 times the data (15 minutes, not enough
+    here in two attempts); 2 epochs in a broken run directory (15 minutes)."""
+    config = mini_config() | {"name": "slurm", "seeds": [0], "runtime": {"tinycnn": 1}}
+    table = {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]}
+    endless = {"epochs": 3, "batch_size": 1, "synthetic_train_size": 25600}
+    arms = [
+        {"label": "SGD-10", "optimizer": "sgd", "run": {"epochs": 10}},
+        {"label": "SGD-slow", "optimizer": "sgd", "run": endless},
+        {"label": "SGD-2", "optimizer": "sgd", "run": {"epochs": 2}},
+    ]
+    config["experiments"] = {"t": {"kind": "table", "title": "t", "arms": arms, "table": table}}
+    return config
+
+
+def fake_slurm_env(state: Path) -> dict[str, str]:
+    state.mkdir()
+    return {
+        "PATH": f"{FAKE_SLURM}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_SLURM_DIR": str(state),
+        "FAKE_SLURM_MINUTE_S": str(MINUTE_S),
+        "FAKE_SLURM_KILL_WAIT_S": "3",
+        jobs.STOP_ENV: "5",  # the job stops its run 5 s (not 120 s) before its 30-s limit
+    }
+
+
+def submissions(state: Path, run: str) -> list[dict]:
+    """The sbatch requests of a run's jobs, in order, with their final state and environment."""
+    found = []
+    for job in sorted((p for p in state.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        if f'run="{run}"' in (job / "script").read_text():
+            request = json.loads((job / "request.json").read_text())
+            env = json.loads((job / "env.json").read_text())
+            found.append({**request, "id": job.name, "state": (job / "state").read_text(), "env": env})
+    return found
+
+
+def time_out_after_two_epochs(state: Path, work: Path, run: str, env: dict[str, str], workflow) -> None:
+    """Once the run has logged two epochs, its job's time is up (`scontrol update ... TimeLimit=0`)."""
+    log, deadline = work / "results/runs" / run / "log.jsonl", time.monotonic() + 300
+    while workflow.poll() is None and time.monotonic() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            (job,) = submissions(state, run)
+            update = ["scontrol", "update", f"JobId={job['id']}", "TimeLimit=0"]
+            subprocess.run(update, env={**os.environ, **env}, check=True)
+            return
+        time.sleep(0.2)
+    raise AssertionError("the run never logged two epochs in its first attempt")
+
+
+@pytest.mark.slow
+def test_runs_survive_time_limits_and_failures_of_slurm_jobs(tmp_path):
+    config = str(write_config(tmp_path / "slurm.yaml", slurm_config()))
+    plan = ex.plan(ex.load_config(config))
+    resumed, endless, broken = (run.path for run in plan.runs["t"])
+    work, state = tmp_path / "work", tmp_path / "slurm"
+    env = fake_slurm_env(state)
+    (work / "results/runs" / broken).mkdir(parents=True)
+    (work / "results/runs" / broken / "config.json").write_text("{ damaged")  # fails at start
+
+    args = [*PROFILE, "--configfile", config, "--retries", "1", *FAST_POLLING, "--latency-wait", "5"]
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work), *args]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    with open(tmp_path / "snakemake.log", "w") as log:
+        workflow = subprocess.Popen(command, cwd=work, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            time_out_after_two_epochs(state, work, resumed, env, workflow)
+            workflow.wait(timeout=600)
+        finally:
+            workflow.kill()
+    out = (tmp_path / "snakemake.log").read_text()
+    assert workflow.returncode == 0, out[-6000:]
+
+    # every job learnt the main process's retry count (sbatch --export=ALL)
+    assert {job["env"].get(jobs.RETRIES_ENV) for job in submissions(state, resumed)} == {"1"}
+
+    # a: killed in attempt 1, retried with twice the time limit, resumed, same result as without the kill
+    first, second = submissions(state, resumed)
+    assert (first["time"], first["state"], second["time"], second["state"]) == (
+        30,
+        "TIMEOUT",
+        60,
+        "COMPLETED",
+    )
+    run_dir = work / "results/runs" / resumed
+    assert json.loads((run_dir / jobs.OUTCOME).read_text())["status"] == "complete"
+    assert [row["epoch"] for row in log_rows(run_dir)] == list(range(1, 11))  # none twice
+    assert json.loads((run_dir / "metrics.json").read_text())["provenance"]["resumes"] == 1
+    reference = tmp_path / "reference"
+    settings = json.dumps(plan.unique_runs()[resumed].settings)
+    train = ["-m", "sampa", "train", "--settings", settings, "--gpus", "0", "--threads", "1", "--out"]
+    subprocess.run([sys.executable, *train, str(reference)], env=full_env, check=True, capture_output=True)
+    assert log_rows(run_dir) == log_rows(reference) and outcome(run_dir) == outcome(reference)
+
+    # b: the run stops itself before the limit in both attempts: attempt 1 fails the job (retried), the
+    # last one ends the job normally with the run recorded as failed, so the tables still come
+    first, second = submissions(state, endless)
+    assert (first["time"], first["state"], second["time"], second["state"]) == (15, "FAILED", 30, "COMPLETED")
+    record = json.loads((work / "results/runs" / endless / jobs.OUTCOME).read_text())
+    assert record["status"] == "failed" and "time limit on its last attempt" in record["reason"]
+    assert not (work / "results/runs" / endless / "metrics.json").exists()
+    assert "sampa workflow: 1 of 3 runs finished, 2 failed" in out
+    assert f"  failed: logs/runs/{endless}.log  (stopped before the job's time limit on its last" in out
+    assert "— (failed)" in (work / "results/slurm/tables/t.md").read_text()
+
+    # a run failing by itself: recorded at once, the job succeeds, no retry
+    (only,) = submissions(state, broken)
+    assert only["state"] == "COMPLETED"
+    assert json.loads((work / "results/runs" / broken / jobs.OUTCOME).read_text())["status"] == "failed"
+
+    # the next invocation retries both failed runs, not the finished one
+    again = snakemake("-n", *args, cwd=work, env={**env, "PYTHONPATH": str(REPO)}).stdout
+    assert job_counts(again)["train_run"] == 2
