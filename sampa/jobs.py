@@ -14,7 +14,9 @@ The job exits non-zero only when it is interrupted (it received SIGTERM or SIGIN
 limit), so Snakemake retries it; a run killed by anything else (the kernel's out-of-memory killer's
 SIGKILL, a segfault) failed by itself and is recorded as ``failed``. On its last attempt
 (``--last-attempt``: Snakemake has no retries left) an interruption is recorded as ``failed`` too, so
-a run that keeps being interrupted never blocks the tables.
+a run that keeps being interrupted never blocks the tables. Under SLURM the job stops the run itself
+:data:`STOP_BEFORE_LIMIT_S` before its time limit (``squeue``'s time left), as SLURM would end it as
+``TIMEOUT``, a failed job to Snakemake whatever it recorded.
 ``prepare-data`` does the same for a dataset (``results/data/<dataset>.json``), and :func:`summary` is
 the one-screen end of a run. :func:`placement` decides, when the workflow is planned, whether a run's ranks
 fit one cluster node (one task: our launcher starts them) or span several (``srun`` starts one task per
