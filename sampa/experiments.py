@@ -28,6 +28,7 @@ import itertools
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -234,6 +235,7 @@ def check_spec(spec: Mapping[str, Any], flag: str) -> None:
         message = schema_error({k: spec[k] for k in SPEC_KEYS if k in spec}, _spec_keys_schema())
     if message:
         raise PlanError(f"{flag} is not a resolved experiment: {message}")
+    check_cells(spec)
     if not spec.get("not_run"):  # shown as what it needs: no runs (whose extras may be missing here)
         check_layout(spec, expand_experiment(spec))
 
@@ -453,6 +455,7 @@ def runnable(spec: Mapping[str, Any], runs: list[PlannedRun]) -> list[PlannedRun
 def expand_experiment(spec: Mapping[str, Any], matched: set[int] | None = None) -> list[PlannedRun]:
     """Every run of a table or figure experiment, validated, whether or not it can run here; the indices
     of the spec's ``overrides`` that match a run are added to ``matched``."""
+    check_cells(spec)
     if not spec.get("arms"):
         return []
     axes = [(axis, _points(axis, values, spec["id"])) for axis, values in spec["grid"].items()]
@@ -463,6 +466,32 @@ def expand_experiment(spec: Mapping[str, Any], matched: set[int] | None = None) 
             cell_points = list(zip([a for a, _ in axes], points, strict=True))
             runs.append(_planned_run(spec, arm, cell_points, seed, matched if matched is not None else set()))
     return runs
+
+
+def check_cells(spec: Mapping[str, Any]) -> None:
+    """The experiment's id names its files and each arm's label its own cells: an id of letters, digits,
+    '-' and '_' (as the config's experiment names), labels without '/' and no two arms with one label
+    (their runs would fill the same table cells); one-line :class:`PlanError` otherwise."""
+    pattern = load_schema()["properties"]["experiments"]["propertyNames"]["pattern"]
+    if not re.fullmatch(pattern, spec["id"]):
+        raise PlanError(
+            f"experiment id {spec['id']!r} names files (tables/<id>.md): use letters, digits, '-' and '_'"
+        )
+    labels = [arm["label"] for arm in spec.get("arms", [])]
+    where = f"experiment {spec['id']!r}"
+    slashed = next((label for label in labels if "/" in label), None)
+    if slashed is not None:
+        raise PlanError(f"{where}: arm label {slashed!r} has a '/'; use another character (e.g. '-')")
+    twice = _first_repeated(labels)
+    if twice is not None:
+        raise PlanError(
+            f"{where}: two arms are labelled {twice!r} (one table cell for both); give each its own label "
+            f"(labels: {', '.join(labels)})"
+        )
+
+
+def _first_repeated(labels: list[str]) -> str | None:
+    return next((label for label, count in Counter(labels).items() if count > 1), None)
 
 
 def _points(axis: str, values: Any, experiment: str) -> list[dict[str, Any]]:
@@ -487,6 +516,12 @@ def _points(axis: str, values: Any, experiment: str) -> list[dict[str, Any]]:
         else:
             setting = {"run": {axis: value}, "hparams": {}}
         points.append({"label": axis_label(axis, value), "value": value, **setting})
+    twice = _first_repeated([point["label"] for point in points])
+    if twice is not None:
+        raise PlanError(
+            f"experiment {experiment!r}: grid axis {axis!r} has two points labelled {twice!r} "
+            "(one table cell for both); list each value once"
+        )
     return points
 
 

@@ -174,6 +174,17 @@ def test_gpus_per_run():
             r"^overrides\[0\]: when .*'label_noise': 0.9\} matches no run of any experiment$",
         ),
         ({"experiments__t1__grid": {"label_noise": []}}, "should be non-empty"),
+        # two arms with one label, or two grid points with one label, would fill the same table cells
+        (
+            {"arms__sam__label": "SGD"},
+            r"^experiment 't1': two arms are labelled 'SGD' \(one table cell for both\); .*"
+            r"\(labels: SGD, SGD, SAMPa-0.2\)$",
+        ),
+        (
+            {"experiments__t1__grid": {"label_noise": [0.4, "4e-1"]}},
+            r"^experiment 't1': grid axis 'label_noise' has two points labelled '40%'",
+        ),
+        ({"arms__sam__label": "SAM/0.05"}, r"^experiment 't1': arm label 'SAM/0.05' has a '/'"),
         ({"run__epochs": 0}, r"epochs must be an integer >= 1 \(got 0\)"),
         # table and figure settings: checked when the plan is built, not when the table is made
         (
@@ -367,6 +378,25 @@ def _planned_table1() -> dict:
 def test_check_spec_checks_what_plan_adds(change, message):
     with pytest.raises(ex.PlanError, match=r"^--spec is not a resolved experiment: " + message):
         ex.check_spec({**_planned_table1(), **change}, "--spec")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda spec: spec.update(id="table/1"), r"^experiment id 'table/1' names files .*: use letters, "),
+        (lambda spec: spec.update(id="table 1"), r"^experiment id 'table 1' names files"),
+        (
+            lambda spec: spec["arms"][1].update(label=spec["arms"][0]["label"]),
+            r"^experiment 'table1': two arms are labelled 'SGD'",
+        ),
+        (lambda spec: spec["arms"][0].update(label="S/GD"), r"^experiment 'table1': arm label 'S/GD' has"),
+    ],
+)
+def test_check_spec_refuses_ids_and_labels_that_break_files_or_cells(change, message):
+    spec = _planned_table1()
+    change(spec)
+    with pytest.raises(ex.PlanError, match=message):
+        ex.check_spec(spec, "--spec")
 
 
 def test_a_planned_spec_knows_its_methods_hyperparameters_without_torch():
