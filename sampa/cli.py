@@ -29,11 +29,18 @@ from sampa.config import (
     validate,
 )
 from sampa.doctor import add_parser as add_doctor_parser
+from sampa.ranges import RHO, SAMPA_LAM
 from sampa.report.commands import OneLineParser
 from sampa.report.commands import add_parsers as add_report_parsers
 
 #: RunConfig fields with a command-line flag (``--name-with-dashes``), from the fields' metadata
 FLAG_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["flag"])
+#: the method hyperparameters with a flag of their own: help and the range the methods check
+#: (:mod:`sampa.ranges`), as a RunConfig field's metadata; their defaults are each method's
+HPARAM_FLAGS = {
+    "rho": {"help": "perturbation radius, a method hyperparameter", **RHO},
+    "lam": {"help": "SAMPa's interpolation lambda, a method hyperparameter", **SAMPA_LAM},
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,8 +81,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu-lock-dir", help="lock directory for --gpus (default $SAMPA_GPU_LOCK_DIR or /tmp)")
     for name in FLAG_FIELDS:
         _add_field_flag(p, name)
-    p.add_argument("--rho", type=float, help="perturbation radius (method hyperparameter)")
-    p.add_argument("--lam", type=float, help="SAMPa interpolation lambda in [0, 1]")
+    for name, meta in HPARAM_FLAGS.items():
+        help_text = _help(meta, valid_values(float, meta), "the method's")
+        p.add_argument(f"--{name}", type=float, help=help_text)
     p.add_argument(
         "--hp",
         action="append",
@@ -127,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     check_value("hparams", hparams, FIELD_TYPES["hparams"], FIELDS["hparams"].metadata)
     hparams = dict(hparams)
     hparams |= _parse_hparams(args.hp)
-    for key in ("rho", "lam"):
+    for key in HPARAM_FLAGS:
         if getattr(args, key) is not None:
             hparams[key] = getattr(args, key)
     values["hparams"] = hparams

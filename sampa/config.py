@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sampa import io
+from sampa.ranges import interval
 
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "cosine_iter", "constant", "linear")
@@ -291,8 +292,7 @@ def _check_int(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
         raise ConfigError(f"{name} must be an integer >= {low} (got {value!r})")
     if high is not None and (value >= high if meta.get("high_open") else value > high):
-        end = ")" if meta.get("high_open") else "]"
-        raise ConfigError(f"{name} must be an integer in [{low}, {high}{end} (got {value!r})")
+        raise ConfigError(f"{name} must be an integer in {_span(meta)} (got {value!r})")
 
 
 def _check_float(name: str, value: Any, meta: Mapping[str, Any]) -> None:
@@ -305,8 +305,7 @@ def _check_float(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     too_low = value <= low if meta.get("low_open") else value < low
     too_high = value >= high if meta.get("high_open") else value > high
     if too_low or too_high:
-        lo, hi = "(" if meta.get("low_open") else "[", ")" if meta.get("high_open") else "]"
-        raise ConfigError(f"{name} must be in {lo}{_fmt(low)}, {_fmt(high)}{hi} (got {value!r})")
+        raise ConfigError(f"{name} must be in {_span(meta)} (got {value!r})")
 
 
 def _is_mapping(value: Any) -> bool:
@@ -337,19 +336,14 @@ def valid_values(kind: Any, meta: Mapping[str, Any]) -> str:
         return ""
     each = "each " if typing.get_origin(kind) is tuple else ""
     if kind in (int, int | None):
-        end = ")" if meta.get("high_open") else "]"
-        return f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}{end}"
-    lo = "(" if meta.get("low_open") or low is None else "["
-    hi = ")" if meta.get("high_open") or high is None else "]"
-    low_text = "-inf" if low is None else _fmt(low)
-    high_text = "inf" if high is None else _fmt(high)
-    return f"{each}in {lo}{low_text}, {high_text}{hi}"
+        return f"an integer >= {low}" if high is None else f"an integer in {_span(meta)}"
+    return f"{each}in {_span(meta)}"
 
 
-def _fmt(x: float) -> str:
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:g}"
+def _span(meta: Mapping[str, Any]) -> str:
+    """A field's range as every message and help text writes it (:func:`sampa.ranges.interval`)."""
+    open_ends = {"low_open": bool(meta.get("low_open")), "high_open": bool(meta.get("high_open"))}
+    return interval(meta.get("low"), meta.get("high"), **open_ends)
 
 
 def _check_extras(cfg: RunConfig) -> None:

@@ -58,7 +58,7 @@ ROWS: tuple[MethodRow, ...] = (
         {"rho": 0.05},
         SAM_PASSES,
         (
-            ({"rho": -0.1}, r"rho must be in \[0, inf\] \(got -0.1\)"),
+            ({"rho": -0.1}, r"rho must be in \[0, inf\) \(got -0.1\)"),
             ({"rho": float("inf")}, r"rho must be a finite number \(got inf\)"),
             ({"lam": 0.2}, "unknown hyperparameter 'lam' for method 'sam'; valid: rho, eps"),
         ),
@@ -77,9 +77,9 @@ ROWS: tuple[MethodRow, ...] = (
         configs=({}, {"lam": 0.0}, {"diagnostics_every": 2}),
     ),
     MethodRow(
-        "randsam", "RandSAM", {}, SGD_PASSES, (({"rho": -1.0}, r"rho must be in \[0, inf\]"),), random=True
+        "randsam", "RandSAM", {}, SGD_PASSES, (({"rho": -1.0}, r"rho must be in \[0, inf\)"),), random=True
     ),
-    MethodRow("optsam", "OptSAM", {}, SGD_PASSES, (({"rho": -1.0}, r"rho must be in \[0, inf\]"),)),
+    MethodRow("optsam", "OptSAM", {}, SGD_PASSES, (({"rho": -1.0}, r"rho must be in \[0, inf\)"),)),
     # efficient variants
     MethodRow(
         "looksam",
@@ -91,7 +91,7 @@ ROWS: tuple[MethodRow, ...] = (
             ({"k": 2.5}, r"k must be an integer >= 1 \(got 2.5\)"),
             ({"alpha": 1.5}, r"alpha must be in \[0, 1\] \(got 1.5\)"),
             ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
-            ({"rho": -1.0}, r"rho must be in \[0, inf\]"),
+            ({"rho": -1.0}, r"rho must be in \[0, inf\)"),
             ({"beta": 0.5}, r"unknown hyperparameter 'beta' for method 'looksam'; valid: rho, eps, k, alpha"),
         ),
         hparams={"k": 3},
@@ -117,8 +117,8 @@ ROWS: tuple[MethodRow, ...] = (
         SGD_PASSES,
         (
             ({"lag": 0}, r"lag must be an integer >= 1 \(got 0\)"),
-            ({"temperature": 0.0}, r"temperature must be in \(0, inf\]"),
-            ({"lam": -0.3}, r"lam must be in \[0, inf\]"),
+            ({"temperature": 0.0}, r"temperature must be in \(0, inf\)"),
+            ({"lam": -0.3}, r"lam must be in \[0, inf\)"),
             ({"e_start": -1}, r"e_start must be an integer >= 0"),
         ),
         hparams={"e_start": 1, "lag": 1},
@@ -177,7 +177,7 @@ ROWS: tuple[MethodRow, ...] = (
             ({"max_rate": 0.01}, r"window \* max_rate must be >= 1"),
             ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
             ({"reuse_steps": -1}, r"reuse_steps must be an integer >= 0"),
-            ({"alpha_norm": -0.1}, r"alpha_norm must be in \[0, inf\]"),
+            ({"alpha_norm": -0.1}, r"alpha_norm must be in \[0, inf\)"),
         ),
         hparams={"window": 4, "var_blocks": 2, "warmup_epochs": 1},
         configs=({}, {"reuse_steps": 0}),
@@ -203,7 +203,7 @@ ROWS: tuple[MethodRow, ...] = (
         {"rho": 0.05},
         SAM_PASSES,
         (
-            ({"rho": -1.0}, r"rho must be in \[0, inf\] \(got -1.0\)"),
+            ({"rho": -1.0}, r"rho must be in \[0, inf\) \(got -1.0\)"),
             ({"lam": 0.2}, "unknown hyperparameter 'lam' for method 'samdb'; valid: rho, eps"),
         ),
         configs=({}, {"rho": 0.1}),
@@ -225,7 +225,7 @@ ROWS: tuple[MethodRow, ...] = (
         "ASAM",
         {"rho": 0.5, "eta": 0.01},
         SAM_PASSES,
-        (({"eta": -0.01}, r"eta must be in \[0, inf\] \(got -0.01\)"),),
+        (({"eta": -0.01}, r"eta must be in \[0, inf\) \(got -0.01\)"),),
         configs=({}, {"eta": 0.0}),
     ),
     MethodRow(
@@ -254,7 +254,7 @@ ROWS: tuple[MethodRow, ...] = (
         "BiSAM",
         {"rho": 0.05, "mu": 1.0},
         SAM_PASSES,
-        (({"mu": 0.0}, r"mu must be in \(0, inf\] \(got 0.0\)"),),
+        (({"mu": 0.0}, r"mu must be in \(0, inf\) \(got 0.0\)"),),
         configs=({}, {"mu": 10.0}),
     ),
     MethodRow(
@@ -262,7 +262,7 @@ ROWS: tuple[MethodRow, ...] = (
         "ASAM+SAMPa",
         {"rho": 1.0, "lam": 0.2, "eta": 0.01},
         SAMPA_PASSES,
-        (_lam_error(), ({"eta": -1.0}, r"eta must be in \[0, inf\] \(got -1.0\)")),
+        (_lam_error(), ({"eta": -1.0}, r"eta must be in \[0, inf\) \(got -1.0\)")),
         configs=({}, {"lam": 0.0}),
     ),
     MethodRow("sampa-samon", "SAM-ON+SAMPa", {"rho": 1.0, "lam": 0.2}, SAMPA_PASSES, (_lam_error(),)),
@@ -278,7 +278,7 @@ ROWS: tuple[MethodRow, ...] = (
         "BiSAM+SAMPa",
         {"rho": 0.1, "lam": 0.2, "mu": 1.0},
         ((1, 2, 1, 1), (2, 3, 2, 1)),  # the y-pass differentiates f and Q: one forward, two backwards
-        (_lam_error(), ({"mu": -1.0}, r"mu must be in \(0, inf\] \(got -1.0\)")),
+        (_lam_error(), ({"mu": -1.0}, r"mu must be in \(0, inf\) \(got -1.0\)")),
     ),
 )
 ROW_IDS = [row.name for row in ROWS]

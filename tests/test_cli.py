@@ -20,11 +20,11 @@ BASE = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1"
         (["--model", "resnet57"], "unknown model 'resnet57'; choose one of: .*resnet56"),
         (["--dataset", "cifar11"], "unknown dataset 'cifar11'; choose one of: cifar10, cifar100"),
         (["--optimizer", "adam"], "unknown optimizer 'adam'; choose one of: .*sampa"),
-        (["--optimizer", "sam", "--rho", "-0.1"], r"rho must be in \[0, inf\] \(got -0.1\)"),
+        (["--optimizer", "sam", "--rho", "-0.1"], r"rho must be in \[0, inf\) \(got -0.1\)"),
         (["--optimizer", "sampa", "--lam", "1.2"], r"lam must be in \[0, 1\] \(got 1.2\)"),
         (["--optimizer", "sampa", "--lam", "-0.2"], r"lam must be in \[0, 1\]"),
-        (["--lr", "0"], r"lr must be in \(0, inf\] \(got 0.0\)"),
-        (["--lr", "-1"], r"lr must be in \(0, inf\]"),
+        (["--lr", "0"], r"lr must be in \(0, inf\) \(got 0.0\)"),
+        (["--lr", "-1"], r"lr must be in \(0, inf\)"),
         (["--epochs", "0"], r"epochs must be an integer >= 1 \(got 0\)"),
         (["--label-noise", "1.0"], "label_noise must be in \\[0, 1\\)"),
         (["--label-noise", "-0.1"], "label_noise must be in \\[0, 1\\)"),
@@ -137,7 +137,7 @@ def test_module_entry_point_exit_status(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "sampa train: error: lr must be in (0, inf] (got -1.0)"
+    assert proc.stderr.strip() == "sampa train: error: lr must be in (0, inf) (got -1.0)"
 
 
 def test_toy_command_writes_trajectories(tmp_path, capsys):

@@ -115,7 +115,7 @@ def test_lr_at_linear_warmup_values():
     [
         ({"warmup": 0.1}, "warmup 0.1 needs schedule 'linear' \\(got schedule 'cosine'\\)"),
         ({"schedule": "linear", "warmup": 1.0}, r"warmup must be in \[0, 1\) \(got 1.0\)"),
-        ({"clip_norm": 0.0}, r"clip_norm must be in \(0, inf\] \(got 0.0\)"),
+        ({"clip_norm": 0.0}, r"clip_norm must be in \(0, inf\) \(got 0.0\)"),
         ({"clip_norm": float("inf")}, "clip_norm must be a finite number"),
         ({"clip_norm": "1"}, "clip_norm must be a number"),
     ],

@@ -129,7 +129,7 @@ def test_gpus_per_run():
         ),
         ({"run__model": "resnet57"}, "unknown model 'resnet57'; choose one of: .*resnet56"),
         ({"run__dataset": "cifar11"}, "unknown dataset 'cifar11'"),
-        ({"arms__sam__hparams": {"rho": -0.1}}, r"rho must be in \[0, inf\] \(got -0.1\)"),
+        ({"arms__sam__hparams": {"rho": -0.1}}, r"rho must be in \[0, inf\) \(got -0.1\)"),
         ({"arms__sampa__hparams": {"lam": 1.5}}, r"lam must be in \[0, 1\] \(got 1.5\)"),
         ({"arms__sampa__run": {"devices": 3}}, r"devices must be 1 or an even number .* \(got 3\)"),
         ({"arms__sam__hparams": {"k": 5}}, "unknown hyperparameter 'k' for method 'sam'"),
@@ -160,7 +160,7 @@ def test_gpus_per_run():
             {"method_hparams": {"sam": {"rhoo": 1}}},
             "method_hparams.sam: unknown hyperparameter 'rhoo' .*: rho, eps",
         ),
-        ({"method_hparams": {"sam": {"rho": -1}}}, r"method_hparams.sam: rho must be in \[0, inf\]"),
+        ({"method_hparams": {"sam": {"rho": -1}}}, r"method_hparams.sam: rho must be in \[0, inf\)"),
         ({"experiments__t1__arms": ["sgd", "nope"]}, "unknown arm 'nope'; arms defined: sgd, sam, sampa"),
         ({"experiments__t1__kind": "chart"}, "'chart' is not one of"),
         # an override whose `when` matches no run would silently change nothing

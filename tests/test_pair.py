@@ -600,7 +600,7 @@ def test_external_launchers_are_recognised(env, expected):
 
 def test_bad_timeout_is_a_config_error(tmp_path, capsys):
     code = main([*PAIR, "--device", "cpu", "--dist-timeout-s", "0", "--out", str(tmp_path / "run")])
-    _one_line_error(capsys, code, r"dist_timeout_s must be in \(0, inf\]", tmp_path / "run")
+    _one_line_error(capsys, code, r"dist_timeout_s must be in \(0, inf\)", tmp_path / "run")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sampa.cli import main
-from sampa.config import FIELDS, ConfigError, RunConfig, config_from_dict, validate
+from sampa.config import FIELD_TYPES, FIELDS, ConfigError, RunConfig, config_from_dict, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,10 +75,10 @@ def _aggregate(argv: list[str]) -> int:
         ("hparams: [1, 2]", r"hparams must be a mapping of names to values \(got \[1, 2\]\)"),
         ("hparams: rho", r"hparams must be a mapping"),
         ("val_fraction: 0", r"val_fraction must be in \(0, 1\) \(got 0\)"),
-        ("dist_timeout_s: 0", r"dist_timeout_s must be in \(0, inf\]"),
+        ("dist_timeout_s: 0", r"dist_timeout_s must be in \(0, inf\)"),
         ("num_workers: -1", r"num_workers must be an integer >= 0 \(got -1\)"),
         ("num_workers: 2.5", r"num_workers must be an integer >= 0 \(got 2.5\)"),
-        ("synthetic_noise: -0.1", r"synthetic_noise must be in \[0, inf\] \(got -0.1\)"),
+        ("synthetic_noise: -0.1", r"synthetic_noise must be in \[0, inf\) \(got -0.1\)"),
         ("synthetic_distractor: .nan", r"synthetic_distractor must be a finite number \(got nan\)"),
         ("schedule: step", r"unknown schedule 'step'; choose one of: cosine, cosine_iter, constant, linear"),
         ("base_optimizer: adam", r"unknown base_optimizer 'adam'; choose one of: sgd, adamw"),
@@ -112,7 +112,7 @@ def test_bad_config_file_values(tmp_path, capsys, yaml_text, message):
         (["--settings", "[1]"], r"--settings must be a JSON mapping"),
         (["--settings", '{"lr": Infinity}'], r"lr must be a finite number"),
         (["--seed", str(2**64)], r"seed must be an integer in \[0, "),
-        (["--synthetic-noise", "-1"], r"synthetic_noise must be in \[0, inf\] \(got -1.0\)"),
+        (["--synthetic-noise", "-1"], r"synthetic_noise must be in \[0, inf\) \(got -1.0\)"),
         (["--bogus"], r"unrecognized arguments: --bogus"),
         (["--threads", str(2**40)], r"threads must be an integer in \[0, 2147483648\) \(got 1099511627776\)"),
         (["--synthetic-train-size", "100", "--val-fraction", "0.001"],
@@ -239,6 +239,31 @@ def test_train_help_names_units_choices_and_ranges(capsys, flag, wanted):
     assert wanted in _flag_help(["train"], capsys)[flag]
 
 
+def _below_range(meta) -> str:
+    """A value just outside a range's lower end."""
+    return str(meta["low"] if meta["low_open"] else meta["low"] - 1)
+
+
+#: every ranged number flag of train (RunConfig's floats and --rho, --lam) with a value below its range
+RANGED = [
+    *((f"--{n.replace('_', '-')}", _below_range(f.metadata)) for n, f in FIELDS.items()
+      if FIELD_TYPES[n] in (float, float | None) and f.metadata["low"] is not None),
+    ("--rho", "-1"),
+    ("--lam", "-1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flag", "value"), RANGED)
+def test_a_flags_help_and_its_error_write_its_range_alike(capsys, flag, value):
+    """The help shows the range (and the default) of --rho and --lam too, and every message writes a range
+    one way: an infinite end open, as in the help ("[0, inf)", never "[0, inf]")."""
+    shown = re.search(r"\(in ([\[(][^;]+); default: ", _flag_help(["train"], capsys)[flag])
+    assert shown, flag
+    argv = [*TRAIN, "--optimizer", "sampa", flag, value, "--out", "unused"]
+    err = one_line_error(argv, capsys, "train")
+    assert f"must be in {shown[1]} (got " in err, (shown[1], err)
+
+
 def test_toy_help_names_every_range(capsys):
     helps = _flag_help(["toy"], capsys)
     assert "an integer >= 2; default: 2000" in helps["--steps"]
@@ -251,7 +276,7 @@ def test_toy_help_names_every_range(capsys):
     [
         (["toy", "--out", "{tmp}/t.csv", "--rho", "nan"], "toy", r"--rho must be a finite number"),
         (["toy", "--out", "{tmp}/t.csv", "--lr", "nan"], "toy", r"--lr must be a finite number"),
-        (["toy", "--out", "{tmp}/t.csv", "--decay", "-5"], "toy", r"--decay must be in \[0, inf\]"),
+        (["toy", "--out", "{tmp}/t.csv", "--decay", "-5"], "toy", r"--decay must be in \[0, inf\)"),
         (["toy", "--out", "{tmp}/t.csv", "--steps", "1"], "toy", r"--steps must be an integer >= 2"),
         (["toy", "--out", "{tmp}/t.csv", "--lams", "a,b"], "toy", r"--lams must be comma-separated numbers"),
         (["toy", "--out", "{tmp}/t.csv", "--lams", ","], "toy", r"--lams must be one or more numbers"),

@@ -349,7 +349,7 @@ def test_table_figure_aggregate_and_scorecard_jobs_never_import_torch(tmp_path):
     ("change", "message"),
     [
         (lambda c: c.update(seeds=[]), r"seeds: \[\] should be non-empty"),
-        (lambda c: c["arms"]["sam"]["hparams"].update(rho=-0.1), r"rho must be in \[0, inf\] \(got -0.1\)"),
+        (lambda c: c["arms"]["sam"]["hparams"].update(rho=-0.1), r"rho must be in \[0, inf\) \(got -0.1\)"),
     ],
 )
 def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message):

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sampa.ranges import interval
+
 
 class HyperparameterError(ValueError):
     """A method hyperparameter is invalid (one-line message naming the value and the valid range)."""
@@ -47,25 +49,19 @@ def check_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    """Raise ``HyperparameterError('name must be in [low, high] (got value)')`` when out of range; a value
-    that is not a finite number (a string, a bool, nan, inf) is an error too."""
+    """Raise ``HyperparameterError('name must be in [low, high] (got value)')`` when out of range (the
+    range as :func:`sampa.ranges.interval` writes it); a value that is not a finite number (a string, a
+    bool, nan, inf) is an error too."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise HyperparameterError(f"{name} must be a finite number (got {value!r})")
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise HyperparameterError(f"{name} must be in {lo}{_fmt(low)}, {_fmt(high)}{hi} (got {value!r})")
+        span = interval(low, high, low_open=low_open, high_open=high_open)
+        raise HyperparameterError(f"{name} must be in {span} (got {value!r})")
 
 
 def check_int(name: str, value: int, low: int) -> None:
     """Raise unless ``value`` is an integer >= low."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise HyperparameterError(f"{name} must be an integer >= {low} (got {value!r})")
-
-
-def _fmt(x: float) -> str:
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:g}"

@@ -24,6 +24,7 @@ from sampa.batch import Inputs
 from sampa.optim.checks import check_range
 from sampa.optim.contract import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList, add, normalized
+from sampa.ranges import RHO
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SAMHparams(Hyperparameters):
     eps: float = 1e-12
 
     def check(self) -> None:
-        check_range("rho", self.rho, 0.0)
+        check_range("rho", self.rho, **RHO)  # also --rho's help
         check_range("eps", self.eps, 0.0)
 
 

@@ -47,6 +47,7 @@ from sampa.batch import Inputs, to_device
 from sampa.optim.checks import check_int, check_range
 from sampa.optim.contract import GradJob, GradResult, Hyperparameters, Method
 from sampa.optim.tensors import TensorList, add, clone, combine, cosine, distance, normalized
+from sampa.ranges import RHO, SAMPA_LAM
 
 Batch = tuple[Inputs, Tensor]
 
@@ -62,8 +63,8 @@ class SAMPaHparams(Hyperparameters):
     diagnostics_every: int = 0
 
     def check(self) -> None:
-        check_range("rho", self.rho, 0.0)
-        check_range("lam", self.lam, 0.0, 1.0)
+        check_range("rho", self.rho, **RHO)  # also the help of --rho and --lam
+        check_range("lam", self.lam, **SAMPA_LAM)
         check_range("eps", self.eps, 0.0)
         check_int("diagnostics_every", self.diagnostics_every, 0)
 
