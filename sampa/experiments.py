@@ -456,16 +456,19 @@ def expand_experiment(spec: Mapping[str, Any], matched: set[int] | None = None) 
     """Every run of a table or figure experiment, validated, whether or not it can run here; the indices
     of the spec's ``overrides`` that match a run are added to ``matched``."""
     check_cells(spec)
+    matched = set() if matched is None else matched
+    seeds = spec["seeds"]
+    return [_planned_run(spec, arm, points, seed, matched) for arm, points in _combos(spec) for seed in seeds]
+
+
+def _combos(spec: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], list[tuple[str, dict[str, Any]]]]]:
+    """Every arm with every grid point: ``(arm, [(axis, point), ...])`` in table order (none without arms)."""
     if not spec.get("arms"):
         return []
     axes = [(axis, _points(axis, values, spec["id"])) for axis, values in spec["grid"].items()]
-    runs = []
+    names = [axis for axis, _ in axes]
     combos = itertools.product(spec["arms"], *(points for _, points in axes))
-    for arm, *points in combos:
-        for seed in spec["seeds"]:
-            cell_points = list(zip([a for a, _ in axes], points, strict=True))
-            runs.append(_planned_run(spec, arm, cell_points, seed, matched if matched is not None else set()))
-    return runs
+    return [(arm, list(zip(names, points, strict=True))) for arm, *points in combos]
 
 
 def check_cells(spec: Mapping[str, Any]) -> None:
@@ -543,19 +546,8 @@ def _planned_run(
     seed: int,
     matched: set[int],
 ) -> PlannedRun:
-    run = {**spec["run"], **arm["run"]}
-    hparams = dict(arm["hparams"])
-    for _, point in points:
-        run.update(point["run"])
-        hparams.update(point["hparams"])
-    cell = {"arm": arm["label"], **{axis: point["label"] for axis, point in points}}
+    run, hparams, cell, context = _merged(spec, arm, points, matched)
     values = {"arm": arm["label"], **{axis: point["value"] for axis, point in points}}
-    context = _context(spec["id"], cell)
-    for index, override in enumerate(spec["overrides"]):
-        if _matches(override.get("when", {}), arm, run, hparams, cell, context):
-            matched.add(index)
-            run.update(override.get("run", {}))
-            hparams.update(override.get("hparams", {}))
     settings = _checked_settings(arm["optimizer"], run, hparams, seed, context, spec.get(METHOD_DEFAULTS))
     return PlannedRun(
         experiment=spec["id"],
@@ -566,6 +558,29 @@ def _planned_run(
         path=run_path(settings),
         reference=bool(arm.get("reference", False)),
     )
+
+
+def _merged(
+    spec: Mapping[str, Any],
+    arm: Mapping[str, Any],
+    points: list[tuple[str, dict[str, Any]]],
+    matched: set[int],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], str]:
+    """One run's settings and hyperparameters as merged (not yet validated), its cell and its context;
+    the indices of the spec's ``overrides`` that match it are added to ``matched``."""
+    run = {**spec["run"], **arm["run"]}
+    hparams = dict(arm["hparams"])
+    for _, point in points:
+        run.update(point["run"])
+        hparams.update(point["hparams"])
+    cell = {"arm": arm["label"], **{axis: point["label"] for axis, point in points}}
+    context = _context(spec["id"], cell)
+    for index, override in enumerate(spec["overrides"]):
+        if _matches(override.get("when", {}), arm, run, hparams, cell, context):
+            matched.add(index)
+            run.update(override.get("run", {}))
+            hparams.update(override.get("hparams", {}))
+    return run, hparams, cell, context
 
 
 def _context(experiment: str, cell: Mapping[str, str]) -> str:
@@ -708,6 +723,8 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         spec[METHOD_DEFAULTS] = method_defaults(spec)  # validated: the spec's commands need no torch
     unused = [i for i in range(shared) if i not in used]
     if unused:
+        unused = [i for i in unused if i not in _matched_when_disabled(config)]
+    if unused:
         when = config["overrides"][unused[0]].get("when")
         raise PlanError(f"overrides[{unused[0]}]: when {when!r} matches no run of any experiment")
     result.timing = [name for name, spec in specs.items() if any(map(is_measured, _metrics_of(spec)))]
@@ -718,6 +735,23 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         for path, run in result.unique_runs().items()
     }
     return result
+
+
+def _matched_when_disabled(config: Mapping[str, Any]) -> set[int]:
+    """The indices of the config's ``overrides`` that match a run of a disabled experiment (``enabled:
+    false``): kept for when it is enabled again, not a typo. Its runs are merged, not validated (a disabled
+    experiment is not checked: one that cannot even be resolved matches nothing)."""
+    matched: set[int] = set()
+    for name, exp in config["experiments"].items():
+        if exp.get("enabled", True):
+            continue
+        try:
+            spec = resolve(config, name)
+            for arm, points in _combos(spec):
+                _merged(spec, arm, points, matched)
+        except PlanError:
+            continue
+    return matched
 
 
 def _check_own_overrides(name: str, spec: Mapping[str, Any], matched: set[int], shared: int) -> None:

@@ -222,6 +222,28 @@ def test_bad_config_is_one_line(changes, message):
     assert re.search(message, text), text
 
 
+def test_a_global_override_for_a_disabled_experiment_is_kept_for_when_it_is_enabled():
+    """An override of the config that matches only runs of an experiment the user disabled is not a typo:
+    the plan goes on without it, and it applies once the experiment is enabled again."""
+    cfg = config()
+    cfg["experiments"]["t2"] = {
+        **copy.deepcopy(cfg["experiments"]["t1"]),
+        "enabled": False,
+        "arms": ["sgd", {"label": "OptSAM", "optimizer": "optsam"}],
+        "overrides": [],
+    }
+    cfg["overrides"] = [{"when": {"arm": "OptSAM"}, "run": {"epochs": 3}}]
+    plan = ex.plan(cfg)
+    assert list(plan.runs) == ["t1"]
+    cfg["experiments"]["t2"]["enabled"] = True
+    runs = ex.plan(cfg).runs["t2"]
+    assert {r.settings.get("epochs") for r in runs if r.cell["arm"] == "OptSAM"} == {3}
+    cfg["overrides"] = [{"when": {"arm": "OptSAMM"}, "run": {"epochs": 3}}]  # a typo still is one
+    cfg["experiments"]["t2"]["enabled"] = False
+    with pytest.raises(ex.PlanError, match=r"^overrides\[0\]: when \{'arm': 'OptSAMM'\} matches no run"):
+        ex.plan(cfg)
+
+
 def config_with_imagenet_table() -> dict:
     """The test config plus an ImageNet table "t3" (needs <data root>/imagenet/{train,val})."""
     cfg = config()
