@@ -13,6 +13,7 @@ from sampa import io
 from sampa.backends.fused import FusedExecutor, FusedSingleDevice
 from sampa.config import RunConfig
 from sampa.losses import make_loss
+from sampa.models.pretrained import TEXT_MODEL_NAMES
 from sampa.optim import GradJob, build_method
 from sampa.optim.evaluation import evaluate_job
 from sampa.train import train
@@ -183,13 +184,14 @@ def test_fused_jobs_draw_their_own_dropout_masks():
     assert not torch.equal(*dropped)  # ... and not the same ones
 
 
-def test_fused_backend_refuses_a_model_vmap_cannot_batch_before_any_work(tmp_path, capsys):
+@pytest.mark.parametrize("model", TEXT_MODEL_NAMES)
+def test_fused_backend_refuses_a_model_vmap_cannot_batch_before_any_work(tmp_path, capsys, model):
     from sampa.cli import main
 
     out = tmp_path / "run"
-    argv = ["train", "--model", "bert-tiny", "--dataset", "synthetic-text", "--backend", "fused"]
+    argv = ["train", "--model", model, "--dataset", "synthetic-text", "--backend", "fused"]
     assert main([*argv, "--out", str(out)]) == 2
-    assert "backend 'fused' cannot batch model 'bert-tiny'" in capsys.readouterr().err
+    assert f"backend 'fused' cannot batch model {model!r}" in capsys.readouterr().err
     assert not out.exists()
 
 

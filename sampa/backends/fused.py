@@ -44,14 +44,16 @@ from torch.overrides import TorchFunctionMode
 
 from sampa import batch
 from sampa.backends.single import SingleDevice
+from sampa.models.pretrained import TEXT_MODEL_NAMES
 from sampa.optim import GradJob, GradResult, Method, SequentialExecutor
 from sampa.optim.evaluation import laid_out_like, model_forward, num_correct
 from sampa.optim.flat import FlatVector, as_flat
 from sampa.optim.tensors import TensorList
 
-#: models ``torch.func.vmap`` cannot batch: Hugging Face BERT chooses its attention mask with data-dependent
-#: control flow (``transformers.masking_utils``), which vmap rejects
-UNBATCHABLE_MODELS = ("bert-base", "bert-tiny")
+#: models ``torch.func.vmap`` cannot batch: the text models, each a Hugging Face BERT, which chooses its
+#: attention mask with data-dependent control flow (``transformers.masking_utils``) that vmap rejects.
+#: Derived, so a new text model is refused until it is shown to batch (then list those that cannot here)
+UNBATCHABLE_MODELS = TEXT_MODEL_NAMES
 
 
 class FusedExecutor(SequentialExecutor):
