@@ -46,16 +46,7 @@ HPARAM_FLAGS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_command(argv)
-    try:
-        return args.handler(args)
-    except ConfigError as err:
-        print(f"sampa {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as a pipe's writer does
-        return io.stdout_closed()
-    except OSError as err:  # a write failed: permission, no space, not a directory
-        print(f"sampa {args.command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 1
+    return io.command_status(args.command, lambda: args.handler(args), lambda: (ConfigError,))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +124,27 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception]
     if not isinstance(data, dict):
         raise error(f"{what} {str(path)!r} must hold a mapping")
     return data
+
+
+def command_status(
+    command: str, call: Callable[[], int], bad_input: Callable[[], tuple[type[Exception], ...]]
+) -> int:
+    """The exit status of command ``command`` (``call``), every expected error in one line on stderr:
+    bad input (an exception of a class ``bad_input()`` returns; called only on an error, so a command
+    imports no more than it needs) exits 2, a failed write (permission, no space, not a directory) 1, and a
+    reader leaving the pipe (``| head``) ends it quietly (:func:`stdout_closed`). Anything else propagates."""
+    try:
+        return call()
+    except BrokenPipeError:
+        return stdout_closed()
+    except OSError as err:
+        print(f"sampa {command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if not isinstance(err, bad_input()):
+            raise
+        print(f"sampa {command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def stdout_closed() -> int:

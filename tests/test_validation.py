@@ -370,6 +370,24 @@ def test_settings_mapping_round_trip(tmp_path):
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == validate(cfg)
 
 
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([*TRAIN, "--out", "{file}/run"], "train"),
+        (["aggregate", "--out", "{file}/runs.csv"], "aggregate"),
+        (["plan", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", "{file}/plan.csv"], "plan"),
+    ],
+)
+def test_a_failed_write_is_one_line_and_exit_1(tmp_path, capsys, argv, command):
+    """A write that fails (here: below a file) ends the training and report commands alike: one line
+    naming the path and the cause, exit status 1 (bad input is 2)."""
+    file = tmp_path / "file"
+    file.write_text("")
+    assert main([a.replace("{file}", str(file)) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sampa {command}: error: {file}"), err
+
+
 def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):
     """`python -m sampa plan ... | head -1`: stdout closed before the output is written, no error line."""
     proc = subprocess.Popen(

@@ -143,21 +143,14 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(command: str, handler: Any, args: argparse.Namespace) -> int:
-    try:
+    """``handler(args)`` once its outputs are checked, its errors one line each (``io.command_status``)."""
+    from sampa import io
+
+    def call() -> int:
         _check_outputs(args)
         return handler(args)
-    except ValueError as err:
-        if not isinstance(err, _input_errors()):
-            raise
-        print(f"sampa {command}: error: {err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as a pipe's writer does
-        from sampa import io
 
-        return io.stdout_closed()
-    except OSError as err:  # a write failed: permission, no space, not a directory
-        print(f"sampa {command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 1
+    return io.command_status(command, call, _input_errors)
 
 
 #: flags that name files a command writes
