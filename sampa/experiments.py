@@ -211,7 +211,7 @@ def _spec_keys_schema() -> dict[str, Any]:
     }
 
 
-def check_spec(spec: Mapping[str, Any], flag: str) -> None:
+def check_spec(spec: Mapping[str, Any], flag: str) -> list[PlannedRun] | None:
     """A resolved experiment given on the command line (``--spec``) is one :func:`plan` could have
     written: the schema's experiment with what :func:`resolve` writes (arms in full, seeds, run, grid,
     overrides) and what plan adds (``SPEC_KEYS``), whose runs expand and whose metrics and axes
@@ -222,7 +222,8 @@ def check_spec(spec: Mapping[str, Any], flag: str) -> None:
     names. The values themselves are trusted: the methods' real defaults live in their ``Hparams``
     classes, which cannot be read without importing torch (what a planned spec spares these commands).
     Without jsonschema (a bare GPU image running the doctor's workflow check; the plan that wrote the spec
-    validated it) only the required keys and the layout are checked.
+    validated it) only the required keys and the layout are checked. Returns the runs it expanded (every
+    run, :func:`expand_experiment`), or None for a spec that says ``not_run`` (not expanded).
     """
     schema = _has_jsonschema()
     core = {k: v for k, v in spec.items() if k not in SPEC_KEYS and (k != "arms" or v)}  # a toy: no arms
@@ -236,8 +237,11 @@ def check_spec(spec: Mapping[str, Any], flag: str) -> None:
     if message:
         raise PlanError(f"{flag} is not a resolved experiment: {message}")
     check_cells(spec)
-    if not spec.get("not_run"):  # shown as what it needs: no runs (whose extras may be missing here)
-        check_layout(spec, expand_experiment(spec))
+    if spec.get("not_run"):  # shown as what it needs: no runs (whose extras may be missing here)
+        return None
+    runs = expand_experiment(spec)
+    check_layout(spec, runs)
+    return runs
 
 
 def _has_jsonschema() -> bool:

@@ -452,6 +452,23 @@ def test_table_and_figure_from_run_directories_equal_those_from_the_runs_table(r
     assert not (tmp_path / "none.md").exists()
 
 
+def test_the_table_command_expands_the_experiments_runs_once(runs, tmp_path, monkeypatch):
+    """Checking the spec, choosing its run directories, the cells and the paper comparison share one
+    expansion of the runs (each validates every run of the experiment)."""
+    from sampa.report import cells as cells_module
+    from sampa.report.commands import main
+
+    plan, root, _ = runs
+    expand, calls = ex.expand_experiment, []
+    counted = lambda spec, *rest: calls.append(spec["id"]) or expand(spec, *rest)  # noqa: E731
+    monkeypatch.setattr(ex, "expand_experiment", counted)
+    monkeypatch.setattr(cells_module, "expand_experiment", counted)
+    records = [str(root / path) for path in dict.fromkeys(r.path for r in plan.runs["t1"])]
+    table = ["table", "--spec", ex.spec_json(plan.specs["t1"]), "--runs-root", str(root), *records]
+    assert main([*table, "--md", str(tmp_path / "t1.md")]) == 0
+    assert "| SAM " in (tmp_path / "t1.md").read_text() and calls == ["t1"]
+
+
 def test_run_directories_outside_the_experiment_are_an_error_or_ignored_with_a_warning(
     runs, tmp_path, capsys
 ):

@@ -68,13 +68,16 @@ class TableError(ValueError):
 # The cell table
 
 
-def cell_table(spec: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
+def cell_table(
+    spec: Mapping[str, Any], runs: pd.DataFrame, planned: Sequence[PlannedRun] | None = None
+) -> pd.DataFrame:
     """One row per cell: axis labels, ``metric``, ``mean``, ``std``, ``n``, ``n_planned``, ``best``,
     ``second`` (second best), ``reference``, ``fallback`` (a value came from the metric's fallback
     column), ``text`` (formatted), ``missing`` (the planned runs without a value), ``datasets`` and
-    ``needs`` (what the cell's runs need that is missing here, so they were not planned)."""
+    ``needs`` (what the cell's runs need that is missing here, so they were not planned). ``planned``:
+    the experiment's runs, if the caller expanded them already (default :func:`expand_experiment`)."""
     layout = spec["table"]
-    planned = expand_experiment(spec)
+    planned = expand_experiment(spec) if planned is None else list(planned)
     needs = spec.get("needs", {})
     axes = _cell_axes(layout, planned, spec["id"])
     obs = observations(planned, runs, layout["metrics"], needs)

@@ -14,7 +14,10 @@ import typing
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sampa.experiments import PlannedRun
 
 DEFAULT_RUNS_ROOT = "results/runs"
 
@@ -80,17 +83,22 @@ def _runs(args: argparse.Namespace, flag: str, run_dirs: list[str]) -> Any:
     return _runs_table(path, flag)
 
 
-def _experiment_run_dirs(args: argparse.Namespace, spec: dict[str, Any], flag: str) -> list[str]:
-    """Those of the run directories given that are runs of the experiment (planned here or not; an
-    absent one is a missing run). None of them: one-line error naming the first and what a run path of
-    the experiment looks like. Some not: one line on stderr says how many are ignored."""
+def _experiment_run_dirs(
+    args: argparse.Namespace, spec: dict[str, Any], flag: str, runs: list[PlannedRun] | None
+) -> list[str]:
+    """Those of the run directories given that are runs of the experiment (``runs``, expanded here when
+    None; planned here or not; an absent one is a missing run). None of them: one-line error naming the
+    first and what a run path of the experiment looks like. Some not: one line on stderr says how many
+    are ignored."""
     from sampa.experiments import PlanError, expand_experiment
     from sampa.report.runs import run_id
 
     if args.run_dirs and getattr(args, flag.removeprefix("--")):
         raise PlanError(f"give run directories or {flag}, not both")
     given = list(dict.fromkeys(args.run_dirs))
-    planned = list(dict.fromkeys(run.path for run in expand_experiment(spec))) if given else []
+    if given and runs is None:
+        runs = expand_experiment(spec)
+    planned = list(dict.fromkeys(run.path for run in runs)) if given else []
     known = set(planned)
     ours = [path for path in given if run_id(path, args.runs_root) in known]
     if len(ours) == len(given):
@@ -110,7 +118,10 @@ def _experiment_run_dirs(args: argparse.Namespace, spec: dict[str, Any], flag: s
     return ours
 
 
-def _spec(args: argparse.Namespace) -> dict[str, Any]:
+def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], list[PlannedRun] | None]:
+    """The experiment of ``--spec`` (checked) or of ``--config`` and ``--experiment`` (resolved), and its
+    runs (:func:`sampa.experiments.expand_experiment`, once for the whole command; None when a spec says
+    ``not_run``)."""
     from sampa.experiments import (
         PlanError,
         check_schema,
@@ -127,8 +138,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         spec = _json_mapping(args.spec, "--spec")
         if not isinstance(spec.get("kind"), str) or not isinstance(spec.get("id"), str):
             raise PlanError("--spec must be a resolved experiment (a JSON object with 'id' and 'kind')")
-        check_spec(spec, "--spec")
-        return spec
+        return spec, check_spec(spec, "--spec")
     if not (args.config and args.experiment):
         raise PlanError("give --spec, or --config and --experiment")
     config = load_config(args.config)
@@ -138,8 +148,9 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
             f"unknown experiment {args.experiment!r}; choose one of: {', '.join(config['experiments'])}"
         )
     spec = resolve(config, args.experiment)
-    mark_requirements(spec, expand_experiment(spec))  # as the workflow's plan says it
-    return spec
+    runs = expand_experiment(spec)
+    mark_requirements(spec, runs)  # as the workflow's plan says it
+    return spec, runs
 
 
 def _run(command: str, handler: Any, args: argparse.Namespace) -> int:
@@ -337,16 +348,16 @@ def _table(args: argparse.Namespace) -> int:
     from sampa.report.compare import compare
     from sampa.report.tables import TableError, cell_table, render, render_not_run
 
-    spec = _spec(args)
+    spec, planned = _spec(args)
     if spec["kind"] != "table":
         raise TableError(f"experiment {spec['id']!r} is a {spec['kind']}, not a table")
-    run_dirs = _experiment_run_dirs(args, spec, "--runs")
+    run_dirs = _experiment_run_dirs(args, spec, "--runs", planned)
     if spec.get("not_run"):  # what it needs is missing here (planned no runs)
         text = render_not_run(spec)
     else:
         runs = _runs(args, "--runs", run_dirs)
-        cells = cell_table(spec, runs)
-        text = render(spec, cells, compare(spec, cells, runs))
+        cells = cell_table(spec, runs, planned)
+        text = render(spec, cells, compare(spec, cells, runs, planned))
     for path, content in ((args.md, text.markdown), (args.tex, text.latex), (args.csv, text.csv)):
         if path:
             io.write_text(path, content)
@@ -376,11 +387,11 @@ def _figure(args: argparse.Namespace) -> int:
     from sampa.report.figures import FigureError, make_figure
     from sampa.report.runs import write_csv
 
-    spec = _spec(args)
+    spec, planned = _spec(args)
     if spec["kind"] != "figure":
         raise FigureError(f"experiment {spec['id']!r} is a {spec['kind']}, not a figure")
     if spec["figure"]["plot"] != "toy":
-        data = _runs(args, "--data", _experiment_run_dirs(args, spec, "--data"))
+        data = _runs(args, "--data", _experiment_run_dirs(args, spec, "--data", planned))
     elif args.run_dirs or not (args.data and Path(args.data).is_file()):
         raise FigureError(f"a toy figure is drawn from --data, its trajectories CSV (got {args.data!r})")
     else:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from sampa.experiments import PlannedRun, axis_label, plan_experiment, run_defaults
+from sampa.experiments import PlannedRun, axis_label, plan_experiment, run_defaults, runnable
 from sampa.paths import generated_data
 from sampa.report import latex, paper
 from sampa.report.cells import AVERAGE, COST_METRIC, axis_name, metric_label, observations
@@ -72,8 +72,15 @@ class Comparison:
         }
 
 
-def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) -> Comparison | None:
-    """The comparison of a table's cells (:func:`sampa.report.cells.cell_table`) with its paper table.
+def compare(
+    spec: Mapping[str, Any],
+    cells: pd.DataFrame,
+    runs: pd.DataFrame,
+    planned: Sequence[PlannedRun] | None = None,
+) -> Comparison | None:
+    """The comparison of a table's cells (:func:`sampa.report.cells.cell_table`) with its paper table;
+    ``planned``: the experiment's runs, if the caller expanded them already (every run, as
+    :func:`sampa.experiments.expand_experiment` gives them; those that can run here are compared).
 
     None when the experiment names no paper table with numbers we can compare.
     """
@@ -83,7 +90,7 @@ def compare(spec: Mapping[str, Any], cells: pd.DataFrame, runs: pd.DataFrame) ->
         return None
     layout = spec["table"]
     axes = [a for a in [*layout["rows"], *layout["columns"]] if a != "metric"]
-    planned = plan_experiment(spec)
+    planned = plan_experiment(spec) if planned is None else runnable(spec, list(planned))
     matches = _match_cells(cells, rows, axes, planned)
     obs = observations(planned, runs, layout["metrics"])
     synthetic = any(generated_data(str(d)) for d in obs["trained_on"].dropna())
