@@ -46,7 +46,15 @@ HPARAM_FLAGS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_command(argv)
-    return io.command_status(args.command, lambda: args.handler(args), lambda: (ConfigError,))
+    return io.command_status(args.command, lambda: args.handler(args), _bad_input)
+
+
+def _bad_input() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input, exit 2 (imported on an error only: the data module imports torch)."""
+    from sampa.data import DataUnavailableError
+    from sampa.extras import MissingExtraError
+
+    return (ConfigError, DataUnavailableError, MissingExtraError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,18 +193,13 @@ def _parse_hparams(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sampa.data import DataUnavailableError
-    from sampa.extras import MissingExtraError
     from sampa.train import RunError, train
 
     cfg = config_from_args(args)
     _check_requirements(cfg)
     _claim_gpus(args, cfg)
-    try:
+    try:  # missing data or extras: bad input (_bad_input)
         metrics = _train_pair(cfg, args.out) if cfg.devices > 1 else train(cfg, args.out)
-    except (DataUnavailableError, MissingExtraError) as err:
-        print(f"sampa train: error: {err}", file=sys.stderr)
-        return 2
     except RunError as err:
         print(f"sampa train: error: {err}", file=sys.stderr)
         return 1
