@@ -328,18 +328,20 @@ def test_synthetic_text_label_noise_replaces_a_tenth_of_the_labels_by_another_cl
         synthetic_text(5, label_noise=1.0)
 
 
-def test_smoke_table6_adamw_run_learns_the_task_but_not_to_100_percent(tmp_path, one_thread):
-    """The smoke profile's Table 6 AdamW run (its planned settings): well above the majority class,
-    below 100 % (the eval labels are noisy)."""
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_smoke_table6_adamw_run_learns_the_task_but_not_to_100_percent(tmp_path, one_thread, seed):
+    """The smoke profile's Table 6 AdamW run (its planned settings) on seeds where a width-32 bert-tiny
+    without warm-up stayed on a plateau (1: 48 %, 2: 45 %): near the 89.8 % ceiling, below 100 % (the
+    eval labels are noisy)."""
     from sampa import experiments as ex
     from sampa.config import config_from_dict, validate
     from sampa.train import train
 
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
     run = next(r for r in ex.plan(ex.load_config(smoke)).runs["table6"] if r.cell["arm"] == "AdamW")
-    cfg = validate(config_from_dict({**run.settings, "device": "cpu", "threads": 1}))
+    cfg = validate(config_from_dict({**run.settings, "seed": seed, "device": "cpu", "threads": 1}))
     metrics = train(cfg, tmp_path / "run", log_progress=False)
-    assert 0.6 < metrics["test_acc"] < 1.0, metrics["test_acc"]
+    assert 0.85 < metrics["test_acc"] < 1.0, metrics["test_acc"]
 
 
 def test_text_split_rejects_mismatched_shapes():
