@@ -8,7 +8,8 @@ Files (deterministic names, no timestamps):
 * ``best.pt``         model weights of the best validation epoch
 * ``metrics.json``    final results + provenance (keys: :data:`METRICS_KEYS`)
 
-States: *in progress* (no ``metrics.json``; a checkpoint to resume from, or nothing yet),
+States: *in progress* (no ``metrics.json``; a checkpoint to resume from, or nothing yet: a new run that
+raises before its first epoch is recorded removes its ``config.json``, :meth:`RunDir.discard_unstarted`),
 *complete* or *diverged* (``metrics.json`` with that ``status``, every epoch line, no checkpoint, no
 temporary files). Each epoch writes ``best.pt`` (if improved), then ``log.jsonl``, then
 ``checkpoint.pt``; the end writes ``log.jsonl``, then ``metrics.json``, then removes the checkpoint.
@@ -158,6 +159,7 @@ class RunDir:
         self.best = self.root / "best.pt"
         self.metrics = self.root / "metrics.json"
         self.lock = self.root / ".lock"
+        self.made_root = False  # whether exclusive() created the directory
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -218,6 +220,7 @@ class RunDir:
     def exclusive(self) -> Iterator[None]:
         """Hold a lock on the run directory so two processes never write the same run."""
         try:
+            self.made_root = not self.root.exists()
             self.root.mkdir(parents=True, exist_ok=True)
             handle = open(self.lock, "w")  # noqa: SIM115 (held for the whole block)
         except OSError as err:
@@ -229,12 +232,27 @@ class RunDir:
                 raise RunError(f"another process is already training into {self.root}") from None
             yield
 
-    def begin(self, config: Mapping[str, Any]) -> None:
-        """Start or restart (under the lock): remove stale temporary files, write config.json once."""
+    def begin(self, config: Mapping[str, Any]) -> bool:
+        """Start or restart (under the lock): remove stale temporary files, write config.json once;
+        whether this call wrote it (a new run)."""
         for stale in io.stale_temp_files(self.root):
             stale.unlink(missing_ok=True)
-        if not self.config.exists():
-            io.write_json(self.config, config)
+        if self.config.exists():
+            return False
+        io.write_json(self.config, config)
+        return True
+
+    def discard_unstarted(self) -> None:
+        """After a new run failed before recording an epoch (under the lock): remove its config.json,
+        lock and temporary files, and the directory if :meth:`exclusive` made it and nothing else is
+        there, so a failed start leaves nothing that looks like a run."""
+        if any(p.exists() for p in (self.log, self.checkpoint, self.best, self.metrics)):
+            return
+        for path in (self.config, *io.stale_temp_files(self.root), self.lock):
+            path.unlink(missing_ok=True)
+        if self.made_root:
+            with contextlib.suppress(OSError):  # not empty: something else lives there
+                self.root.rmdir()
 
     def save_epoch(
         self, epoch: int, history: list[dict[str, Any]], checkpoint: Any, best: Any | None

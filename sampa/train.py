@@ -154,11 +154,18 @@ def train(
             return finished
         if backend is None:
             backend = single_device_backend(cfg)
+        # data, weights, model and method first: a run that cannot start writes nothing
+        run = _Run(cfg, run_dir, backend, log_progress)
+        backend.gather(True)  # the writer waits until every process has started as well
         lock = run_dir.exclusive() if is_writer else contextlib.nullcontext()
         with lock:
-            if is_writer:
-                run_dir.begin(cfg.to_dict())
-            return _Run(cfg, run_dir, backend, log_progress).execute(stop_after)
+            created = is_writer and run_dir.begin(cfg.to_dict())
+            try:
+                return run.execute(stop_after)
+            except BaseException:
+                if created:
+                    run_dir.discard_unstarted()  # failed before its first epoch: as if never started
+                raise
     except OSError as err:
         raise RunError(os_error_message(err)) from None
 
@@ -216,7 +223,7 @@ class _Run:
         self.method.clip_norm = cfg.clip_norm  # clips the update direction G (and SAMPa's look-ahead g)
         self.augment = Augment(cutout=cfg.cutout)
         self.step = self.fast.prepare_method(self.method)  # method.step, or its compiled form
-        self.state = self._resume_or_start()  # after prepare_method: flat buffers must exist first
+        self.state = EngineState()  # the checkpoint's, once the run directory is held (execute)
         self.memory = MemoryMonitor([self.device])
 
     def _load_data(self) -> Dataset | Source:
@@ -281,6 +288,7 @@ class _Run:
 
     def execute(self, stop_after: int | None) -> dict[str, Any] | None:
         """Train epoch by epoch from wherever the run stands; the metrics, or None if stopped early."""
+        self.state = self._resume_or_start()  # after prepare_method: flat buffers must exist first
         cfg, state = self.cfg, self.state
         epochs_run = 0
         self.memory.start()
