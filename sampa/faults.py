@@ -12,6 +12,9 @@ power cut or ``kill -9`` would. Points (``N`` is an epoch, 1-based):
 * ``final:metrics``        after ``metrics.json`` is written (the checkpoint is still there)
 * ``write:<file>``         inside an atomic write of ``<file>``: its temporary file is complete,
                            not yet renamed
+* ``data:<dataset>``       inside the preparation of ``<dataset>`` (CIFAR's extraction or download,
+                           the toy ImageFolder's generation): its temporary folder is complete, not
+                           yet renamed into place
 
 Unset (always, outside tests), every point is a no-op.
 """

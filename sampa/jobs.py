@@ -340,8 +340,6 @@ def download_allowed(environ: Mapping[str, str]) -> bool:
 def prepare_data(dataset: str, root: str | None = None) -> dict[str, Any]:
     """Verify (extract, or download where allowed) ``dataset`` once, under a lock, or generate it (the
     toy ImageFolder); its data record."""
-    import fcntl
-
     from sampa.data.cifar import CIFAR_SOURCES, DataUnavailableError, ensure_extracted, resolve_root
     from sampa.paths import TOY_IMAGEFOLDER
 
@@ -356,14 +354,10 @@ def prepare_data(dataset: str, root: str | None = None) -> dict[str, Any]:
         prepared = ", ".join([*CIFAR_SOURCES, TOY_IMAGEFOLDER])
         raise JobError(f"dataset {dataset!r} needs no preparation; prepared: {prepared}")
     download = download_allowed(os.environ)
-    folder = resolve_root(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{dataset}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            path = ensure_extracted(dataset, folder, download=download)
-        except (DataUnavailableError, OSError) as err:
-            return {"status": NEEDS_DATA, "reason": " ".join(str(err).split())}
+    try:  # extracts (or downloads) under the dataset's lock, into place once complete
+        path = ensure_extracted(dataset, resolve_root(root), download=download)
+    except (DataUnavailableError, OSError) as err:
+        return {"status": NEEDS_DATA, "reason": " ".join(str(err).split())}
     return {"status": DATA_READY, "folder": str(path.resolve())}
 
 

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from problems import tiny_run
+from test_data import make_fake_cifar
 
 from sampa import cli, jobs
 from sampa.data import cifar
-from sampa.data.cifar import DataUnavailableError
+from sampa.data.cifar import DataUnavailableError, ensure_extracted, read_cifar
+from sampa.data.imagefolder import ensure_toy_imagefolder
+from sampa.faults import ENV_VAR
+from sampa.paths import TOY_IMAGEFOLDER
 from sampa.train import _Run, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,3 +126,111 @@ def test_a_two_device_run_whose_data_fails_leaves_no_run_directory(tmp_path, cap
     assert cli.main(args) == 1
     assert "no images" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Data preparation killed or failed midway: the next call redoes it
+
+_DRIVER = """
+import pickle, sys
+from pathlib import Path
+from sampa.data import cifar, imagefolder
+root, source = Path(sys.argv[1]), sys.argv[2]
+if source == "toy":
+    imagefolder.ensure_toy_imagefolder(root)
+else:
+    src = pickle.loads(Path(source).read_bytes())
+    cifar.CIFAR_SOURCES["cifar10"] = src
+    cifar.ensure_extracted("cifar10", root, download=False)
+"""
+
+
+def killed_preparation(root: Path, source: str, point: str) -> int:
+    """Prepare the data in a child process that SIGKILLs itself at ``point``; its exit status."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), ENV_VAR: point}
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(root), source], env=env, timeout=300)
+    return proc.returncode
+
+
+def temporary_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.endswith(".tmp"))
+
+
+def assert_reads_the_archive(root: Path, fake) -> None:
+    """The folder holds exactly the archive's images and labels."""
+    (train_x, train_y), (test_x, test_y) = read_cifar("cifar10", root, download=False)
+    for images, labels, data, expected in (
+        (train_x, train_y, fake.train_data, fake.train_labels),
+        (test_x, test_y, fake.test_data, fake.test_labels),
+    ):
+        np.testing.assert_array_equal(images.reshape(len(images), -1).numpy(), data)
+        np.testing.assert_array_equal(labels.numpy(), expected)
+
+
+def test_a_killed_cifar_extraction_is_redone_by_the_data_step(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    fake = make_fake_cifar(root, "cifar10", monkeypatch)
+    (tmp_path / "source.pkl").write_bytes(pickle.dumps(fake.source))
+    assert killed_preparation(root, str(tmp_path / "source.pkl"), "data:cifar10") == -signal.SIGKILL
+    assert not (root / fake.source.folder).exists()  # every file extracted, none where a reader looks
+    assert len(temporary_folders(root)) == 1
+    record = jobs.prepare_data("cifar10", str(root))
+    assert record["status"] == jobs.DATA_READY, record
+    assert temporary_folders(root) == []
+    assert_reads_the_archive(root, fake)
+
+
+def test_a_folder_half_extracted_beside_its_archive_is_extracted_again(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    fake = make_fake_cifar(root, "cifar10", monkeypatch)
+    folder = ensure_extracted("cifar10", root, download=False)
+    last = folder / fake.source.test_files[-1][0]
+    last.write_bytes(last.read_bytes()[:100])  # an extraction in place killed in its last file
+    assert ensure_extracted("cifar10", root, download=False) == folder
+    assert temporary_folders(root) == []
+    assert_reads_the_archive(root, fake)
+
+
+def test_a_damaged_folder_without_its_archive_is_one_line_naming_it(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    fake = make_fake_cifar(root, "cifar10", monkeypatch)
+    folder = ensure_extracted("cifar10", root, download=False)
+    fake.archive.unlink()
+    (folder / fake.source.train_files[0][0]).write_bytes(b"")
+    with pytest.raises(cifar.ChecksumError, match=f"delete {folder} and put a fresh") as err:
+        ensure_extracted("cifar10", root, download=False)
+    assert "\n" not in str(err.value)
+
+
+def test_a_download_cut_off_midway_leaves_no_half_archive(tmp_path, monkeypatch):
+    mirror = make_fake_cifar(tmp_path / "mirror", "cifar10", monkeypatch)
+    blob = mirror.archive.read_bytes()
+
+    def cut_off(url: str, root: str, md5: str | None = None) -> None:
+        (Path(root) / mirror.source.archive).write_bytes(blob[: len(blob) // 2])
+        raise OSError("Connection reset by peer")
+
+    def whole(url: str, root: str, md5: str | None = None) -> None:
+        (Path(root) / mirror.source.archive).write_bytes(blob)
+        cifar.safe_extract(Path(root) / mirror.source.archive, Path(root), mirror.source.folder)
+
+    root = tmp_path / "data"
+    monkeypatch.setattr(cifar, "download_and_extract_archive", cut_off)
+    with pytest.raises(DataUnavailableError, match="download failed: Connection reset"):
+        ensure_extracted("cifar10", root, download=True)
+    assert sorted(p.name for p in root.iterdir()) == [".cifar10.lock"]
+    monkeypatch.setattr(cifar, "download_and_extract_archive", whole)
+    assert ensure_extracted("cifar10", root, download=True) == root / mirror.source.folder
+    assert (root / mirror.source.archive).read_bytes() == blob  # kept, as an extraction finds it
+    assert temporary_folders(root) == []
+    assert_reads_the_archive(root, mirror)
+
+
+def test_a_killed_toy_imagefolder_generation_is_redone_and_its_leftover_removed(tmp_path):
+    point = f"data:{TOY_IMAGEFOLDER}"
+    assert killed_preparation(tmp_path, "toy", point) == -signal.SIGKILL
+    assert not (tmp_path / TOY_IMAGEFOLDER).exists()
+    assert len(temporary_folders(tmp_path)) == 1
+    folder = ensure_toy_imagefolder(tmp_path)
+    assert len(list(folder.glob("train/*/*.JPEG"))) == 240 and (folder / "GENERATED.txt").is_file()
+    assert temporary_folders(tmp_path) == []

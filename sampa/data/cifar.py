@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sampa.faults import kill_point
 from sampa.paths import ENV_VAR, data_root
 
 OFFLINE_HINT = "snakemake --cores all --configfile configs/smoke.yaml"
+TEMP_SUFFIX = ".tmp"  # a temporary folder of an extraction (renamed into place when complete)
 
 
 class DataUnavailableError(RuntimeError):
@@ -146,10 +151,10 @@ def download_and_extract_archive(url: str, root: str, md5: str) -> None:
     download(url, root, md5=md5)
 
 
-def _download(src: CifarSource, root: Path) -> None:
+def _download(src: CifarSource, root: Path, into: Path) -> None:
+    """Download and extract ``src`` into the temporary folder ``into`` (errors name the data ``root``)."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(src.url, str(root), md5=src.archive_md5)
+        download_and_extract_archive(src.url, str(into), md5=src.archive_md5)
     except (OSError, RuntimeError) as exc:
         raise _unavailable(src, root, f"download failed: {_one_line(exc)}") from exc
 
@@ -163,21 +168,63 @@ def check_present(name: str, root: Path) -> None:
 
 
 def ensure_extracted(name: str, root: Path, download: bool) -> Path:
-    """The verified extracted folder of ``name`` under ``root``, extracting or downloading it if needed."""
+    """The verified extracted folder of ``name`` under ``root``, extracting or downloading it if needed.
+
+    Extraction and download happen under a lock (``<root>/.<name>.lock``), into a temporary folder
+    (``.<folder>.<random>.tmp``) renamed into place once complete, so an interrupted one never leaves a
+    folder that passes for the dataset: the next call removes its temporary folder and starts again. A
+    damaged folder is extracted again from its archive; without one it is a one-line error naming it."""
     src = CIFAR_SOURCES[name]
     folder, archive = root / src.folder, root / src.archive
-    if not _folder_complete(folder, src):
-        if archive.is_file():
-            verify_md5(archive, src.archive_md5, f"delete it and download it again from {src.url}")
-            safe_extract(archive, root, src.folder)
-        elif download:
-            _download(src, root)
-        else:
-            raise _unavailable(src, root, "download=False")
-        if not _folder_complete(folder, src):
-            raise ChecksumError(f"{archive} does not contain the expected files of {src.folder}/; replace it")
+    if _intact(folder, src):
+        return folder
+    if not archive.is_file() and _folder_complete(folder, src):
+        _verify_folder(folder, src)  # damaged, no archive to extract again: one line, what to delete
+        return folder
+    if not archive.is_file() and not download:
+        raise _unavailable(src, root, "download=False")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _intact(folder, src):  # another process may have made it while this one waited
+            for stale in root.glob(f".{src.folder}.*{TEMP_SUFFIX}"):  # under the lock: interrupted ones
+                shutil.rmtree(stale, ignore_errors=True)
+            _extract(name, src, root)
     _verify_folder(folder, src)
     return folder
+
+
+def _intact(folder: Path, src: CifarSource) -> bool:
+    """Whether ``folder`` holds every file of ``src`` with its checksum."""
+    if not _folder_complete(folder, src):
+        return False
+    try:
+        _verify_folder(folder, src)
+    except ChecksumError:
+        return False
+    return True
+
+
+def _extract(name: str, src: CifarSource, root: Path) -> None:
+    """Extract (or download) ``src`` into a temporary folder, then rename its folder into place."""
+    folder, archive = root / src.folder, root / src.archive
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{src.folder}.", suffix=TEMP_SUFFIX))
+    try:
+        if archive.is_file():
+            verify_md5(archive, src.archive_md5, f"delete it and download it again from {src.url}")
+            safe_extract(archive, tmp, src.folder)
+        else:
+            _download(src, root, tmp)
+            if (tmp / src.archive).is_file():  # kept beside the folder, as an extraction finds it
+                os.replace(tmp / src.archive, archive)
+        if not _folder_complete(tmp / src.folder, src):
+            raise ChecksumError(f"{archive} does not contain the expected files of {src.folder}/; replace it")
+        kill_point(f"data:{name}")
+        if folder.exists():  # incomplete or damaged: moved into the temporary folder, removed with it
+            os.rename(folder, tmp / "replaced")
+        os.rename(tmp / src.folder, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_batch(path: Path, label_key: bytes) -> Arrays:
