@@ -229,3 +229,57 @@ def test_failed_write_is_one_line_with_path_and_cause(tmp_path, monkeypatch, cod
         train(config(), out, log_progress=False)
     assert "\n" not in str(err.value)
     assert io.stale_temp_files(out) == []  # the failed write removed its temporary file
+
+
+# ----------------------------------------------------------------------------------------------
+# Two devices: rank 0 writes the run directory; a kill at any of its points resumes as one device does
+
+#: every point of sampa.faults that a two-device run passes (``epoch<N>:step``: every rank kills itself;
+#: the others: the writer, rank 0, and the other rank fails at its next collective)
+PAIR_KILL_POINTS = [
+    pytest.param("epoch2:step", marks=_slow),
+    pytest.param("epoch1:best", marks=_slow),
+    "epoch2:log",
+    pytest.param("write:checkpoint.pt", marks=_slow),
+    pytest.param("final:log", marks=_slow),
+    pytest.param("final:metrics", marks=_slow),
+]
+
+
+def pair_run(out: Path, point: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m sampa train --devices 2`` of :func:`config` (SAMPa, task mode) on the CPU."""
+    settings = config().to_dict() | {"devices": 2}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(ENV_VAR, None)
+    if point is not None:
+        env[ENV_VAR] = point
+    cmd = [sys.executable, "-m", "sampa", "train", "--settings", json.dumps(settings), "--out", str(out)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pair_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pair-reference") / "run"
+    done = pair_run(out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize("point", PAIR_KILL_POINTS)
+def test_two_device_restart_after_a_kill_converges_to_the_uninterrupted_run(tmp_path, pair_reference, point):
+    out = tmp_path / "run"
+    killed = pair_run(out, point)
+    line = killed.stderr.strip().splitlines()[-1]
+    assert killed.returncode == 1 and line.startswith("sampa train: error: two-device run failed: rank")
+    assert "0: killed by SIGKILL" in line or "0 and 1: killed by SIGKILL" in line, line
+    assert not (out / "metrics.json").exists() or point == "final:metrics"
+    done = pair_run(out)
+    assert done.returncode == 0, done.stderr
+    assert_same_run_directory(out, pair_reference)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock",
+        "best.pt",
+        "config.json",
+        "log.jsonl",
+        "metrics.json",
+    ]
