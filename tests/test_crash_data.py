@@ -74,6 +74,39 @@ def test_an_imagenet_folder_without_images_leaves_no_run_directory(tmp_path, cap
     assert not out.exists()
 
 
+def test_half_downloaded_bert_weights_are_one_line_naming_them_and_no_run_directory(tmp_path, capsys):
+    pytest.importorskip("transformers", reason="BERT needs the nlp extra")
+    root, out = tmp_path / "data", tmp_path / "r"
+    cola = root / "glue" / "CoLA"
+    cola.mkdir(parents=True)
+    rows = "".join(f"gj04\t{i % 2}\t\tsentence number {i} .\n" for i in range(8))
+    for split in ("train", "dev"):
+        (cola / f"{split}.tsv").write_text(rows)
+    weights = root / "weights" / "bert-base-uncased"
+    weights.mkdir(parents=True)
+    (weights / "config.json").write_text("{}")  # the first file of a download, the rest never came
+    args = ["train", "--dataset", "glue-cola", "--model", "bert-base", "--epochs", "1", "--device", "cpu",
+            "--data-root", str(root), "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be loaded" in err and f"delete {weights} and download" in err
+    assert not out.exists()
+
+
+def test_a_truncated_vit_weights_file_is_one_line_naming_it_and_no_run_directory(tmp_path, capsys):
+    pytest.importorskip("timm", reason="ViT needs the vision extra")
+    root, out = tmp_path / "data", tmp_path / "r"
+    weights = root / "weights" / "vit-b16-imagenet21k" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b'\x40\x00\x00\x00\x00\x00\x00\x00{"__metadata__": ')  # cut off in its header
+    args = ["train", "--dataset", "synthetic", "--model", "vit-b16", "--epochs", "1", "--device", "cpu",
+            "--data-root", str(root), "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"delete {weights} and download it again" in err
+    assert not out.exists()
+
+
 def test_an_existing_empty_directory_is_left_as_it_was(tmp_path):
     out = tmp_path / "r"
     out.mkdir()  # e.g. made by Snakemake for the job's log or output

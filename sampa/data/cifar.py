@@ -30,6 +30,16 @@ class WeightsUnavailableError(DataUnavailableError):
     """Pretrained weights are not on disk (message: one line naming what to put where)."""
 
 
+def unreadable_weights(what: str, where: str, err: Exception) -> WeightsUnavailableError:
+    """Weights (or their tokenizer) that are on disk but cannot be loaded, e.g. after an interrupted
+    download: one line naming them and what to do."""
+    cause = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return WeightsUnavailableError(
+        f"{what} at {where} cannot be loaded ({type(err).__name__}: {cause[:200]}); an interrupted "
+        f"download leaves such files: delete {where} and download it again"
+    )
+
+
 class ChecksumError(DataUnavailableError):
     """A dataset file on disk does not have the expected MD5 checksum."""
 

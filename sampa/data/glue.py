@@ -185,12 +185,16 @@ def load_tokenizer(
 ) -> Callable[..., dict]:
     """The tokenizer stored with the BERT weights (a local directory or ``"hub"``; the ``nlp`` extra);
     ``local_dir``: where local weights are looked for, named by the error when none are found."""
+    from sampa.data.cifar import unreadable_weights
     from sampa.extras import require
-    from sampa.models.bert import weights_source
+    from sampa.models.bert import weights_place, weights_source
 
     transformers = require("nlp", "transformers")
     source = weights_source(weights, allow_download, local_dir)
-    return transformers.AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+    except Exception as err:  # transformers raises OSError, ValueError, ...
+        raise unreadable_weights("the BERT-base tokenizer", weights_place(source), err) from None
 
 
 def tokenize(

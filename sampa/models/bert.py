@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from sampa.data.cifar import WeightsUnavailableError
+from sampa.data.cifar import WeightsUnavailableError, unreadable_weights
 from sampa.extras import require
 
 HUB_NAME = "google-bert/bert-base-uncased"
@@ -58,10 +58,18 @@ def bert_base(
     ``local_dir``: where the caller looks for local weights, named by the error when none are found."""
     transformers = require("nlp", "transformers")
     source = weights_source(weights, allow_download, local_dir)
-    bert = transformers.BertForSequenceClassification.from_pretrained(
-        source, num_labels=num_labels, local_files_only=not allow_download, ignore_mismatched_sizes=True
-    )  # ignore_mismatched_sizes: a fine-tuned checkpoint's classifier is replaced, as bert-base has none
+    try:
+        bert = transformers.BertForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, local_files_only=not allow_download, ignore_mismatched_sizes=True
+        )  # ignore_mismatched_sizes: a fine-tuned checkpoint's classifier is replaced, as bert-base has none
+    except Exception as err:  # transformers raises OSError, ValueError, safetensors' own errors, ...
+        raise unreadable_weights("the BERT-base weights", weights_place(source), err) from None
     return BertClassifier(bert)
+
+
+def weights_place(source: str) -> str:
+    """Where the weights of ``source`` (:func:`weights_source`) are, as an error names it."""
+    return f"the hub cache's {HUB_NAME}" if source == HUB_NAME else source
 
 
 def weights_source(

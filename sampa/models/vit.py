@@ -22,7 +22,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sampa.data.cifar import WeightsUnavailableError
+from sampa.data.cifar import WeightsUnavailableError, unreadable_weights
 from sampa.extras import require
 
 ARCHITECTURE = "vit_base_patch16_224"
@@ -67,9 +67,13 @@ def vit_b16(
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     else:
         overlay = _weights_overlay(name, weights, allow_download, local_dir)
-        model = timm.create_model(
-            name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
-        )
+        try:
+            model = timm.create_model(
+                name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
+            )
+        except Exception as err:  # a truncated or foreign file: safetensors', torch's or timm's errors
+            where = overlay["file"] if overlay else f"the hub cache's timm/{name}"
+            raise unreadable_weights(f"the ViT-B/16 weights {name}", str(where), err) from None
     return nn.Sequential(Resize(IMAGE_SIZE), model)
 
 
