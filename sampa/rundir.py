@@ -232,15 +232,12 @@ class RunDir:
                 raise RunError(f"another process is already training into {self.root}") from None
             yield
 
-    def begin(self, config: Mapping[str, Any]) -> bool:
-        """Start or restart (under the lock): remove stale temporary files, write config.json once;
-        whether this call wrote it (a new run)."""
+    def begin(self, config: Mapping[str, Any]) -> None:
+        """Start or restart (under the lock): remove stale temporary files, write config.json once."""
         for stale in io.stale_temp_files(self.root):
             stale.unlink(missing_ok=True)
-        if self.config.exists():
-            return False
-        io.write_json(self.config, config)
-        return True
+        if not self.config.exists():
+            io.write_json(self.config, config)
 
     def discard_unstarted(self) -> None:
         """After a new run failed before recording an epoch (under the lock): remove its config.json,
@@ -249,7 +246,8 @@ class RunDir:
         if any(p.exists() for p in (self.log, self.checkpoint, self.best, self.metrics)):
             return
         for path in (self.config, *io.stale_temp_files(self.root), self.lock):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the run's own error is the one to report
+                path.unlink(missing_ok=True)
         if self.made_root:
             with contextlib.suppress(OSError):  # not empty: something else lives there
                 self.root.rmdir()

@@ -159,11 +159,13 @@ def train(
         backend.gather(True)  # the writer waits until every process has started as well
         lock = run_dir.exclusive() if is_writer else contextlib.nullcontext()
         with lock:
-            created = is_writer and run_dir.begin(cfg.to_dict())
+            new = is_writer and not run_dir.config.exists()  # this invocation starts the run
             try:
+                if is_writer:
+                    run_dir.begin(cfg.to_dict())
                 return run.execute(stop_after)
             except BaseException:
-                if created:
+                if new:
                     run_dir.discard_unstarted()  # failed before its first epoch: as if never started
                 raise
     except OSError as err:

@@ -4,6 +4,7 @@ call, never read half-written."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -17,12 +18,13 @@ import pytest
 from problems import tiny_run
 from test_data import make_fake_cifar
 
-from sampa import cli, jobs
+from sampa import cli, io, jobs
 from sampa.data import cifar
 from sampa.data.cifar import DataUnavailableError, ensure_extracted, read_cifar
 from sampa.data.imagefolder import ensure_toy_imagefolder
 from sampa.faults import ENV_VAR
 from sampa.paths import TOY_IMAGEFOLDER
+from sampa.rundir import RunError
 from sampa.train import _Run, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +123,16 @@ def test_a_new_run_failing_in_its_first_epoch_leaves_no_run_directory(tmp_path, 
 
     monkeypatch.setattr(_Run, "_train_epoch", fail)
     with pytest.raises(RuntimeError, match="out of memory"):
+        train(tiny_run(), tmp_path / "r", log_progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_new_run_whose_first_write_fails_leaves_no_run_directory(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.os, "fsync", full)
+    with pytest.raises(RunError, match=r"r/config.json: No space left on device$"):
         train(tiny_run(), tmp_path / "r", log_progress=False)
     assert not (tmp_path / "r").exists()
 
