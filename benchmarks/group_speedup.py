@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from pair_speedup import random_batches  # benchmarks/ is on sys.path when a script here runs
 
+from sampa import io
 from sampa.backends.pair import PairBackend, mode_for
 from sampa.launch import device_kind, listen
 from sampa.losses import make_loss
@@ -172,10 +173,9 @@ def main() -> None:
     rows = [row for k in args.ks for row in run_world(2 * k, args, kind)]
     load_after = os.getloadavg()[0]
     print_table(rows, args, kind, (load_before, load_after))
-    if args.json:
-        with open(args.json, "w") as handle:
-            record = {"rows": rows, "load_average": [load_before, load_after], "args": vars(args)}
-            json.dump(record, handle, indent=2)
+    if args.json:  # atomically: an interrupted benchmark leaves the previous record or none
+        record = {"rows": rows, "load_average": [load_before, load_after], "args": vars(args)}
+        io.write_text(args.json, json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
+from sampa import io
 from sampa.backends.pair import PairBackend, mode_for
 from sampa.backends.single import SingleDevice
 from sampa.launch import device_kind, listen
@@ -231,13 +232,9 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     del store
     print_table(rows, args, kind, (load_before, load_after))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(
-                {"rows": rows, "load_average": [load_before, load_after], "args": vars(args)},
-                handle,
-                indent=2,
-            )
+    if args.json:  # atomically: an interrupted benchmark leaves the previous record or none
+        record = {"rows": rows, "load_average": [load_before, load_after], "args": vars(args)}
+        io.write_text(args.json, json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
