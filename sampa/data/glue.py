@@ -193,6 +193,8 @@ def load_tokenizer(
     source = weights_source(weights, allow_download, local_dir)
     try:
         return transformers.AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+    except MemoryError:
+        raise  # not the files' fault
     except Exception as err:  # transformers raises OSError, ValueError, ...
         raise unreadable_weights("the BERT-base tokenizer", weights_place(source), err) from None
 

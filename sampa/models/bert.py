@@ -62,6 +62,8 @@ def bert_base(
         bert = transformers.BertForSequenceClassification.from_pretrained(
             source, num_labels=num_labels, local_files_only=not allow_download, ignore_mismatched_sizes=True
         )  # ignore_mismatched_sizes: a fine-tuned checkpoint's classifier is replaced, as bert-base has none
+    except MemoryError:
+        raise  # not the files' fault
     except Exception as err:  # transformers raises OSError, ValueError, safetensors' own errors, ...
         raise unreadable_weights("the BERT-base weights", weights_place(source), err) from None
     return BertClassifier(bert)

@@ -71,6 +71,8 @@ def vit_b16(
             model = timm.create_model(
                 name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
             )
+        except MemoryError:
+            raise  # not the files' fault
         except Exception as err:  # a truncated or foreign file: safetensors', torch's or timm's errors
             where = overlay["file"] if overlay else f"the hub cache's timm/{name}"
             raise unreadable_weights(f"the ViT-B/16 weights {name}", str(where), err) from None
