@@ -271,6 +271,24 @@ def test_a_download_cut_off_midway_leaves_no_half_archive(tmp_path, monkeypatch)
     assert_reads_the_archive(root, mirror)
 
 
+def test_a_cut_off_glue_parquet_file_is_one_line_naming_it(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow", reason="parquet needs the nlp extra")
+    from sampa.data.glue import read_glue
+
+    folder = tmp_path / "glue" / "cola"
+    folder.mkdir(parents=True)
+    whole = folder / "train-00000-of-00001.parquet"
+    pd.DataFrame({"sentence": [f"sentence {i} ." for i in range(50)], "label": [i % 2 for i in range(50)],
+                  "idx": list(range(50))}).to_parquet(whole)  # fmt: skip
+    assert len(read_glue("cola", "train", tmp_path).labels) == 50
+    whole.write_bytes(whole.read_bytes()[:-100])  # the hub download cut off before its end
+    cause = f"{whole} cannot be read .+ delete it and download"
+    with pytest.raises(DataUnavailableError, match=cause) as err:
+        read_glue("cola", "train", tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def test_a_killed_toy_imagefolder_generation_is_redone_and_its_leftover_removed(tmp_path):
     point = f"data:{TOY_IMAGEFOLDER}"
     assert killed_preparation(tmp_path, "toy", point) == -signal.SIGKILL

@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -102,8 +103,22 @@ def _read_parquet(task: GlueTask, paths: Sequence[Path]) -> RawSplit:
 
     require("nlp", "pyarrow")  # pandas' parquet engine
 
-    table = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    table = pd.concat([_parquet(pd, p) for p in paths], ignore_index=True)
     return RawSplit([table[c].astype(str).tolist() for c in task.text], table["label"].astype(float).tolist())
+
+
+def _parquet(pd: Any, path: Path) -> Any:
+    """One parquet file as a frame; a file that is not one (a cut-off download) is one line naming it."""
+    try:
+        return pd.read_parquet(path)
+    except MemoryError:
+        raise
+    except Exception as err:  # pyarrow's ArrowInvalid, OSError, ...
+        cause = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        raise DataUnavailableError(
+            f"{path} cannot be read ({type(err).__name__}: {cause[:200]}); an interrupted download leaves "
+            "such files: delete it and download it again"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
