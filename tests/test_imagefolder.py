@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 
-from sampa import extras, jobs, requirements
+from sampa import cli, extras, jobs, requirements
+from sampa.config import RunConfig
 from sampa.data import imagefolder, imagenet
 from sampa.data.imagefolder import TOY_CROP, TOY_PER_CLASS, ensure_toy_imagefolder, toy_classes
 from sampa.data.sources import TRAIN_SIZES, ImageNetSource, load_source
 from sampa.paths import TOY_IMAGEFOLDER, generated_data
+from sampa.train import train
 
 
 def test_toy_folder_is_generated_beside_imagenet_never_as_it(tmp_path):
@@ -82,3 +84,43 @@ def test_a_data_root_it_cannot_write_makes_its_runs_need_data(tmp_path):
     blocker.write_text("not a folder")  # the data root is a file: nothing can be written under it
     record = jobs.prepare_data(TOY_IMAGEFOLDER, str(blocker / "data"))
     assert record["status"] == jobs.NEEDS_DATA and str(blocker) in record["reason"]
+
+
+def toy_run(tmp_path) -> RunConfig:
+    return RunConfig(model="tinycnn", dataset=TOY_IMAGEFOLDER, optimizer="sgd", epochs=2, batch_size=32,
+                     lr=0.05, data_root=str(tmp_path / "data"), device="cpu", threads=1,
+                     num_workers=1)  # fmt: skip
+
+
+def train_command(cfg: RunConfig, out) -> int:
+    settings = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "data_root"})
+    return cli.main(["train", "--settings", settings, "--data-root", cfg.data_root, "--out", str(out)])
+
+
+def test_a_cut_off_jpeg_ends_the_run_in_one_line_and_the_replaced_file_resumes_it(tmp_path, capsys):
+    cfg = toy_run(tmp_path)
+    bad = ensure_toy_imagefolder(cfg.data_root) / "train" / "class03" / "class03_5.JPEG"
+    intact = bad.read_bytes()
+    bad.write_bytes(intact[: len(intact) // 2])  # an interrupted copy
+    new = tmp_path / "new"
+    assert train_command(cfg, new) == 1  # a run error (decoding workers), as a damaged run file is
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sampa train: error: {bad} cannot be decoded"), err
+    assert "replace it" in err and not new.exists()  # failed in its first epoch: as if never started
+
+    run = tmp_path / "run"
+    bad.write_bytes(intact)
+    train(cfg, run, stop_after=1, log_progress=False)
+    after_one = sorted(p.name for p in run.iterdir())
+    bad.write_bytes(intact[: len(intact) // 2])
+    assert train_command(cfg, run) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"sampa train: error: {bad} cannot be decoded")
+    assert "Traceback" not in err and "resuming after epoch 1/2" in err
+    assert sorted(p.name for p in run.iterdir()) == after_one and "metrics.json" not in after_one
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1  # epoch 1 recorded, epoch 2 not
+
+    bad.write_bytes(intact)  # replaced: the same command resumes and finishes
+    assert train_command(cfg, run) == 0
+    assert "resuming after epoch 1/2" in capsys.readouterr().err
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2 and (run / "metrics.json").is_file()

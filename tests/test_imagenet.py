@@ -13,7 +13,15 @@ from sampa.backends.pair import shard_start
 from sampa.data import imagenet
 from sampa.data.cifar import DataUnavailableError
 from sampa.data.imagefolder import write_image_folder
-from sampa.data.imagenet import MEAN, STD, eval_transform, load_imagenet, loader_workers, normalise
+from sampa.data.imagenet import (
+    MEAN,
+    STD,
+    UnreadableImageError,
+    eval_transform,
+    load_imagenet,
+    loader_workers,
+    normalise,
+)
 from sampa.metrics.scores import evaluate_topk, topk_correct
 from sampa.models.resnet50 import resnet50
 
@@ -149,6 +157,27 @@ def test_eval_batches_are_resized_centre_crops(tiny_imagenet):
     assert raw.shape[0] == 1 and images.shape == (6, 3, 32, 32)  # greyscale file, RGB batch
     expected = normalise(eval_transform(32, round(32 * 256 / 224))(raw.expand(3, -1, -1))[None])
     assert torch.allclose(images[0], expected[0]) and labels[0] == label
+
+
+def truncate(path: Path) -> None:
+    """Cut ``path`` off halfway, as an interrupted copy or download leaves it."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_cut_off_jpeg_is_one_line_naming_it_whatever_the_workers(tiny_imagenet, workers, split):
+    data = load_imagenet(tiny_imagenet, workers=workers, crop=32)
+    files = data.train if split == "train" else data.val
+    bad = Path(files.samples[len(files) - 1][0])
+    truncate(bad)
+    with pytest.raises(UnreadableImageError, match=f"^{bad} cannot be decoded .+ replace it") as err:
+        if split == "train":
+            list(data.train_batches(4, seed=0, epoch=0))
+        else:
+            list(data.eval_batches(4))
+    assert "\n" not in str(err.value) and "truncated" in str(err.value)  # the decoder's reason
+    assert ".cpp" not in str(err.value)  # not torchvision's source location
 
 
 def test_max_classes_keeps_a_subset(tiny_imagenet):

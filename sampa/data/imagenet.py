@@ -20,12 +20,18 @@ The batch keeps its global size, with all labels and indices; the other rows' im
 computation that read them by mistake could not go unnoticed. 2k data-parallel ranks decode 1/(2k) of
 each batch each; SAMPa's two groups of k ranks 1/k (each batch is B_{t+1} of group 1, then B_t of
 group 0, and rank i of a group computes on part i of both).
+
+A file the decoder rejects (cut off, corrupt, not an image) ends the run with one line naming it
+(:class:`UnreadableImageError`, a ``RunError``): the worker returns an :class:`Unreadable` in place of
+its sample (an exception raised in a worker would reach the reader as a multi-line traceback) and the
+process reading the batches raises it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
 from sampa.data.seeding import STREAM_EPOCH, cpu_generator, derive_seed
 from sampa.paths import IMAGENET_FOLDER, IMAGENET_SPLITS
+from sampa.rundir import RunError
 
 FOLDER, SPLITS = IMAGENET_FOLDER, IMAGENET_SPLITS
 MEAN = (0.485, 0.456, 0.406)
@@ -96,6 +103,43 @@ def list_samples(
     return samples, classes
 
 
+class UnreadableImageError(RunError):
+    """An image file cannot be decoded (message: one line naming it and what to do)."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Returned in place of a sample (and of its batch) whose file cannot be decoded."""
+
+    path: str
+    cause: str
+
+    def error(self) -> UnreadableImageError:
+        return UnreadableImageError(
+            f"{self.path} cannot be decoded ({self.cause}): replace it with an intact copy and run the "
+            "same command again (the run resumes after its last finished epoch), or delete it and start "
+            "the run afresh in a new directory (the training set changes)"
+        )
+
+
+#: torchvision's error text: "<function>, <source file>:<line>, <message>"
+_TORCHVISION_ERROR = re.compile(r"^\w+, \S+:\d+, (.+)$")
+
+
+def decode_cause(err: Exception) -> str:
+    """The decoder's reason in a few words (torchvision's message without its source location)."""
+    line = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
+    found = _TORCHVISION_ERROR.match(line)
+    return (found.group(1) if found else line)[:200]
+
+
+def checked(batch: Any) -> Any:
+    """``batch``, or the one-line error of its unreadable file."""
+    if isinstance(batch, Unreadable):
+        raise batch.error()
+    return batch
+
+
 def decode(path: str) -> Tensor:
     """uint8 [3, H, W] RGB image (greyscale and CMYK JPEGs are converted)."""
     from torchvision.io import ImageReadMode, decode_image, read_file
@@ -130,9 +174,12 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int] | Unreadable:
         path, label = self.samples[index]
-        image = decode(path)
+        try:
+            image = decode(path)
+        except (RuntimeError, OSError, ValueError) as err:  # torchvision's errors are RuntimeErrors
+            return Unreadable(path, decode_cause(err))
         with torch.random.fork_rng(devices=[]):  # never disturb the caller's RNG (workers=0)
             torch.manual_seed(derive_seed(self.seed, STREAM_EPOCH, self.epoch, index))
             return self.transform(image).contiguous(), label, index
@@ -158,9 +205,19 @@ class BatchRows(Sampler[list[int]]):
             yield batch[self.rows(len(batch))].tolist()
 
 
-def stack_images(samples: list[tuple[Tensor, int, int]]) -> Tensor | None:
-    """The images of a process's rows as one uint8 batch (None: no rows)."""
-    return default_collate(samples)[0] if samples else None
+def first_unreadable(samples: list[Any]) -> Unreadable | None:
+    """The first sample whose file cannot be decoded, if any."""
+    return next((s for s in samples if isinstance(s, Unreadable)), None)
+
+
+def stack_images(samples: list[tuple[Tensor, int, int] | Unreadable]) -> Tensor | Unreadable | None:
+    """The images of a process's rows as one uint8 batch (None: no rows; an unreadable file: it)."""
+    return first_unreadable(samples) or (default_collate(samples)[0] if samples else None)
+
+
+def collate_samples(samples: list[tuple[Tensor, int, int] | Unreadable]) -> Any:
+    """(images, labels, indices) of a batch, or its first unreadable file."""
+    return first_unreadable(samples) or default_collate(samples)
 
 
 @dataclass
@@ -194,7 +251,7 @@ class ImageNet:
             **self._loader_settings(),
         )
         labels = torch.tensor([label for _, label in self.train.samples])
-        for indices, images in zip(order.split(batch_size), loader, strict=True):
+        for indices, images in zip(order.split(batch_size), map(checked, loader), strict=True):
             yield (
                 self._global_images(images, len(indices), rows(len(indices))),
                 labels[indices].to(self.device),
@@ -218,8 +275,14 @@ class ImageNet:
         at ``rows(len(val))`` (default: all) are decoded and returned."""
         part = (rows or all_rows)(len(self.val))
         order = range(len(self.val))[part]
-        loader = DataLoader(self.val, batch_size=batch_size, sampler=order, **self._loader_settings())
-        for images, labels, indices in loader:
+        loader = DataLoader(
+            self.val,
+            batch_size=batch_size,
+            sampler=order,
+            collate_fn=collate_samples,
+            **self._loader_settings(),
+        )
+        for images, labels, indices in map(checked, loader):
             yield (
                 normalise(images.to(self.device, non_blocking=True)),
                 labels.to(self.device),
