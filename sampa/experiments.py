@@ -29,7 +29,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -800,13 +800,13 @@ def mark_requirements(
     return here
 
 
-def partial_runs(spec: Mapping[str, Any]) -> str:
+def partial_runs(spec: Mapping[str, Any], runs: Sequence[PlannedRun] | None = None) -> str:
     """How many runs of an experiment with ``needs`` can run here and what the rest needs ("32 of 36 runs
-    here (the rest needs GLUE RTE at ...)")."""
+    here (the rest needs GLUE RTE at ...)"); ``runs``: its runs, if the caller expanded them already."""
     from sampa.requirements import merged
 
     needs = merged([line for lines in spec.get("needs", {}).values() for line in lines])
-    runs = expand_experiment(spec)
+    runs = expand_experiment(spec) if runs is None else list(runs)
     return f"{len(runnable(spec, runs))} of {len(runs)} runs here (the rest {'; '.join(needs)})"
 
 

@@ -509,6 +509,17 @@ def test_a_partial_table_decides_a_claim_only_where_its_runs_do(tmp_path, monkey
     assert result.verdict == scorecard.NOT_REPRODUCED and result.finding.startswith("Table 5 partial: 4 of 8")
 
 
+def test_the_coverage_expands_each_tables_runs_once(tmp_path, monkeypatch):
+    """Its cells, the paper comparison and the partial note share one expansion (each validates every
+    run of the experiment: ~7.5 ms for paper Table 1's 150 runs); counted where every expansion checks."""
+    plan, _, runs = partial_table5(tmp_path)
+    check, calls = ex.check_cells, []
+    monkeypatch.setattr(ex, "check_cells", lambda spec: calls.append(spec["id"]) or check(spec))
+    coverage, _ = scorecard.paper_coverage(scorecard.Inputs(plan.specs, runs))
+    assert coverage.set_index("paper").loc["Table 5", "status"].startswith("compared; partial: 4 of 8")
+    assert calls == ["table5"]
+
+
 def test_a_glue_average_over_some_tasks_decides_nothing(tmp_path):
     pytest.importorskip("transformers", reason="GLUE runs need the nlp extra")
     config = {

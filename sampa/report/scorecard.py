@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from sampa.experiments import partial_runs, plan_experiment
+from sampa.experiments import expand_experiment, partial_runs, plan_experiment
 from sampa.paths import generated_data
 from sampa.report import paper
 from sampa.report.cells import axis_name, cell_table, observations
@@ -685,14 +685,15 @@ def _table_status(spec: Mapping[str, Any] | None, runs: pd.DataFrame) -> tuple[s
         return NOT_IN_CONFIG, empty, False
     if spec.get("not_run"):
         return "not run: " + spec["not_run"], empty, False
-    cells = cell_table(spec, runs)
-    comparison = compare(spec, cells, runs)
+    planned = expand_experiment(spec)  # once: cells, comparison and the partial note share it
+    cells = cell_table(spec, runs, planned)
+    comparison = compare(spec, cells, runs, planned)
     if comparison is None:
         return "no comparable metric", empty, False
     counts = comparison.counts()
     status = "synthetic data: no verdicts" if comparison.synthetic else "compared"
     if spec.get("needs"):
-        status += f"; partial: {partial_runs(spec)}"
+        status += f"; partial: {partial_runs(spec, planned)}"
     shown = {k: counts[k] for k in ("compared", WITHIN, OUTSIDE)}
     unmatched = {"_unmatched": comparison.unmatched, "_groups": comparison.unmatched_groups}
     return status, {**shown, **unmatched}, comparison.synthetic
