@@ -2,11 +2,17 @@
 
 A failed write (permission, no space, not a directory) raises ``OSError`` carrying the path of the
 file it was writing; its temporary file is removed. A process killed mid-write leaves the temporary
-file (``.<name>.<random>.tmp``) behind: :func:`stale_temp_files` finds them for cleanup.
+file (``.<name>.<owner>-<pid>.<random>.tmp``) behind: :func:`stale_temp_files` finds them for cleanup,
+and the next write of the same file removes those whose writer is dead. ``<owner>`` names the kernel
+boot and PID namespace the writer ran in (:func:`pid_namespace`), so only a writer whose PID this
+process can look up is ever judged dead (never one on another machine or in another container); a
+reused PID only makes a dead writer look alive, which leaves its file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -30,10 +36,50 @@ def _umask() -> int:
     return mask
 
 
+def pid_namespace() -> str:
+    """A token for this kernel boot and this process's PID namespace ('' where /proc cannot tell): two
+    processes with the same token can look up each other's PIDs."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return hashlib.blake2b(f"{boot}:{namespace}".encode(), digest_size=8).hexdigest()
+
+
+def _temp_prefix(path: Path, owner: str) -> str:
+    return f".{path.name}.{owner}-{os.getpid()}." if owner else f".{path.name}."
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (in this PID namespace); unsure counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_writers(path: Path, owner: str) -> None:
+    """Remove the temporary files of ``path`` left by killed writers in ``owner``'s PID namespace."""
+    if not owner:
+        return
+    head = f".{path.name}.{owner}-"
+    with os.scandir(path.parent) as entries:
+        leftovers = [e.name for e in entries if e.name.startswith(head) and e.name.endswith(TEMP_SUFFIX)]
+    for name in leftovers:
+        pid, dot, rest = name[len(head) : -len(TEMP_SUFFIX)].partition(".")
+        if pid.isdecimal() and dot and "." not in rest and int(pid) > 0 and not _alive(int(pid)):
+            (path.parent / name).unlink(missing_ok=True)
+
+
 def _atomic(path: Path, write: Any, mode: str) -> None:
+    owner = pid_namespace()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path, owner), suffix=TEMP_SUFFIX)
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(err.filename or path)) from None
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
@@ -50,6 +96,8 @@ def _atomic(path: Path, write: Any, mode: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    with contextlib.suppress(OSError):  # the write succeeded; leftovers are only tidied
+        remove_dead_writers(path, owner)
 
 
 def stale_temp_files(directory: str | os.PathLike) -> list[Path]:

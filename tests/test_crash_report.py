@@ -5,6 +5,10 @@ previous file whole (or none), never a half-written one that a later step would 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,9 @@ from sampa import experiments as ex
 from sampa import io
 from sampa.cli import main
 from sampa.doctor import write_report
+from sampa.faults import ENV_VAR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 OLD = "the previous version\n"
 
@@ -116,3 +123,30 @@ def test_the_doctor_report_killed_while_writing_keeps_the_previous_report(tmp_pa
         write_report(tmp_path, "cpu", [], {"quick": 2.0}, 60.0, finished=False)
     assert (tmp_path / "doctor.json").read_bytes() == before
     assert io.stale_temp_files(tmp_path) == []
+
+
+def test_a_temporary_file_of_a_sigkilled_writer_is_removed_by_the_next_write_of_its_file(tmp_path):
+    """Only a dead writer's, told by the PID and PID namespace in its name: a live writer's, one from
+    another machine or container and one without an owner are left alone."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    out = tmp_path / "out" / "plan.csv"
+    argv = ["plan", "--config", str(config), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), ENV_VAR: "write:plan.csv"}
+    killed = subprocess.run([sys.executable, "-m", "sampa", *argv], env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (leftover,) = io.stale_temp_files(out.parent)
+    owner = io.pid_namespace()
+    assert leftover.name.startswith(f".plan.csv.{owner}-") and not out.exists()
+    dead_pid = leftover.name.removeprefix(f".plan.csv.{owner}-").split(".")[0]
+    other = "f" * 16 if owner != "f" * 16 else "e" * 16
+    kept = [
+        out.parent / f".plan.csv.{owner}-{os.getpid()}.writing.tmp",  # a live writer (this process)
+        out.parent / f".plan.csv.{other}-{dead_pid}.elsewhere.tmp",  # its PID means nothing here
+        out.parent / ".plan.csv.noowner.tmp",  # written before temporary names had owners
+        out.parent / f".other.csv.{owner}-{dead_pid}.killed.tmp",  # another file's: its own write tidies it
+    ]
+    for path in kept:
+        path.write_text("partial")
+    assert main(argv) == 0
+    assert io.stale_temp_files(out.parent) == sorted(kept) and out.read_text().startswith("experiment")
