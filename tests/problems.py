@@ -11,6 +11,8 @@ from torch import nn
 from sampa.optim import GradJob, SequentialExecutor
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: what a finished run directory holds, no temporary file or checkpoint left (sampa.rundir)
+FINISHED_RUN_FILES = [".lock", "best.pt", "config.json", "log.jsonl", "metrics.json"]
 
 
 class LeastSquares(nn.Module):

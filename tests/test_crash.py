@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from problems import tiny_run
+from problems import FINISHED_RUN_FILES, tiny_run
 
 from sampa import io
 from sampa.faults import ENV_VAR
@@ -90,13 +90,7 @@ def test_restart_after_a_kill_converges_to_the_uninterrupted_run(tmp_path, refer
     assert not (out / "metrics.json").exists() or point == "final:metrics"
     train(config(), out, log_progress=False)
     assert_same_run_directory(out, reference)
-    assert sorted(p.name for p in out.iterdir()) == [
-        ".lock",
-        "best.pt",
-        "config.json",
-        "log.jsonl",
-        "metrics.json",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == FINISHED_RUN_FILES
 
 
 def test_a_finished_run_without_its_last_log_line_is_repaired(tmp_path, reference):
@@ -276,10 +270,4 @@ def test_two_device_restart_after_a_kill_converges_to_the_uninterrupted_run(tmp_
     done = pair_run(out)
     assert done.returncode == 0, done.stderr
     assert_same_run_directory(out, pair_reference)
-    assert sorted(p.name for p in out.iterdir()) == [
-        ".lock",
-        "best.pt",
-        "config.json",
-        "log.jsonl",
-        "metrics.json",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == FINISHED_RUN_FILES

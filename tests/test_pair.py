@@ -35,7 +35,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from problems import process_alive
+from problems import FINISHED_RUN_FILES, process_alive
 from torch import nn
 
 from sampa import io
@@ -702,13 +702,7 @@ def test_killed_rank_fails_cleanly_and_the_same_command_resumes_to_the_one_devic
     assert all({"backend_comm_s", "backend_compute_s", "backend_comm_share"} <= set(r) for r in rows)
     # no temporary file either: the writer (rank 0) is the only rank that writes here, begin() removes a
     # killed write's leftover on resuming and finish() tidies them after metrics.json, as on one device
-    assert sorted(p.name for p in out.iterdir()) == [
-        ".lock",
-        "best.pt",
-        "config.json",
-        "log.jsonl",
-        "metrics.json",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == FINISHED_RUN_FILES
     # the same run on one device, uninterrupted: same losses, accuracies and best checkpoint
     cfg = config_from_dict(io.read_json(out / "config.json"))
     cfg.devices, cfg.threads = 1, 1
