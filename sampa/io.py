@@ -195,6 +195,11 @@ def command_status(
         return 2
 
 
+def first_line(err: BaseException, default: str = "") -> str:
+    """The first non-blank line of ``err``'s message, stripped (``default`` when it has none)."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), default)
+
+
 def stdout_closed() -> int:
     """After a ``BrokenPipeError`` on stdout: point stdout at /dev/null (so flushing it at exit cannot
     fail again) and return the exit status of a process ended by SIGPIPE (128 + 13)."""

@@ -71,8 +71,7 @@ class RunError(RuntimeError):
 
 def one_line(err: BaseException) -> str:
     """The error as a launcher reports it: our own errors by their message, others with their type."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    message = lines[0] if lines else repr(err)
+    message = io.first_line(err, repr(err))
     name = type(err).__name__
     return message if name in ("RunError", "ConfigError", "ReplicaMismatchError") else f"{name}: {message}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -9,6 +10,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from sampa.faults import kill_point
+from sampa.io import first_line
 from sampa.paths import ENV_VAR, data_root
 
 OFFLINE_HINT = "snakemake --cores all --configfile configs/smoke.yaml"
@@ -33,11 +36,22 @@ class WeightsUnavailableError(DataUnavailableError):
 def unreadable_weights(what: str, where: str, err: Exception) -> WeightsUnavailableError:
     """Weights (or their tokenizer) that are on disk but cannot be loaded, e.g. after an interrupted
     download: one line naming them and what to do."""
-    cause = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     return WeightsUnavailableError(
-        f"{what} at {where} cannot be loaded ({type(err).__name__}: {cause[:200]}); an interrupted "
-        f"download leaves such files: delete {where} and download it again"
+        f"{what} at {where} cannot be loaded ({type(err).__name__}: {first_line(err)[:200]}); an "
+        f"interrupted download leaves such files: delete {where} and download it again"
     )
+
+
+@contextlib.contextmanager
+def damaged_files(error: Callable[[Exception], Exception]) -> Iterator[None]:
+    """Raise ``error(err)`` (one line) for anything a loader of files on disk raises in the block (the
+    libraries raise OSError, ValueError, their own errors, ...); a MemoryError is not the files' fault."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise error(err) from None
 
 
 class ChecksumError(DataUnavailableError):

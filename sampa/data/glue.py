@@ -22,6 +22,7 @@ seeded order per (seed, epoch) like the image batches.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,10 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
+from sampa.data.cifar import ENV_VAR, DataUnavailableError, damaged_files, resolve_root
 from sampa.data.dataset import corrupt_labels
 from sampa.data.seeding import STREAM_EPOCH, STREAM_SYNTHETIC, cpu_generator
 from sampa.glue_tasks import FOLDER, GlueTask, glue_task, split_files  # the task table and file layout
+from sampa.io import first_line
 
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 TextBatch = tuple[dict[str, Tensor], Tensor, Tensor]
@@ -109,16 +111,15 @@ def _read_parquet(task: GlueTask, paths: Sequence[Path]) -> RawSplit:
 
 def _parquet(pd: Any, path: Path) -> Any:
     """One parquet file as a frame; a file that is not one (a cut-off download) is one line naming it."""
-    try:
+    with damaged_files(functools.partial(_unreadable_parquet, path)):  # pyarrow's ArrowInvalid, OSError, ...
         return pd.read_parquet(path)
-    except MemoryError:
-        raise
-    except Exception as err:  # pyarrow's ArrowInvalid, OSError, ...
-        cause = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-        raise DataUnavailableError(
-            f"{path} cannot be read ({type(err).__name__}: {cause[:200]}); an interrupted download leaves "
-            "such files: delete it and download it again"
-        ) from None
+
+
+def _unreadable_parquet(path: Path, err: Exception) -> DataUnavailableError:
+    return DataUnavailableError(
+        f"{path} cannot be read ({type(err).__name__}: {first_line(err)[:200]}); an interrupted download "
+        "leaves such files: delete it and download it again"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,12 +207,9 @@ def load_tokenizer(
 
     transformers = require("nlp", "transformers")
     source = weights_source(weights, allow_download, local_dir)
-    try:
+    unreadable = functools.partial(unreadable_weights, "the BERT-base tokenizer", weights_place(source))
+    with damaged_files(unreadable):  # transformers raises OSError, ValueError, ...
         return transformers.AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
-    except MemoryError:
-        raise  # not the files' fault
-    except Exception as err:  # transformers raises OSError, ValueError, ...
-        raise unreadable_weights("the BERT-base tokenizer", weights_place(source), err) from None
 
 
 def tokenize(

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from sampa.data.cifar import ENV_VAR, DataUnavailableError, resolve_root
 from sampa.data.seeding import STREAM_EPOCH, cpu_generator, derive_seed
+from sampa.io import first_line
 from sampa.paths import IMAGENET_FOLDER, IMAGENET_SPLITS
 from sampa.rundir import RunError
 
@@ -128,7 +129,7 @@ _TORCHVISION_ERROR = re.compile(r"^\w+, \S+:\d+, (.+)$")
 
 def decode_cause(err: Exception) -> str:
     """The decoder's reason in a few words (torchvision's message without its source location)."""
-    line = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
+    line = first_line(err, type(err).__name__)
     found = _TORCHVISION_ERROR.match(line)
     return (found.group(1) if found else line)[:200]
 

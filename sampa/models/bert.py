@@ -11,13 +11,14 @@ The pooler and encoder are pretrained; the classifier is new (as in ``run_glue``
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from torch import Tensor, nn
 
-from sampa.data.cifar import WeightsUnavailableError, unreadable_weights
+from sampa.data.cifar import WeightsUnavailableError, damaged_files, unreadable_weights
 from sampa.extras import require
 
 HUB_NAME = "google-bert/bert-base-uncased"
@@ -58,14 +59,11 @@ def bert_base(
     ``local_dir``: where the caller looks for local weights, named by the error when none are found."""
     transformers = require("nlp", "transformers")
     source = weights_source(weights, allow_download, local_dir)
-    try:
+    unreadable = functools.partial(unreadable_weights, "the BERT-base weights", weights_place(source))
+    with damaged_files(unreadable):  # transformers raises OSError, ValueError, safetensors' own errors, ...
         bert = transformers.BertForSequenceClassification.from_pretrained(
             source, num_labels=num_labels, local_files_only=not allow_download, ignore_mismatched_sizes=True
         )  # ignore_mismatched_sizes: a fine-tuned checkpoint's classifier is replaced, as bert-base has none
-    except MemoryError:
-        raise  # not the files' fault
-    except Exception as err:  # transformers raises OSError, ValueError, safetensors' own errors, ...
-        raise unreadable_weights("the BERT-base weights", weights_place(source), err) from None
     return BertClassifier(bert)
 
 

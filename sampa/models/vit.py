@@ -16,13 +16,14 @@ data pipeline and every method stay as they are for CIFAR.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sampa.data.cifar import WeightsUnavailableError, unreadable_weights
+from sampa.data.cifar import WeightsUnavailableError, damaged_files, unreadable_weights
 from sampa.extras import require
 
 ARCHITECTURE = "vit_base_patch16_224"
@@ -67,15 +68,11 @@ def vit_b16(
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     else:
         overlay = _weights_overlay(name, weights, allow_download, local_dir)
-        try:
+        where = str(overlay["file"]) if overlay else f"the hub cache's timm/{name}"
+        with damaged_files(functools.partial(unreadable_weights, f"the ViT-B/16 weights {name}", where)):
             model = timm.create_model(
                 name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
             )
-        except MemoryError:
-            raise  # not the files' fault
-        except Exception as err:  # a truncated or foreign file: safetensors', torch's or timm's errors
-            where = overlay["file"] if overlay else f"the hub cache's timm/{name}"
-            raise unreadable_weights(f"the ViT-B/16 weights {name}", str(where), err) from None
     return nn.Sequential(Resize(IMAGE_SIZE), model)
 
 
