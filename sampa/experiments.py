@@ -236,8 +236,8 @@ def check_spec(spec: Mapping[str, Any], flag: str) -> list[PlannedRun] | None:
         message = schema_error({k: spec[k] for k in SPEC_KEYS if k in spec}, _spec_keys_schema())
     if message:
         raise PlanError(f"{flag} is not a resolved experiment: {message}")
-    check_cells(spec)
     if spec.get("not_run"):  # shown as what it needs: no runs (whose extras may be missing here)
+        check_cells(spec)  # expand_experiment checks them otherwise
         return None
     runs = expand_experiment(spec)
     check_layout(spec, runs)
@@ -727,7 +727,8 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         spec[METHOD_DEFAULTS] = method_defaults(spec)  # validated: the spec's commands need no torch
     unused = [i for i in range(shared) if i not in used]
     if unused:
-        unused = [i for i in unused if i not in _matched_when_disabled(config)]
+        kept = _matched_when_disabled(config)
+        unused = [i for i in unused if i not in kept]
     if unused:
         when = config["overrides"][unused[0]].get("when")
         raise PlanError(f"overrides[{unused[0]}]: when {when!r} matches no run of any experiment")
