@@ -12,9 +12,11 @@ reused PID only makes a dead writer look alive, which leaves its file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -106,6 +108,30 @@ def stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.glob(f".*{TEMP_SUFFIX}") if p.is_file())
+
+
+def build_folder_once(
+    root: Path, lock: str, temp: str, done: Callable[[], bool], build: Callable[[Path], None]
+) -> None:
+    """Unless ``done()``, ``build(tmp)`` under an exclusive lock ``<root>/.<lock>.lock`` in a fresh
+    temporary folder ``<root>/.<temp>.<random>.tmp`` (normal permissions), removed afterwards: ``build``
+    renames what it made (``tmp`` itself or a folder in it) into place once complete, so an interrupted
+    build never leaves a folder that looks complete. ``done()`` is asked again under the lock (another
+    process may have built it while this one waited); then the temporary folders of killed builders are
+    removed."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{lock}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if done():
+            return
+        for stale in root.glob(f".{temp}.*{TEMP_SUFFIX}"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{temp}.", suffix=TEMP_SUFFIX))
+        try:
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result may be a shared folder
+            build(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

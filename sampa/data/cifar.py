@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import pickle
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +15,10 @@ import numpy as np
 import torch
 
 from sampa.faults import kill_point
-from sampa.io import first_line
+from sampa.io import build_folder_once, first_line
 from sampa.paths import ENV_VAR, data_root
 
 OFFLINE_HINT = "snakemake --cores all --configfile configs/smoke.yaml"
-TEMP_SUFFIX = ".tmp"  # a temporary folder of an extraction (renamed into place when complete)
 
 
 class DataUnavailableError(RuntimeError):
@@ -207,13 +203,9 @@ def ensure_extracted(name: str, root: Path, download: bool) -> Path:
         return folder
     if not archive.is_file() and not download:
         raise _unavailable(src, root, "download=False")
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _intact(folder, src):  # another process may have made it while this one waited
-            for stale in root.glob(f".{src.folder}.*{TEMP_SUFFIX}"):  # under the lock: interrupted ones
-                shutil.rmtree(stale, ignore_errors=True)
-            _extract(name, src, root)
+    build_folder_once(
+        root, name, src.folder, lambda: _intact(folder, src), lambda tmp: _extract(name, src, tmp)
+    )
     _verify_folder(folder, src)
     return folder
 
@@ -229,26 +221,23 @@ def _intact(folder: Path, src: CifarSource) -> bool:
     return True
 
 
-def _extract(name: str, src: CifarSource, root: Path) -> None:
-    """Extract (or download) ``src`` into a temporary folder, then rename its folder into place."""
+def _extract(name: str, src: CifarSource, tmp: Path) -> None:
+    """Extract (or download) ``src`` into the temporary folder ``tmp``, then rename its folder into place."""
+    root = tmp.parent
     folder, archive = root / src.folder, root / src.archive
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{src.folder}.", suffix=TEMP_SUFFIX))
-    try:
-        if archive.is_file():
-            verify_md5(archive, src.archive_md5, f"delete it and download it again from {src.url}")
-            safe_extract(archive, tmp, src.folder)
-        else:
-            _download(src, root, tmp)
-            if (tmp / src.archive).is_file():  # kept beside the folder, as an extraction finds it
-                os.replace(tmp / src.archive, archive)
-        if not _folder_complete(tmp / src.folder, src):
-            raise ChecksumError(f"{archive} does not contain the expected files of {src.folder}/; replace it")
-        kill_point(f"data:{name}")
-        if folder.exists():  # incomplete or damaged: moved into the temporary folder, removed with it
-            os.rename(folder, tmp / "replaced")
-        os.rename(tmp / src.folder, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if archive.is_file():
+        verify_md5(archive, src.archive_md5, f"delete it and download it again from {src.url}")
+        safe_extract(archive, tmp, src.folder)
+    else:
+        _download(src, root, tmp)
+        if (tmp / src.archive).is_file():  # kept beside the folder, as an extraction finds it
+            os.replace(tmp / src.archive, archive)
+    if not _folder_complete(tmp / src.folder, src):
+        raise ChecksumError(f"{archive} does not contain the expected files of {src.folder}/; replace it")
+    kill_point(f"data:{name}")
+    if folder.exists():  # incomplete or damaged: moved into the temporary folder, removed with it
+        os.rename(folder, tmp / "replaced")
+    os.rename(tmp / src.folder, folder)
 
 
 def _read_batch(path: Path, label_key: bytes) -> Arrays:
