@@ -35,6 +35,8 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 class ConfigError(ValueError):
     """Invalid run configuration (message: one line)."""
 
+    plain_message = True  # a launcher reports it by its message (sampa.rundir.one_line)
+
 
 def setting(
     default: Any,

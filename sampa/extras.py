@@ -20,6 +20,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 class MissingExtraError(RuntimeError):
     """An optional dependency is not installed (message: one line)."""
 
+    plain_message = True  # a launcher reports it by its message (sampa.rundir.one_line)
+
 
 def require(extra: str, module: str) -> ModuleType:
     """Import ``module`` of optional extra ``extra``, or raise :class:`MissingExtraError`."""

@@ -68,12 +68,15 @@ FINISHED = ("complete", "diverged")
 class RunError(RuntimeError):
     """A run cannot start or continue (message: one line)."""
 
+    plain_message = True  # see one_line
+
 
 def one_line(err: BaseException) -> str:
-    """The error as a launcher reports it: our own errors by their message, others with their type."""
+    """The error as a launcher reports it: our own one-line errors (classes with a true
+    ``plain_message``, their subclasses too) by their message, as one device prints them; others with
+    their type."""
     message = io.first_line(err, repr(err))
-    name = type(err).__name__
-    return message if name in ("RunError", "ConfigError", "ReplicaMismatchError") else f"{name}: {message}"
+    return message if getattr(err, "plain_message", False) else f"{type(err).__name__}: {message}"
 
 
 class DamagedFileError(RunError):

@@ -138,6 +138,32 @@ def test_rank_error_is_one_line():
     assert one_line(RunError("resume refused")) == "resume refused"
 
 
+@pytest.mark.parametrize("error", ["UnreadableImageError", "DamagedFileError"])
+def test_a_run_error_subclass_reads_the_same_on_two_devices_as_on_one(tmp_path, monkeypatch, capsys, error):
+    import sampa.launch
+    import sampa.train
+    from sampa import cli, rank
+    from sampa.data.imagenet import UnreadableImageError
+    from sampa.launch import _read_error
+    from sampa.rundir import DamagedFileError
+
+    cls = {"UnreadableImageError": UnreadableImageError, "DamagedFileError": DamagedFileError}[error]
+    message = "x/y.JPEG cannot be decoded (truncated): replace it"
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise cls(message)
+
+    monkeypatch.setattr(sampa.train, "train", fail)  # one device: the command's own line
+    assert cli.main(["train", "--optimizer", "sgd", "--device", "cpu", "--out", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err.strip() == f"sampa train: error: {message}"
+    monkeypatch.setattr(sampa.launch, "spawned_rank", fail)  # two devices: rank 0's error file, joined
+    monkeypatch.setattr(rank, "die_with_parent", lambda launcher_pid: None)
+    error_file = tmp_path / "rank0.txt"
+    assert rank.main(["0", str(os.getppid()), str(error_file), "{}"]) == 1
+    line = failure_summary([1, 0], [_read_error(str(error_file)), None], first=0, stopped=set(), timeout_s=30)
+    assert line == f"two-device run failed: rank 0: {message}"
+
+
 def test_gloo_is_bound_to_loopback_unless_the_user_chose_an_interface(monkeypatch):
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     gloo_on_loopback()

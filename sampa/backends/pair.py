@@ -93,6 +93,8 @@ STATS_RANK = 1  # the statistics group's first rank when k = 1
 class ReplicaMismatchError(RuntimeError):
     """The replicas' parameters differ (message: one line)."""
 
+    plain_message = True  # a launcher reports it by its message (sampa.rundir.one_line)
+
 
 def mode_for(method_cls: type[Method]) -> str:
     """``task`` for methods with independent gradient jobs per step, ``data`` for all others."""

@@ -24,6 +24,8 @@ OFFLINE_HINT = "snakemake --cores all --configfile configs/smoke.yaml"
 class DataUnavailableError(RuntimeError):
     """The requested dataset is not on disk and could not be downloaded."""
 
+    plain_message = True  # a launcher reports it by its message (sampa.rundir.one_line)
+
 
 class WeightsUnavailableError(DataUnavailableError):
     """Pretrained weights are not on disk (message: one line naming what to put where)."""
