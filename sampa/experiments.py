@@ -29,7 +29,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -100,7 +100,8 @@ class Plan:
     whose numbers are measured on the machine; ``minutes``: run path -> its time limit on a cluster
     (:func:`runtime_minutes`); ``checked``: what each "dataset model" pair of the config needs that is
     missing here (:func:`sampa.requirements.missing`); such runs are not planned, and their experiment's
-    spec says what they need (``needs``, or ``not_run`` when none of its runs can run here)."""
+    spec says what they need (``needs``, or ``not_run`` when none of its runs can run here); ``sizes``:
+    how many runs each experiment has, those not planned too."""
 
     name: str
     use_gpus: bool
@@ -110,6 +111,7 @@ class Plan:
     timing: list[str] = field(default_factory=list)
     minutes: dict[str, int] = field(default_factory=dict)
     checked: dict[str, list[str]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def timing_runs(self) -> set[str]:
         """Paths of the runs whose numbers enter a time or memory table or figure."""
@@ -724,6 +726,7 @@ def plan(config: Mapping[str, Any], *, schema_checked: bool = False) -> Plan:
         used |= matched
         check_layout(spec, runs)
         result.runs[name] = mark_requirements(spec, runs, result.checked)
+        result.sizes[name] = len(runs)
         spec[METHOD_DEFAULTS] = method_defaults(spec)  # validated: the spec's commands need no torch
     unused = [i for i in range(shared) if i not in used]
     if unused:
@@ -801,14 +804,13 @@ def mark_requirements(
     return here
 
 
-def partial_runs(spec: Mapping[str, Any], runs: Sequence[PlannedRun] | None = None) -> str:
-    """How many runs of an experiment with ``needs`` can run here and what the rest needs ("32 of 36 runs
-    here (the rest needs GLUE RTE at ...)"); ``runs``: its runs, if the caller expanded them already."""
+def partial_runs(spec: Mapping[str, Any], here: int, total: int) -> str:
+    """How many runs of an experiment with ``needs`` can run here (``here``, of its ``total``) and what
+    the rest needs ("32 of 36 runs here (the rest needs GLUE RTE at ...)")."""
     from sampa.requirements import merged
 
     needs = merged([line for lines in spec.get("needs", {}).values() for line in lines])
-    runs = expand_experiment(spec) if runs is None else list(runs)
-    return f"{len(runnable(spec, runs))} of {len(runs)} runs here (the rest {'; '.join(needs)})"
+    return f"{here} of {total} runs here (the rest {'; '.join(needs)})"
 
 
 def _requirement_keys(runs: list[PlannedRun], checked: dict[str, list[str]]) -> list[str]:
@@ -1016,8 +1018,8 @@ def _plan_key(config: Mapping[str, Any]) -> str:
 
 def _plan_from_dict(data: Mapping[str, Any]) -> Plan:
     runs = {name: [PlannedRun(**run) for run in planned] for name, planned in data["runs"].items()}
-    fields = {k: data[k] for k in ("name", "use_gpus", "specs", "data", "timing", "minutes", "checked")}
-    return Plan(**fields, runs=runs)
+    fields = ("name", "use_gpus", "specs", "data", "timing", "minutes", "checked", "sizes")
+    return Plan(**{k: data[k] for k in fields}, runs=runs)
 
 
 def spec_json(spec: Mapping[str, Any]) -> str:

@@ -281,7 +281,7 @@ def _plan(args: argparse.Namespace) -> int:
         if spec.get("not_run"):
             shown = f"not run: {spec['not_run']}"
         elif spec.get("needs"):
-            shown += f"; partial: {partial_runs(spec)}"
+            shown += f"; partial: {partial_runs(spec, len(runs), result.sizes[name])}"
         print(f"{name:>14} {spec['kind']:<11} {len(runs):4d} runs, {len(new):4d} new, runs x GPUs: {shown}")
     print(f"{'total':>14} {'':<11} {len(seen):4d} distinct runs")
     if args.out:

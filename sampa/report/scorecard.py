@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from sampa.experiments import expand_experiment, partial_runs, plan_experiment
+from sampa.experiments import PlannedRun, expand_experiment, partial_runs, runnable
 from sampa.paths import generated_data
 from sampa.report import paper
 from sampa.report.cells import axis_name, cell_table, observations
@@ -60,6 +60,20 @@ class Inputs:
     runs: pd.DataFrame
     toy_summary: pd.DataFrame | None = None
     runs_root: Path = Path("results/runs")
+    _expanded: dict[int, list[PlannedRun]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def expanded(self, spec: Mapping[str, Any]) -> list[PlannedRun]:
+        """Every run of ``spec`` (one of :attr:`specs`), expanded once for all claims and tables."""
+        key = id(spec)  # the specs are held by self.specs: an id is never reused while they live
+        if key not in self._expanded:
+            self._expanded[key] = expand_experiment(spec)
+        return self._expanded[key]
+
+    def planned(self, spec: Mapping[str, Any]) -> list[PlannedRun]:
+        """The runs of ``spec`` that can run here (:func:`sampa.experiments.plan_experiment`)."""
+        return runnable(spec, self.expanded(spec))
 
     def experiment(self, ref: str) -> Mapping[str, Any] | None:
         """The experiment reproducing paper table/figure ``ref`` ("Table 7"), if the config has one."""
@@ -109,7 +123,7 @@ class _Runs:
 
 
 def _arm_runs(spec: Mapping[str, Any], inputs: Inputs, arms: Sequence[str], metrics: Sequence[str]) -> _Runs:
-    planned = [r for r in plan_experiment(spec) if r.cell["arm"] in arms]
+    planned = [r for r in inputs.planned(spec) if r.cell["arm"] in arms]
     obs = observations(planned, inputs.runs, metrics)
     absent = [a for a in arms if a not in {r.cell["arm"] for r in planned}]
     bad = obs[obs["status"] != "complete"] if len(obs) else obs
@@ -291,7 +305,7 @@ def _two_device_time(inputs: Inputs) -> Outcome:
         return Outcome(NOT_RUN, f"{NOT_IN_CONFIG}: Table 11")
     runs = _arm_runs(spec, inputs, arms, ["time_per_epoch_s"])
     means = _means(runs.obs, ["arm"]).set_index("arm") if len(runs.obs) else pd.DataFrame()
-    devices = {r.cell["arm"]: int(r.settings.get("devices", 1)) for r in plan_experiment(spec)}
+    devices = {r.cell["arm"]: int(r.settings.get("devices", 1)) for r in inputs.planned(spec)}
     rows = []
     for arm in arms:
         got = means.loc[arm] if arm in means.index else {"mean": math.nan, "std": math.nan, "n": 0}
@@ -368,7 +382,7 @@ def _cosine(inputs: Inputs) -> Outcome:
     spec = inputs.experiment("Figure 4")
     if spec is None:
         return Outcome(NOT_RUN, f"{NOT_IN_CONFIG}: Figure 4")
-    arms = list(dict.fromkeys(r.cell["arm"] for r in plan_experiment(spec)))
+    arms = list(dict.fromkeys(r.cell["arm"] for r in inputs.planned(spec)))
     runs = _arm_runs(spec, inputs, arms, ["test_acc"])
     blocked = _blocked([runs], [])
     if blocked is not None and blocked.verdict == NOT_RUN:
@@ -506,15 +520,17 @@ def _unless_not_run(
         outcome = assess(inputs)
         if spec is None or not spec.get("needs"):
             return outcome
-        return _partial(ref, spec, outcome, every_line)
+        return _partial(ref, spec, outcome, every_line, inputs.expanded(spec))
 
     return guarded
 
 
-def _partial(ref: str, spec: Mapping[str, Any], outcome: Outcome, every_line: bool) -> Outcome:
-    """``outcome`` assessed on the runs of ``ref`` that could run here: said so, and undecided unless a
-    failing line refutes an every-line claim."""
-    note = f"{ref} partial: {partial_runs(spec)}"
+def _partial(
+    ref: str, spec: Mapping[str, Any], outcome: Outcome, every_line: bool, runs: list[PlannedRun]
+) -> Outcome:
+    """``outcome`` assessed on the runs of ``ref`` that could run here (of all its ``runs``): said so, and
+    undecided unless a failing line refutes an every-line claim."""
+    note = f"{ref} partial: {partial_runs(spec, len(runnable(spec, runs)), len(runs))}"
     decided = outcome.verdict == NOT_REPRODUCED and every_line
     if outcome.verdict in (REPRODUCED, NOT_REPRODUCED) and not decided:
         on_part = f"on those runs alone: {outcome.verdict}"
@@ -671,7 +687,7 @@ def paper_coverage(inputs: Inputs) -> tuple[pd.DataFrame, list[str]]:
         cells_in_paper = int((results["paper"] == ref).sum())
         spec = inputs.experiment(ref)
         row = {"paper": ref, "experiment": spec["id"] if spec else "—", "paper cells": cells_in_paper}
-        status, counts, synthetic = _table_status(spec, inputs.runs)
+        status, counts, synthetic = _table_status(spec, inputs)
         rows.append({**row, **counts, "status": status, "synthetic": synthetic})
         if counts.get("_unmatched"):
             lists.append(f"{ref} ({len(counts['_unmatched'])}): " + "; ".join(counts["_groups"]))
@@ -679,21 +695,21 @@ def paper_coverage(inputs: Inputs) -> tuple[pd.DataFrame, list[str]]:
     return frame.drop(columns=[c for c in frame.columns if c.startswith("_")]), lists
 
 
-def _table_status(spec: Mapping[str, Any] | None, runs: pd.DataFrame) -> tuple[str, dict[str, Any], bool]:
+def _table_status(spec: Mapping[str, Any] | None, inputs: Inputs) -> tuple[str, dict[str, Any], bool]:
     empty = {"compared": 0, WITHIN: 0, OUTSIDE: 0}
     if spec is None:
         return NOT_IN_CONFIG, empty, False
     if spec.get("not_run"):
         return "not run: " + spec["not_run"], empty, False
-    planned = expand_experiment(spec)  # once: cells, comparison and the partial note share it
-    cells = cell_table(spec, runs, planned)
-    comparison = compare(spec, cells, runs, planned)
+    planned = inputs.expanded(spec)  # once: the claims, cells, comparison and partial note share it
+    cells = cell_table(spec, inputs.runs, planned)
+    comparison = compare(spec, cells, inputs.runs, planned)
     if comparison is None:
         return "no comparable metric", empty, False
     counts = comparison.counts()
     status = "synthetic data: no verdicts" if comparison.synthetic else "compared"
     if spec.get("needs"):
-        status += f"; partial: {partial_runs(spec, planned)}"
+        status += f"; partial: {partial_runs(spec, len(runnable(spec, planned)), len(planned))}"
     shown = {k: counts[k] for k in ("compared", WITHIN, OUTSIDE)}
     unmatched = {"_unmatched": comparison.unmatched, "_groups": comparison.unmatched_groups}
     return status, {**shown, **unmatched}, comparison.synthetic
