@@ -208,6 +208,16 @@ FIELD_NAMES = tuple(FIELDS)
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
 #: settings that do not change results: set per machine (never by an experiment), may differ on restart
 MACHINE_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["machine"])
+#: settings only the CIFAR-style image datasets read (their validation split, the synthetic images' size
+#: and difficulty: :func:`sampa.data.load_dataset`); a text run ignores them (its data has a fixed size and
+#: its own evaluation set), so its planned settings and run path leave them out
+IMAGE_DATA_KEYS = (
+    "val_fraction",
+    "synthetic_train_size",
+    "synthetic_test_size",
+    "synthetic_distractor",
+    "synthetic_noise",
+)
 
 
 def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
@@ -360,7 +370,7 @@ def _check_extras(cfg: RunConfig) -> None:
 
 def _check_modality(cfg: RunConfig) -> None:
     """A text model needs a text dataset, an image model an image dataset."""
-    from sampa.data.sources import TEXT_DATASETS
+    from sampa.glue_tasks import TEXT_DATASETS
     from sampa.models.pretrained import TEXT_MODEL_NAMES
 
     text = cfg.dataset in TEXT_DATASETS

@@ -107,6 +107,8 @@ TASK_NAMES = tuple(GLUE_TASKS)
 GLUE_METRICS: dict[str, tuple[str, ...]] = {name: task.metrics for name, task in GLUE_TASKS.items()}
 #: dataset name -> display name (``glue-cola`` -> ``CoLA``)
 GLUE_DISPLAY: dict[str, str] = {task.dataset: task.display for task in GLUE_TASKS.values()}
+#: the datasets of tokenised text: GLUE's and the toy ``synthetic-text`` (every other dataset is images)
+TEXT_DATASETS = (*GLUE_DISPLAY, "synthetic-text")
 
 
 def glue_task(name: str) -> GlueTask:

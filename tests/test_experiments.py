@@ -257,6 +257,26 @@ def config_with_imagenet_table() -> dict:
     return cfg
 
 
+def test_a_text_run_leaves_out_the_image_data_settings_it_inherits():
+    image_data = {"synthetic_train_size": 1280, "synthetic_noise": 0.15, "val_fraction": 0.2}
+    cfg = config(run={**BASE["run"], **image_data})
+    cfg["experiments"]["t6"] = {
+        "kind": "table",
+        "title": "Text",
+        "run": {"dataset": "synthetic-text", "model": "bert-tiny", "lr": 3.0e-3},
+        "arms": ["sam"],
+        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]},
+    }
+    text = ex.expand_experiment(ex.resolve(cfg, "t6"))
+    assert [r.path for r in text] == [
+        f"synthetic-text/bert-tiny/sam/default/epochs=2,lr=0.003/seed{k}" for k in (0, 1)
+    ]
+    assert not any(set(r.settings) & set(image_data) for r in text)
+    for run in ex.expand_experiment(ex.resolve(cfg, "t1")):  # image runs keep them
+        assert {k: run.settings[k] for k in image_data} == image_data
+        assert "synthetic_noise=0.15,synthetic_train_size=1280" in run.path and "val_fraction=0.2" in run.path
+
+
 def test_experiment_whose_data_is_missing_plans_no_runs_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMPA_DATA", str(tmp_path))
     cfg = config_with_imagenet_table()

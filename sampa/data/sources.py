@@ -47,8 +47,6 @@ TRAIN_SIZES: dict[str, int] = {
     TOY_IMAGEFOLDER: TOY_TRAIN_SIZE,
 }
 SOURCE_NAMES = tuple(TRAIN_SIZES)
-#: the datasets of tokenised text (every other dataset is images)
-TEXT_DATASETS = (*(task.dataset for task in GLUE_TASKS.values()), "synthetic-text")
 
 
 class Source(Protocol):
