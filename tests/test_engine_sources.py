@@ -53,12 +53,18 @@ def _text_run(optimizer: str, **changes) -> RunConfig:
     return RunConfig(**(values | changes))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "sam", "sampa"])
-def test_text_run_with_mapping_batches_resumes_and_records_its_metric(tmp_path, optimizer):
+@pytest.mark.parametrize(
+    ("optimizer", "hparams"),
+    [("sgd", {}), ("sam", {}), ("sampa", {}), ("esam", {"gamma": 0.5}), ("mesa", {})],
+    ids=["sgd", "sam", "sampa", "esam-sds", "mesa"],
+)
+def test_text_run_with_mapping_batches_resumes_and_records_its_metric(tmp_path, optimizer, hparams):
     """BERT-tiny on the synthetic text task (batches are mappings): the linear schedule is in the log,
-    the task metric in metrics.json, and an interrupted run ends exactly as an uninterrupted one."""
+    the task metric in metrics.json, and an interrupted run ends exactly as an uninterrupted one. BERT
+    draws dropout masks: ESAM's SDS forward (``forward_only`` at x + e) draws them from torch's global
+    generator, which the checkpoint carries; MESA's teacher (eval mode) draws none."""
     pytest.importorskip("transformers")  # the nlp extra
-    cfg = _text_run(optimizer)
+    cfg = _text_run(optimizer, hparams=hparams)
     whole = train(cfg, tmp_path / "whole", log_progress=False)
     assert train(cfg, tmp_path / "split", stop_after=1, log_progress=False) is None
     resumed = train(cfg, tmp_path / "split", log_progress=False)

@@ -274,7 +274,15 @@ class Method:
         update_bn: bool = False,
         model: nn.Module | None = None,
     ) -> Tensor:
-        """A forward pass without gradient (counted as one forward pass)."""
+        """A forward pass without gradient (counted as one forward pass).
+
+        A training-mode model draws its dropout masks here from torch's global generator, not from a
+        job's ``evaluation.mask_stream``, and that is enough: a run checkpoints the global generators
+        with each epoch (``torch_rng``, ``cuda_rng``), so a resumed run draws what an uninterrupted one
+        draws (tests/test_engine_sources.py: ESAM's SDS forward on BERT-tiny), and every rank of a
+        two-device run calls this on the same whole batch from the same generator state (gradient jobs
+        leave the global stream as they found it), so the replicas stay equal.
+        MESA's teacher is in eval mode and draws none."""
         self._passes.forward += 1
         target = self.model if model is None else model
         params = None if point is None else dict(zip(self.param_names, point, strict=True))
