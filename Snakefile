@@ -4,7 +4,7 @@
 #   snakemake --cores all --configfile configs/paper.yaml     # the paper (GPUs; see README)
 #   snakemake --report report.html --configfile ...           # HTML report with every table and figure
 #
-# Experiments are data (configs/*.yaml, schema in workflow/schemas/); rules only call `python -m sampa`.
+# Experiments are data (configs/*.yaml, schema in sampa/schemas/); rules only call `python -m sampa`.
 
 report: "workflow/report/workflow.rst"
 

@@ -44,7 +44,8 @@ from sampa.names import MODEL_DISPLAY
 if TYPE_CHECKING:
     from sampa.config import RunConfig
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+#: the workflow config's JSON schema: package data (pyproject), also what the workflow's validate() reads
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 #: given by arms and seeds, not by ``run`` mappings
 RESERVED_KEYS = ("optimizer", "hparams", "seed")
 #: the first path levels of a run directory (the remaining settings form the last levels)

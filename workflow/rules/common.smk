@@ -42,7 +42,7 @@ def check_config(config):
     try:
         validate(config, schema=str(experiments.SCHEMA_PATH))
     except WorkflowError:
-        fail(experiments.schema_error(config) or "the config does not match workflow/schemas/config.schema.yaml")
+        fail(experiments.schema_error(config) or "the config does not match sampa/schemas/config.schema.yaml")
     return config
 
 
