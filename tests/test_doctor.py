@@ -104,6 +104,23 @@ def test_cpu_subset_passes_and_skips_the_gpu_only_groups_with_a_reason(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doc"]  # nothing written beside --out
 
 
+def test_outside_a_checkout_its_checks_skip_and_the_doctor_says_so(tmp_path, monkeypatch, capsys):
+    """An installed package has no benchmarks/, tests/ or configs/ beside it: on a GPU machine the checks
+    that read them skip and say why (not a crashed group), and the doctor says so in one line."""
+    from sampa.doctor import common, speed, suite
+
+    monkeypatch.setattr(common, "ROOT", tmp_path / "site-packages")
+    gpu = Machine("cuda", 2, "NVIDIA H200")
+    rows = [*suite.check_cuda_tests(gpu), *suite.check_workflow(gpu), *speed.check_speed(gpu)]
+    assert [r.status for r in rows] == [SKIP] * 3
+    assert all(r.result.startswith("needs a checkout of sampa-bench (") for r in rows)
+    assert "configs/gpu-smoke.yaml not found in" in rows[1].result
+    monkeypatch.setattr(doctor, "run_group", lambda *args, **kwargs: [])
+    assert cli_main(["doctor", "--out", str(tmp_path / "doc"), "--only", "fused"]) == 0
+    said = capsys.readouterr().out.splitlines()[1]
+    assert said.startswith("installed package: the speed, CUDA-tests and workflow checks are skipped (")
+
+
 @LAUNCHERS
 def test_a_hanging_group_fails_alone_within_its_limit(tmp_path, forked):
     (tmp_path / "logs").mkdir()

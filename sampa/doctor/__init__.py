@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sampa import io
 from sampa.config import ConfigError
-from sampa.doctor.common import FAIL, ROOT, SKIP, Row
+from sampa.doctor.common import FAIL, ROOT, SKIP, Row, not_a_checkout
 
 DEFAULT_BUDGET_S = 480.0  # 8 minutes on one H100/H200
 INTERRUPTED = 130  # exit status after SIGINT (128 + 2), as a shell reports it
@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     where = machine_line()
     print(where, flush=True)
+    if why := not_a_checkout():
+        print(f"installed package: the speed, CUDA-tests and workflow checks are skipped ({why})", flush=True)
     rows, durations, deadline = [], {}, time.monotonic() + args.budget_s
     gpu = has_gpu()
     for name in groups:

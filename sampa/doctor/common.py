@@ -23,7 +23,22 @@ from sampa.optim import build_method
 
 PASS, FAIL, SKIP, INFO = "pass", "fail", "skip", "info"
 STATUSES = (PASS, FAIL, SKIP, INFO)
-ROOT = Path(__file__).resolve().parents[2]  # the checkout (benchmarks/, tests/, configs/ live here)
+ROOT = Path(__file__).resolve().parents[2]  # a checkout's root where sampa runs from one, else site-packages
+#: what the speed, CUDA-tests and workflow checks read from a checkout (an installed package has none of it)
+CHECKOUT_FILES = (
+    "benchmarks/step_time.py",
+    "benchmarks/pair_speedup.py",
+    "tests",
+    "configs/gpu-smoke.yaml",
+    "Snakefile",
+)
+
+
+def not_a_checkout(*paths: str) -> str:
+    """'' where ``paths`` (default: all of :data:`CHECKOUT_FILES`) exist under :data:`ROOT`, else one line
+    saying which is missing (sampa runs from an installed package, not from a checkout)."""
+    missing = [p for p in paths or CHECKOUT_FILES if not (ROOT / p).exists()]
+    return f"needs a checkout of sampa-bench ({missing[0]} not found in {ROOT})" if missing else ""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sampa.doctor.common import INFO, ROOT, SKIP, Machine, Row, guarded, verdict
+from sampa.doctor.common import INFO, ROOT, SKIP, Machine, Row, guarded, not_a_checkout, verdict
 
 FUSED_OVER_SGD_MAX = 1.15  # fused SAMPa / SGD, fast path on
 SAM_OVER_SAMPA_MIN = 1.9  # SAM on 1 GPU / SAMPa-0.2 on 2 GPUs
@@ -42,8 +42,8 @@ CPU_RUN = [
 
 def check_speed(m: Machine) -> Iterator[Row]:
     script = ROOT / "benchmarks" / "step_time.py"
-    if not script.exists():
-        yield Row("6 step times", f"{script} not found (not a checkout)", "-", SKIP)
+    if why := not_a_checkout("benchmarks/step_time.py", "benchmarks/pair_speedup.py"):
+        yield Row("6 step times", why, "-", SKIP)
         return
     if m.kind != "cuda":
         args = [*CPU_RUN, "--methods", "sgd,sampa", "--fused", "sampa", "--device", "cpu"]

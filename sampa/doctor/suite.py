@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from sampa import io
-from sampa.doctor.common import FAIL, ROOT, SKIP, Machine, Row, verdict
+from sampa.doctor.common import FAIL, ROOT, SKIP, Machine, Row, not_a_checkout, verdict
 
 #: the tests that only run on CUDA (no host synchronisation in a step; CUDA batches equal CPU batches)
 CUDA_TESTS = ["tests/test_fastpath.py", "tests/test_data.py", "-k", "synchronises or cuda_batches"]
@@ -32,8 +32,8 @@ TWO_DEVICE_ARM = {
 def check_cuda_tests(m: Machine) -> list[Row]:
     if m.kind != "cuda":
         return [Row("3 CUDA-only tests (no host sync)", "no GPU: they skip here", "-", SKIP)]
-    if not (ROOT / "tests").is_dir():
-        return [Row("3 CUDA-only tests (no host sync)", "tests/ not found (not a checkout)", "-", SKIP)]
+    if why := not_a_checkout("tests"):
+        return [Row("3 CUDA-only tests (no host sync)", why, "-", SKIP)]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CUDA_TESTS]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     print(proc.stdout[-4000:], proc.stderr[-2000:])
@@ -51,6 +51,8 @@ def check_workflow(m: Machine) -> list[Row]:
     name = "7 gpu-smoke workflow"
     if m.kind != "cuda":
         return [Row(name, "no GPU (the CPU workflow is the slow test tests/test_workflow.py)", "-", SKIP)]
+    if why := not_a_checkout("configs/gpu-smoke.yaml", "Snakefile"):
+        return [Row(name, why, "-", SKIP)]
     missing = [p for p in ("snakemake", "jsonschema") if importlib.util.find_spec(p) is None]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
