@@ -113,7 +113,7 @@ def test_outside_a_checkout_its_checks_skip_and_the_doctor_says_so(tmp_path, mon
     gpu = Machine("cuda", 2, "NVIDIA H200")
     rows = [*suite.check_cuda_tests(gpu), *suite.check_workflow(gpu), *speed.check_speed(gpu)]
     assert [r.status for r in rows] == [SKIP] * 3
-    assert all(r.result.startswith("needs a checkout of sampa-bench (") for r in rows)
+    assert all(r.result.startswith("needs a checkout of sampa-bench: ") for r in rows)
     assert "configs/gpu-smoke.yaml not found in" in rows[1].result
     monkeypatch.setattr(doctor, "run_group", lambda *args, **kwargs: [])
     assert cli_main(["doctor", "--out", str(tmp_path / "doc"), "--only", "fused"]) == 0

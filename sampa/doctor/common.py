@@ -38,7 +38,7 @@ def not_a_checkout(*paths: str) -> str:
     """'' where ``paths`` (default: all of :data:`CHECKOUT_FILES`) exist under :data:`ROOT`, else one line
     saying which is missing (sampa runs from an installed package, not from a checkout)."""
     missing = [p for p in paths or CHECKOUT_FILES if not (ROOT / p).exists()]
-    return f"needs a checkout of sampa-bench ({missing[0]} not found in {ROOT})" if missing else ""
+    return f"needs a checkout of sampa-bench: {missing[0]} not found in {ROOT}" if missing else ""
 
 
 @dataclass(frozen=True)
