@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 provenance = importlib.import_module("sampa.metrics.provenance")
 TINY_RUN = ["--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "32"]
 TINY_DATA = ["--synthetic-train-size", "64", "--synthetic-test-size", "32", "--device", "cpu"]
+AUTHOR = ["-c", "user.name=u", "-c", "user.email=u@example.org"]
 LOADER = """import sampa, torch
 loader = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(2)]
 """
@@ -37,18 +38,7 @@ def user_repository(path: Path) -> Path:
     """A git repository of the user's own, with one commit (HEAD exists)."""
     path.mkdir(parents=True, exist_ok=True)
     git(path, "init", "-q")
-    git(
-        path,
-        "-c",
-        "user.name=u",
-        "-c",
-        "user.email=u@example.org",
-        "commit",
-        "-q",
-        "--allow-empty",
-        "-m",
-        "x",
-    )
+    git(path, *AUTHOR, "commit", "-q", "--allow-empty", "-m", "1")
     return path
 
 
