@@ -6,6 +6,9 @@ The slow test runs three runs in one invocation of ``snakemake --profile profile
 by its time limit in attempt 1 after two epochs (retried with the longer limit, it resumes and ends as
 the uninterrupted run), one that no attempt can finish (its last attempt is recorded as a failed run
 and the next invocation retries it), and one that fails by itself (recorded at once, not retried).
+A second slow test runs a job an admin cancels (sacct: ``CANCELLED by 0``) and one that runs out of
+memory (``OUT_OF_MEMORY``): both are retried, the second with more memory. The fast tests check what
+the fake prints for such jobs.
 """
 
 from __future__ import annotations
@@ -62,6 +65,65 @@ def test_a_job_on_a_node_keeps_the_failure_records_that_the_tables_wait_for(tmp_
     assert record.exists()
     snakemake("-n", "--configfile", config, cwd=tmp_path)  # a new invocation retries the run
     assert not record.exists()
+
+
+def fake_job(state: Path, env: dict[str, str], *sbatch_args: str, script: str) -> str:
+    """Submit ``script`` to the fake SLURM (job name ``t``); the job id."""
+    command = ["sbatch", "--parsable", "--job-name", "t", "--output", str(state / "%j.out"), *sbatch_args]
+    submit = subprocess.run([*command, "--wrap", script], env=env, capture_output=True, text=True, check=True)
+    return submit.stdout.strip()
+
+
+def wait_for_state(state: Path, job: str, done: tuple[str, ...], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = (state / job / "state").read_text() if (state / job / "state").exists() else ""
+        if current.startswith(done):
+            return current
+        time.sleep(0.05)
+    raise AssertionError(f"job {job} never reached {done}")
+
+
+def status_lines(env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """What the plugin's status queries (sacct, squeue) print for the jobs named ``t``."""
+    sacct = ["sacct", "-X", "--parsable2", "--noheader", "--format=JobIdRaw,State", "--name", "t"]
+    squeue = ["squeue", "--format=%i|%T", "--states=all", "--noheader", "--name", "t"]
+    return tuple(  # type: ignore[return-value]
+        subprocess.run(c, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+        for c in (sacct, squeue)
+    )
+
+
+def test_the_fake_slurm_says_who_cancelled_a_job_as_sacct_does(tmp_path):
+    """sacct names the canceller's uid (an admin: 0); squeue's %T says CANCELLED alone."""
+    state = tmp_path / "slurm"
+    env = {**os.environ, **fake_slurm_env(state), "FAKE_SLURM_KILL_WAIT_S": "0.5"}
+    mine, admins = (fake_job(state, env, script="sleep 60") for _ in range(2))
+    wait_for_state(state, admins, ("RUNNING",))
+    wait_for_state(state, mine, ("RUNNING",))
+    subprocess.run(["scancel", admins], env={**env, "FAKE_SLURM_UID": "0"}, check=True)
+    subprocess.run(["scancel", mine], env=env, check=True)
+    for job in (mine, admins):
+        wait_for_state(state, job, ("CANCELLED",))
+    sacct, squeue = status_lines(env)
+    assert sacct == [f"{mine}|CANCELLED by {os.getuid()}", f"{admins}|CANCELLED by 0"]
+    assert squeue == [f"{mine}|CANCELLED", f"{admins}|CANCELLED"]
+
+
+def test_the_fake_slurm_ends_a_job_over_its_memory_limit_as_out_of_memory(tmp_path):
+    """A job asking less memory than it uses loses its largest process to the OOM killer and ends as
+    OUT_OF_MEMORY although its script exits 0; one asking enough (--mem-per-cpu x CPUs) completes."""
+    state = tmp_path / "slurm"
+    memory = {"FAKE_SLURM_MEM_USED_MB": "2048", "FAKE_SLURM_MEM_AFTER_S": "2"}  # python runs by then
+    env = {**os.environ, **fake_slurm_env(state), **memory}
+    hog = f"{sys.executable} -c 'import time; x = bytearray(50 << 20); time.sleep(60)'; echo status $?"
+    small = fake_job(state, env, "--mem", "1G", script=hog)
+    enough = fake_job(state, env, "--mem-per-cpu", "600", "--cpus-per-task", "4", script="true")
+    for job in (small, enough):
+        wait_for_state(state, job, ("COMPLETED", "FAILED", "OUT_OF_MEMORY"))
+    assert status_lines(env)[0] == [f"{small}|OUT_OF_MEMORY", f"{enough}|COMPLETED"]
+    assert (state / small / "exit").read_text() == "0"
+    assert (state / f"{small}.out").read_text().splitlines()[-1] == "status 137"  # SIGKILL; the job went on
 
 
 def slurm_config() -> dict:

@@ -13,9 +13,17 @@ Just enough of SLURM for snakemake-executor-plugin-slurm 2.8 and its jobstep plu
   ``$FAKE_SLURM_KILL_WAIT_S`` later (KillWait, default 30 scaled SLURM seconds) SIGKILL. ``--signal``
   sends SIG to the job's steps (``B:`` the batch shell) S scaled seconds (default 60) before the limit.
   The job's processes are those below its supervisor (a child subreaper, so orphans stay below).
-* States: ``PENDING`` -> ``RUNNING`` -> ``COMPLETED`` (exit 0), ``FAILED``, ``TIMEOUT`` or ``CANCELLED
-  by <uid>`` (``scancel``: SIGTERM, KillWait, SIGKILL), as ``sacct -X --parsable2 --format=JobIdRaw,State
-  --name N`` and ``squeue --format=%i|%T --name N`` print them.
+* States: ``PENDING`` -> ``RUNNING`` -> ``COMPLETED`` (exit 0), ``FAILED``, ``TIMEOUT``, ``OUT_OF_MEMORY``
+  or ``CANCELLED by <uid>`` (``scancel``: SIGTERM, KillWait, SIGKILL; ``<uid>`` is the canceller's:
+  ``$FAKE_SLURM_UID`` of the scancel call, e.g. 0 for an admin, else its own uid), as ``sacct -X
+  --parsable2 --format=JobIdRaw,State --name N`` prints them (sacct's State names who cancelled;
+  ``squeue --format=%i|%T --name N`` prints ``CANCELLED`` alone).
+* Memory (crude): a job that asks ``--mem`` (MB, or a K/M/G/T suffix) or ``--mem-per-cpu`` (x
+  ``--cpus-per-task``) less than ``$FAKE_SLURM_MEM_USED_MB`` (what every job pretends to use; unset:
+  no limit is enforced, real memory use is never measured) is hit by the cgroup's OOM killer
+  ``$FAKE_SLURM_MEM_AFTER_S`` real seconds after it started (default 0): its process with the largest
+  real RSS gets SIGKILL, and the job ends as ``OUT_OF_MEMORY`` whatever its exit status (what sacct
+  shows for a job whose cgroup saw an oom-kill event). The rest of the job runs on.
 * ``squeue --jobs ID --format=%L``: the real seconds the job has left, as H:MM:SS.
 * ``scontrol update JobId=N TimeLimit=MIN`` changes a job's limit (below its run time: TIMEOUT now).
 * ``srun`` (one task) records itself as a step of ``$SLURM_JOB_ID`` and runs its command with the
@@ -41,7 +49,7 @@ import time
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
-FINAL = ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED")
+FINAL = ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY")
 
 
 def state_dir() -> Path:
@@ -90,6 +98,24 @@ def minutes(value: str) -> float:
     return parts[0] + (parts[1] / 60 if len(parts) == 2 else 0)
 
 
+def megabytes(value: str) -> float:
+    """A SLURM memory size in MB: a number with an optional K, M (default), G or T suffix."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", value.upper())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid memory size {value!r}")
+    number, unit = match.groups()
+    return float(number) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[unit]
+
+
+def memory_limit(request: dict) -> float | None:
+    """The job's memory limit in MB (``--mem``, or ``--mem-per-cpu`` x CPUs), None without one."""
+    if request.get("mem") is not None:
+        return request["mem"]
+    if request.get("mem_per_cpu") is not None:
+        return request["mem_per_cpu"] * int(request.get("cpus_per_task") or 1)
+    return None
+
+
 def sbatch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sbatch", allow_abbrev=False)
     for flag in ("--parsable", "--requeue", "--no-requeue", "--exclusive"):
@@ -100,11 +126,13 @@ def sbatch_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", default="ALL")
     p.add_argument("--signal")
     p.add_argument("--wrap")
+    p.add_argument("--mem", type=megabytes)
+    p.add_argument("--mem-per-cpu", type=megabytes)
     for flag in ("-J", "-A", "-p", "-C"):
         p.add_argument(flag)
     for flag in (
         "--job-name", "--comment", "--account", "--partition", "--clusters", "--constraint", "--qos",
-        "--mem", "--mem-per-cpu", "--nodes", "--reservation", "--exclude", "--ntasks", "--ntasks-per-gpu",
+        "--nodes", "--reservation", "--exclude", "--ntasks", "--ntasks-per-gpu",
         "--ntasks-per-node", "--cpus-per-task", "--cpus-per-gpu", "--gpus", "--gres",
     ):  # fmt: skip
         p.add_argument(flag)
@@ -219,7 +247,8 @@ def supervise(job_id: str) -> int:
     limit = request["time"] * 60 * factor if request["time"] else float("inf")
     warn = parse_signal(request["signal"])
     kill_wait = float(os.environ.get("FAKE_SLURM_KILL_WAIT_S", 30 * factor))
-    final, kill_at, code = None, None, None
+    oom_at = out_of_memory_at(request)
+    final, kill_at, code, out_of_memory = None, None, None, False
     wall_start = time.time()
     write(job / "end", str(wall_start + limit))  # for squeue's time left
     while True:
@@ -234,8 +263,12 @@ def supervise(job_id: str) -> int:
             target, signum, _ = warn
             kill([batch.pid] if target == "batch" else steps(job), signum)
             warn = None
+        if oom_at is not None and now >= oom_at:  # the job goes on; it ends as OUT_OF_MEMORY
+            oom_at, out_of_memory = None, True
+            kill(largest(below(os.getpid()))[:1], signal.SIGKILL)
         if final is None and (now >= limit or cancelled):
-            final = "TIMEOUT" if not cancelled else f"CANCELLED by {os.getuid()}"
+            by = read(job / "cancelled-by", str(os.getuid()))
+            final = "TIMEOUT" if not cancelled else f"CANCELLED by {by}"
             write(job / "state", final)  # the state changes at once; the processes die after
             kill(below(os.getpid()), signal.SIGCONT)
             kill(below(os.getpid()), signal.SIGTERM)
@@ -247,8 +280,27 @@ def supervise(job_id: str) -> int:
     while reap(batch.pid, code) is not None and below(os.getpid()):
         time.sleep(0.05)
     write(job / "exit", str(code))
-    write(job / "state", final or ("COMPLETED" if code == 0 else "FAILED"))
+    ended = "OUT_OF_MEMORY" if out_of_memory else "COMPLETED" if code == 0 else "FAILED"
+    write(job / "state", final or ended)
     return 0
+
+
+def out_of_memory_at(request: dict) -> float | None:
+    """When (real seconds after the start) the job's pretended memory use outgrows its limit."""
+    used, limit = os.environ.get("FAKE_SLURM_MEM_USED_MB"), memory_limit(request)
+    if used is None or limit is None or float(used) <= limit:
+        return None
+    return float(os.environ.get("FAKE_SLURM_MEM_AFTER_S", "0"))
+
+
+def largest(pids: list[int]) -> list[int]:
+    """``pids`` by real resident memory, largest first (the OOM killer's choice)."""
+
+    def rss(pid: int) -> int:
+        fields = read(Path(f"/proc/{pid}/statm")).split()
+        return int(fields[1]) if len(fields) > 1 else 0
+
+    return sorted(pids, key=rss, reverse=True)
 
 
 def reap(batch: int, code: int | None) -> int | None:
@@ -327,9 +379,12 @@ def squeue(argv: list[str]) -> int:
 
 
 def scancel(argv: list[str]) -> int:
+    """Cancel jobs; ``$FAKE_SLURM_UID`` plays the canceller (0: an admin), else this process's uid."""
+    by = os.environ.get("FAKE_SLURM_UID", str(os.getuid()))
     for job_id in (a for a in argv if a.isdigit()):
         pid = read(state_dir() / job_id / "pid")
         if pid and not read(state_dir() / job_id / "state").startswith(FINAL):
+            write(state_dir() / job_id / "cancelled-by", by)
             kill([int(pid)], signal.SIGTERM)
     return 0
 
