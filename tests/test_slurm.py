@@ -1,6 +1,6 @@
 """The workflow through the real SLURM executor plugin, on this machine: a fake SLURM
 (tests/fake_slurm/) runs each sbatch job here, enforces its time limit as slurmd does (scaled down:
-``FAKE_SLURM_MINUTE_S`` seconds a SLURM minute) and answers the plugin's sacct queries.
+``FAKE_SLURM_MINUTE_S`` seconds a SLURM minute) and answers the plugin's status queries.
 
 The slow test runs three runs in one invocation of ``snakemake --profile profiles/slurm``: one killed
 by its time limit in attempt 1 after two epochs (retried with the longer limit, it resumes and ends as
@@ -240,3 +240,56 @@ def test_runs_survive_time_limits_and_failures_of_slurm_jobs(tmp_path):
     # the next invocation retries both failed runs, not the finished one
     again = snakemake("-n", *args, cwd=work, env={**env, "PYTHONPATH": str(REPO)}).stdout
     assert job_counts(again)["train_run"] == 2
+
+
+def cancel_when_running(state: Path, run: str, env: dict[str, str], workflow) -> None:
+    """An admin cancels the run's first job as soon as it runs (sacct: ``CANCELLED by 0``)."""
+    deadline = time.monotonic() + 300
+    while workflow.poll() is None and time.monotonic() < deadline:
+        jobs_of_run = submissions(state, run)
+        if jobs_of_run and jobs_of_run[0]["state"] == "RUNNING":
+            subprocess.run(["scancel", jobs_of_run[0]["id"]], env={**env, "FAKE_SLURM_UID": "0"}, check=True)
+            return
+        time.sleep(0.1)
+    raise AssertionError("the run's first job never ran")
+
+
+@pytest.mark.slow
+def test_cancelled_and_out_of_memory_jobs_are_retried_the_latter_with_more_memory(tmp_path):
+    """Two runs, each job using 40000 MB after 3 s: the profile's 32000 MB in attempt 1 are too few.
+    One run's first job is cancelled by an admin before that: the plugin learns it from squeue (the
+    profile's status command; sacct's `CANCELLED by 0` it took for a running job, and waited forever),
+    the retry asks 64000 MB and finishes. The other's first job ends OUT_OF_MEMORY; its retry asks
+    64000 MB and finishes."""
+    config = mini_config() | {"name": "slurm", "seeds": [0], "runtime": {"tinycnn": 1}}
+    table = {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]}
+    arms = [{"label": f"SGD-{n}", "optimizer": "sgd", "run": {"epochs": n}} for n in (2, 3)]
+    config["experiments"] = {"t": {"kind": "table", "title": "t", "arms": arms, "table": table}}
+    config = str(write_config(tmp_path / "slurm.yaml", config))
+    cancelled, hungry = (run.path for run in ex.plan(ex.load_config(config)).runs["t"])
+    work, state = tmp_path / "work", tmp_path / "slurm"
+    work.mkdir()
+    env = fake_slurm_env(state) | {"FAKE_SLURM_MEM_USED_MB": "40000", "FAKE_SLURM_MEM_AFTER_S": "3"}
+    args = [*PROFILE, "--configfile", config, "--retries", "1", *FAST_POLLING, "--latency-wait", "5"]
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work), *args]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    with open(tmp_path / "snakemake.log", "w") as log:
+        workflow = subprocess.Popen(command, cwd=work, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            cancel_when_running(state, cancelled, full_env, workflow)
+            workflow.wait(timeout=400)
+        finally:
+            workflow.kill()
+    out = (tmp_path / "snakemake.log").read_text()
+    assert workflow.returncode == 0, out[-6000:]
+    assert "sampa workflow: 2 of 2 runs finished" in out
+
+    summary = {
+        run: [(job["mem"], job["state"]) for job in submissions(state, run)] for run in (cancelled, hungry)
+    }
+    assert summary == {
+        cancelled: [(32000, "CANCELLED by 0"), (64000, "COMPLETED")],
+        hungry: [(32000, "OUT_OF_MEMORY"), (64000, "COMPLETED")],
+    }
+    for run in (cancelled, hungry):
+        assert json.loads((work / "results/runs" / run / jobs.OUTCOME).read_text())["status"] == "complete"
