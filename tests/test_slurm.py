@@ -246,7 +246,10 @@ def cancel_when_running(state: Path, run: str, env: dict[str, str], workflow) ->
     """An admin cancels the run's first job as soon as it runs (sacct: ``CANCELLED by 0``)."""
     deadline = time.monotonic() + 300
     while workflow.poll() is None and time.monotonic() < deadline:
-        jobs_of_run = submissions(state, run)
+        try:
+            jobs_of_run = submissions(state, run)
+        except (OSError, ValueError):  # a job being submitted: its files are not all written yet
+            jobs_of_run = []
         if jobs_of_run and jobs_of_run[0]["state"] == "RUNNING":
             subprocess.run(["scancel", jobs_of_run[0]["id"]], env={**env, "FAKE_SLURM_UID": "0"}, check=True)
             return
