@@ -109,7 +109,7 @@ class RunConfig:
     lr: float = setting(0.1, "peak learning rate", low=0.0, low_open=True)
     momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0, high_open=True)
     weight_decay: float = setting(5e-4, "coupled L2 for SGD, decoupled for AdamW", low=0.0)
-    nesterov: bool = setting(False, "Nesterov momentum (SGD)")
+    nesterov: bool = setting(False, "Nesterov momentum (base optimizer sgd only)")
     betas: tuple[float, float] = setting(
         (0.9, 0.999), "AdamW betas (two numbers)", low=0.0, high=1.0, high_open=True
     )
@@ -133,7 +133,8 @@ class RunConfig:
     )
     label_noise: float = setting(
         0.0,
-        "symmetric label noise: fraction of training labels changed (0.4 = 40%)",
+        "symmetric label noise: fraction of training labels changed (0.4 = 40%); CIFAR and synthetic "
+        "images only",
         low=0.0,
         high=1.0,
         high_open=True,
@@ -393,6 +394,18 @@ def _check_cutout(cfg: RunConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def _check_label_noise(cfg: RunConfig) -> None:
+    """Label noise only on the in-memory image datasets: the others (ImageNet, GLUE, synthetic text) read
+    their labels as they are, so a noise rate would be silently ignored."""
+    from sampa.data import DATASET_NAMES
+
+    if cfg.label_noise and cfg.dataset not in DATASET_NAMES:
+        raise ConfigError(
+            f"label_noise {cfg.label_noise!r} does not apply to dataset {cfg.dataset!r} (label noise is "
+            f"implemented for {', '.join(DATASET_NAMES)} only); use label_noise 0"
+        )
+
+
 def _check_split(cfg: RunConfig) -> None:
     """A CIFAR-style dataset's validation split holds out at least one sample and keeps at least one."""
     from sampa.data.sources import TRAIN_SIZES  # these have their own validation set
@@ -424,6 +437,11 @@ def _check_relations(cfg: RunConfig) -> None:
     _check_modality(cfg)
     _check_extras(cfg)
     _check_cutout(cfg)
+    _check_label_noise(cfg)
+    if cfg.nesterov and cfg.base_optimizer != "sgd":
+        raise ConfigError(
+            f"nesterov true needs base_optimizer 'sgd' (got base_optimizer {cfg.base_optimizer!r})"
+        )
     if cfg.warmup and cfg.schedule != "linear":
         raise ConfigError(f"warmup {cfg.warmup!r} needs schedule 'linear' (got schedule {cfg.schedule!r})")
     if cfg.devices % 2 and cfg.devices != 1:

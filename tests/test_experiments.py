@@ -277,6 +277,25 @@ def test_a_text_run_leaves_out_the_image_data_settings_it_inherits():
         assert "synthetic_noise=0.15,synthetic_train_size=1280" in run.path and "val_fraction=0.2" in run.path
 
 
+def test_label_noise_on_a_text_run_is_refused_at_plan_time():
+    """Text data reads its labels as they are: a noise rate would be silently ignored; the plan refuses it."""
+    cfg = config()
+    cfg["experiments"]["t6"] = {
+        "kind": "table",
+        "title": "Text",
+        "run": {"dataset": "synthetic-text", "model": "bert-tiny", "label_noise": 0.4},
+        "arms": ["sam"],
+        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]},
+    }
+    with pytest.raises(ex.PlanError) as err:
+        ex.plan(cfg)
+    text = str(err.value)
+    assert "\n" not in text
+    assert (
+        "label_noise 0.4 does not apply to dataset 'synthetic-text'" in text and "use label_noise 0" in text
+    ), text
+
+
 def test_experiment_whose_data_is_missing_plans_no_runs_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMPA_DATA", str(tmp_path))
     cfg = config_with_imagenet_table()

@@ -131,6 +131,13 @@ def test_bad_config_file_values(tmp_path, capsys, yaml_text, message):
         (["--cutout", "16", "--dataset", "synthetic-text", "--model", "bert-tiny"],
          r"cutout 16 does not apply to dataset 'synthetic-text' \(Cutout is implemented for cifar10, "
          r"cifar100, synthetic, synthetic100 only\); use cutout 0$"),
+        (["--label-noise", "0.4", "--dataset", "synthetic-text", "--model", "bert-tiny"],
+         r"error: label_noise 0.4 does not apply to dataset 'synthetic-text' \(label noise is "
+         r"implemented for cifar10, cifar100, synthetic, synthetic100 only\); use label_noise 0$"),
+        (["--label-noise", "0.2", "--dataset", "imagenet", "--model", "resnet50"],
+         r"error: label_noise 0.2 does not apply to dataset 'imagenet'"),
+        (["--nesterov", "--base-optimizer", "adamw"],
+         r"error: nesterov true needs base_optimizer 'sgd' \(got base_optimizer 'adamw'\)$"),
         (["--gpu-lock-dir", "locks"], r"--gpu-lock-dir 'locks' needs --gpus"),
         (["--config", ""], r"cannot read config file '': Is a directory"),
         (["--config", "run\0.yaml"], r"cannot read config file 'run\\x00.yaml': embedded null byte"),
@@ -227,7 +234,7 @@ def _flag_help(argv: list[str], capsys) -> dict[str, str]:
         ("--amp", "one of: off, bf16; default: off"),
         ("--cutout", "in pixels"),
         ("--cutout", "an integer >= 0; default: 0"),
-        ("--label-noise", "(0.4 = 40%) (in [0, 1); default: 0.0)"),
+        ("--label-noise", "(0.4 = 40%); CIFAR and synthetic images only (in [0, 1); default: 0.0)"),
         ("--warmup", "fraction of all training steps"),
         ("--val-fraction", "(in (0, 1); default: 0.1)"),
         ("--betas", "each in [0, 1); default: (0.9, 0.999)"),
