@@ -946,7 +946,10 @@ MINUTES_PER_EPOCH = {
     "resnet50": 20.0,
     "vit-b16": 3.0,
     "bert-base": 20.0,
-    "vit-tiny": 0.05,
+    # smoke Table 5 (synthetic and synthetic100, batch 16, 72 steps an epoch; its SAM and SAMPa-0.2 runs, each
+    # `sampa train --settings <planned> --gpus 0 --threads 1`, 8 runs): 0.84-1.9 s of training an epoch
+    # (median 1.3 s; one run 3.2-3.5 s, load 4 on 2 cores), evaluation 0.01 s; x RUNTIME_MARGIN covers 3.6 s
+    "vit-tiny": 0.02,
     # smoke Table 6 (synthetic-text, batch 32, 16 steps an epoch; benchmarks/table6_smoke.py's runs): AdamW
     # 0.19 s of training and 0.02 s of evaluation an epoch, SAMPa-0.1 at most 0.64 s (one CPU thread, load 2)
     "bert-tiny": 0.005,
