@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -43,13 +44,27 @@ def user_repository(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """A wheel built from a copy of the checkout's tracked package files (the build writes build/ and
-    *.egg-info beside its sources: not into the checkout)."""
+def sdist(tmp_path_factory) -> Path:
+    """A source distribution built from a copy of the checkout's tracked package files (the build writes
+    *.egg-info beside its sources: not into the checkout), by setuptools' build backend without isolation."""
     source = tmp_path_factory.mktemp("source")
     for name in ["pyproject.toml", "README.md", *git(ROOT, "ls-files", "--", "sampa").split()]:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
+    out = tmp_path_factory.mktemp("sdist")
+    build = f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"
+    subprocess.run([sys.executable, "-c", build], cwd=source, check=True, capture_output=True)
+    [built] = out.glob("sampa_bench-*.tar.gz")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel(sdist, tmp_path_factory) -> Path:
+    """A wheel built from the unpacked sdist, as pip builds one from a source release."""
+    unpacked = tmp_path_factory.mktemp("unpacked")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(unpacked, filter="data")
+    [source] = unpacked.iterdir()
     out = tmp_path_factory.mktemp("wheel")
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out)]
     subprocess.run([*cmd, str(source)], check=True, capture_output=True)
@@ -57,11 +72,14 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
-def test_the_wheel_ships_every_file_of_the_package_and_the_config_schema(wheel):
+def test_the_sdist_and_its_wheel_ship_every_file_of_the_package_and_the_config_schema(sdist, wheel):
     """Package data (the config schema, the paper's numbers) is declared in pyproject: a file the code
-    reads that the wheel lacks works in a checkout only."""
-    names = set(zipfile.ZipFile(wheel).namelist())
+    reads that the sdist or the wheel built from it lacks works in a checkout only."""
     tracked = set(git(ROOT, "ls-files", "--", "sampa").split())
+    with tarfile.open(sdist) as tar:
+        in_sdist = {name.partition("/")[2] for name in tar.getnames()}
+    assert tracked <= in_sdist, sorted(tracked - in_sdist)
+    names = set(zipfile.ZipFile(wheel).namelist())
     assert tracked <= names, sorted(tracked - names)
     assert experiments.SCHEMA_PATH.relative_to(ROOT).as_posix() in names
 
