@@ -104,8 +104,9 @@ def test_an_installed_wheel_works_outside_the_checkout(wheel, tmp_path):
     project = user_repository(tmp_path / "project")
     venv = project / ".venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)]
-    subprocess.run(pip, check=True, capture_output=True)
+    # --ignore-installed: the base environment's sampa-bench (pip install -e .) would satisfy the request
+    install = ["install", "-q", "--no-deps", "--ignore-installed", str(wheel)]
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *install], check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # not this checkout's code
 
     def run(*cmd: str) -> subprocess.CompletedProcess:
