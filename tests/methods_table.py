@@ -1,6 +1,7 @@
 """THE table of every registered method (one row each), asserted equal to the registry by test_methods.py.
 
-Adding a method: its module, one line in ``sampa.optim.METHOD_CLASSES``, one row here, its docs section.
+Adding a method: README "Adding an optimizer" lists every place (its module, the registry, one row
+here, docs/methods.md, its figure style).
 The generic tests (tests/test_methods.py) run over every row: registry and paper defaults, one-line errors
 for bad hyperparameters, passes per step, seeds, resume, the AdamW base, the smoke task through the engine.
 Per-family files (test_optim_core.py, test_methods_efficient.py, test_methods_baselines.py) hold only the
