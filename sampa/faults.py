@@ -16,7 +16,8 @@ power cut or ``kill -9`` would. Points (``N`` is an epoch, 1-based):
                            the toy ImageFolder's generation): its temporary folder is complete, not
                            yet renamed into place
 
-Unset (always, outside tests), every point is a no-op.
+Unset (always, outside tests), every point is a no-op. ``SAMPA_KILL_SIGNAL=INT`` sends SIGINT instead
+of SIGKILL, as Ctrl-C does (Python raises ``KeyboardInterrupt`` there).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import os
 import signal
 
 ENV_VAR = "SAMPA_KILL_AT"
+SIGNAL_VAR = "SAMPA_KILL_SIGNAL"  # the signal's name without SIG (default KILL)
 
 
 def kill_point(point: str) -> None:
-    """SIGKILL this process if ``$SAMPA_KILL_AT`` names ``point``."""
+    """SIGKILL (or ``$SAMPA_KILL_SIGNAL``) this process if ``$SAMPA_KILL_AT`` names ``point``."""
     if os.environ.get(ENV_VAR) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(SIGNAL_VAR, "KILL")])

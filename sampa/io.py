@@ -206,9 +206,12 @@ def command_status(
     """The exit status of command ``command`` (``call``), every expected error in one line on stderr:
     bad input (an exception of a class ``bad_input()`` returns; called only on an error, so a command
     imports no more than it needs) exits 2, a failed write (permission, no space, not a directory) 1, and a
-    reader leaving the pipe (``| head``) ends it quietly (:func:`stdout_closed`). Anything else propagates."""
+    reader leaving the pipe (``| head``) ends it quietly (:func:`stdout_closed`), Ctrl-C is one line and
+    status 130 (:func:`interrupted`). Anything else propagates."""
     try:
         return call()
+    except KeyboardInterrupt:
+        return interrupted(command)
     except BrokenPipeError:
         return stdout_closed()
     except OSError as err:
@@ -219,6 +222,18 @@ def command_status(
             raise
         print(f"sampa {command}: error: {err}", file=sys.stderr)
         return 2
+
+
+INTERRUPTED = 130  # exit status after Ctrl-C: 128 + SIGINT, as a shell reports a process it ends
+#: what an interrupted command adds to its one line, where running it again continues its work
+RESUME_HINTS = {"train": "run the same command again to resume after the last finished epoch"}
+
+
+def interrupted(command: str) -> int:
+    """After Ctrl-C (``KeyboardInterrupt``): one line on stderr instead of a traceback, status 130."""
+    hint = RESUME_HINTS.get(command)
+    print(f"sampa {command}: interrupted (SIGINT)" + (f"; {hint}" if hint else ""), file=sys.stderr)
+    return INTERRUPTED
 
 
 def first_line(err: BaseException, default: str = "") -> str:

@@ -140,6 +140,28 @@ def test_module_entry_point_exit_status(tmp_path):
     assert proc.stderr.strip() == "sampa train: error: lr must be in (0, inf) (got -1.0)"
 
 
+def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
+    """Ctrl-C (SIGINT) during a run: one line saying how to continue, no traceback, status 130, no
+    metrics.json; the same command then resumes after the last finished epoch."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = tmp_path / "r"
+    command = [sys.executable, "-m", "sampa", *BASE, "--epochs", "2", "--synthetic-train-size", "200"]
+    command += ["--synthetic-test-size", "100", "--threads", "1", "--out", str(out)]
+    ctrl_c = {**env, "SAMPA_KILL_AT": "epoch2:step", "SAMPA_KILL_SIGNAL": "INT"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=ctrl_c, timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "sampa train: interrupted (SIGINT); "
+        "run the same command again to resume after the last finished epoch"
+    )
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"[{out}] resuming after epoch 1/2" in proc.stdout + proc.stderr
+    assert '"status": "complete"' in proc.stdout
+
+
 def test_toy_command_writes_trajectories(tmp_path, capsys):
     out, summary = tmp_path / "toy" / "traj.csv", tmp_path / "toy" / "summary.csv"
     assert (
