@@ -481,6 +481,39 @@ def summary(runs: Mapping[str, Path], log_of: Mapping[str, str], limit: int = 20
     return "\n".join(lines)
 
 
+#: a target under one config's outputs, results/<config>/... or figures/<config>/...; results/runs/ and
+#: results/data/ hold every config's runs and data records (Snakemake answers for those)
+_CONFIG_TARGET = re.compile(r"(?:results/(?!runs/|data/)|figures/)(?P<config>[^/]+)/.+")
+
+
+def target_error(target: str, name: str, outputs: Iterable[str]) -> str | None:
+    """Why ``target`` (a file named on Snakemake's command line) is not an output of config ``name`` (its
+    ``outputs``), in one line naming the valid ones; None when it is one, a toy file, or outside the
+    config's output folders (Snakemake answers for those)."""
+    path = os.path.normpath(target)
+    match = _CONFIG_TARGET.fullmatch(path)
+    outputs = set(outputs)
+    if match is None or path in outputs or path.startswith(f"results/{name}/toy/"):
+        return None
+    if match["config"] != name:
+        return (
+            f"target {target!r} is an output of config {match['config']!r}, but the config is {name!r} "
+            "(targets go before --configfile; without it: configs/smoke.yaml)"
+        )
+    tables = _natural({Path(o).stem for o in outputs if o.startswith(f"results/{name}/tables/")})
+    figures = _natural({Path(o).stem for o in outputs if o.startswith(f"figures/{name}/")})
+    return (
+        f"unknown target {target!r}; config {name!r} makes results/{name}/runs.csv, "
+        f"results/{name}/tables/<table>.{{md,tex,csv}} for {', '.join(tables)} (reproduction: md, tex) "
+        f"and figures/{name}/<figure>.{{pdf,png,csv}} for {', '.join(figures) or 'none'}"
+    )
+
+
+def _natural(names: Iterable[str]) -> list[str]:
+    """``names`` sorted with their numbers as numbers (table2 before table10)."""
+    return sorted(names, key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
+
+
 def module_files(*modules: str) -> list[str]:
     """The source files ``modules`` import from the sampa package, transitively (and package data
     files beside them, e.g. the paper's numbers): a workflow rule's code dependencies, derived."""

@@ -144,6 +144,26 @@ def test_summary_mentions_the_runs_the_invocation_did_not_need(tmp_path):
     assert text == "sampa workflow: 1 of 1 runs finished (3 other runs of the config not needed here)"
 
 
+def test_a_target_the_config_does_not_make_is_one_line_naming_the_valid_ones():
+    outputs = ["results/smoke/runs.csv", "figures/smoke/figure1.png"]
+    outputs += [f"results/smoke/tables/table{n}.md" for n in (1, 2, 10)]
+    for valid in ("results/smoke/tables/table10.md", "./results/smoke/runs.csv", "figures/smoke/figure1.png"):
+        assert jobs.target_error(valid, "smoke", outputs) is None
+    # Snakemake answers for the rest: run directories, data records, toy files, rule names, other trees
+    for other in ("results/runs/x/seed0/outcome.json", "results/data/synthetic.json", "all", "logs/x.log"):
+        assert jobs.target_error(other, "smoke", outputs) is None
+    assert jobs.target_error("results/smoke/toy/figure1/summary.csv", "smoke", outputs) is None
+    error = jobs.target_error("results/smoke/tables/table99.md", "smoke", outputs)
+    assert error.startswith("unknown target 'results/smoke/tables/table99.md'; config 'smoke' makes ")
+    assert "tables/<table>.{md,tex,csv} for table1, table2, table10 " in error
+    assert "figures/smoke/<figure>.{pdf,png,csv} for figure1" in error
+    assert jobs.target_error("results/smoke/table1.md", "smoke", outputs).startswith("unknown target")
+    assert jobs.target_error("results/paper/tables/table1.md", "smoke", outputs) == (
+        "target 'results/paper/tables/table1.md' is an output of config 'paper', but the config is 'smoke' "
+        "(targets go before --configfile; without it: configs/smoke.yaml)"
+    )
+
+
 def test_other_training_jobs_count_each_job_once_and_not_the_own():
     table = {
         1: (0, "init"),

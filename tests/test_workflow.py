@@ -367,6 +367,23 @@ def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("results/smoke/tables/table99.md", r"unknown target .*'; config 'smoke' makes .* table14, "),
+        ("results/paper/tables/table1.md", "is an output of config 'paper', but the config is 'smoke'"),
+    ],
+)
+def test_a_target_the_config_does_not_make_stops_with_one_line(tmp_path, target, message):
+    """Not Snakemake's "No rule to produce": the valid targets (or the config they belong to)."""
+    config = str(REPO / "configs" / "smoke.yaml")
+    proc = snakemake("-n", target, "--configfile", config, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("sampa workflow: ") and re.search(message, last), proc.stdout[-2000:]
+    assert "MissingRuleException" not in proc.stdout
+
+
 def test_too_few_gpus_stop_the_plan_with_one_line(tmp_path):
     config = ex.load_config(REPO / "configs" / "smoke.yaml") | {"use_gpus": True}  # Table 11: 2 devices
     path = str(write_config(tmp_path / "gpus.yaml", config))

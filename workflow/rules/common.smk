@@ -100,12 +100,34 @@ def rejoin_split_runs(workflow):
     repaired(workflow.dag_settings)
 
 
+def check_targets(workflow):
+    """In the main process: a table or figure target this config does not make (a typo, another
+    config's path) stops the invocation with one line naming the valid ones, not Snakemake's "No rule
+    to produce". The targets reach the workflow after this file is read: checked when assigned."""
+
+    def checked(settings):
+        for target in getattr(settings, "targets", None) or ():
+            error = jobs.target_error(target, NAME, final_outputs())
+            if error:
+                sys.exit(f"sampa workflow: {error}")
+        return settings
+
+    def assign(self, settings):
+        self.__dict__["dag_settings"] = checked(settings)
+
+    cls = type(workflow)
+    settings = property(lambda self: self.__dict__.get("dag_settings"), assign)
+    workflow.__class__ = type(cls.__name__, (cls,), {"dag_settings": settings})
+    checked(workflow.dag_settings)
+
+
 # a failed run or an unavailable dataset is a record, not a result: forget it, so it is retried. Only
 # in the process that Snakemake was started as: a job on a cluster node reads this file too, and would
 # delete the records of runs that failed earlier in the same invocation, which the tables wait for
 if workflow.remote_exec or workflow.subprocess_exec:
     rejoin_split_runs(workflow)
 else:
+    check_targets(workflow)
     jobs.forget_failures(
         [Path(RUNS_ROOT, path) for path in RUNS],
         [Path(DATA_RECORDS, f"{dataset}.json") for dataset in PLAN.prepared_datasets()],
