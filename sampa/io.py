@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -230,7 +231,11 @@ RESUME_HINTS = {"train": "run the same command again to resume after the last fi
 
 
 def interrupted(command: str) -> int:
-    """After Ctrl-C (``KeyboardInterrupt``): one line on stderr instead of a traceback, status 130."""
+    """After Ctrl-C (``KeyboardInterrupt``): one line on stderr instead of a traceback, status 130. A
+    second SIGINT (Ctrl-C again, or a workflow job passing its own on) ends the process at once, instead
+    of a traceback from the exit handlers it interrupts."""
+    with contextlib.suppress(ValueError):  # only the main thread may set a handler
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     hint = RESUME_HINTS.get(command)
     print(f"sampa {command}: interrupted (SIGINT)" + (f"; {hint}" if hint else ""), file=sys.stderr)
     return INTERRUPTED

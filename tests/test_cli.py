@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from sampa import io
 from sampa.cli import main
 
 BASE = ["train", "--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu"]
@@ -160,6 +162,18 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"[{out}] resuming after epoch 1/2" in proc.stdout + proc.stderr
     assert '"status": "complete"' in proc.stdout
+
+
+def test_after_ctrl_c_a_second_one_ends_the_process_at_once(capsys):
+    """Not a traceback from the exit handlers it would interrupt (a workflow job passes its SIGINT on to
+    the run, which got the terminal's too)."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        assert io.interrupted("plan") == 130
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err == "sampa plan: interrupted (SIGINT)\n"
 
 
 def test_toy_command_writes_trajectories(tmp_path, capsys):
