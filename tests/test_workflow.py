@@ -384,6 +384,19 @@ def test_a_target_the_config_does_not_make_stops_with_one_line(tmp_path, target,
     assert "MissingRuleException" not in proc.stdout
 
 
+def test_a_table_target_trains_its_runs_that_have_no_record_even_when_the_table_is_newer(tmp_path):
+    """A forgotten failure or a deleted run directory: Snakemake alone would not recreate the missing
+    records of a table that is up to date ("Nothing to be done"), so the failed runs would never retry."""
+    config = str(REPO / "configs" / "smoke.yaml")
+    runs = ex.plan(ex.load_config(REPO / "configs" / "smoke.yaml")).runs["table12"]
+    tables = tmp_path / "results" / "smoke" / "tables"
+    tables.mkdir(parents=True)
+    for ext in ("md", "tex", "csv"):
+        (tables / f"table12.{ext}").write_text("made before its runs were deleted\n")
+    out = snakemake("-n", "results/smoke/tables/table12.md", "--configfile", config, cwd=tmp_path).stdout
+    assert job_counts(out) == {"train_run": len(runs), "make_table": 1, "total": len(runs) + 1}
+
+
 def test_too_few_gpus_stop_the_plan_with_one_line(tmp_path):
     config = ex.load_config(REPO / "configs" / "smoke.yaml") | {"use_gpus": True}  # Table 11: 2 devices
     path = str(write_config(tmp_path / "gpus.yaml", config))

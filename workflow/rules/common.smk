@@ -100,16 +100,34 @@ def rejoin_split_runs(workflow):
     repaired(workflow.dag_settings)
 
 
+def target_runs(target):
+    """The runs whose records a table, figure, runs-table or scorecard target reads ([] for others)."""
+    path = os.path.normpath(target)
+    if path == f"{RESULTS}/runs.csv" or path.startswith(f"{RESULTS}/tables/reproduction."):
+        return list(RUNS)
+    experiment = Path(path).stem
+    if path.startswith((f"{RESULTS}/tables/", f"{FIGURES}/")) and experiment in PLAN.runs:
+        return [run.path for run in PLAN.runs[experiment]]
+    return []
+
+
 def check_targets(workflow):
     """In the main process: a table or figure target this config does not make (a typo, another
     config's path) stops the invocation with one line naming the valid ones, not Snakemake's "No rule
-    to produce". The targets reach the workflow after this file is read: checked when assigned."""
+    to produce". A target with a run that has no record (a failure forgotten above, a deleted run
+    directory) is made again, so the run is trained: Snakemake does not recreate a missing input of
+    an output that is up to date. The targets reach the workflow after this file is read: checked
+    when assigned."""
 
     def checked(settings):
-        for target in getattr(settings, "targets", None) or ():
+        targets = list(getattr(settings, "targets", None) or ())
+        for target in targets:
             error = jobs.target_error(target, NAME, final_outputs())
             if error:
                 sys.exit(f"sampa workflow: {error}")
+        missing = [t for t in targets if not all(map(os.path.exists, run_metrics(target_runs(t))))]
+        if missing:
+            settings.forcerun = frozenset(settings.forcerun) | frozenset(missing)
         return settings
 
     def assign(self, settings):
