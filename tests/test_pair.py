@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,11 @@ def _rank_scenarios(rank: int, port: int, out: str) -> None:
         cls = METHODS[sc.method] if isinstance(sc.method, str) else sc.method
         results[name] = run_scenario(sc, PairBackend(rank, torch.device("cpu"), mode_for(cls)))
     results["mismatch"] = _mismatch_message(rank)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.manual_seed(0)
+        PairBackend(rank, torch.device("cpu"), TASK).check_replicas(build_model("tinycnn", 10), 1)
+    results["replica_check_warnings"] = [str(w.message) for w in caught]
     results["sums"] = PairBackend(rank, torch.device("cpu"), DATA).sum_over_replicas([1.0 + rank, 10.0])
     torch.save(results, f"{out}.{rank}")
     dist.destroy_process_group()
@@ -469,6 +475,11 @@ def test_replica_mismatch_is_a_clear_error_on_both_ranks(pair_results):
     for rank in (0, 1):
         message = pair_results[rank]["mismatch"]
         assert "differ after epoch 7" in message and "'fc.weight'" in message
+
+
+def test_the_replica_check_warns_nothing(pair_results):
+    """It runs after every epoch on every rank: a deprecation warning there is noise in every log."""
+    assert [r["replica_check_warnings"] for r in pair_results] == [[], []]
 
 
 def test_checksum_sees_one_ulp_and_nan():

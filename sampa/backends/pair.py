@@ -507,9 +507,9 @@ class PairBackend:
     def check_replicas(self, model: nn.Module, epoch: int) -> None:
         names = [name for name, _ in model.named_parameters()]
         mine = parameter_checksums(model)
-        every = torch.empty(self.world_size * mine.numel(), dtype=mine.dtype, device=mine.device)
-        dist.all_gather_into_tensor(every, mine)
-        rows = every.view(self.world_size, -1)
+        every = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(every, mine)  # not all_gather_into_tensor: deprecated (a FutureWarning per rank)
+        rows = torch.stack(every)
         differ = rows != rows[0]
         params = differ.any(dim=0).nonzero().flatten().tolist()
         if params:
