@@ -149,6 +149,7 @@ def run_training(
     command = [*launcher, python, "-m", "sampa", "train", *train_args, "--out", str(out)]
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     watch = MachineWatch(os.getpid())
+    resumed = (out / "checkpoint.pt").exists()  # an interrupted or failed attempt left its last epoch
     child = subprocess.Popen(command)
     received = _forward_signals(child)
     tail = _TailReader()
@@ -168,6 +169,8 @@ def run_training(
             watch.sample()
     code = child.returncode
     record: dict[str, Any] = {"returncode": code, "shared": watch.record()}
+    if resumed:
+        record["resumed"] = True  # the closing summary counts these
     metrics = _read(out / "metrics.json")
     if code == 0 and metrics.get("status") in FINISHED:
         return {"status": metrics["status"], **record}
@@ -465,8 +468,12 @@ def summary(runs: Mapping[str, Path], log_of: Mapping[str, str], limit: int = 20
         status[name] = record.get("status") or ("complete" if finished else "not run")
     counts = Counter(status.values())
     finished = sum(counts[s] for s in FINISHED)
+    resumed = sum(
+        1 for n, d in runs.items() if status[n] in FINISHED and _read(Path(d) / OUTCOME).get("resumed")
+    )
     lines = [
         f"sampa workflow: {finished} of {len(runs)} runs finished"
+        + (f" ({resumed} resumed from a checkpoint)" if resumed else "")
         + "".join(f", {n} {s}" for s, n in sorted(counts.items()) if s not in ("complete",))
         + (f" ({others} other run{'s' * (others != 1)} of the config not needed here)" if others else "")
     ]

@@ -58,6 +58,15 @@ def test_a_run_killed_by_sigkill_is_recorded_as_failed_and_the_job_succeeds(tmp_
     assert record["status"] == "failed" and record["returncode"] == -signal.SIGKILL
     assert record["reason"].startswith("killed by SIGKILL")
     assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()  # resumable
+    # the next invocation resumes it, and its closing summary says so
+    jobs.forget_failures([out], [])
+    proc = run_job("train", "--out", str(out), "--", "--settings", settings, log=log)
+    assert proc.returncode == 0, log.read_text()
+    record = json.loads((out / jobs.OUTCOME).read_text())
+    assert record["status"] == "complete" and record["resumed"] is True
+    assert "resuming after epoch 1/2" in log.read_text()
+    text = jobs.summary({"r": out}, {"r": str(log)})
+    assert text == "sampa workflow: 1 of 1 runs finished (1 resumed from a checkpoint)"
 
 
 @pytest.mark.parametrize("last_attempt", [0, 1])

@@ -228,7 +228,7 @@ def test_runs_survive_time_limits_and_failures_of_slurm_jobs(tmp_path):
     record = json.loads((work / "results/runs" / endless / jobs.OUTCOME).read_text())
     assert record["status"] == "failed" and "time limit on its last attempt" in record["reason"]
     assert not (work / "results/runs" / endless / "metrics.json").exists()
-    assert "sampa workflow: 1 of 3 runs finished, 2 failed" in out
+    assert "sampa workflow: 1 of 3 runs finished (1 resumed from a checkpoint), 2 failed" in out
     assert f"  failed: logs/runs/{endless}.log  (stopped before the job's time limit on its last" in out
     assert "— (failed)" in (work / "results/slurm/tables/t.md").read_text()
 

@@ -648,7 +648,7 @@ def test_failed_and_impossible_runs_never_block_the_other_tables(tmp_path):
     finished = (tmp_path / "results/runs" / sam / "outcome.json").stat().st_mtime_ns
     broken.unlink()  # the cause is fixed
     again = snakemake("--cores", "2", "--configfile", config, cwd=tmp_path, env=env).stdout
-    assert "sampa workflow: 3 of 4 runs finished, 1 needs data" in again
+    assert "sampa workflow: 3 of 4 runs finished (1 resumed from a checkpoint), 1 needs data" in again
     runs = pd.read_csv(tmp_path / "results/partial/runs.csv").set_index("run")
     assert (runs.loc[[sam, sgd, killed], "status"] == "complete").all()
     assert runs.loc[killed, "provenance.resumes"] == 1  # the killed run resumed its checkpoint
