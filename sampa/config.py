@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sampa import io
+from sampa.glue_tasks import TEXT_DATASETS
+from sampa.paths import TOY_IMAGEFOLDER
 from sampa.ranges import interval
 
 BASE_OPTIMIZERS = ("sgd", "adamw")
@@ -210,8 +212,7 @@ FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
 #: settings that do not change results: set per machine (never by an experiment), may differ on restart
 MACHINE_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["machine"])
 #: settings only the CIFAR-style image datasets read (their validation split, the synthetic images' size
-#: and difficulty: :func:`sampa.data.load_dataset`); a text run ignores them (its data has a fixed size and
-#: its own evaluation set), so its planned settings and run path leave them out
+#: and difficulty: :func:`sampa.data.load_dataset`)
 IMAGE_DATA_KEYS = (
     "val_fraction",
     "synthetic_train_size",
@@ -219,6 +220,27 @@ IMAGE_DATA_KEYS = (
     "synthetic_distractor",
     "synthetic_noise",
 )
+#: the :data:`IMAGE_DATA_KEYS` each dataset reads (``sampa.train`` -> :func:`sampa.data.load_dataset`):
+#: CIFAR its validation split only (the ``synthetic_*`` sizes and weights feed the generator alone), the
+#: synthetic images all of them; the sources (ImageNet, the toy ImageFolder, text: ``sampa.data.sources``)
+#: none, their data is fixed and validated on its own eval set. A run's planned settings and run path
+#: leave out those its dataset ignores (:func:`ignored_data_keys`)
+DATA_KEYS_READ: dict[str, tuple[str, ...]] = {
+    "cifar10": ("val_fraction",),
+    "cifar100": ("val_fraction",),
+    "synthetic": IMAGE_DATA_KEYS,
+    "synthetic100": IMAGE_DATA_KEYS,
+    "imagenet": (),
+    TOY_IMAGEFOLDER: (),
+    **dict.fromkeys(TEXT_DATASETS, ()),
+}
+
+
+def ignored_data_keys(dataset: str) -> tuple[str, ...]:
+    """The :data:`IMAGE_DATA_KEYS` that ``dataset`` does not read (none for a dataset not in
+    :data:`DATA_KEYS_READ`: validation names it)."""
+    read = DATA_KEYS_READ.get(dataset, IMAGE_DATA_KEYS)
+    return tuple(key for key in IMAGE_DATA_KEYS if key not in read)
 
 
 def config_from_dict(values: Mapping[str, Any]) -> RunConfig:

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sampa.config import IMAGE_DATA_KEYS, MACHINE_KEYS  # MACHINE_KEYS: set per machine, not by experiments
-from sampa.glue_tasks import GLUE_DISPLAY, TEXT_DATASETS
+from sampa.config import MACHINE_KEYS, ignored_data_keys  # MACHINE_KEYS: set per machine, not by experiments
+from sampa.glue_tasks import GLUE_DISPLAY
 from sampa.names import MODEL_DISPLAY
 
 if TYPE_CHECKING:
@@ -681,10 +681,11 @@ def _validated(
 def _settings(
     optimizer: str, run: Mapping[str, Any], hparams: Mapping[str, Any], defaults: Any
 ) -> dict[str, Any]:
-    """A run's explicit settings: those that differ from RunConfig's and the method's ``defaults`` (and,
-    for a text run, that its data reads: not :data:`~sampa.config.IMAGE_DATA_KEYS`)."""
-    if run.get("dataset", run_defaults().dataset) in TEXT_DATASETS:
-        run = {k: v for k, v in run.items() if k not in IMAGE_DATA_KEYS}
+    """A run's explicit settings: those that differ from RunConfig's and the method's ``defaults`` and
+    that its dataset reads (:func:`~sampa.config.ignored_data_keys`: e.g. a text run's data ignores
+    ``val_fraction``, a CIFAR run's the ``synthetic_*`` settings)."""
+    ignored = ignored_data_keys(run.get("dataset", run_defaults().dataset))
+    run = {k: v for k, v in run.items() if k not in ignored}
     settings = _without_defaults(run, run_defaults())
     settings["optimizer"] = optimizer
     settings["hparams"] = _without_defaults(hparams, defaults)

@@ -277,6 +277,35 @@ def test_a_text_run_leaves_out_the_image_data_settings_it_inherits():
         assert "synthetic_noise=0.15,synthetic_train_size=1280" in run.path and "val_fraction=0.2" in run.path
 
 
+def test_a_run_leaves_out_the_data_settings_its_dataset_ignores():
+    """CIFAR reads its validation split but not the synthetic generator's settings; the toy ImageFolder
+    (a source, like ImageNet) reads neither: those settings would only split identical runs' paths."""
+    image_data = {"synthetic_train_size": 1280, "synthetic_noise": 0.15, "val_fraction": 0.2}
+    cfg = config(run={**BASE["run"], **image_data})
+    for name, dataset, kept in (("cifar", "cifar10", "val_fraction=0.2"), ("toy", "imagefolder-toy", "")):
+        cfg["experiments"][name] = {
+            "kind": "table",
+            "title": name,
+            "run": {"dataset": dataset, "batch_size": 32},
+            "arms": ["sam"],
+            "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]},
+        }
+        runs = ex.expand_experiment(ex.resolve(cfg, name))
+        settings = ",".join(filter(None, ["batch_size=32", "epochs=2", kept]))
+        assert [r.path for r in runs] == [f"{dataset}/tinycnn/sam/default/{settings}/seed{k}" for k in (0, 1)]
+        assert not any(set(r.settings) & {"synthetic_train_size", "synthetic_noise"} for r in runs)
+
+
+def test_the_data_settings_table_covers_every_dataset():
+    """A dataset missing from the table would keep every data setting in its paths: the table is complete."""
+    from sampa.config import DATA_KEYS_READ, IMAGE_DATA_KEYS, _datasets, ignored_data_keys
+
+    assert set(DATA_KEYS_READ) == set(_datasets())
+    assert ignored_data_keys("synthetic") == () and ignored_data_keys("no-such-dataset") == ()
+    assert set(ignored_data_keys("cifar100")) == set(IMAGE_DATA_KEYS) - {"val_fraction"}
+    assert ignored_data_keys("glue-rte") == IMAGE_DATA_KEYS
+
+
 def test_label_noise_on_a_text_run_is_refused_at_plan_time():
     """Text data reads its labels as they are: a noise rate would be silently ignored; the plan refuses it."""
     cfg = config()
