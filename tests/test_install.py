@@ -43,14 +43,22 @@ def user_repository(path: Path) -> Path:
     return path
 
 
+def tracked_files(*under: str) -> set[str]:
+    """The checkout's git-tracked files (``under`` these paths only, if given)."""
+    return set(git(ROOT, "ls-files", "-z", "--", *under).split("\0")) - {""}
+
+
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory) -> Path:
-    """A source distribution built from a copy of the checkout's tracked package files (the build writes
-    *.egg-info beside its sources: not into the checkout), by setuptools' build backend without isolation."""
+    """A source distribution built from a copy of the checkout's tracked files (the build writes *.egg-info
+    beside its sources: not into the checkout), by setuptools' build backend without isolation."""
     source = tmp_path_factory.mktemp("source")
-    for name in ["pyproject.toml", "README.md", *git(ROOT, "ls-files", "--", "sampa").split()]:
+    for name in tracked_files():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, source / name)
+        shutil.copy2(ROOT / name, source / name, follow_symlinks=False)
+    stray = source / "tests" / "__pycache__" / "conftest.cpython-311.pyc"  # as a checkout that ran its tests
+    stray.parent.mkdir()
+    stray.write_bytes(b"")
     out = tmp_path_factory.mktemp("sdist")
     build = f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"
     subprocess.run([sys.executable, "-c", build], cwd=source, check=True, capture_output=True)
@@ -74,14 +82,20 @@ def wheel(sdist, tmp_path_factory) -> Path:
 
 def test_the_sdist_and_its_wheel_ship_every_file_of_the_package_and_the_config_schema(sdist, wheel):
     """Package data (the config schema, the paper's numbers) is declared in pyproject: a file the code
-    reads that the sdist or the wheel built from it lacks works in a checkout only."""
-    tracked = set(git(ROOT, "ls-files", "--", "sampa").split())
+    reads that the sdist or the wheel built from it lacks works in a checkout only. The sdist also holds
+    what its tests and the workflow read (MANIFEST.in); the wheel holds the package only."""
+    tracked = tracked_files("sampa")
     with tarfile.open(sdist) as tar:
         in_sdist = {name.partition("/")[2] for name in tar.getnames()}
     assert tracked <= in_sdist, sorted(tracked - in_sdist)
+    source_only = tracked_files("tests", "docs", "configs", "workflow", "profiles", "benchmarks", "Snakefile")
+    assert "tests/conftest.py" in source_only and "Snakefile" in source_only
+    assert source_only <= in_sdist, sorted(source_only - in_sdist)
+    assert not [name for name in in_sdist if "__pycache__" in name or name.endswith(".pyc")]  # the stray
     names = set(zipfile.ZipFile(wheel).namelist())
     assert tracked <= names, sorted(tracked - names)
     assert experiments.SCHEMA_PATH.relative_to(ROOT).as_posix() in names
+    assert {name.split("/")[0] for name in names} == {"sampa", f"{wheel.name.split('-py')[0]}.dist-info"}
 
 
 def test_git_provenance_is_of_a_checkout_of_sampa_bench_only(tmp_path):

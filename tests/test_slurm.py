@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +109,18 @@ def test_the_fake_slurm_says_who_cancelled_a_job_as_sacct_does(tmp_path):
     sacct, squeue = status_lines(env)
     assert sacct == [f"{mine}|CANCELLED by {os.getuid()}", f"{admins}|CANCELLED by 0"]
     assert squeue == [f"{mine}|CANCELLED", f"{admins}|CANCELLED"]
+
+
+def test_the_fake_slurm_runs_jobs_from_copies_of_its_links(tmp_path):
+    """A source release (sdist) stores the command links as copies of the script: sbatch still runs."""
+    copies = tmp_path / "bin"
+    shutil.copytree(FAKE_SLURM, copies, symlinks=False)
+    assert not (copies / "sbatch").is_symlink()
+    state = tmp_path / "slurm"
+    env = {**os.environ, **fake_slurm_env(state)}
+    env["PATH"] = f"{copies}{os.pathsep}{os.environ['PATH']}"
+    job = fake_job(state, env, script="true")
+    assert wait_for_state(state, job, ("COMPLETED", "FAILED"), timeout=30) == "COMPLETED"
 
 
 def test_the_fake_slurm_ends_a_job_over_its_memory_limit_as_out_of_memory(tmp_path):

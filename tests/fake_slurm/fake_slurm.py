@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A one-machine SLURM for tests: ``sbatch``, ``sacct``, ``squeue``, ``scancel``, ``srun``, ``sinfo``,
-``scontrol``, ``sacctmgr`` and ``sshare`` are links to this file (put its folder first on PATH).
+``scontrol``, ``sacctmgr`` and ``sshare`` are links to this file (or copies: an sdist stores links as
+files; put its folder first on PATH).
 
 Just enough of SLURM for snakemake-executor-plugin-slurm 2.8 and its jobstep plugin:
 
@@ -188,7 +189,8 @@ def sbatch(argv: list[str]) -> int:
     write(job / "env.json", json.dumps(env, indent=1))
     write(job / "state", "PENDING")
     subprocess.Popen(
-        [sys.executable, os.path.realpath(__file__), "_supervise", str(job_id)],
+        # the script itself, beside this command (a link to it, or a copy: an sdist stores links as files)
+        [sys.executable, str(Path(__file__).with_name("fake_slurm.py")), "_supervise", str(job_id)],
         start_new_session=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
