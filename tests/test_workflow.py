@@ -462,9 +462,18 @@ def test_dry_run_trains_the_glue_tasks_whose_files_are_here(tmp_path):
 # End to end: a miniature of the smoke profile
 
 
-def mini_config() -> dict:
+#: a quarter of the smoke profile's data: what the miniature's tests assert (jobs run, cached, resumed,
+#: failed, tables and figures written) does not depend on how much the runs learn
+SMALL_DATA = {"synthetic_train_size": 320, "synthetic_test_size": 50}
+
+
+def mini_config(*, small: bool = False) -> dict:
+    """The smoke profile's settings, with ``small`` on less data (test_slurm's time limits need the full
+    size, its runs must last)."""
     smoke = ex.load_config(REPO / "configs" / "smoke.yaml")
     config = {k: copy.deepcopy(smoke[k]) for k in ("note", "use_gpus", "seeds", "run")}
+    if small:
+        config["run"] |= SMALL_DATA
     config["name"] = "mini"
     config["experiments"] = {
         "table": {
@@ -510,7 +519,7 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     snakefile = copy_workflow(tmp_path / "code")
     work = tmp_path / "work"
     work.mkdir()
-    config = str(write_config(tmp_path / "mini.yaml", mini_config()))
+    config = str(write_config(tmp_path / "mini.yaml", mini_config(small=True)))
     plan = ex.plan(ex.load_config(config))
     runs = sorted(plan.unique_runs())
     assert len(runs) == 2
@@ -564,7 +573,7 @@ def test_mini_workflow_caches_reruns_one_job_and_resumes(tmp_path):
     assert counts == {"make_figure": 1, "all": 1, "total": 2}
 
     # a third seed: only its run is new (then the presentation jobs)
-    more = mini_config() | {"seeds": [0, 1, 2]}
+    more = mini_config(small=True) | {"seeds": [0, 1, 2]}
     config = str(write_config(tmp_path / "more.yaml", more))
     counts = job_counts(snakemake("-n", "--configfile", config, cwd=work, snakefile=snakefile).stdout)
     assert counts["train_run"] == 1 and counts["make_table"] == 1
@@ -593,7 +602,7 @@ def test_the_summary_counts_the_runs_its_targets_needed(tmp_path):
 def partial_config() -> dict:
     """A table of synthetic runs (one of them killed), a table whose runs need CIFAR-10 and one whose
     ImageNet is not here."""
-    config = mini_config() | {"name": "partial", "seeds": [0]}
+    config = mini_config(small=True) | {"name": "partial", "seeds": [0]}
     table = {"rows": [], "columns": ["arm"], "metrics": ["test_acc"]}
     sam, sgd = {"label": "SAM", "optimizer": "sam"}, {"label": "SGD", "optimizer": "sgd"}
     sgd3 = {"label": "SGD-3", "optimizer": "sgd", "run": {"epochs": 3}}  # killed in epoch 3
