@@ -17,3 +17,15 @@ def float64():
     yield
     torch.set_default_dtype(previous)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test runs torch on one intra-op thread, as the runs of the suite's subprocesses do
+    (``--threads 1``): its tensors are tiny and the machine's cores are shared by the tests' own
+    processes, so more threads only contend (the README loop's test: 19.5 s with 2 threads on a loaded
+    2-core machine, 2.5 s with 1). The count a test sets itself (``threads`` of a run) is undone after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
