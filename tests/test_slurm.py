@@ -177,6 +177,31 @@ def submissions(state: Path, run: str) -> list[dict]:
     return found
 
 
+def profile_args(config: str) -> list[str]:
+    """The SLURM profile with one retry, polling the fake often."""
+    return [*PROFILE, "--configfile", config, "--retries", "1", *FAST_POLLING, "--latency-wait", "5"]
+
+
+def run_through_fake_slurm(
+    tmp_path: Path, config: str, work: Path, env: dict[str, str], meanwhile, timeout: float
+) -> str:
+    """Run the workflow with the SLURM profile (one retry) against the fake, call ``meanwhile(process)``
+    while it runs, and return its log once it has succeeded."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work)]
+    command += profile_args(config)
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    with open(tmp_path / "snakemake.log", "w") as log:
+        workflow = subprocess.Popen(command, cwd=work, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            meanwhile(workflow)
+            workflow.wait(timeout=timeout)
+        finally:
+            workflow.kill()
+    out = (tmp_path / "snakemake.log").read_text()
+    assert workflow.returncode == 0, out[-6000:]
+    return out
+
+
 def time_out_after_two_epochs(state: Path, work: Path, run: str, env: dict[str, str], workflow) -> None:
     """Once the run has logged two epochs, its job's time is up (`scontrol update ... TimeLimit=0`)."""
     log, deadline = work / "results/runs" / run / "log.jsonl", time.monotonic() + 300
@@ -200,18 +225,10 @@ def test_runs_survive_time_limits_and_failures_of_slurm_jobs(tmp_path):
     (work / "results/runs" / broken).mkdir(parents=True)
     (work / "results/runs" / broken / "config.json").write_text("{ damaged")  # fails at start
 
-    args = [*PROFILE, "--configfile", config, "--retries", "1", *FAST_POLLING, "--latency-wait", "5"]
-    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work), *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
-    with open(tmp_path / "snakemake.log", "w") as log:
-        workflow = subprocess.Popen(command, cwd=work, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            time_out_after_two_epochs(state, work, resumed, env, workflow)
-            workflow.wait(timeout=600)
-        finally:
-            workflow.kill()
-    out = (tmp_path / "snakemake.log").read_text()
-    assert workflow.returncode == 0, out[-6000:]
+    out = run_through_fake_slurm(
+        tmp_path, config, work, env, lambda wf: time_out_after_two_epochs(state, work, resumed, env, wf), 600
+    )
 
     # every job learnt the main process's retry count (sbatch --export=ALL)
     assert {job["env"].get(jobs.RETRIES_ENV) for job in submissions(state, resumed)} == {"1"}
@@ -251,7 +268,7 @@ def test_runs_survive_time_limits_and_failures_of_slurm_jobs(tmp_path):
     assert json.loads((work / "results/runs" / broken / jobs.OUTCOME).read_text())["status"] == "failed"
 
     # the next invocation retries both failed runs, not the finished one
-    again = snakemake("-n", *args, cwd=work, env={**env, "PYTHONPATH": str(REPO)}).stdout
+    again = snakemake("-n", *profile_args(config), cwd=work, env={**env, "PYTHONPATH": str(REPO)}).stdout
     assert job_counts(again)["train_run"] == 2
 
 
@@ -286,18 +303,10 @@ def test_cancelled_and_out_of_memory_jobs_are_retried_the_latter_with_more_memor
     work, state = tmp_path / "work", tmp_path / "slurm"
     work.mkdir()
     env = fake_slurm_env(state) | {"FAKE_SLURM_MEM_USED_MB": "40000", "FAKE_SLURM_MEM_AFTER_S": "3"}
-    args = [*PROFILE, "--configfile", config, "--retries", "1", *FAST_POLLING, "--latency-wait", "5"]
-    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work), *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
-    with open(tmp_path / "snakemake.log", "w") as log:
-        workflow = subprocess.Popen(command, cwd=work, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            cancel_when_running(state, cancelled, full_env, workflow)
-            workflow.wait(timeout=400)
-        finally:
-            workflow.kill()
-    out = (tmp_path / "snakemake.log").read_text()
-    assert workflow.returncode == 0, out[-6000:]
+    out = run_through_fake_slurm(
+        tmp_path, config, work, env, lambda wf: cancel_when_running(state, cancelled, full_env, wf), 400
+    )
     assert "sampa workflow: 2 of 2 runs finished" in out
 
     summary = {
