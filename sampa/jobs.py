@@ -480,7 +480,10 @@ def summary(runs: Mapping[str, Path], log_of: Mapping[str, str], limit: int = 20
     bad = [name for name, s in status.items() if s not in FINISHED]
     for name in bad[:limit]:
         reason = _read(Path(runs[name]) / OUTCOME).get("reason", "")
-        lines.append(f"  {status[name]}: {log_of[name]}" + (f"  ({reason[:120]})" if reason else ""))
+        where = log_of[name]
+        if status[name] == "not run" and not Path(where).exists():  # never started: no log to read
+            where, reason = str(runs[name]), reason or "not started"
+        lines.append(f"  {status[name]}: {where}" + (f"  ({reason[:120]})" if reason else ""))
     if len(bad) > limit:
         lines.append(f"  ... and {len(bad) - limit} more (results/<name>/runs.csv has every status)")
     if bad:

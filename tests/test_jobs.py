@@ -138,11 +138,14 @@ def test_summary_counts_runs_and_names_the_logs_of_failures(tmp_path):
             (runs[name] / jobs.OUTCOME).write_text(json.dumps(record))
         if status in ("complete", "diverged"):
             (runs[name] / "metrics.json").write_text("{}")
-    text = jobs.summary(runs, {n: f"logs/runs/{n}.log" for n in runs})
-    lines = text.splitlines()
+    logs = {n: str(tmp_path / f"{n}.log") for n in runs}
+    lines = jobs.summary(runs, logs).splitlines()
     assert lines[0] == "sampa workflow: 2 of 4 runs finished, 1 diverged, 1 failed, 1 not run"
-    assert "  failed: logs/runs/c.log  (boom)" in lines and "  not run: logs/runs/d.log" in lines
+    assert f"  failed: {logs['c']}  (boom)" in lines
+    assert f"  not run: {runs['d']}  (not started)" in lines  # no log to point at: its run directory
     assert "retries them" in lines[-1]
+    Path(logs["d"]).write_text("started, then killed before it recorded anything\n")
+    assert f"  not run: {logs['d']}" in jobs.summary(runs, logs).splitlines()
 
 
 def test_summary_mentions_the_runs_the_invocation_did_not_need(tmp_path):
