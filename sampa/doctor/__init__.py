@@ -29,7 +29,6 @@ from sampa.config import ConfigError
 from sampa.doctor.common import FAIL, ROOT, SKIP, Row, not_a_checkout
 
 DEFAULT_BUDGET_S = 480.0  # 8 minutes on one H100/H200
-INTERRUPTED = 130  # exit status after SIGINT (128 + 2), as a shell reports it
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             rows += stop.rows
             durations[name] = round(time.monotonic() - started, 1)
             finish(out, where, rows, durations, args.budget_s, finished=False)
-            return INTERRUPTED
+            return io.INTERRUPTED
         durations[name] = round(time.monotonic() - started, 1)
         write_report(out, where, rows, durations, args.budget_s, finished=False)
     return finish(out, where, rows, durations, args.budget_s, finished=True)

@@ -75,6 +75,21 @@ else:
 TIMING = PLAN.timing_runs() if config.get("protect_timing", False) else set()
 
 
+def on_dag_settings(workflow, adjust):
+    """Apply ``adjust`` to the workflow's DAG settings (targets, target jobs, forced runs) now and when
+    Snakemake assigns them: it hands the parsed command line to the workflow after this file is read.
+    Snakemake internals (the workflow's class gains a property): tests/test_slurm.py and
+    tests/test_workflow.py fail fast if an upgrade breaks it."""
+
+    def assign(self, settings):
+        self.__dict__["dag_settings"] = adjust(settings)
+
+    cls = type(workflow)
+    settings = property(lambda self: self.__dict__.get("dag_settings"), assign)
+    workflow.__class__ = type(cls.__name__, (cls,), {"dag_settings": settings})
+    adjust(workflow.dag_settings)
+
+
 def rejoin_split_runs(workflow):
     """On a cluster node, give the training job its whole run path back: Snakemake splits the path it
     sends with `--target-jobs` at every comma (sampa.jobs.rejoin_run_wildcard; snakemake issue #2366),
@@ -91,13 +106,7 @@ def rejoin_split_runs(workflow):
             ]
         return settings
 
-    def assign(self, settings):
-        self.__dict__["dag_settings"] = repaired(settings)
-
-    cls = type(workflow)
-    settings = property(lambda self: self.__dict__.get("dag_settings"), assign)
-    workflow.__class__ = type(cls.__name__, (cls,), {"dag_settings": settings})
-    repaired(workflow.dag_settings)
+    on_dag_settings(workflow, repaired)
 
 
 def target_runs(target):
@@ -130,13 +139,7 @@ def check_targets(workflow):
             settings.forcerun = frozenset(settings.forcerun) | frozenset(missing)
         return settings
 
-    def assign(self, settings):
-        self.__dict__["dag_settings"] = checked(settings)
-
-    cls = type(workflow)
-    settings = property(lambda self: self.__dict__.get("dag_settings"), assign)
-    workflow.__class__ = type(cls.__name__, (cls,), {"dag_settings": settings})
-    checked(workflow.dag_settings)
+    on_dag_settings(workflow, checked)
 
 
 # a failed run or an unavailable dataset is a record, not a result: forget it, so it is retried. Only
