@@ -60,20 +60,23 @@ class Inputs:
     runs: pd.DataFrame
     toy_summary: pd.DataFrame | None = None
     runs_root: Path = Path("results/runs")
-    _expanded: dict[int, list[PlannedRun]] = field(
+    _expanded: dict[str, list[PlannedRun]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
     def expanded(self, spec: Mapping[str, Any]) -> list[PlannedRun]:
         """Every run of ``spec`` (one of :attr:`specs`), expanded once for all claims and tables."""
-        key = id(spec)  # the specs are held by self.specs: an id is never reused while they live
-        if key not in self._expanded:
-            self._expanded[key] = expand_experiment(spec)
-        return self._expanded[key]
+        if spec["id"] not in self._expanded:
+            self._expanded[spec["id"]] = expand_experiment(spec)
+        return self._expanded[spec["id"]]
 
     def planned(self, spec: Mapping[str, Any]) -> list[PlannedRun]:
         """The runs of ``spec`` that can run here (:func:`sampa.experiments.plan_experiment`)."""
         return runnable(spec, self.expanded(spec))
+
+    def partial(self, spec: Mapping[str, Any]) -> str:
+        """How many runs of ``spec`` (an experiment with ``needs``) can run here and what the rest needs."""
+        return partial_runs(spec, len(self.planned(spec)), len(self.expanded(spec)))
 
     def experiment(self, ref: str) -> Mapping[str, Any] | None:
         """The experiment reproducing paper table/figure ``ref`` ("Table 7"), if the config has one."""
@@ -520,17 +523,15 @@ def _unless_not_run(
         outcome = assess(inputs)
         if spec is None or not spec.get("needs"):
             return outcome
-        return _partial(ref, spec, outcome, every_line, inputs.expanded(spec))
+        return _partial(ref, outcome, every_line, inputs.partial(spec))
 
     return guarded
 
 
-def _partial(
-    ref: str, spec: Mapping[str, Any], outcome: Outcome, every_line: bool, runs: list[PlannedRun]
-) -> Outcome:
-    """``outcome`` assessed on the runs of ``ref`` that could run here (of all its ``runs``): said so, and
-    undecided unless a failing line refutes an every-line claim."""
-    note = f"{ref} partial: {partial_runs(spec, len(runnable(spec, runs)), len(runs))}"
+def _partial(ref: str, outcome: Outcome, every_line: bool, partial: str) -> Outcome:
+    """``outcome`` assessed on the runs of ``ref`` that could run here (``partial``: how many, what the
+    rest needs): said so, and undecided unless a failing line refutes an every-line claim."""
+    note = f"{ref} partial: {partial}"
     decided = outcome.verdict == NOT_REPRODUCED and every_line
     if outcome.verdict in (REPRODUCED, NOT_REPRODUCED) and not decided:
         on_part = f"on those runs alone: {outcome.verdict}"
@@ -709,7 +710,7 @@ def _table_status(spec: Mapping[str, Any] | None, inputs: Inputs) -> tuple[str, 
     counts = comparison.counts()
     status = "synthetic data: no verdicts" if comparison.synthetic else "compared"
     if spec.get("needs"):
-        status += f"; partial: {partial_runs(spec, len(runnable(spec, planned)), len(planned))}"
+        status += f"; partial: {inputs.partial(spec)}"
     shown = {k: counts[k] for k in ("compared", WITHIN, OUTSIDE)}
     unmatched = {"_unmatched": comparison.unmatched, "_groups": comparison.unmatched_groups}
     return status, {**shown, **unmatched}, comparison.synthetic
