@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sampa import io
-from sampa.glue_tasks import TEXT_DATASETS
-from sampa.paths import TOY_IMAGEFOLDER
+from sampa.glue_tasks import GLUE_TASKS, TEXT_DATASETS
 from sampa.ranges import interval
 
 BASE_OPTIMIZERS = ("sgd", "adamw")
@@ -211,8 +210,15 @@ FIELD_NAMES = tuple(FIELDS)
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
 #: settings that do not change results: set per machine (never by an experiment), may differ on restart
 MACHINE_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["machine"])
-#: settings only the CIFAR-style image datasets read (their validation split, the synthetic images' size
-#: and difficulty: :func:`sampa.data.load_dataset`)
+#: the in-memory image datasets (``sampa.data.DATASET_NAMES``, named here without torch): the only ones
+#: with a validation split of their training set, label noise and Cutout
+IMAGE_DATASETS = ("cifar10", "cifar100", "synthetic", "synthetic100")
+#: the synthetic images, the only datasets generated from the ``synthetic_*`` settings
+SYNTHETIC_IMAGES = ("synthetic", "synthetic100")
+#: the regression tasks (STS-B): their loss is the squared error, which has no label smoothing
+REGRESSION_DATASETS = tuple(task.dataset for task in GLUE_TASKS.values() if task.regression)
+#: the data settings only some datasets read (their validation split, the synthetic images' size and
+#: difficulty): :data:`READ_WHEN` leaves them out of the runs that ignore them without an error
 IMAGE_DATA_KEYS = (
     "val_fraction",
     "synthetic_train_size",
@@ -220,27 +226,96 @@ IMAGE_DATA_KEYS = (
     "synthetic_distractor",
     "synthetic_noise",
 )
-#: the :data:`IMAGE_DATA_KEYS` each dataset reads (``sampa.train`` -> :func:`sampa.data.load_dataset`):
-#: CIFAR its validation split only (the ``synthetic_*`` sizes and weights feed the generator alone), the
-#: synthetic images all of them; the sources (ImageNet, the toy ImageFolder, text: ``sampa.data.sources``)
-#: none, their data is fixed and validated on its own eval set. A run's planned settings and run path
-#: leave out those its dataset ignores (:func:`ignored_data_keys`)
-DATA_KEYS_READ: dict[str, tuple[str, ...]] = {
-    "cifar10": ("val_fraction",),
-    "cifar100": ("val_fraction",),
-    "synthetic": IMAGE_DATA_KEYS,
-    "synthetic100": IMAGE_DATA_KEYS,
-    "imagenet": (),
-    TOY_IMAGEFOLDER: (),
-    **dict.fromkeys(TEXT_DATASETS, ()),
-}
 
 
-def ignored_data_keys(dataset: str) -> tuple[str, ...]:
-    """The :data:`IMAGE_DATA_KEYS` that ``dataset`` does not read (none for a dataset not in
-    :data:`DATA_KEYS_READ`: validation names it)."""
-    read = DATA_KEYS_READ.get(dataset, IMAGE_DATA_KEYS)
-    return tuple(key for key in IMAGE_DATA_KEYS if key not in read)
+@dataclass(frozen=True)
+class ReadWhen:
+    """The runs that read a setting: those whose setting ``by`` is one of ``only`` (all when None) and
+    none of ``never``. In a run that ignores it, a value other than the default (or one of ``accepted``:
+    values that say what the run does anyway) is an error (:func:`check_ignored`): ``why`` it is ignored,
+    ``fix`` what to do instead. ``strict=False``: no error, the setting is only left out (data settings
+    a text experiment inherits from its config's shared settings)."""
+
+    by: str
+    only: tuple[str, ...] | None = None
+    never: tuple[str, ...] = ()
+    why: str = ""
+    fix: str = ""
+    accepted: tuple[Any, ...] = ()
+    strict: bool = True
+
+    def reads(self, run: Mapping[str, Any]) -> bool:
+        """Does the run (a mapping of settings; missing ones are RunConfig's defaults) read the setting?"""
+        value = run.get(self.by, FIELDS[self.by].default)
+        return (self.only is None or value in self.only) and value not in self.never
+
+
+_DATA_KEY = ReadWhen("dataset", only=IMAGE_DATASETS, strict=False)
+_SYNTHETIC_KEY = ReadWhen("dataset", only=SYNTHETIC_IMAGES, strict=False)
+_IMAGE_LIST = ", ".join(IMAGE_DATASETS)
+#: which setting is read when: the settings some runs ignore (the others are read by every run; the
+#: machine settings are not run settings). Validation refuses a value such a run would silently ignore
+#: (:func:`check_ignored`), and a run's planned settings and run path leave out the settings it ignores
+#: (:func:`ignored_keys`), so two runs that differ only there are one run
+_SGD = "remove it or use base_optimizer 'sgd'"
+READ_WHEN: dict[str, ReadWhen] = {
+    "momentum": ReadWhen("base_optimizer", only=("sgd",), why="AdamW uses betas", fix=_SGD),
+    "nesterov": ReadWhen("base_optimizer", only=("sgd",), why="Nesterov momentum is SGD's", fix=_SGD),
+    "betas": ReadWhen(
+        "base_optimizer", only=("adamw",), why="SGD uses momentum",
+        fix="remove it or use base_optimizer 'adamw'",
+    ),
+    "label_smoothing": ReadWhen(
+        "dataset", never=REGRESSION_DATASETS, why="a regression task: its loss is the squared error",
+        fix="remove it or use label_smoothing 0", accepted=(0.0,),
+    ),
+    "channels_last": ReadWhen(
+        "dataset", never=TEXT_DATASETS, why="text models read token ids, not images", fix="remove it (false)"
+    ),
+    "label_noise": ReadWhen(
+        "dataset", only=IMAGE_DATASETS, why=f"label noise is implemented for {_IMAGE_LIST} only",
+        fix="use label_noise 0",
+    ),
+    "cutout": ReadWhen(
+        "dataset", only=IMAGE_DATASETS, why=f"Cutout is implemented for {_IMAGE_LIST} only",
+        fix="use cutout 0",
+    ),
+    "val_fraction": _DATA_KEY,  # CIFAR's validation split; the sources validate on their own eval set
+    **dict.fromkeys(IMAGE_DATA_KEYS[1:], _SYNTHETIC_KEY),  # CIFAR ignores them: they feed the generator alone
+}  # fmt: skip
+
+
+def ignored_keys(run: Mapping[str, Any]) -> tuple[str, ...]:
+    """The settings of :data:`READ_WHEN` that ``run`` (a mapping of settings; missing ones are RunConfig's
+    defaults) does not read: its planned settings and run path leave them out."""
+    return tuple(key for key, when in READ_WHEN.items() if not when.reads(run))
+
+
+def check_ignored(cfg: RunConfig) -> None:
+    """A setting the run does not read keeps its default (or an ``accepted`` value): any other value would
+    be silently ignored, so it is a :class:`ConfigError` naming the setting, why and what to do."""
+    run = dataclasses.asdict(cfg)
+    for key in ignored_keys(run):
+        when, value = READ_WHEN[key], getattr(cfg, key)
+        if not when.strict or _plain(value) in (_plain(FIELDS[key].default), *when.accepted):
+            continue
+        raise ConfigError(
+            f"{key} {_shown(value)} is not read by {when.by} {run[when.by]!r} ({when.why}); {when.fix}"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Lists as tuples, so that a pair compares equal however it was written."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _shown(value: Any) -> str:
+    """A value as a config file writes it (true, [0.8, 0.99], 0.5)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    return repr(value)
 
 
 def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
@@ -393,7 +468,6 @@ def _check_extras(cfg: RunConfig) -> None:
 
 def _check_modality(cfg: RunConfig) -> None:
     """A text model needs a text dataset, an image model an image dataset."""
-    from sampa.glue_tasks import TEXT_DATASETS
     from sampa.models.pretrained import TEXT_MODEL_NAMES
 
     text = cfg.dataset in TEXT_DATASETS
@@ -407,25 +481,13 @@ def _check_modality(cfg: RunConfig) -> None:
 
 
 def _check_cutout(cfg: RunConfig) -> None:
-    """Cutout only on the in-memory image datasets, with a patch no larger than their images."""
+    """A Cutout patch no larger than the images (only the in-memory image datasets read it: READ_WHEN)."""
     from sampa.data import check_cutout
 
     try:
         check_cutout(cfg.dataset, cfg.cutout)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-
-def _check_label_noise(cfg: RunConfig) -> None:
-    """Label noise only on the in-memory image datasets: the others (ImageNet, GLUE, synthetic text) read
-    their labels as they are, so a noise rate would be silently ignored."""
-    from sampa.data import DATASET_NAMES
-
-    if cfg.label_noise and cfg.dataset not in DATASET_NAMES:
-        raise ConfigError(
-            f"label_noise {cfg.label_noise!r} does not apply to dataset {cfg.dataset!r} (label noise is "
-            f"implemented for {', '.join(DATASET_NAMES)} only); use label_noise 0"
-        )
 
 
 def _check_split(cfg: RunConfig) -> None:
@@ -458,12 +520,8 @@ def _check_relations(cfg: RunConfig) -> None:
         raise ConfigError(str(err)) from None
     _check_modality(cfg)
     _check_extras(cfg)
+    check_ignored(cfg)
     _check_cutout(cfg)
-    _check_label_noise(cfg)
-    if cfg.nesterov and cfg.base_optimizer != "sgd":
-        raise ConfigError(
-            f"nesterov true needs base_optimizer 'sgd' (got base_optimizer {cfg.base_optimizer!r})"
-        )
     if cfg.warmup and cfg.schedule != "linear":
         raise ConfigError(f"warmup {cfg.warmup!r} needs schedule 'linear' (got schedule {cfg.schedule!r})")
     if cfg.devices % 2 and cfg.devices != 1:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sampa.config import MACHINE_KEYS, ignored_data_keys  # MACHINE_KEYS: set per machine, not by experiments
+from sampa.config import MACHINE_KEYS, ignored_keys  # MACHINE_KEYS: set per machine, not by experiments
 from sampa.glue_tasks import GLUE_DISPLAY
 from sampa.names import MODEL_DISPLAY
 
@@ -682,9 +682,9 @@ def _settings(
     optimizer: str, run: Mapping[str, Any], hparams: Mapping[str, Any], defaults: Any
 ) -> dict[str, Any]:
     """A run's explicit settings: those that differ from RunConfig's and the method's ``defaults`` and
-    that its dataset reads (:func:`~sampa.config.ignored_data_keys`: e.g. a text run's data ignores
-    ``val_fraction``, a CIFAR run's the ``synthetic_*`` settings)."""
-    ignored = ignored_data_keys(run.get("dataset", run_defaults().dataset))
+    that the run reads (:func:`~sampa.config.ignored_keys`: e.g. a text run ignores ``val_fraction``, a
+    CIFAR run the ``synthetic_*`` settings, STS-B ``label_smoothing``, an AdamW run ``momentum``)."""
+    ignored = ignored_keys(run)
     run = {k: v for k, v in run.items() if k not in ignored}
     settings = _without_defaults(run, run_defaults())
     settings["optimizer"] = optimizer

@@ -51,10 +51,11 @@ def test_every_field_but_hparams_is_a_flag_that_sets_it():
 
 def test_flags_override_the_config_file(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("model: tinycnn\ndataset: synthetic\nnesterov: true\ndevice: cpu\nbetas: [0.8, 0.9]\n")
+    path.write_text("model: tinycnn\ndataset: synthetic\nnesterov: true\ndevice: cpu\nmomentum: 0.8\n")
     args = _parser().parse_args(["train", "--config", str(path), "--out", "x", "--no-nesterov"])
     cfg = config_from_args(args)
-    assert cfg.nesterov is False and cfg.betas == (0.8, 0.9)
+    assert cfg.nesterov is False and cfg.momentum == 0.8
+    path.write_text("model: tinycnn\ndataset: synthetic\nbase_optimizer: adamw\ndevice: cpu\nbetas: [0.8, 0.9]\n")
     args = _parser().parse_args(["train", "--config", str(path), "--out", "x", "--betas", "0.5", "0.6"])
     assert config_from_args(args).betas == (0.5, 0.6)
 

@@ -129,15 +129,29 @@ def test_bad_config_file_values(tmp_path, capsys, yaml_text, message):
         (["--cutout", "64", "--dataset", "cifar100"], r"cutout 64 must be 0 \(off\) or a patch side"),
         (["--cutout", "-1"], r"cutout must be an integer >= 0 \(got -1\)"),
         (["--cutout", "16", "--dataset", "synthetic-text", "--model", "bert-tiny"],
-         r"cutout 16 does not apply to dataset 'synthetic-text' \(Cutout is implemented for cifar10, "
+         r"cutout 16 is not read by dataset 'synthetic-text' \(Cutout is implemented for cifar10, "
          r"cifar100, synthetic, synthetic100 only\); use cutout 0$"),
         (["--label-noise", "0.4", "--dataset", "synthetic-text", "--model", "bert-tiny"],
-         r"error: label_noise 0.4 does not apply to dataset 'synthetic-text' \(label noise is "
+         r"error: label_noise 0.4 is not read by dataset 'synthetic-text' \(label noise is "
          r"implemented for cifar10, cifar100, synthetic, synthetic100 only\); use label_noise 0$"),
         (["--label-noise", "0.2", "--dataset", "imagenet", "--model", "resnet50"],
-         r"error: label_noise 0.2 does not apply to dataset 'imagenet'"),
+         r"error: label_noise 0.2 is not read by dataset 'imagenet'"),
+        # settings the run would silently ignore (sampa.config.READ_WHEN)
         (["--nesterov", "--base-optimizer", "adamw"],
-         r"error: nesterov true needs base_optimizer 'sgd' \(got base_optimizer 'adamw'\)$"),
+         r"error: nesterov true is not read by base_optimizer 'adamw' \(Nesterov momentum is SGD's\); "
+         r"remove it or use base_optimizer 'sgd'$"),
+        (["--momentum", "0.5", "--base-optimizer", "adamw"],
+         r"error: momentum 0.5 is not read by base_optimizer 'adamw' \(AdamW uses betas\); "
+         r"remove it or use base_optimizer 'sgd'$"),
+        (["--betas", "0.8", "0.99"],
+         r"error: betas \[0.8, 0.99\] is not read by base_optimizer 'sgd' \(SGD uses momentum\); "
+         r"remove it or use base_optimizer 'adamw'$"),
+        (["--label-smoothing", "0.2", "--dataset", "glue-stsb", "--model", "bert-tiny"],
+         r"error: label_smoothing 0.2 is not read by dataset 'glue-stsb' \(a regression task: its loss is "
+         r"the squared error\); remove it or use label_smoothing 0$"),
+        (["--channels-last", "--dataset", "synthetic-text", "--model", "bert-tiny"],
+         r"error: channels_last true is not read by dataset 'synthetic-text' \(text models read token ids, "
+         r"not images\); remove it \(false\)$"),
         (["--gpu-lock-dir", "locks"], r"--gpu-lock-dir 'locks' needs --gpus"),
         (["--config", ""], r"cannot read config file '': Is a directory"),
         (["--config", "run\0.yaml"], r"cannot read config file 'run\\x00.yaml': embedded null byte"),
@@ -373,7 +387,7 @@ def test_validation_is_driven_by_field_types():
 
 def test_settings_mapping_round_trip(tmp_path):
     """A valid config survives JSON (the workflow's --settings) unchanged."""
-    cfg = RunConfig(model="tinycnn", dataset="synthetic", betas=(0.8, 0.99), nesterov=True, device="cpu")
+    cfg = RunConfig(model="tinycnn", dataset="synthetic", base_optimizer="adamw", betas=(0.8, 0.99), device="cpu")
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == validate(cfg)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from sampa.config import config_from_dict
+from sampa.config import config_from_dict, ignored_keys
 from sampa.experiments import (
     MACHINE_KEYS,
     PlannedRun,
@@ -179,11 +179,13 @@ def _trained_on(run: PlannedRun, record: pd.Series | None) -> str:
 def stale_reason(record: pd.Series, run: PlannedRun) -> str | None:
     """Why a finished run no longer matches its plan (e.g. a RunConfig default changed since), or None.
 
-    Settings the run's record does not have (fields added to RunConfig later) are not compared.
+    Settings the run's record does not have (fields added to RunConfig later) are not compared, nor
+    those the run does not read (:func:`~sampa.config.ignored_keys`: e.g. STS-B's label smoothing).
     """
     planned = config_from_dict(copy.deepcopy(run.settings)).to_dict()
+    ignored = ignored_keys(planned)
     for key, value in planned.items():
-        if key in MACHINE_KEYS or key == "hparams":
+        if key in MACHINE_KEYS or key == "hparams" or key in ignored:
             continue
         recorded = record.get(key if key in ("dataset", "model", "optimizer", "seed") else f"config.{key}")
         if recorded is None or (isinstance(recorded, float) and math.isnan(recorded)):
