@@ -15,6 +15,8 @@ from sampa.report.metrics import METRICS
 from sampa.rundir import METRICS_KEYS, metrics_record
 from sampa.train import NON_RESULT_KEYS, SCHEDULE_FACTORS, EngineState, lr_at, steps_per_epoch
 
+DATA_SYNTHETIC = ("synthetic_train_size", "synthetic_test_size", "synthetic_distractor", "synthetic_noise")
+
 
 def test_machine_keys_come_from_field_metadata_and_match_the_schema():
     machine = {"device", "threads", "num_workers", "data_root", "download", "dist_timeout_s"}
@@ -49,13 +51,59 @@ def test_every_field_but_hparams_is_a_flag_that_sets_it():
         assert getattr(args, name) == want, name
 
 
+def test_the_read_when_table_names_real_settings_and_choices():
+    """Each entry is a result setting decided by a field's valid values; its datasets are those the data
+    modules implement (a dataset missing from IMAGE_DATASETS would silently lose its split, noise, Cutout)."""
+    from sampa.config import (
+        IMAGE_DATASETS,
+        READ_WHEN,
+        REGRESSION_DATASETS,
+        SYNTHETIC_IMAGES,
+        _datasets,
+        check_value,
+    )
+    from sampa.data import DATASET_NAMES, IMAGE_SIZES
+
+    assert IMAGE_DATASETS == DATASET_NAMES == tuple(IMAGE_SIZES) and set(SYNTHETIC_IMAGES) < set(
+        DATASET_NAMES
+    )
+    assert REGRESSION_DATASETS == ("glue-stsb",)
+    for key, when in READ_WHEN.items():
+        assert key in FIELDS and key not in MACHINE_KEYS and when.by in FIELDS, key
+        for value in [*(when.only or ()), *when.never]:
+            check_value(when.by, value, FIELD_TYPES[when.by], FIELDS[when.by].metadata)
+        for value in when.accepted:
+            check_value(key, value, FIELD_TYPES[key], FIELDS[key].metadata)
+        assert not when.strict or (when.why and when.fix), key
+    assert set(_datasets()) >= {*IMAGE_DATASETS, *REGRESSION_DATASETS}
+
+
+@pytest.mark.parametrize(
+    ("run", "ignored"),
+    [
+        ({}, {"betas", *DATA_SYNTHETIC}),  # CIFAR-10 with SGD
+        ({"dataset": "synthetic", "base_optimizer": "adamw"}, {"momentum", "nesterov"}),
+        ({"dataset": "imagenet"}, {"betas", "label_noise", "cutout", "val_fraction", *DATA_SYNTHETIC}),
+        ({"dataset": "glue-rte", "base_optimizer": "adamw"},
+         {"momentum", "nesterov", "channels_last", "label_noise", "cutout", "val_fraction", *DATA_SYNTHETIC}),
+        ({"dataset": "glue-stsb", "base_optimizer": "adamw"},
+         {"momentum", "nesterov", "channels_last", "label_noise", "cutout", "val_fraction", *DATA_SYNTHETIC,
+          "label_smoothing"}),
+    ],
+)  # fmt: skip
+def test_ignored_keys_follow_the_dataset_and_the_base_optimizer(run, ignored):
+    from sampa.config import ignored_keys
+
+    assert set(ignored_keys(run)) == ignored
+
+
 def test_flags_override_the_config_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model: tinycnn\ndataset: synthetic\nnesterov: true\ndevice: cpu\nmomentum: 0.8\n")
     args = _parser().parse_args(["train", "--config", str(path), "--out", "x", "--no-nesterov"])
     cfg = config_from_args(args)
     assert cfg.nesterov is False and cfg.momentum == 0.8
-    path.write_text("model: tinycnn\ndataset: synthetic\nbase_optimizer: adamw\ndevice: cpu\nbetas: [0.8, 0.9]\n")
+    path.write_text("model: tinycnn\ndataset: synthetic\nbase_optimizer: adamw\nbetas: [0.8, 0.9]\n")
     args = _parser().parse_args(["train", "--config", str(path), "--out", "x", "--betas", "0.5", "0.6"])
     assert config_from_args(args).betas == (0.5, 0.6)
 

@@ -296,14 +296,90 @@ def test_a_run_leaves_out_the_data_settings_its_dataset_ignores():
         assert not any(set(r.settings) & {"synthetic_train_size", "synthetic_noise"} for r in runs)
 
 
-def test_the_data_settings_table_covers_every_dataset():
-    """A dataset missing from the table would keep every data setting in its paths: the table is complete."""
-    from sampa.config import DATA_KEYS_READ, IMAGE_DATA_KEYS, _datasets, ignored_data_keys
+def _experiment(run: dict, grid: dict | None = None) -> dict:
+    spec = {
+        "kind": "table",
+        "title": "Ignored",
+        "run": run,
+        "arms": ["sam"],
+        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]},
+    }
+    if grid:
+        spec |= {"grid": grid, "table": {"rows": ["arm"], "columns": list(grid), "metrics": ["test_acc"]}}
+    return spec
 
-    assert set(DATA_KEYS_READ) == set(_datasets())
-    assert ignored_data_keys("synthetic") == () and ignored_data_keys("no-such-dataset") == ()
-    assert set(ignored_data_keys("cifar100")) == set(IMAGE_DATA_KEYS) - {"val_fraction"}
-    assert ignored_data_keys("glue-rte") == IMAGE_DATA_KEYS
+
+TEXT = {"dataset": "synthetic-text", "model": "bert-tiny"}
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        ({"base_optimizer": "adamw", "momentum": 0.5}, "momentum 0.5 is not read by base_optimizer 'adamw'"),
+        ({"base_optimizer": "adamw", "nesterov": True},
+         "nesterov true is not read by base_optimizer 'adamw'"),
+        ({"betas": [0.8, 0.99]}, "betas [0.8, 0.99] is not read by base_optimizer 'sgd'"),
+        ({**TEXT, "channels_last": True}, "channels_last true is not read by dataset 'synthetic-text'"),
+        ({**TEXT, "dataset": "glue-stsb", "label_smoothing": 0.2},
+         "label_smoothing 0.2 is not read by dataset 'glue-stsb'"),
+    ],
+)  # fmt: skip
+def test_a_setting_the_run_ignores_is_refused_at_plan_time(run, message):
+    """The workflow's plan validates every run: a value that run would silently ignore is one line naming
+    the experiment, the setting and what to do, before any run starts."""
+    cfg = config()
+    cfg["experiments"]["t9"] = _experiment(run)
+    with pytest.raises(ex.PlanError) as err:
+        ex.plan(cfg)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("experiment 't9'") and message in text, text
+    assert "; remove it" in text, text
+
+
+def test_a_run_leaves_out_the_settings_it_ignores_and_accepts_their_defaults():
+    """Defaults written out are accepted everywhere; a setting a run ignores is not in its path: STS-B with
+    the GLUE experiment's label_smoothing 0 (no smoothing, what its squared error does) is the STS-B run
+    without it, while a classification task keeps it."""
+    cfg = config()
+    glue = {"model": "bert-tiny", "base_optimizer": "adamw", "momentum": 0.9, "nesterov": False}
+    cfg["experiments"]["glue"] = _experiment(
+        {**glue, "label_smoothing": 0.0, "channels_last": False}, {"dataset": ["glue-rte", "glue-stsb"]}
+    )
+    cfg["experiments"]["stsb"] = _experiment({**glue, "dataset": "glue-stsb"})
+    cfg["experiments"]["sgd"] = _experiment({"betas": [0.9, 0.999], "channels_last": True})
+    paths = {
+        name: [r.path for r in ex.expand_experiment(ex.resolve(cfg, name))]
+        for name in ("glue", "stsb", "sgd")
+    }
+    settings = "base_optimizer=adamw,epochs=2"
+    assert paths["glue"] == [
+        *(f"glue-rte/bert-tiny/sam/default/{settings},label_smoothing=0/seed{k}" for k in (0, 1)),
+        *(f"glue-stsb/bert-tiny/sam/default/{settings}/seed{k}" for k in (0, 1)),
+    ]
+    assert paths["stsb"] == paths["glue"][2:]
+    assert paths["sgd"] == [
+        f"synthetic/tinycnn/sam/default/channels_last=true,epochs=2/seed{k}" for k in (0, 1)
+    ]
+
+
+def test_shipped_run_paths_of_runs_with_ignored_settings():
+    """The runs of the shipped configs that the table touches keep their paths (AdamW runs never named
+    momentum, the fast path's channels_last stays in its image run's path); STS-B's leaves out the GLUE
+    experiment's label_smoothing 0 (sampa.config.READ_WHEN: the regression task ignores it)."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paper = ex.plan(ex.load_config(root / "paper.yaml")).specs
+    paths = {r.path for name in ("table5", "table6") for r in ex.expand_experiment(paper[name])}
+    text = "base_optimizer=adamw,batch_size=32,clip_norm=1,epochs=3"
+    assert {
+        "cifar10/vit-b16/sam/default/base_optimizer=adamw,clip_norm=1,epochs=10,lr=0.0001/seed0",
+        f"glue-sst2/bert-base/sam/default/{text},label_smoothing=0,lr=2e-05,schedule=linear/seed0",
+        f"glue-stsb/bert-base/sam/rho=0.005/{text},lr=2e-05,schedule=linear/seed0",
+    } <= paths
+    smoke = ex.plan(ex.load_config(root / "gpu-smoke.yaml")).specs["gpu-smoke"]
+    assert (
+        "synthetic/resnet20/sampa/default/amp=bf16,backend=fused,channels_last=true,cudnn_benchmark=true,"
+        "epochs=1,optimizer_impl=fused,synthetic_train_size=5120/seed0"
+    ) in {r.path for r in ex.expand_experiment(smoke)}
 
 
 def test_label_noise_on_a_text_run_is_refused_at_plan_time():
@@ -321,7 +397,7 @@ def test_label_noise_on_a_text_run_is_refused_at_plan_time():
     text = str(err.value)
     assert "\n" not in text
     assert (
-        "label_noise 0.4 does not apply to dataset 'synthetic-text'" in text and "use label_noise 0" in text
+        "label_noise 0.4 is not read by dataset 'synthetic-text'" in text and "use label_noise 0" in text
     ), text
 
 

@@ -385,9 +385,46 @@ def test_validation_is_driven_by_field_types():
         assert f.metadata["help"]
 
 
+IGNORED = [
+    ({"base_optimizer": "adamw", "momentum": 0.5}, r"^momentum 0.5 is not read by base_optimizer 'adamw'"),
+    ({"betas": (0.8, 0.99)}, r"^betas \[0.8, 0.99\] is not read by base_optimizer 'sgd'"),
+    ({"dataset": "glue-stsb", "model": "bert-tiny", "label_smoothing": 0.3}, r"^label_smoothing 0.3 is not"),
+    ({"dataset": "synthetic-text", "model": "bert-tiny", "channels_last": True}, r"^channels_last true is"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), IGNORED)
+def test_the_api_refuses_a_setting_the_run_ignores_before_any_work(tmp_path, changes, message):
+    """train() validates first: a value the run would silently ignore is a ConfigError, nothing written."""
+    from sampa.train import train
+
+    cfg = RunConfig(**{"model": "tinycnn", "dataset": "synthetic", "device": "cpu", **changes})
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"base_optimizer": "adamw", "momentum": 0.9, "nesterov": False, "betas": [0.5, 0.6]},
+        {"betas": [0.9, 0.999], "momentum": 0.0, "nesterov": True, "channels_last": True},
+        {"dataset": "glue-stsb", "model": "bert-tiny", "label_smoothing": 0.0, "channels_last": False},
+        {"dataset": "glue-stsb", "model": "bert-tiny", "label_smoothing": 0.1},
+        {"dataset": "glue-rte", "model": "bert-tiny", "label_smoothing": 0.3, "base_optimizer": "adamw"},
+    ],
+)
+def test_defaults_and_settings_the_run_reads_are_accepted(changes):
+    """Only a value the run ignores is refused: the defaults (written out or not, a pair as a list too),
+    STS-B's label_smoothing 0 (no smoothing: what its squared error does) and every read setting pass."""
+    validate(config_from_dict({"model": "tinycnn", "dataset": "synthetic", "device": "cpu", **changes}))
+
+
 def test_settings_mapping_round_trip(tmp_path):
     """A valid config survives JSON (the workflow's --settings) unchanged."""
-    cfg = RunConfig(model="tinycnn", dataset="synthetic", base_optimizer="adamw", betas=(0.8, 0.99), device="cpu")
+    cfg = RunConfig(
+        model="tinycnn", dataset="synthetic", device="cpu", base_optimizer="adamw", betas=(0.8, 0.99)
+    )
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == validate(cfg)
 
 
