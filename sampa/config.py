@@ -108,11 +108,17 @@ class RunConfig:
     hparams: dict[str, Any] = setting({}, "method hyperparameters (rho, lam, ...)", flag=False)  # noqa: RUF009
     base_optimizer: str = setting("sgd", "base optimizer", choices=BASE_OPTIMIZERS)
     lr: float = setting(0.1, "peak learning rate", low=0.0, low_open=True)
-    momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0, high_open=True)
+    momentum: float = setting(
+        0.9, "SGD momentum (base optimizer sgd only)", low=0.0, high=1.0, high_open=True
+    )
     weight_decay: float = setting(5e-4, "coupled L2 for SGD, decoupled for AdamW", low=0.0)
     nesterov: bool = setting(False, "Nesterov momentum (base optimizer sgd only)")
     betas: tuple[float, float] = setting(
-        (0.9, 0.999), "AdamW betas (two numbers)", low=0.0, high=1.0, high_open=True
+        (0.9, 0.999),
+        "AdamW betas (two numbers; base optimizer adamw only)",
+        low=0.0,
+        high=1.0,
+        high_open=True,
     )
     batch_size: int = setting(128, "training batch size", low=1)
     epochs: int = setting(200, "training epochs", low=1)
@@ -130,8 +136,9 @@ class RunConfig:
         None, "clip each update direction to this global norm (null = no clipping)", low=0.0, low_open=True
     )
     label_smoothing: float = setting(
-        0.1, "1-s on the true class, s/(C-1) on the others", low=0.0, high=1.0, high_open=True
-    )
+        0.1, "1-s on the true class, s/(C-1) on the others (classification only: the regression task "
+        "STS-B reads none, 0 is accepted)", low=0.0, high=1.0, high_open=True,
+    )  # fmt: skip
     label_noise: float = setting(
         0.0,
         "symmetric label noise: fraction of training labels changed (0.4 = 40%); CIFAR and synthetic "
@@ -163,7 +170,9 @@ class RunConfig:
         "off", "bf16: forward passes under bf16 autocast, loss and updates in fp32",
         choices=_fast_path_choices("AMP_MODES"),
     )  # fmt: skip
-    channels_last: bool = setting(False, "model and batches in channels_last memory format")
+    channels_last: bool = setting(
+        False, "model and batches in channels_last memory format (image models only)"
+    )
     cudnn_benchmark: bool = setting(False, "torch.backends.cudnn.benchmark during the run")
     optimizer_impl: str = setting(
         "default", "base optimizer kernels (default = torch's choice)",

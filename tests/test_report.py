@@ -384,6 +384,19 @@ def test_runs_trained_under_other_settings_are_flagged_stale(runs):
     assert "seed1 (stale: label_smoothing is 0.0 in the run, 0.1 planned)" in sam["missing"]
 
 
+def test_a_setting_the_run_does_not_read_never_makes_it_stale():
+    """STS-B reads no label smoothing (sampa.config.READ_WHEN): a run trained with 0 under its old path
+    matches a plan that leaves it out; a setting it reads still makes it stale."""
+    from sampa.report.cells import stale_reason
+
+    settings = {"dataset": "glue-stsb", "model": "bert-tiny", "optimizer": "sam", "hparams": {}, "seed": 0}
+    run = ex.PlannedRun("t6", {"arm": "SAM"}, {}, 0, settings, ex.run_path(settings))
+    record = {"dataset": "glue-stsb", "model": "bert-tiny", "optimizer": "sam", "seed": 0}
+    assert stale_reason(pd.Series({**record, "config.label_smoothing": 0.0}), run) is None
+    stale = stale_reason(pd.Series({**record, "config.lr": 0.5}), run)
+    assert stale == "stale: lr is 0.5 in the run, 0.1 planned"
+
+
 def test_commands_plan_aggregate_table(runs, tmp_path, capsys, monkeypatch):
     import yaml
 
