@@ -350,11 +350,12 @@ def test_table_figure_aggregate_and_scorecard_jobs_never_import_torch(tmp_path):
     [
         (lambda c: c.update(seeds=[]), r"seeds: \[\] should be non-empty"),
         (lambda c: c["arms"]["sam"]["hparams"].update(rho=-0.1), r"rho must be in \[0, inf\) \(got -0.1\)"),
+        (lambda c: c["run"].update(betas=[0.8, 0.99]), r"betas \[0.8, 0.99\] is not read by base_optimizer"),
     ],
 )
 def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message):
-    """The wiring: a schema violation and a value sampa.config.validate rejects (every other bad value is
-    checked in test_experiments.py, in-process)."""
+    """The wiring: a schema violation, a value sampa.config.validate rejects and one the run would ignore
+    (every other bad value is checked in test_experiments.py, in-process)."""
     config = ex.load_config(REPO / "configs" / "smoke.yaml")
     change(config)
     proc = snakemake(
