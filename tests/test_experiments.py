@@ -324,16 +324,25 @@ TEXT = {"dataset": "synthetic-text", "model": "bert-tiny"}
          "label_smoothing 0.2 is not read by dataset 'glue-stsb'"),
     ],
 )  # fmt: skip
-def test_a_setting_the_run_ignores_is_refused_at_plan_time(run, message):
-    """The workflow's plan validates every run: a value that run would silently ignore is one line naming
-    the experiment, the setting and what to do, before any run starts."""
+def test_a_setting_the_run_ignores_is_refused_at_plan_time(run, message, tmp_path, capsys):
+    """The workflow's plan (and `sampa plan`) validates every run: a value that run would silently ignore is
+    one line naming the experiment, the setting and what to do, before any run starts."""
+    import yaml
+
+    from sampa.cli import main
+
     cfg = config()
     cfg["experiments"]["t9"] = _experiment(run)
     with pytest.raises(ex.PlanError) as err:
-        ex.plan(cfg)
+        ex.plan(copy.deepcopy(cfg))
     text = str(err.value)
     assert "\n" not in text and text.startswith("experiment 't9'") and message in text, text
     assert "; remove it" in text, text
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["plan", "--config", str(path), "--out", str(tmp_path / "plan.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not (tmp_path / "plan.csv").exists(), err
 
 
 def test_a_run_leaves_out_the_settings_it_ignores_and_accepts_their_defaults():
