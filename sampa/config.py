@@ -262,17 +262,21 @@ class ReadWhen:
 _DATA_KEY = ReadWhen("dataset", only=IMAGE_DATASETS, strict=False)
 _SYNTHETIC_KEY = ReadWhen("dataset", only=SYNTHETIC_IMAGES, strict=False)
 _IMAGE_LIST = ", ".join(IMAGE_DATASETS)
+_SGD = "remove it or use base_optimizer 'sgd'"
 #: which setting is read when: the settings some runs ignore (the others are read by every run; the
 #: machine settings are not run settings). Validation refuses a value such a run would silently ignore
 #: (:func:`check_ignored`), and a run's planned settings and run path leave out the settings it ignores
 #: (:func:`ignored_keys`), so two runs that differ only there are one run
-_SGD = "remove it or use base_optimizer 'sgd'"
 READ_WHEN: dict[str, ReadWhen] = {
     "momentum": ReadWhen("base_optimizer", only=("sgd",), why="AdamW uses betas", fix=_SGD),
     "nesterov": ReadWhen("base_optimizer", only=("sgd",), why="Nesterov momentum is SGD's", fix=_SGD),
     "betas": ReadWhen(
         "base_optimizer", only=("adamw",), why="SGD uses momentum",
         fix="remove it or use base_optimizer 'adamw'",
+    ),
+    "warmup": ReadWhen(
+        "schedule", only=("linear",), why="only the linear schedule warms up",
+        fix="remove it or use schedule 'linear'",
     ),
     "label_smoothing": ReadWhen(
         "dataset", never=REGRESSION_DATASETS, why="a regression task: its loss is the squared error",
@@ -531,8 +535,6 @@ def _check_relations(cfg: RunConfig) -> None:
     _check_extras(cfg)
     check_ignored(cfg)
     _check_cutout(cfg)
-    if cfg.warmup and cfg.schedule != "linear":
-        raise ConfigError(f"warmup {cfg.warmup!r} needs schedule 'linear' (got schedule {cfg.schedule!r})")
     if cfg.devices % 2 and cfg.devices != 1:
         raise ConfigError(f"devices must be 1 or an even number (2, 4, 8, ...) (got {cfg.devices!r})")
     if not re.fullmatch(DEVICE_PATTERN, cfg.device):

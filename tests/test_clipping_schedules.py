@@ -113,7 +113,11 @@ def test_lr_at_linear_warmup_values():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"warmup": 0.1}, "warmup 0.1 needs schedule 'linear' \\(got schedule 'cosine'\\)"),
+        (
+            {"warmup": 0.1},
+            r"^warmup 0.1 is not read by schedule 'cosine' \(only the linear schedule warms up\); "
+            r"remove it or use schedule 'linear'$",
+        ),
         ({"schedule": "linear", "warmup": 1.0}, r"warmup must be in \[0, 1\) \(got 1.0\)"),
         ({"clip_norm": 0.0}, r"clip_norm must be in \(0, inf\) \(got 0.0\)"),
         ({"clip_norm": float("inf")}, "clip_norm must be a finite number"),

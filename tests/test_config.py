@@ -81,17 +81,18 @@ def test_the_read_when_table_names_real_settings_and_choices():
 @pytest.mark.parametrize(
     ("run", "ignored"),
     [
-        ({}, {"betas", *DATA_SYNTHETIC}),  # CIFAR-10 with SGD
-        ({"dataset": "synthetic", "base_optimizer": "adamw"}, {"momentum", "nesterov"}),
-        ({"dataset": "imagenet"}, {"betas", "label_noise", "cutout", "val_fraction", *DATA_SYNTHETIC}),
-        ({"dataset": "glue-rte", "base_optimizer": "adamw"},
+        ({}, {"betas", "warmup", *DATA_SYNTHETIC}),  # CIFAR-10, SGD, cosine
+        ({"dataset": "synthetic", "base_optimizer": "adamw", "schedule": "linear"}, {"momentum", "nesterov"}),
+        ({"dataset": "imagenet"},
+         {"betas", "warmup", "label_noise", "cutout", "val_fraction", *DATA_SYNTHETIC}),
+        ({"dataset": "glue-rte", "base_optimizer": "adamw", "schedule": "linear"},
          {"momentum", "nesterov", "channels_last", "label_noise", "cutout", "val_fraction", *DATA_SYNTHETIC}),
-        ({"dataset": "glue-stsb", "base_optimizer": "adamw"},
+        ({"dataset": "glue-stsb", "base_optimizer": "adamw", "schedule": "constant"},
          {"momentum", "nesterov", "channels_last", "label_noise", "cutout", "val_fraction", *DATA_SYNTHETIC,
-          "label_smoothing"}),
+          "label_smoothing", "warmup"}),
     ],
 )  # fmt: skip
-def test_ignored_keys_follow_the_dataset_and_the_base_optimizer(run, ignored):
+def test_ignored_keys_follow_the_dataset_base_optimizer_and_schedule(run, ignored):
     from sampa.config import ignored_keys
 
     assert set(ignored_keys(run)) == ignored
