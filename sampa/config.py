@@ -226,15 +226,8 @@ IMAGE_DATASETS = ("cifar10", "cifar100", "synthetic", "synthetic100")
 SYNTHETIC_IMAGES = ("synthetic", "synthetic100")
 #: the regression tasks (STS-B): their loss is the squared error, which has no label smoothing
 REGRESSION_DATASETS = tuple(task.dataset for task in GLUE_TASKS.values() if task.regression)
-#: the data settings only some datasets read (their validation split, the synthetic images' size and
-#: difficulty): :data:`READ_WHEN` leaves them out of the runs that ignore them without an error
-IMAGE_DATA_KEYS = (
-    "val_fraction",
-    "synthetic_train_size",
-    "synthetic_test_size",
-    "synthetic_distractor",
-    "synthetic_noise",
-)
+#: the synthetic images' size and difficulty (they feed the generator alone)
+SYNTHETIC_KEYS = ("synthetic_train_size", "synthetic_test_size", "synthetic_distractor", "synthetic_noise")
 
 
 @dataclass(frozen=True)
@@ -259,8 +252,6 @@ class ReadWhen:
         return (self.only is None or value in self.only) and value not in self.never
 
 
-_DATA_KEY = ReadWhen("dataset", only=IMAGE_DATASETS, strict=False)
-_SYNTHETIC_KEY = ReadWhen("dataset", only=SYNTHETIC_IMAGES, strict=False)
 _IMAGE_LIST = ", ".join(IMAGE_DATASETS)
 _SGD = "remove it or use base_optimizer 'sgd'"
 #: which setting is read when: the settings some runs ignore (the others are read by every run; the
@@ -293,8 +284,9 @@ READ_WHEN: dict[str, ReadWhen] = {
         "dataset", only=IMAGE_DATASETS, why=f"Cutout is implemented for {_IMAGE_LIST} only",
         fix="use cutout 0",
     ),
-    "val_fraction": _DATA_KEY,  # CIFAR's validation split; the sources validate on their own eval set
-    **dict.fromkeys(IMAGE_DATA_KEYS[1:], _SYNTHETIC_KEY),  # CIFAR ignores them: they feed the generator alone
+    # data settings: left out without an error (text experiments inherit them from a config's shared run)
+    "val_fraction": ReadWhen("dataset", only=IMAGE_DATASETS, strict=False),  # the sources have an eval set
+    **dict.fromkeys(SYNTHETIC_KEYS, ReadWhen("dataset", only=SYNTHETIC_IMAGES, strict=False)),
 }  # fmt: skip
 
 
