@@ -299,7 +299,7 @@ def ignored_keys(run: Mapping[str, Any]) -> tuple[str, ...]:
 def check_ignored(cfg: RunConfig) -> None:
     """A setting the run does not read keeps its default (or an ``accepted`` value): any other value would
     be silently ignored, so it is a :class:`ConfigError` naming the setting, why and what to do."""
-    run = dataclasses.asdict(cfg)
+    run = {when.by: getattr(cfg, when.by) for when in READ_WHEN.values()}  # the settings that decide
     for key in ignored_keys(run):
         when, value = READ_WHEN[key], getattr(cfg, key)
         if not when.strict or _plain(value) in (_plain(FIELDS[key].default), *when.accepted):
