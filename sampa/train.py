@@ -141,9 +141,31 @@ def train(
     ``stop_after`` ends this invocation after that many epochs (as an interruption would), leaving a
     resumable checkpoint; the same call later continues the run. Bad values, a damaged run file or a
     failed write raise a one-line ``ConfigError``/``RunError`` (``DamagedFileError`` for a file).
+    ``cfg.threads`` sets torch's CPU thread count for the call only: it is restored however it ends.
     """
     validate(cfg)
     run_dir = RunDir(out_dir)
+    with _torch_threads(cfg.threads):
+        return _train(cfg, run_dir, backend, stop_after, log_progress)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` (0: left alone) inside the block, restored after it
+    however it ends (an API user's session keeps its own count)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(previous)
+
+
+def _train(
+    cfg: RunConfig, run_dir: RunDir, backend: Backend | None, stop_after: int | None, log_progress: bool
+) -> dict[str, Any] | None:
     try:
         run_dir.check_same_run(cfg.to_dict(), RunConfig().to_dict(), MACHINE_KEYS)
         finished = run_dir.finished_metrics()
@@ -201,8 +223,6 @@ class _Run:
         self.cfg, self.run_dir, self.backend = cfg, run_dir, backend
         self.device = backend.device
         self.log_progress = log_progress and backend.is_writer
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.data = self._load_data()
         n_train = self.data.train_size if is_source(cfg.dataset) else len(self.data.train)
         self.steps_per_epoch = num_batches(n_train, cfg.batch_size)

@@ -212,6 +212,37 @@ def test_directory_of_another_run_is_refused(tmp_path):
     assert done["status"] == "complete"
 
 
+def test_threads_of_a_run_are_restored_however_it_ends(tmp_path, monkeypatch):
+    """An API user's session keeps its thread count after train(threads=N): a normal end, an error
+    and Ctrl-C (KeyboardInterrupt) all put it back."""
+    torch.set_num_threads(2)  # the session's own count (conftest restores the suite's after the test)
+    seen = []
+    monkeypatch.setattr("sampa.train._Run._train_epoch", _spy(seen))
+    assert train(tiny_run(epochs=1, threads=1), tmp_path / "done", log_progress=False)["status"] == "complete"
+    assert seen == [1] and torch.get_num_threads() == 2  # set during the run only
+    with pytest.raises(RunError, match="holds a different run"):
+        train(tiny_run(epochs=1, threads=1, lr=0.1), tmp_path / "done", log_progress=False)
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("SAMPA_KILL_AT", "epoch1:step")
+    monkeypatch.setenv("SAMPA_KILL_SIGNAL", "INT")  # Ctrl-C: KeyboardInterrupt in this process
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_run(epochs=1, threads=1), tmp_path / "interrupted", log_progress=False)
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+
+
+def _spy(seen: list[int]):
+    """_Run._train_epoch recording the thread count each epoch ran with."""
+    from sampa.train import _Run
+
+    original = _Run._train_epoch
+
+    def train_epoch(self, epoch):
+        seen.append(torch.get_num_threads())
+        return original(self, epoch)
+
+    return train_epoch
+
+
 def test_label_noise_and_adamw_runs(tmp_path):
     cfg = tiny_run(
         optimizer="sam",
