@@ -5,7 +5,8 @@ training rule therefore runs ``python -m sampa.jobs train``, which runs ``python
 child process and always writes ``outcome.json`` into the run directory (the rule's output):
 
 * ``complete`` / ``diverged``: the engine wrote ``metrics.json`` (the engine's guarantee: its presence
-  means the run finished); the outcome only adds what the machine was shared with (``shared``);
+  means the run finished, even if the run was interrupted or killed after writing it); the outcome only
+  adds what the machine was shared with (``shared``);
 * ``failed`` (the last error line as ``reason``) or ``needs data`` (its dataset could not be prepared):
   no ``metrics.json``. Such a record is never a result: :func:`forget_failures`, called when the
   workflow is planned, deletes it, so the next invocation retries the run (resuming its checkpoint).
@@ -172,7 +173,7 @@ def run_training(
     if resumed:
         record["resumed"] = True  # the closing summary counts these
     metrics = _read(out / "metrics.json")
-    if code == 0 and metrics.get("status") in FINISHED:
+    if metrics.get("status") in FINISHED:  # written atomically, last: the run is done, however it exited
         return {"status": metrics["status"], **record}
     signum = received[-1] if received else _interrupt_signal(code)
     if signum is not None and not last_attempt:  # interrupted: let Snakemake retry
@@ -444,11 +445,13 @@ def placement(
 
 
 def forget_failures(run_dirs: Iterable[Path], data_records: Iterable[Path]) -> int:
-    """Delete outcome records without a finished run and data records that are not ready (retried)."""
+    """Delete outcome records without a finished run, or that call a finished run unfinished (written
+    before a finished ``metrics.json`` always won), and data records that are not ready (retried)."""
     forgotten = 0
     for run_dir in map(Path, run_dirs):
         outcome = run_dir / OUTCOME
-        if outcome.exists() and not (run_dir / "metrics.json").exists():
+        finished = (run_dir / "metrics.json").exists()
+        if outcome.exists() and not (finished and _read(outcome).get("status") in FINISHED):
             outcome.unlink(missing_ok=True)
             forgotten += 1
     for record in map(Path, data_records):

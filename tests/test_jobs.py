@@ -95,6 +95,32 @@ def test_an_interrupted_job_fails_unless_it_is_the_last_attempt(tmp_path, last_a
     assert not (out / "metrics.json").exists()
 
 
+@pytest.mark.parametrize(("signal_name", "last_attempt"), [("INT", 1), ("INT", 0), ("KILL", 0)])
+def test_a_run_stopped_after_its_metrics_is_recorded_complete(tmp_path, signal_name, last_attempt):
+    """Ctrl-C (or a kill) just after metrics.json is written: the run is done, so the job records it
+    complete and succeeds; never "failed" (nor an interrupted job) beside a complete metrics.json."""
+    out, log = tmp_path / "runs/r", tmp_path / "r.log"
+    settings = json.dumps(TINY | {"epochs": 1})
+    args = ["train", "--out", str(out), "--last-attempt", str(last_attempt), "--", "--settings", settings]
+    env = {"SAMPA_KILL_AT": "final:metrics", "SAMPA_KILL_SIGNAL": signal_name}
+    proc = run_job(*args, log=log, env=env)
+    assert proc.returncode == 0, log.read_text()
+    record = json.loads((out / jobs.OUTCOME).read_text())
+    assert record["status"] == "complete" and record["returncode"] != 0, record  # it was stopped
+    assert json.loads((out / "metrics.json").read_text())["status"] == "complete"
+    assert jobs.forget_failures([out], []) == 0
+    assert jobs.summary({"r": out}, {"r": str(log)}) == "sampa workflow: 1 of 1 runs finished"
+
+
+def test_a_failed_record_beside_a_finished_run_is_forgotten(tmp_path):
+    """An older version's record of such a stop: planning forgets it, so the run is recorded again."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"status": "complete"}')
+    (run / jobs.OUTCOME).write_text('{"status": "failed", "reason": "interrupted by SIGINT"}')
+    assert jobs.forget_failures([run], []) == 1 and not (run / jobs.OUTCOME).exists()
+
+
 def test_a_run_without_its_data_needs_data_and_does_not_start(tmp_path):
     out, log = tmp_path / "runs/r", tmp_path / "r.log"
     record = tmp_path / "data/cifar10.json"
