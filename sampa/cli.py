@@ -203,10 +203,28 @@ def _train(args: argparse.Namespace) -> int:
     except RunError as err:
         print(f"sampa train: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        raise io.Interrupted(_rerun_hint(args.out)) from None
     if metrics is not None:
         keys = ("status", "test_acc", "test_task_score", "best_val_acc", "best_epoch", "final_test_acc")
         print(json.dumps({k: metrics.get(k) for k in keys} | {"out": str(args.out)}))
     return 0
+
+
+def _rerun_hint(out: str) -> str:
+    """What the same command does after Ctrl-C, from the run directory: report the finished run,
+    resume after the last finished epoch (a checkpoint), or start again (no epoch finished)."""
+    from sampa.rundir import RunDir
+
+    run = RunDir(out)
+    try:
+        if run.metrics.exists():  # written atomically, last: the run had finished
+            return "the run had finished (its metrics.json is written); the same command prints its results"
+        if not run.checkpoint.exists():
+            return "no epoch had finished, so the same command starts the run again"
+    except OSError:  # cannot tell (e.g. no permission to look)
+        pass
+    return io.RESUME_HINTS["train"]
 
 
 def _check_requirements(cfg: RunConfig) -> None:

@@ -211,8 +211,8 @@ def command_status(
     status 130 (:func:`interrupted`). Anything else propagates."""
     try:
         return call()
-    except KeyboardInterrupt:
-        return interrupted(command)
+    except KeyboardInterrupt as err:
+        return interrupted(command, getattr(err, "hint", None))
     except BrokenPipeError:
         return stdout_closed()
     except OSError as err:
@@ -230,13 +230,23 @@ INTERRUPTED = 130  # exit status after Ctrl-C: 128 + SIGINT, as a shell reports 
 RESUME_HINTS = {"train": "run the same command again to resume after the last finished epoch"}
 
 
-def interrupted(command: str) -> int:
-    """After Ctrl-C (``KeyboardInterrupt``): one line on stderr instead of a traceback, status 130. A
-    second SIGINT (Ctrl-C again, or a workflow job passing its own on) ends the process at once, instead
-    of a traceback from the exit handlers it interrupts."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a command that knows what running it again does: ``hint`` replaces its
+    :data:`RESUME_HINTS` line."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
+def interrupted(command: str, hint: str | None = None) -> int:
+    """After Ctrl-C (``KeyboardInterrupt``): one line on stderr instead of a traceback, status 130 (with
+    ``hint``, else the command's :data:`RESUME_HINTS` line). A second SIGINT (Ctrl-C again, or a workflow
+    job passing its own on) ends the process at once, instead of a traceback from the exit handlers it
+    interrupts."""
     with contextlib.suppress(ValueError):  # only the main thread may set a handler
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-    hint = RESUME_HINTS.get(command)
+    hint = hint or RESUME_HINTS.get(command)
     print(f"sampa {command}: interrupted (SIGINT)" + (f"; {hint}" if hint else ""), file=sys.stderr)
     return INTERRUPTED
 

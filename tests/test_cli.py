@@ -164,6 +164,28 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     assert '"status": "complete"' in proc.stdout
 
 
+@pytest.mark.parametrize(
+    ("point", "hint"),
+    [
+        ("epoch1:step", "no epoch had finished, so the same command starts the run again"),
+        ("final:metrics",
+         "the run had finished (its metrics.json is written); the same command prints its results"),
+    ],
+)  # fmt: skip
+def test_ctrl_c_says_what_the_same_command_does(tmp_path, point, hint):
+    """Before the first checkpoint nothing resumes; after metrics.json the run is done."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = tmp_path / "r"
+    command = [sys.executable, "-m", "sampa", *BASE, "--synthetic-train-size", "200"]
+    command += ["--synthetic-test-size", "100", "--threads", "1", "--out", str(out)]
+    ctrl_c = {**env, "SAMPA_KILL_AT": point, "SAMPA_KILL_SIGNAL": "INT"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=ctrl_c, timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"sampa train: interrupted (SIGINT); {hint}"
+    assert (out / "metrics.json").exists() == (point == "final:metrics")
+    assert not (out / "config.json").exists() or point == "final:metrics"  # an unstarted run left nothing
+
+
 def test_after_ctrl_c_a_second_one_ends_the_process_at_once(capsys):
     """Not a traceback from the exit handlers it would interrupt (a workflow job passes its SIGINT on to
     the run, which got the terminal's too)."""
