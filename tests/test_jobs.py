@@ -239,6 +239,56 @@ def test_a_damaged_metrics_file_is_skipped_with_a_warning(tmp_path, capsys, cont
     assert warning.startswith(f"warning: {bad / 'metrics.json'} is damaged") and "\n" not in warning
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "cause"),
+    [
+        ("metrics.json", {"status": "complete", "config": "oops"}, "AttributeError"),
+        ("metrics.json", {"status": "complete", "memory": [1]}, "AttributeError"),
+        ("metrics.json", {"test_acc": 0.5}, "no 'status'"),
+        ("metrics.json", {"status": "complete", "test_task_score": "x"}, "a score is not a number"),
+        ("outcome.json", {"status": "failed", "shared": 5}, "AttributeError"),
+        ("config.json", {"hparams": 5}, "AttributeError"),
+    ],
+)
+def test_a_run_file_of_the_wrong_shape_is_skipped_with_a_warning(tmp_path, capsys, name, content, cause):
+    """Valid JSON of the wrong shape (a section that is not a mapping, no status): a warning, not a
+    traceback; the run is not counted as finished."""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for run in (good, bad):
+        run.mkdir()
+    (good / "metrics.json").write_text(json.dumps({"status": "complete", "test_acc": 0.5}))
+    (bad / name).write_text(json.dumps(content))
+    frame = collect_runs([good, bad], tmp_path).set_index("run")
+    assert frame.loc["good", "status"] == "complete"
+    assert frame.loc["bad", "status"] == ("failed" if name == "outcome.json" else "missing")
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith(f"warning: {bad / name} is damaged ({cause}") and "\n" not in warning
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [
+        (b'{"epoch": 1, "train_loss": 0.5}\n{"epoch": 2', "line 2: not a JSON object"),
+        (b"[1, 2]\n", "line 1: not a JSON object"),
+        (b'{"train_loss": 0.5}\n', "line 1: no integer 'epoch'"),
+        (b"\xff\xfe\n", "UnicodeDecodeError"),
+    ],
+)
+def test_a_damaged_log_is_skipped_with_a_warning(tmp_path, capsys, content, cause):
+    """The per-epoch table (aggregate --epochs-out, Figure 4, the scorecard) leaves a damaged log out."""
+    from sampa.report.runs import collect_epochs
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for run in (good, bad):
+        run.mkdir()
+    (good / "log.jsonl").write_text('{"epoch": 1, "train_loss": 0.5}\n')
+    (bad / "log.jsonl").write_bytes(content)
+    epochs = collect_epochs([good, bad], tmp_path)
+    assert epochs["run"].tolist() == ["good"] and epochs["epoch"].tolist() == [1]
+    warning = capsys.readouterr().err.strip()
+    assert warning == f"warning: {bad / 'log.jsonl'} is damaged ({cause}): its epochs are skipped"
+
+
 def test_timing_caveats_name_mixed_devices_commits_dirty_trees_and_shared_machines():
     from sampa.report.runs import timing_caveats
 

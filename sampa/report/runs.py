@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sampa.rundir import in_fractions
+from sampa.rundir import FINISHED, in_fractions
 
 #: identity columns first, in this order
 ID_COLUMNS = ("run", "status", "dataset", "model", "optimizer", "seed")
@@ -43,19 +43,37 @@ def run_id(path: str | os.PathLike, runs_root: str | os.PathLike) -> str:
 def read_run(run_dir: Path, runs_root: Path) -> dict[str, Any]:
     """One flat row: identity, configuration, final metrics, timing, passes, memory, provenance."""
     row: dict[str, Any] = {"run": _relative(run_dir, runs_root)}
-    outcome = _read_record(run_dir / "outcome.json")
-    row |= flatten(outcome.get("shared") or {}, "shared.")
-    metrics = _metrics_record(run_dir / "metrics.json")
-    if not metrics:
+    outcome_path, metrics_path = run_dir / "outcome.json", run_dir / "metrics.json"
+    outcome = _read_record(outcome_path)
+    row |= _columns(outcome_path, lambda: flatten(outcome.get("shared") or {}, "shared."))
+    metrics = _metrics_record(metrics_path)
+    columns = _columns(metrics_path, lambda: _metrics_columns(metrics)) if metrics else {}
+    if not columns:
         recorded = outcome.get("status") if outcome.get("status") in ("failed", "needs data") else None
         row["status"] = recorded or ("incomplete" if (run_dir / "checkpoint.pt").exists() else "missing")
-        row |= _config_columns(_read_record(run_dir / "config.json"))
-        return row
-    row |= _config_columns(metrics.get("config", {}))
-    row |= flatten({k: v for k, v in metrics.items() if k not in _SECTIONS})
-    row |= memory_columns(metrics.get("memory", {}))
-    row |= _provenance_columns(metrics.get("provenance", {}), metrics.get("backend", {}))
-    return row
+        config_path = run_dir / "config.json"
+        return row | _columns(config_path, lambda: _config_columns(_read_record(config_path)))
+    return row | columns
+
+
+def _metrics_columns(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **_config_columns(metrics.get("config", {})),
+        **flatten({k: v for k, v in metrics.items() if k not in _SECTIONS}),
+        **memory_columns(metrics.get("memory", {})),
+        **_provenance_columns(metrics.get("provenance", {}), metrics.get("backend", {})),
+    }
+
+
+def _columns(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``build()``: the columns of the JSON record at ``path``; {} with a one-line warning when the
+    record has an unexpected shape (a section that is not a mapping, a list where a number belongs)."""
+    try:
+        return build()
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:
+        cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:100]
+        _warn(f"{path} is damaged ({cause}): skipped; delete it to train the run again")
+        return {}
 
 
 def collect_runs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.PathLike) -> pd.DataFrame:
@@ -87,14 +105,39 @@ def collect_epochs(run_dirs: Iterable[str | os.PathLike], runs_root: str | os.Pa
         if not log.exists():
             continue
         run = _relative(run_dir, root)
-        for line in log.read_text().splitlines():
-            if line.strip():
-                rows.append({"run": run, **flatten(json.loads(line))})
+        rows += [{"run": run, **row} for row in _log_rows(log)]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["run", "epoch"])
     frame = frame.sort_values(["run", "epoch"], kind="stable").reset_index(drop=True)
     return frame[["run", "epoch", *sorted(c for c in frame.columns if c not in ("run", "epoch"))]]
+
+
+def _log_rows(log: Path) -> list[dict[str, Any]]:
+    """The flattened epoch lines of ``log.jsonl``; none, with a one-line warning, if it is damaged."""
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        _warn(f"{log} is damaged ({type(err).__name__}): its epochs are skipped")
+        return []
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if (
+            not isinstance(row, dict)
+            or isinstance(row.get("epoch"), bool)
+            or not isinstance(row.get("epoch"), int)
+        ):
+            what = "not a JSON object" if not isinstance(row, dict) else "no integer 'epoch'"
+            _warn(f"{log} is damaged (line {number}: {what}): its epochs are skipped")
+            return []
+        rows.append(flatten(row))
+    return rows
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -220,11 +263,17 @@ def _metrics_record(path: Path) -> dict[str, Any]:
     """A run's metrics.json with every score a fraction (older records' percentages converted); {} if
     absent, and {} with a one-line warning if damaged or written by a newer version."""
     metrics = _read_record(path)
+    if metrics and metrics.get("status") not in FINISHED:
+        what = f"status {metrics['status']!r}" if "status" in metrics else "no 'status'"
+        _warn(f"{path} is damaged ({what}): skipped; delete it to train the run again")
+        return {}
     try:
         return in_fractions(metrics) if metrics else {}
-    except ValueError as err:
+    except ValueError as err:  # a newer version's record
         _warn(f"{path}: {err}: skipped")
-        return {}
+    except TypeError:  # a version-1 score in percent that is not a number
+        _warn(f"{path} is damaged (a score is not a number): skipped; delete it to train the run again")
+    return {}
 
 
 def _warn(message: str) -> None:
