@@ -30,7 +30,7 @@ from sampa.config import (
 )
 from sampa.doctor import add_parser as add_doctor_parser
 from sampa.ranges import RHO, SAMPA_LAM
-from sampa.report.commands import OneLineParser
+from sampa.report.commands import OneLineParser, file_above
 from sampa.report.commands import add_parsers as add_report_parsers
 
 #: RunConfig fields with a command-line flag (``--name-with-dashes``), from the fields' metadata
@@ -125,6 +125,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Config file values, overridden by flags, validated."""
     if not args.out.strip() or "\0" in args.out:
         raise ConfigError(f"--out must name the run's directory (got {args.out!r})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out!r} is a file; give the run's directory")
+    above = file_above(args.out)
+    if above is not None:
+        raise ConfigError(f"--out {args.out!r} is under {above!r}, a file; give a path in a directory")
     values: dict[str, Any] = load_config_file(args.config) if args.config is not None else {}
     values |= _parse_settings(args.settings)
     for name in FLAG_FIELDS:
@@ -308,6 +313,9 @@ def _toy_setup(args: argparse.Namespace, cls: type) -> Any:
         path = getattr(args, flag)
         if path is not None and (not path.strip() or "\0" in path or Path(path).is_dir()):
             raise ConfigError(f"--{flag} must be a file path (got {path!r})")
+        above = file_above(path) if path is not None else None
+        if above is not None:
+            raise ConfigError(f"--{flag} {path!r} is under {above!r}, a file; give a path in a directory")
     if args.summary is not None and Path(args.summary).resolve() == Path(args.out).resolve():
         raise ConfigError(f"--summary must be another file than --out (both {args.out!r})")
     setup = cls(lr=args.lr, decay=args.decay, rho=args.rho, steps=args.steps, lams=lams, seed=args.seed)

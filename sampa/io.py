@@ -12,6 +12,7 @@ reused PID only makes a dead writer look alive, which leaves its file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -81,7 +82,7 @@ def remove_dead_writers(path: Path, owner: str) -> None:
 def _atomic(path: Path, write: Any, mode: str) -> None:
     owner = pid_namespace()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path, owner), suffix=TEMP_SUFFIX)
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(err.filename or path)) from None
@@ -101,6 +102,14 @@ def _atomic(path: Path, write: Any, mode: str) -> None:
         raise
     with contextlib.suppress(OSError):  # the write succeeded; leftovers are only tidied
         remove_dead_writers(path, owner)
+
+
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder; a file in its place is "Not a directory" (mkdir says "File exists")."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
 
 
 def stale_temp_files(directory: str | os.PathLike) -> list[Path]:

@@ -3,6 +3,7 @@ written. The train checks come from RunConfig's field types and metadata (one me
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sampa import io
 from sampa.cli import main
 from sampa.config import FIELD_TYPES, FIELDS, ConfigError, RunConfig, config_from_dict, validate
 
@@ -431,19 +433,58 @@ def test_settings_mapping_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "command"),
     [
-        ([*TRAIN, "--out", "{file}/run"], "train"),
-        (["aggregate", "--out", "{file}/runs.csv"], "aggregate"),
-        (["plan", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", "{file}/plan.csv"], "plan"),
+        ([*TRAIN, "--out", "{dir}/run"], "train"),
+        (["aggregate", "--out", "{dir}/runs.csv"], "aggregate"),
+        (["plan", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", "{dir}/plan.csv"], "plan"),
     ],
 )
-def test_a_failed_write_is_one_line_and_exit_1(tmp_path, capsys, argv, command):
-    """A write that fails (here: below a file) ends the training and report commands alike: one line
+def test_a_failed_write_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch, argv, command):
+    """A write that fails (here: a full disk) ends the training and report commands alike: one line
     naming the path and the cause, exit status 1 (bad input is 2)."""
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.os, "fsync", full_disk)
+    assert main([a.replace("{dir}", str(tmp_path)) for a in argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"sampa {command}: error: {tmp_path}"), err
+    assert err.endswith("No space left on device"), err
+
+
+def test_a_write_below_a_file_says_not_a_directory(tmp_path):
+    """Not mkdir's "File exists" (the file is there, but it is not a folder)."""
     file = tmp_path / "file"
     file.write_text("")
-    assert main([a.replace("{file}", str(file)) for a in argv]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"sampa {command}: error: {file}"), err
+    with pytest.raises(NotADirectoryError) as err:
+        io.write_text(file / "out.csv", "a")
+    assert (err.value.filename, err.value.strerror) == (str(file), "Not a directory")
+    assert file.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([*TRAIN, "--out", "{file}"], "train"),
+        ([*TRAIN, "--out", "{file}/run"], "train"),
+        (["aggregate", "--out", "{file}/runs.csv"], "aggregate"),
+        (["aggregate", "--out", "{file}/deeper/runs.csv"], "aggregate"),
+        (["plan", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", "{file}/plan.csv"], "plan"),
+        (["toy", "--out", "{file}/toy.csv"], "toy"),
+        (["toy", "--out", "{dir}/toy.csv", "--summary", "{file}/summary.csv"], "toy"),
+        (["aggregate", "--out", "{dir}/runs.csv", "{file}"], "aggregate"),
+        (["table", "--spec", SPEC, "--md", "{dir}/t.md", "{file}"], "table"),
+    ],
+)
+def test_an_output_under_a_file_or_a_run_that_is_a_file_is_bad_input(tmp_path, capsys, argv, command):
+    """Found before any work (the plan was printed, the toy run, before the write failed, with
+    mkdir's misleading "File exists")."""
+    file = tmp_path / "file"
+    file.write_text("x")
+    argv = [a.replace("{file}", str(file)).replace("{dir}", str(tmp_path)) for a in argv]
+    err = one_line_error(argv, capsys, command)
+    assert f"'{file}'" in err and "a file" in err, err
+    assert capsys.readouterr().out == "" and sorted(tmp_path.iterdir()) == [file]
 
 
 def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):

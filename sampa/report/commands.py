@@ -96,6 +96,7 @@ def _experiment_run_dirs(
     if args.run_dirs and getattr(args, flag.removeprefix("--")):
         raise PlanError(f"give run directories or {flag}, not both")
     given = list(dict.fromkeys(args.run_dirs))
+    _check_run_dirs(given)
     if given and runs is None:
         runs = expand_experiment(spec)
     planned = list(dict.fromkeys(run.path for run in runs)) if given else []
@@ -116,6 +117,17 @@ def _experiment_run_dirs(
         file=sys.stderr,
     )
     return ours
+
+
+def _check_run_dirs(paths: list[str]) -> None:
+    """Each RUN is a run directory or a file inside one (absent: a missing run), never another file."""
+    from sampa.experiments import PlanError
+    from sampa.report.runs import run_dir_of
+
+    for path in paths:
+        run_dir = run_dir_of(path)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise PlanError(f"RUN {path!r} is a file, not a run directory (nor a file inside one)")
 
 
 def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], list[PlannedRun] | None]:
@@ -182,9 +194,18 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise PlanError(f"{flag} is empty; give a file path")
         if Path(path).is_dir():
             raise PlanError(f"{flag} {path!r} is a directory; give a file path")
+        above = file_above(path)
+        if above is not None:
+            raise PlanError(f"{flag} {path!r} is under {above!r}, a file; give a path in a directory")
         other = seen.setdefault(Path(path).resolve(), flag)
         if other != flag:
             raise PlanError(f"{other} and {flag} name the same file {path!r}; give each its own")
+
+
+def file_above(path: str) -> str | None:
+    """The file in the place of one of ``path``'s folders, if any (writing ``path`` would fail there)."""
+    above = next(p for p in Path(path).absolute().parents if p.exists())
+    return None if above.is_dir() else str(above)
 
 
 def _json_mapping(text: str, flag: str) -> dict[str, Any]:
@@ -319,6 +340,7 @@ def _aggregate(args: argparse.Namespace) -> int:
     unmatched = next((run for run in args.runs if set("*?[") & set(run) and not Path(run).exists()), None)
     if unmatched is not None:  # an absent run is a missing run; this is none: the shell kept the pattern
         raise PlanError(f"RUN {unmatched!r} is a shell pattern that matched nothing (no run directory)")
+    _check_run_dirs(args.runs)
     frame = collect_runs(args.runs, args.runs_root)
     write_csv(frame, args.out)
     if args.epochs_out:
