@@ -240,9 +240,13 @@ def _check_requirements(cfg: RunConfig) -> None:
     needs = missing(cfg.dataset, cfg.model, cfg.data_root)
     if needs:
         raise ConfigError("; ".join(needs))
+    root = resolve_root(cfg.data_root)
+    if cfg.dataset in CIFAR_SOURCES and file_above(str(root / "x")) is not None:  # made if absent
+        where = "data_root" if cfg.data_root is not None else "the data root ($SAMPA_DATA or ./data)"
+        raise ConfigError(f"{where} {str(root)!r} is not a folder (a file is in its place); give a folder")
     if cfg.dataset in CIFAR_SOURCES and not cfg.download:  # with download, only trying tells
         try:
-            check_present(cfg.dataset, resolve_root(cfg.data_root))
+            check_present(cfg.dataset, root)
         except DataUnavailableError as err:
             raise ConfigError(str(err)) from None
 

@@ -158,6 +158,8 @@ def test_bad_config_file_values(tmp_path, capsys, yaml_text, message):
         (["--config", ""], r"cannot read config file '': Is a directory"),
         (["--config", "run\0.yaml"], r"cannot read config file 'run\\x00.yaml': embedded null byte"),
         (["--out", "run\0"], r"--out must name the run's directory \(got 'run\\x00'\)"),
+        (["--dataset", "cifar10", "--data-root", __file__],  # was mkdir's "File exists", exit 1
+         r"data_root '.*test_validation.py' is not a folder \(a file is in its place\); give a folder$"),
     ],
 )  # fmt: skip
 def test_bad_flags(tmp_path, capsys, flags, message):
