@@ -337,8 +337,15 @@ def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (or JSON) mapping of run settings."""
-    return io.read_yaml_mapping(path, "config file", ConfigError)
+    """Read a YAML (or JSON) mapping of run settings (a workflow config is a one-line error saying so)."""
+    values = io.read_yaml_mapping(path, "config file", ConfigError)
+    if "experiments" in values:
+        raise ConfigError(
+            f"config file {str(path)!r} is a workflow config (it has 'experiments'); run it with "
+            "snakemake --configfile or sampa plan --config, or give train a file of run settings "
+            "(keys of sampa.config.RunConfig)"
+        )
+    return values
 
 
 def train_set_size(cfg: RunConfig) -> int:

@@ -68,6 +68,15 @@ def test_config_file_errors(tmp_path, capsys):
     assert "is not valid YAML" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+    workflow = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"  # was: unknown key 'arms'
+    assert main(["train", "--config", str(workflow), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"sampa train: error: config file {str(workflow)!r} is a workflow config (it has 'experiments'); "
+        "run it with snakemake --configfile or sampa plan --config, or give train a file of run settings "
+        "(keys of sampa.config.RunConfig)\n"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 def test_missing_cifar_offline_is_a_clear_error(tmp_path, capsys, monkeypatch):
