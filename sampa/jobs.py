@@ -143,7 +143,7 @@ def run_training(
     interruption exits (status 128 + signal) unless ``last_attempt``: then it is a failed run."""
     missing = [r for r in data_records if _read(r).get("status") != DATA_READY]
     if missing:
-        reasons = "; ".join(_read(r).get("reason", f"{r} not found") for r in missing)
+        reasons = "; ".join(_read(r).get("reason") or _unready(Path(r)) for r in missing)
         print(f"not trained: {reasons}", file=sys.stderr, flush=True)
         return {"status": NEEDS_DATA, "reason": reasons}
     stop_at = _stop_time(os.environ)
@@ -179,6 +179,13 @@ def run_training(
     if signum is not None and not last_attempt:  # interrupted: let Snakemake retry
         sys.exit(128 + signum)
     return {"status": FAILED, "reason": _failure(code, signum, tail, stopped), **record}
+
+
+def _unready(record: Path) -> str:
+    """Why a data record without a reason does not say ready."""
+    if not record.exists():
+        return f"{record} not found"
+    return f"{record} is damaged (not a data record); delete it to check the data again"
 
 
 def _failure(code: int, interrupt: int | None, tail: _TailReader, stopped: bool = False) -> str:

@@ -142,6 +142,21 @@ def test_a_run_without_its_data_needs_data_and_does_not_start(tmp_path):
     assert jobs.forget_failures([out], [record]) == 2 and not record.exists()
 
 
+@pytest.mark.parametrize("content", ["", '{"status": "rea', "[1]"])
+def test_a_damaged_data_record_is_named_not_called_absent(tmp_path, content):
+    """Was "<record> not found" for a record that is there."""
+    record = tmp_path / "data/cifar10.json"
+    record.parent.mkdir()
+    record.write_text(content)
+    outcome = jobs.run_training([], tmp_path / "runs/r", [record, tmp_path / "data/absent.json"])
+    assert outcome == {
+        "status": jobs.NEEDS_DATA,
+        "reason": f"{record} is damaged (not a data record); delete it to check the data again; "
+        f"{tmp_path / 'data/absent.json'} not found",
+    }
+    assert jobs.forget_failures([], [record]) == 1 and not record.exists()
+
+
 def test_finished_runs_are_kept_and_a_deleted_result_is_retried(tmp_path):
     done, gone = tmp_path / "done", tmp_path / "gone"
     for run in (done, gone):
