@@ -151,8 +151,9 @@ def run_training(
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     watch = MachineWatch(os.getpid())
     resumed = (out / "checkpoint.pt").exists()  # an interrupted or failed attempt left its last epoch
+    forward = _SignalForwarder()  # before the child starts: no moment without our handlers
     child = subprocess.Popen(command)
-    received = _forward_signals(child)
+    received = forward.to(child)
     tail = _TailReader()
     watch.sample()
     stopped = False
@@ -283,17 +284,30 @@ def _stderr_size() -> int:
     return path.stat().st_size if path else 0
 
 
-def _forward_signals(child: subprocess.Popen) -> list[int]:
-    """Pass SIGTERM/SIGINT on to ``child``; the list of signals received (this job was interrupted)."""
-    received: list[int] = []
+class _SignalForwarder:
+    """Passes SIGTERM/SIGINT on to the child: installed before the child starts, so a signal that
+    arrives while it is being started is passed on as soon as it exists (:meth:`to`)."""
 
-    def forward(signum: int, _frame: Any) -> None:
-        received.append(signum)
-        child.send_signal(signum)
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.pending: list[int] = []
+        self.child: subprocess.Popen | None = None
+        for signum in INTERRUPTS:
+            signal.signal(signum, self._on_signal)
 
-    for signum in INTERRUPTS:
-        signal.signal(signum, forward)
-    return received
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.received.append(signum)
+        if self.child is None:
+            self.pending.append(signum)
+        else:
+            self.child.send_signal(signum)
+
+    def to(self, child: subprocess.Popen) -> list[int]:
+        """Forward to ``child`` from now on (and what arrived before); the signals received."""
+        self.child = child
+        while self.pending:
+            child.send_signal(self.pending.pop(0))
+        return self.received
 
 
 def _read(path: Path) -> dict[str, Any]:

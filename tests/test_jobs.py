@@ -478,3 +478,21 @@ def test_the_time_a_slurm_job_has_left_and_a_bad_stop_setting():
         jobs.JobError, match=r"SAMPA_STOP_BEFORE_LIMIT_S must be a number of seconds >= 0 \(got '-1'\)"
     ):
         jobs._stop_time({jobs.STOP_ENV: "-1"})
+
+
+def test_a_signal_while_the_child_starts_is_passed_on_once_it_exists():
+    """The job's handlers are installed before the run's process starts: a SIGTERM that arrives in
+    between is neither lost (an orphaned run) nor a default death of the job (no record)."""
+    saved = {signum: signal.getsignal(signum) for signum in jobs.INTERRUPTS}
+    try:
+        forward = jobs._SignalForwarder()
+        os.kill(os.getpid(), signal.SIGTERM)  # before the child exists
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            assert forward.to(child) == [signal.SIGTERM]
+            assert child.wait(timeout=30) == -signal.SIGTERM
+        finally:
+            child.kill()
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
