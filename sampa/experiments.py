@@ -138,10 +138,17 @@ class Plan:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a workflow config file (YAML mapping)."""
+    """Read a workflow config file (YAML mapping; a file of run settings is a one-line error saying so)."""
     from sampa import io
+    from sampa.config import FIELD_NAMES
 
-    return io.read_yaml_mapping(path, "workflow config", PlanError)
+    values = io.read_yaml_mapping(path, "workflow config", PlanError)
+    if "experiments" not in values and set(values) & set(FIELD_NAMES):
+        raise PlanError(
+            f"config {str(path)!r} is a file of run settings (keys of sampa.config.RunConfig, no "
+            "'experiments'); train it with sampa train --config, or give a workflow config (configs/*.yaml)"
+        )
+    return values
 
 
 @functools.cache

@@ -218,3 +218,14 @@ def test_toy_command_writes_trajectories(tmp_path, capsys):
     assert "SAMPa-0.2" in summary.read_text()
     assert main(["toy", "--out", str(out), "--lams", "0,1.5"]) == 2
     assert "--lams[1] must be in [0, 1] (got 1.5)" in capsys.readouterr().err
+
+
+def test_plan_of_a_run_settings_file_says_what_it_is(tmp_path, capsys):
+    """The other way round: `sampa plan` given `sampa train`'s file of run settings names it (was: the
+    schema's 'Additional properties are not allowed' with the workflow config's keys)."""
+    run_settings = tmp_path / "run.yaml"
+    run_settings.write_text("model: tinycnn\nlr: 0.1\n")
+    assert main(["plan", "--config", str(run_settings), "--out", str(tmp_path / "plan.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file of run settings" in err and "sampa train --config" in err, err
+    assert not (tmp_path / "plan.csv").exists()
