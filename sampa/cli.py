@@ -30,7 +30,7 @@ from sampa.config import (
 )
 from sampa.doctor import add_parser as add_doctor_parser
 from sampa.ranges import RHO, SAMPA_LAM
-from sampa.report.commands import OneLineParser, file_above
+from sampa.report.commands import OneLineParser
 from sampa.report.commands import add_parsers as add_report_parsers
 
 #: RunConfig fields with a command-line flag (``--name-with-dashes``), from the fields' metadata
@@ -127,9 +127,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise ConfigError(f"--out must name the run's directory (got {args.out!r})")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out!r} is a file; give the run's directory")
-    above = file_above(args.out)
-    if above is not None:
-        raise ConfigError(f"--out {args.out!r} is under {above!r}, a file; give a path in a directory")
+    io.check_not_under_file(args.out, "--out", ConfigError)
     values: dict[str, Any] = load_config_file(args.config) if args.config is not None else {}
     values |= _parse_settings(args.settings)
     for name in FLAG_FIELDS:
@@ -241,7 +239,7 @@ def _check_requirements(cfg: RunConfig) -> None:
     if needs:
         raise ConfigError("; ".join(needs))
     root = resolve_root(cfg.data_root)
-    if cfg.dataset in CIFAR_SOURCES and file_above(str(root / "x")) is not None:  # made if absent
+    if cfg.dataset in CIFAR_SOURCES and io.file_above(root / "x") is not None:  # made if absent
         where = "data_root" if cfg.data_root is not None else "the data root ($SAMPA_DATA or ./data)"
         raise ConfigError(f"{where} {str(root)!r} is not a folder (a file is in its place); give a folder")
     if cfg.dataset in CIFAR_SOURCES and not cfg.download:  # with download, only trying tells
@@ -317,9 +315,8 @@ def _toy_setup(args: argparse.Namespace, cls: type) -> Any:
         path = getattr(args, flag)
         if path is not None and (not path.strip() or "\0" in path or Path(path).is_dir()):
             raise ConfigError(f"--{flag} must be a file path (got {path!r})")
-        above = file_above(path) if path is not None else None
-        if above is not None:
-            raise ConfigError(f"--{flag} {path!r} is under {above!r}, a file; give a path in a directory")
+        if path is not None:
+            io.check_not_under_file(path, f"--{flag}", ConfigError)
     if args.summary is not None and Path(args.summary).resolve() == Path(args.out).resolve():
         raise ConfigError(f"--summary must be another file than --out (both {args.out!r})")
     setup = cls(lr=args.lr, decay=args.decay, rho=args.rho, steps=args.steps, lams=lams, seed=args.seed)

@@ -112,6 +112,20 @@ def _make_parent(path: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
 
 
+def file_above(path: str | os.PathLike) -> str | None:
+    """The file in the place of one of ``path``'s folders, if any (writing ``path`` would fail there)."""
+    above = next(p for p in Path(path).absolute().parents if p.exists())
+    return None if above.is_dir() else str(above)
+
+
+def check_not_under_file(path: str, name: str, error: type[Exception]) -> None:
+    """``error`` (one line naming ``name`` and the file) if a file is in the place of one of ``path``'s
+    folders: checked before any work, so a write at the end does not fail there."""
+    above = file_above(path)
+    if above is not None:
+        raise error(f"{name} {path!r} is under {above!r}, a file; give a path in a directory")
+
+
 def stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Temporary files of interrupted atomic writes in ``directory`` (none if it does not exist)."""
     directory = Path(directory)

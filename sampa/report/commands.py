@@ -181,7 +181,9 @@ _OUTPUT_FLAGS = ("out", "epochs_out", "md", "tex", "csv", "pdf", "png")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Every output is a file path: not empty, not an existing directory (checked before any work)."""
+    """Every output is a file path: not empty, not an existing directory, not under a file (checked
+    before any work)."""
+    from sampa import io
     from sampa.experiments import PlanError
 
     seen: dict[Path, str] = {}
@@ -194,18 +196,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise PlanError(f"{flag} is empty; give a file path")
         if Path(path).is_dir():
             raise PlanError(f"{flag} {path!r} is a directory; give a file path")
-        above = file_above(path)
-        if above is not None:
-            raise PlanError(f"{flag} {path!r} is under {above!r}, a file; give a path in a directory")
+        io.check_not_under_file(path, flag, PlanError)
         other = seen.setdefault(Path(path).resolve(), flag)
         if other != flag:
             raise PlanError(f"{other} and {flag} name the same file {path!r}; give each its own")
-
-
-def file_above(path: str) -> str | None:
-    """The file in the place of one of ``path``'s folders, if any (writing ``path`` would fail there)."""
-    above = next(p for p in Path(path).absolute().parents if p.exists())
-    return None if above.is_dir() else str(above)
 
 
 def _json_mapping(text: str, flag: str) -> dict[str, Any]:
