@@ -8,15 +8,13 @@ import torch
 
 @pytest.fixture
 def float64():
-    """Exact comparisons: the test runs in float64 on one CPU thread (the tensors are tiny; intra-op
-    threads only add contention), then the defaults are restored. Modules opt in with
+    """Exact comparisons: the test runs in float64 (on one CPU thread, as every test:
+    :func:`one_torch_thread`), then the default dtype is restored. Modules opt in with
     ``pytestmark = pytest.mark.usefixtures("float64")``."""
-    previous, threads = torch.get_default_dtype(), torch.get_num_threads()
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
     yield
     torch.set_default_dtype(previous)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
