@@ -360,7 +360,7 @@ def train_set_size(cfg: RunConfig) -> int:
 
 def _split_total(cfg: RunConfig) -> int:
     """Training samples before a CIFAR-style dataset's train/validation split."""
-    return cfg.synthetic_train_size if cfg.dataset.startswith("synthetic") else CIFAR_TRAIN_SIZE
+    return cfg.synthetic_train_size if cfg.dataset in SYNTHETIC_IMAGES else CIFAR_TRAIN_SIZE
 
 
 # ----------------------------------------------------------------------------------------------
