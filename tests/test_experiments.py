@@ -257,16 +257,24 @@ def config_with_imagenet_table() -> dict:
     return cfg
 
 
-def test_a_text_run_leaves_out_the_image_data_settings_it_inherits():
-    image_data = {"synthetic_train_size": 1280, "synthetic_noise": 0.15, "val_fraction": 0.2}
-    cfg = config(run={**BASE["run"], **image_data})
-    cfg["experiments"]["t6"] = {
+def sam_table(run: dict, grid: dict | None = None) -> dict:
+    """A table experiment of the SAM arm alone with these ``run`` settings (and ``grid``)."""
+    spec = {
         "kind": "table",
-        "title": "Text",
-        "run": {"dataset": "synthetic-text", "model": "bert-tiny", "lr": 3.0e-3},
+        "title": "SAM",
+        "run": run,
         "arms": ["sam"],
         "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]},
     }
+    if grid:
+        spec |= {"grid": grid, "table": {"rows": ["arm"], "columns": list(grid), "metrics": ["test_acc"]}}
+    return spec
+
+
+def test_a_text_run_leaves_out_the_image_data_settings_it_inherits():
+    image_data = {"synthetic_train_size": 1280, "synthetic_noise": 0.15, "val_fraction": 0.2}
+    cfg = config(run={**BASE["run"], **image_data})
+    cfg["experiments"]["t6"] = sam_table({"dataset": "synthetic-text", "model": "bert-tiny", "lr": 3.0e-3})
     text = ex.expand_experiment(ex.resolve(cfg, "t6"))
     assert [r.path for r in text] == [
         f"synthetic-text/bert-tiny/sam/default/epochs=2,lr=0.003/seed{k}" for k in (0, 1)
@@ -283,30 +291,11 @@ def test_a_run_leaves_out_the_data_settings_its_dataset_ignores():
     image_data = {"synthetic_train_size": 1280, "synthetic_noise": 0.15, "val_fraction": 0.2}
     cfg = config(run={**BASE["run"], **image_data})
     for name, dataset, kept in (("cifar", "cifar10", "val_fraction=0.2"), ("toy", "imagefolder-toy", "")):
-        cfg["experiments"][name] = {
-            "kind": "table",
-            "title": name,
-            "run": {"dataset": dataset, "batch_size": 32},
-            "arms": ["sam"],
-            "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]},
-        }
+        cfg["experiments"][name] = sam_table({"dataset": dataset, "batch_size": 32})
         runs = ex.expand_experiment(ex.resolve(cfg, name))
         settings = ",".join(filter(None, ["batch_size=32", "epochs=2", kept]))
         assert [r.path for r in runs] == [f"{dataset}/tinycnn/sam/default/{settings}/seed{k}" for k in (0, 1)]
         assert not any(set(r.settings) & {"synthetic_train_size", "synthetic_noise"} for r in runs)
-
-
-def _experiment(run: dict, grid: dict | None = None) -> dict:
-    spec = {
-        "kind": "table",
-        "title": "Ignored",
-        "run": run,
-        "arms": ["sam"],
-        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]},
-    }
-    if grid:
-        spec |= {"grid": grid, "table": {"rows": ["arm"], "columns": list(grid), "metrics": ["test_acc"]}}
-    return spec
 
 
 TEXT = {"dataset": "synthetic-text", "model": "bert-tiny"}
@@ -332,7 +321,7 @@ def test_a_setting_the_run_ignores_is_refused_at_plan_time(run, message, tmp_pat
     from sampa.cli import main
 
     cfg = config()
-    cfg["experiments"]["t9"] = _experiment(run)
+    cfg["experiments"]["t9"] = sam_table(run)
     with pytest.raises(ex.PlanError) as err:
         ex.plan(copy.deepcopy(cfg))
     text = str(err.value)
@@ -351,11 +340,11 @@ def test_a_run_leaves_out_the_settings_it_ignores_and_accepts_their_defaults():
     without it, while a classification task keeps it."""
     cfg = config()
     glue = {"model": "bert-tiny", "base_optimizer": "adamw", "momentum": 0.9, "nesterov": False}
-    cfg["experiments"]["glue"] = _experiment(
+    cfg["experiments"]["glue"] = sam_table(
         {**glue, "label_smoothing": 0.0, "channels_last": False}, {"dataset": ["glue-rte", "glue-stsb"]}
     )
-    cfg["experiments"]["stsb"] = _experiment({**glue, "dataset": "glue-stsb"})
-    cfg["experiments"]["sgd"] = _experiment({"betas": [0.9, 0.999], "channels_last": True})
+    cfg["experiments"]["stsb"] = sam_table({**glue, "dataset": "glue-stsb"})
+    cfg["experiments"]["sgd"] = sam_table({"betas": [0.9, 0.999], "channels_last": True})
     paths = {
         name: [r.path for r in ex.expand_experiment(ex.resolve(cfg, name))]
         for name in ("glue", "stsb", "sgd")
@@ -394,13 +383,9 @@ def test_shipped_run_paths_of_runs_with_ignored_settings():
 def test_label_noise_on_a_text_run_is_refused_at_plan_time():
     """Text data reads its labels as they are: a noise rate would be silently ignored; the plan refuses it."""
     cfg = config()
-    cfg["experiments"]["t6"] = {
-        "kind": "table",
-        "title": "Text",
-        "run": {"dataset": "synthetic-text", "model": "bert-tiny", "label_noise": 0.4},
-        "arms": ["sam"],
-        "table": {"rows": ["arm"], "columns": ["metric"], "metrics": ["test_acc"]},
-    }
+    cfg["experiments"]["t6"] = sam_table(
+        {"dataset": "synthetic-text", "model": "bert-tiny", "label_noise": 0.4}
+    )
     with pytest.raises(ex.PlanError) as err:
         ex.plan(cfg)
     text = str(err.value)
