@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -27,3 +29,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_as_in_a_terminal():
+    """The Ctrl-C tests (``SAMPA_KILL_SIGNAL=INT``) need SIGINT to raise ``KeyboardInterrupt``, here and in
+    the runs they start. A runner started in the background by a shell without job control ignores
+    SIGINT, and an ignored signal stays ignored in every child: there the interrupted runs would finish
+    instead. Python's own handler is put back for the session (children then start with the default)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
